@@ -62,6 +62,9 @@ pub struct Stats {
     pub total_ns: u64,
     /// Largest latency ever seen for this key.
     pub max_ns: u64,
+    /// Returns seen without their start (see [`Counter::MissedStart`]):
+    /// counted here too, so a loss shows on the process it hit.
+    pub missed_starts: u64,
     /// `comm` of the thread that created the entry, for processes that are
     /// gone before userspace can read `/proc`.
     pub comm: [u8; 16],
@@ -70,7 +73,19 @@ pub struct Stats {
     /// in one interval.
     pub hist: [u32; hist::BUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<Stats>() == 48 + 4 * hist::BUCKETS);
+const _: () = assert!(core::mem::size_of::<Stats>() == 56 + 4 * hist::BUCKETS);
+
+impl Stats {
+    pub const ZERO: Stats = Stats {
+        count: 0,
+        errors: 0,
+        total_ns: 0,
+        max_ns: 0,
+        missed_starts: 0,
+        comm: [0; 16],
+        hist: [0; hist::BUCKETS],
+    };
+}
 
 /// The syscall a CPU is in: written at `sys_enter`, consumed at `sys_exit`,
 /// moved to [`MAP_INFLIGHT`] when its thread is switched out.

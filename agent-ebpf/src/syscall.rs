@@ -135,37 +135,34 @@ pub fn syscall_sys_exit(ctx: RawTracePointContext) -> i32 {
 }
 
 /// A `sys_exit` without a start: a clone/fork child's first return, a
-/// filtered-out task, or a real miss.
+/// filtered-out task, or a real miss (counted, also on the process's entry).
 #[inline(never)]
 fn unmatched(ctx: &RawTracePointContext, pid_tgid: u64, ret: i64) {
     if !traced(pid_tgid) {
         return;
     }
-    if ret == 0 {
-        let regs: *const u8 = ctx.arg(0);
-        let at = regs.wrapping_add(global!(PT_REGS_NR_OFFSET) as usize) as *const u32;
-        // SAFETY: bpf_probe_read_kernel checks the address.
-        if let Ok(nr) = unsafe { bpf_probe_read_kernel(at) } {
-            if global!(FORK_NRS).contains(&nr) {
-                count(Counter::ChildReturns);
-                return;
-            }
-        }
+    let regs: *const u8 = ctx.arg(0);
+    let at = regs.wrapping_add(global!(PT_REGS_NR_OFFSET) as usize) as *const u32;
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let Ok(nr) = (unsafe { bpf_probe_read_kernel(at) }) else {
+        count(Counter::MissedStart);
+        return;
+    };
+    if ret == 0 && global!(FORK_NRS).contains(&nr) {
+        count(Counter::ChildReturns);
+        return;
     }
     count(Counter::MissedStart);
+    if let Some(stats) = entry(&Key { tgid: (pid_tgid >> 32) as u32, nr }) {
+        // SAFETY: a map value; other CPUs only add atomically.
+        unsafe { atomic_add(&raw mut (*stats).missed_starts, 1) };
+    }
 }
 
 #[inline(always)]
 fn record(key: Key, ns: u64, ret: i64) {
-    let stats = match SYSCALL_STATS.get_ptr_mut(&key) {
-        Some(p) => p,
-        None => match create(&key) {
-            Some(p) => p,
-            None => {
-                count(Counter::StatsFull);
-                return;
-            }
-        },
+    let Some(stats) = entry(&key) else {
+        return;
     };
     // SAFETY: `stats` points into a map value; concurrent writers on other
     // CPUs only use atomic adds, and `max_ns` tolerates a lost race.
@@ -184,7 +181,22 @@ fn record(key: Key, ns: u64, ret: i64) {
     }
 }
 
-/// Creates the zeroed entry for a new (process, syscall) pair.
+/// The stats entry of a (process, syscall) pair, created on first use;
+/// `None` (counted) when the map is full.
+#[inline(always)]
+fn entry(key: &Key) -> Option<*mut Stats> {
+    match SYSCALL_STATS.get_ptr_mut(key) {
+        Some(p) => Some(p),
+        None => {
+            let p = create(key);
+            if p.is_none() {
+                count(Counter::StatsFull);
+            }
+            p
+        }
+    }
+}
+
 #[inline(never)]
 fn create(key: &Key) -> Option<*mut Stats> {
     let zero = SYSCALL_ZERO.get_ptr(0)?;

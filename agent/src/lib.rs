@@ -1,1 +1,18 @@
+//! hostprobe: a host-level performance agent on eBPF.
+//!
+//! Layout: [`probes`] (one module per probe, behind the [`probes::Probe`]
+//! trait), [`agent`] (loads probes, collects each interval), [`report`] (what
+//! an interval says), [`output`] (terminal and JSON), [`cli`], [`check`],
+//! [`run`].
 
+pub mod agent;
+pub mod check;
+pub mod cli;
+pub mod ebpf;
+pub mod hist;
+pub mod output;
+pub mod probes;
+pub mod procinfo;
+pub mod report;
+pub mod run;
+pub mod syscalls;

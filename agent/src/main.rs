@@ -1,1 +1,47 @@
-fn main(){}
+use std::process::ExitCode;
+
+use clap::{error::ErrorKind, Parser as _};
+use hostprobe::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            return match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+                }
+                _ => {
+                    // One line: what is wrong, and where to look.
+                    let msg = e.render().to_string();
+                    let first = msg.lines().next().unwrap_or("bad arguments");
+                    let first = first.strip_prefix("error: ").unwrap_or(first);
+                    eprintln!("hostprobe: {first} (see `hostprobe --help`)");
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .init();
+
+    match cli.command {
+        Command::Check(args) => hostprobe::check::run(&args),
+        Command::Run(args) => match hostprobe::run::run(args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("hostprobe: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

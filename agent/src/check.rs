@@ -1,0 +1,144 @@
+//! `hostprobe check`: what this host supports, by trying it.
+
+use std::{path::Path, process::ExitCode};
+
+use aya::{programs::RawTracePoint, EbpfLoader};
+
+use crate::{
+    cli::CheckArgs,
+    ebpf::{self, TracefsState, TRACEFS},
+    output::duration,
+    probes::{self, Options},
+};
+
+static CHECK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/check"));
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn line(what: &str, ok: bool, detail: &str) {
+    println!("{what:<22} {:<5} {detail}", if ok { "ok" } else { "FAIL" });
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+pub fn run(args: &CheckArgs) -> ExitCode {
+    let uname = rustix_uname();
+    line("kernel", true, &uname);
+
+    let btf = Path::new("/sys/kernel/btf/vmlinux");
+    match std::fs::metadata(btf) {
+        Ok(m) => line("BTF", true, &format!("{} ({})", btf.display(), mib(m.len()))),
+        Err(_) => line(
+            "BTF",
+            false,
+            "no /sys/kernel/btf/vmlinux: the probes use raw tracepoints and still work; \
+             future BTF-based probes need a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        ),
+    }
+
+    match ebpf::ensure_tracefs() {
+        Ok(TracefsState::Mounted) => line("tracefs", true, &format!("mounted at {TRACEFS}")),
+        Ok(TracefsState::MountedNow) => {
+            line("tracefs", true, &format!("was not mounted; mounted it at {TRACEFS}"))
+        }
+        Err(e) => line("tracefs", false, &e),
+    }
+
+    let caps = effective_caps();
+    let has = |c: u32| caps.is_some_and(|v| v & (1u64 << c) != 0);
+    let priv_ok = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let who = if euid == 0 { "root".to_string() } else { format!("uid {euid}") };
+    let mut names = Vec::new();
+    for (c, n) in [(CAP_SYS_ADMIN, "CAP_SYS_ADMIN"), (CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE")] {
+        if has(c) {
+            names.push(n);
+        }
+    }
+    line(
+        "privileges",
+        priv_ok,
+        &if priv_ok {
+            format!("{who} with {}", names.join(", "))
+        } else {
+            format!("{who} without CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): run as root, e.g. `sudo hostprobe ...`")
+        },
+    );
+
+    let mut usable = 0;
+    for spec in probes::ALL {
+        match (spec.load)(&Options::default()) {
+            Ok(p) => {
+                usable += 1;
+                let s = p.status();
+                let maps: Vec<String> =
+                    s.maps.iter().map(|m| format!("{} {} entries", m.name, m.max_entries)).collect();
+                line(
+                    &format!("probe {}", spec.name),
+                    true,
+                    &format!(
+                        "loaded and attached; kernel maps {} ({}); {}",
+                        mib(s.memlock_bytes),
+                        maps.join(", "),
+                        spec.about
+                    ),
+                );
+            }
+            Err(e) => line(&format!("probe {}", spec.name), false, &e.to_string()),
+        }
+    }
+
+    let mut tracepoints_ok = true;
+    for tp in &args.tracepoint {
+        let result = check_tracepoint(tp);
+        tracepoints_ok &= result.is_ok();
+        match result {
+            Ok(()) => line(&format!("tracepoint {tp}"), true, "exists and accepts a BPF program"),
+            Err(e) => line(&format!("tracepoint {tp}"), false, &e),
+        }
+    }
+
+    println!(
+        "\n{usable} of {} probes can run here; measured with a {} interval by default.",
+        probes::ALL.len(),
+        duration(1_000_000_000)
+    );
+    if usable == 0 || !tracepoints_ok {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn check_tracepoint(name: &str) -> Result<(), String> {
+    let mut bpf = ebpf::load("check", CHECK_OBJECT, &mut EbpfLoader::new()).map_err(|e| e.to_string())?;
+    ebpf::attach_raw_tracepoint(&mut bpf, "check", "check_noop", name).map_err(|e| e.to_string())?;
+    let _ = bpf.program_mut("check_noop").and_then(|p| <&mut RawTracePoint>::try_from(p).ok());
+    Ok(())
+}
+
+/// `CapEff` of this process, from `/proc/self/status`.
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+fn rustix_uname() -> String {
+    // SAFETY: uname fills the zeroed struct we pass.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".into();
+    }
+    let field = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    format!("{} {} ({})", field(&u.sysname), field(&u.release), field(&u.machine))
+}

@@ -1,0 +1,217 @@
+//! Command line: flags, their validation, and turning them into probe
+//! options. Bad input is a one-line error and exit code 2.
+
+use std::{path::Path, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::probes::{CgroupFilter, Options};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hostprobe",
+    version,
+    about = "Per-process syscall latency, measured in the kernel with eBPF",
+    long_about = "hostprobe measures, per process, how many syscalls each process makes, how many \
+fail, and how long they take (p50/p90/p99/max), with eBPF programs on the kernel's raw \
+tracepoints. No application changes, no restarts.\n\n\
+Start with `hostprobe check` to see what this host supports, then `hostprobe run`.",
+    after_help = "Examples:\n  hostprobe run                          live view of the busiest processes\n  \
+hostprobe run --pid 1234 --interval 5s  one process, every 5 s\n  \
+hostprobe run --output json --duration 1m > out.jsonl\n  \
+hostprobe check                        what works on this host, and how to fix what does not"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach the probes and report per-process figures every interval.
+    ///
+    /// On a terminal this is a live view refreshed every interval; piped, it
+    /// prints plain text tables; with `--output json`, one JSON object per
+    /// interval per line. Stops on Ctrl-C/SIGTERM (after printing the last
+    /// interval) or after --duration.
+    Run(RunArgs),
+    /// Check that this host can run the probes: kernel, BTF, tracefs,
+    /// privileges, and each probe actually loaded and attached.
+    ///
+    /// Exits 1 when no probe can run (or a --tracepoint cannot be attached).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Reporting interval, e.g. 500ms, 1s, 1m (at least 10ms).
+    #[arg(long, default_value = "1s", value_parser = parse_interval, value_name = "DURATION")]
+    pub interval: Duration,
+    /// Stop after this long (the last interval may be shorter). Default: run until stopped.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    /// Show this many processes (by time spent in syscalls); the rest are merged into "other".
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub top: u32,
+    /// Output format. auto: live view on a terminal, text otherwise.
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Auto)]
+    pub output: OutputFormat,
+    /// Include each process's command line (off by default: command lines can hold secrets).
+    #[arg(long)]
+    pub cmdline: bool,
+    /// Size of the per-(process, syscall) kernel map (default 16384 entries,
+    /// 1.1 KiB each); new pairs past it are counted as lost, not recorded.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(64..=4_194_304), value_name = "N")]
+    pub max_entries: Option<u32>,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+}
+
+/// Filters, applied in the kernel (filtered-out tasks cost one check per syscall).
+#[derive(Debug, Args, Default)]
+pub struct FilterArgs {
+    /// Only these processes (repeat, or separate with commas). Threads count toward their process.
+    #[arg(long = "pid", value_name = "PID", value_delimiter = ',',
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+    /// Only threads whose name (comm, at most 15 bytes) is exactly this, like bcc's --comm.
+    #[arg(long, value_parser = parse_comm)]
+    pub comm: Option<String>,
+    /// Only tasks in this cgroup (v2) or below it: a path under the cgroup2 mount, or as shown in /proc/PID/cgroup.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also check that this raw tracepoint exists and accepts a BPF program (repeatable), e.g. sched_switch.
+    #[arg(long, value_name = "NAME")]
+    pub tracepoint: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Auto,
+    Live,
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 1s, 2m)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err("must be at least 10ms".into());
+    }
+    Ok(d)
+}
+
+fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err("must be 1 to 15 bytes (the kernel keeps 15 bytes of a thread name)".into());
+    }
+    Ok(s.to_string())
+}
+
+impl FilterArgs {
+    /// The probe options these filters mean on this host.
+    pub fn resolve(&self, max_entries: Option<u32>) -> Result<Options, String> {
+        let comm = self.comm.as_ref().map(|c| {
+            let mut v = [0u8; 16];
+            v[..c.len()].copy_from_slice(c.as_bytes());
+            v
+        });
+        let cgroup = self.cgroup.as_deref().map(resolve_cgroup).transpose()?;
+        Ok(Options { pids: self.pids.clone(), comm, cgroup, max_entries })
+    }
+}
+
+/// Where the cgroup2 filesystem is mounted (`/sys/fs/cgroup` on unified
+/// hosts, `/sys/fs/cgroup/unified` on hybrid ones).
+pub fn cgroup2_mount() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split(' ').next()? == "cgroup2").then(|| left.split(' ').nth(4).map(str::to_string))?
+    })
+}
+
+fn resolve_cgroup(path: &str) -> Result<CgroupFilter, String> {
+    use std::os::unix::fs::MetadataExt;
+    let root = cgroup2_mount().ok_or("--cgroup: no cgroup2 filesystem is mounted on this host")?;
+    let rel = path.strip_prefix(root.as_str()).unwrap_or(path).trim_matches('/');
+    let full = Path::new(&root).join(rel);
+    let meta = std::fs::metadata(&full)
+        .map_err(|e| format!("--cgroup {path}: {} is not a cgroup ({e})", full.display()))?;
+    let level = rel.split('/').filter(|c| !c.is_empty()).count() as u32;
+    Ok(CgroupFilter { path: full.display().to_string(), id: meta.ino(), level })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hostprobe").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let Command::Run(r) = parse(&["run"]).unwrap().command else { panic!() };
+        assert_eq!(r.interval, Duration::from_secs(1));
+        assert_eq!(r.top, 20);
+        assert_eq!(r.output, OutputFormat::Auto);
+        assert!(r.duration.is_none() && !r.cmdline);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            &["run", "--interval", "0"][..],
+            &["run", "--interval", "5ms"],
+            &["run", "--interval", "soon"],
+            &["run", "--pid", "notanumber"],
+            &["run", "--pid", "0"],
+            &["run", "--top", "0"],
+            &["run", "--comm", "a-name-longer-than-15"],
+            &["run", "--output", "xml"],
+            &["run", "--bogus"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn pids_repeat_or_split_on_commas() {
+        let Command::Run(r) = parse(&["run", "--pid", "1,2", "--pid", "3"]).unwrap().command else { panic!() };
+        assert_eq!(r.filters.pids, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn comm_is_nul_padded() {
+        let f = FilterArgs { comm: Some("bash".into()), ..Default::default() };
+        let o = f.resolve(None).unwrap();
+        assert_eq!(&o.comm.unwrap()[..5], b"bash\0");
+    }
+
+    #[test]
+    fn cgroup_root_and_missing_paths() {
+        if let Some(root) = cgroup2_mount() {
+            let c = resolve_cgroup(&root).unwrap();
+            assert_eq!(c.level, 0);
+            let c = resolve_cgroup("/").unwrap();
+            assert_eq!(c.level, 0);
+            assert!(resolve_cgroup("/no/such/group").unwrap_err().contains("not a cgroup"));
+        }
+    }
+}

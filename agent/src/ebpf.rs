@@ -1,0 +1,223 @@
+//! Loading eBPF objects and attaching their programs, with errors that say
+//! which probe failed, why (the kernel's own reason), and what to do.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+};
+
+use aya::{
+    maps::{Map, MapData},
+    programs::{ProgramError, RawTracePoint},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use serde::Serialize;
+
+/// Where the kernel exposes tracing events.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("probe {probe}: loading its eBPF object failed: {}", chain(.source))]
+    Load { probe: &'static str, source: EbpfError },
+    #[error("probe {probe}: program {program} is missing from its eBPF object (a build problem)")]
+    MissingProgram { probe: &'static str, program: &'static str },
+    #[error("probe {probe}: map {map} is missing or has the wrong type: {detail}")]
+    Map { probe: &'static str, map: &'static str, detail: String },
+    #[error("probe {probe}: the kernel rejected program {program}: {}", load_reason(.source))]
+    ProgramLoad { probe: &'static str, program: &'static str, source: ProgramError },
+    #[error("probe {probe}: attaching {program} to raw tracepoint {tracepoint} failed: {}", attach_reason(.tracepoint, .source))]
+    Attach {
+        probe: &'static str,
+        program: &'static str,
+        tracepoint: String,
+        source: ProgramError,
+    },
+    #[error("probe {probe}: reading map {map} failed: {source}")]
+    Read { probe: &'static str, map: &'static str, source: aya::maps::MapError },
+    #[error("probe {probe}: {detail}")]
+    Config { probe: &'static str, detail: String },
+}
+
+/// An error and its causes on one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    if let Some(hint) = errno_hint(e) {
+        s.push_str(" (");
+        s.push_str(hint);
+        s.push(')');
+    }
+    s
+}
+
+/// The first OS error in a chain.
+fn os_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            if let Some(code) = io.raw_os_error() {
+                return Some(code);
+            }
+        }
+        cur = c.source();
+    }
+    None
+}
+
+fn errno_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    match os_error(e)? {
+        libc::EPERM | libc::EACCES => {
+            Some("run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE")
+        }
+        libc::ENOMEM => Some("the kernel could not allocate the maps; lower --max-entries"),
+        _ => None,
+    }
+}
+
+fn load_reason(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect();
+            let hint = match io_error.raw_os_error() {
+                Some(libc::EPERM | libc::EACCES) => {
+                    "; run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"
+                }
+                _ => "; this kernel's verifier does not accept it: please report it with `hostprobe check` output",
+            };
+            format!("{io_error}{hint}; verifier says: {}", tail.join(" | "))
+        }
+        other => chain(other),
+    }
+}
+
+fn attach_reason(tracepoint: &str, e: &ProgramError) -> String {
+    match os_error(e) {
+        Some(libc::ENOENT) => format!(
+            "this kernel has no tracepoint named {tracepoint:?} (ENOENT); \
+             list the ones it has with `ls {TRACEFS}/events/*/`"
+        ),
+        _ => chain(e),
+    }
+}
+
+/// Mounts tracefs when it is missing. Raw tracepoints do not need it, but
+/// classic tracepoints do, and so do `check`'s listings. Returns what it did.
+pub fn ensure_tracefs() -> Result<TracefsState, String> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(TracefsState::Mounted);
+    }
+    let src = c"tracefs";
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+    };
+    if rc == 0 {
+        Ok(TracefsState::MountedNow)
+    } else {
+        Err(format!(
+            "tracefs is not mounted at {TRACEFS} and mounting it failed: {}; \
+             mount it with `mount -t tracefs tracefs {TRACEFS}`",
+            io::Error::last_os_error()
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TracefsState {
+    Mounted,
+    MountedNow,
+}
+
+/// Loads one probe's eBPF object.
+pub fn load(probe: &'static str, object: &[u8], loader: &mut EbpfLoader) -> Result<Ebpf, ProbeError> {
+    loader.load(object).map_err(|source| ProbeError::Load { probe, source })
+}
+
+/// Loads `program` and attaches it to raw tracepoint `tracepoint`. The link
+/// lives as long as `ebpf`.
+pub fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    probe: &'static str,
+    program: &'static str,
+    tracepoint: &str,
+) -> Result<(), ProbeError> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(ProbeError::MissingProgram { probe, program })?;
+    prog.load().map_err(|source| ProbeError::ProgramLoad { probe, program, source })?;
+    prog.attach(tracepoint).map_err(|source| ProbeError::Attach {
+        probe,
+        program,
+        tracepoint: tracepoint.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// A kernel map's size as the kernel accounts for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MapStatus {
+    pub name: String,
+    /// Entries in use at the last read, where counting them is cheap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entries: Option<u64>,
+    pub max_entries: u32,
+    /// Kernel memory charged for the map (`memlock` in its fdinfo).
+    pub memlock_bytes: u64,
+}
+
+/// Sizes of every map of a loaded object, read from the kernel.
+pub fn map_sizes(ebpf: &Ebpf) -> Vec<MapStatus> {
+    let mut out: Vec<MapStatus> = ebpf
+        .maps()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .filter_map(|(name, map)| {
+            let data = map_data(map)?;
+            let info = data.info().ok()?;
+            Some(MapStatus {
+                name: name.to_string(),
+                entries: None,
+                max_entries: info.max_entries(),
+                memlock_bytes: memlock(data).unwrap_or(0),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn map_data(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuHashMap(d)
+        | Map::PerCpuLruHashMap(d)
+        | Map::RingBuf(d)
+        | Map::StackTraceMap(d) => Some(d),
+        _ => None,
+    }
+}
+
+/// `memlock:` from `/proc/self/fdinfo/<fd>`: the kernel's charge for the map.
+fn memlock(data: &MapData) -> Option<u64> {
+    let fd = data.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+}

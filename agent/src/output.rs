@@ -1,0 +1,167 @@
+//! Where reports go on the command line: a live view on a terminal, plain
+//! periodic text otherwise, or one JSON object per line.
+
+use std::io::{self, Write};
+
+use crate::report::{Latency, Report, SyscallReport};
+
+pub trait Sink: Send {
+    fn emit(&mut self, report: &Report) -> io::Result<()>;
+}
+
+/// One JSON object per interval per line.
+pub struct Json<W>(pub W);
+
+impl<W: Write + Send> Sink for Json<W> {
+    fn emit(&mut self, report: &Report) -> io::Result<()> {
+        serde_json::to_writer(&mut self.0, report)?;
+        self.0.write_all(b"\n")?;
+        self.0.flush()
+    }
+}
+
+/// A table per interval, appended: for logs and pipes.
+pub struct Text<W>(pub W);
+
+impl<W: Write + Send> Sink for Text<W> {
+    fn emit(&mut self, report: &Report) -> io::Result<()> {
+        let mut buf = String::new();
+        table(report, usize::MAX, &mut buf);
+        buf.push('\n');
+        self.0.write_all(buf.as_bytes())?;
+        self.0.flush()
+    }
+}
+
+/// Redraws the screen each interval, like `top`.
+pub struct Live<W>(pub W);
+
+impl<W: Write + Send> Sink for Live<W> {
+    fn emit(&mut self, report: &Report) -> io::Result<()> {
+        let rows = terminal_rows().unwrap_or(40).saturating_sub(5).max(3);
+        let mut buf = String::from("\x1b[H\x1b[2J");
+        table(report, rows, &mut buf);
+        buf.push_str("\n(Ctrl-C to stop; --output json for scripts)\n");
+        self.0.write_all(buf.as_bytes())?;
+        self.0.flush()
+    }
+}
+
+fn terminal_rows() -> Option<usize> {
+    // SAFETY: TIOCGWINSZ fills the winsize we pass; failure leaves it zeroed.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0 && ws.ws_row > 0).then_some(ws.ws_row as usize)
+}
+
+/// Nanoseconds for people: 850ns, 1.2us, 45us, 3.1ms, 1.25s.
+pub fn duration(ns: u64) -> String {
+    let f = ns as f64;
+    match ns {
+        0..=999 => format!("{ns}ns"),
+        1_000..=9_999 => format!("{:.1}us", f / 1e3),
+        10_000..=999_999 => format!("{:.0}us", f / 1e3),
+        1_000_000..=9_999_999 => format!("{:.1}ms", f / 1e6),
+        10_000_000..=999_999_999 => format!("{:.0}ms", f / 1e6),
+        _ => format!("{:.2}s", f / 1e9),
+    }
+}
+
+/// A count per second with thousands separators.
+fn rate(n: u64, interval_ns: u64) -> String {
+    let per_s = if interval_ns == 0 { 0 } else { (n as u128 * 1_000_000_000 / interval_ns as u128) as u64 };
+    let digits = per_s.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn top_syscalls(list: &[SyscallReport], total_ns: u64) -> String {
+    list.iter()
+        .take(3)
+        .map(|s| {
+            let pct = if total_ns == 0 { 0 } else { s.latency.total_ns * 100 / total_ns };
+            format!("{} {pct}%", s.name)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn row(out: &mut String, pid: &str, comm: &str, l: &Latency, list: &[SyscallReport], interval_ns: u64) {
+    let time_pct = if interval_ns == 0 { 0.0 } else { l.total_ns as f64 * 100.0 / interval_ns as f64 };
+    out.push_str(&format!(
+        "{pid:>8} {comm:<16} {:>10} {:>7} {:>6.1}% {:>7} {:>7} {:>7}  {}\n",
+        rate(l.count, interval_ns),
+        rate(l.errors, interval_ns),
+        time_pct,
+        duration(l.p50_ns),
+        duration(l.p99_ns),
+        duration(l.max_ns),
+        top_syscalls(list, l.total_ns),
+    ));
+}
+
+/// The report as a table of at most `rows` processes.
+pub fn table(r: &Report, rows: usize, out: &mut String) {
+    let time = r.time.get(11..19).unwrap_or(&r.time);
+    let mut probes = Vec::new();
+    for p in &r.probes {
+        probes.push(match (&p.error, p.active, p.lost) {
+            (Some(_), false, _) => format!("{} FAILED", p.name),
+            (_, _, 0) => p.name.to_string(),
+            (_, _, lost) => format!("{} (lost {lost} events)", p.name),
+        });
+    }
+    let shown = r.processes.len().min(rows);
+    let total = r.processes.len() as u64 + r.other.as_ref().map_or(0, |o| o.processes);
+    out.push_str(&format!(
+        "hostprobe {time}  host {}  interval {}  probes: {}  processes: {total} (top {shown} by time in syscalls)\n",
+        r.host,
+        duration(r.interval_ns),
+        probes.join(", "),
+    ));
+    for p in r.probes.iter().filter_map(|p| p.error.as_ref()) {
+        out.push_str(&format!("  ! {p}\n"));
+    }
+    out.push_str(&format!(
+        "{:>8} {:<16} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7}  {}\n",
+        "PID", "COMM", "CALLS/s", "ERR/s", "TIME%", "P50", "P99", "MAX", "TOP SYSCALLS BY TIME"
+    ));
+    for p in r.processes.iter().take(rows) {
+        let comm = if p.exited { format!("{}*", p.meta.comm) } else { p.meta.comm.clone() };
+        row(out, &p.pid.to_string(), &comm, &p.syscall_total, &p.syscalls, r.interval_ns);
+    }
+    if let Some(o) = &r.other {
+        row(out, "", &format!("({} others)", o.processes), &o.syscall_total, &o.syscalls, r.interval_ns);
+    }
+    if r.processes.is_empty() {
+        out.push_str("  (no syscalls seen in this interval)\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration(850), "850ns");
+        assert_eq!(duration(1_234), "1.2us");
+        assert_eq!(duration(45_000), "45us");
+        assert_eq!(duration(3_100_000), "3.1ms");
+        assert_eq!(duration(20_000_000), "20ms");
+        assert_eq!(duration(1_250_000_000), "1.25s");
+    }
+
+    #[test]
+    fn rates_have_separators() {
+        assert_eq!(rate(1_234_567, 1_000_000_000), "1,234,567");
+        assert_eq!(rate(500, 500_000_000), "1,000");
+        assert_eq!(rate(7, 0), "0");
+    }
+}

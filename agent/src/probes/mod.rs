@@ -1,0 +1,109 @@
+//! The probe framework. A probe is four files that read alike:
+//! `agent-common/src/<probe>.rs` (shared types), `agent-ebpf/src/<probe>.rs`
+//! (kernel side), `agent/src/probes/<probe>.rs` (this side: load, attach,
+//! collect) and `tests/tests/<probe>.rs`. Adding one means adding it to
+//! [`ALL`] and giving [`ProcessData`] a field for its figures.
+
+pub mod syscall;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+pub use crate::ebpf::{MapStatus, ProbeError};
+
+/// Settings every probe applies in the kernel.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Only these processes (thread group ids), when not empty.
+    pub pids: Vec<u32>,
+    /// Only threads with this comm (NUL-padded, at most 15 bytes).
+    pub comm: Option<[u8; 16]>,
+    /// Only tasks in this cgroup (v2) or below it.
+    pub cgroup: Option<CgroupFilter>,
+    /// Size of the main per-process map, when not the probe's default.
+    pub max_entries: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CgroupFilter {
+    pub path: String,
+    /// The cgroup's id: its inode number in the cgroup2 filesystem.
+    pub id: u64,
+    /// Its depth below the cgroup2 root (the root is 0).
+    pub level: u32,
+}
+
+/// A probe that is loaded and attached.
+pub trait Probe: Send {
+    fn name(&self) -> &'static str;
+
+    /// Adds what happened since the previous call to `out`. Also reclaims
+    /// the kernel entries of processes that are gone, once their last
+    /// figures are in `out`.
+    fn collect(&mut self, out: &mut Interval) -> Result<(), ProbeError>;
+
+    /// Map sizes and event counters as of the last `collect`.
+    fn status(&self) -> ProbeStatus;
+}
+
+/// How to build a probe, for the registry.
+pub struct Spec {
+    pub name: &'static str,
+    /// One line for `check` and `--help`.
+    pub about: &'static str,
+    pub load: fn(&Options) -> Result<Box<dyn Probe>, ProbeError>,
+}
+
+/// Every probe the agent knows, in the order they are loaded.
+pub const ALL: &[Spec] = &[syscall::SPEC];
+
+/// What every probe measured in one interval, per process (thread group id).
+#[derive(Debug, Default)]
+pub struct Interval {
+    pub processes: HashMap<u32, ProcessData>,
+}
+
+#[derive(Debug, Default)]
+pub struct ProcessData {
+    /// comm as the kernel saw it, for processes gone before `/proc` is read.
+    pub kernel_comm: Option<String>,
+    /// Per syscall number.
+    pub syscalls: BTreeMap<u32, syscall::SyscallData>,
+}
+
+/// A probe's health, reported with every interval and by `check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    pub name: &'static str,
+    pub active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub maps: Vec<MapStatus>,
+    /// Kernel memory charged for all of the probe's maps.
+    pub memlock_bytes: u64,
+    /// Event counters of the last interval (see each probe's `Counter`).
+    pub counters: BTreeMap<&'static str, u64>,
+    /// Events lost in the last interval (the counters that mean data loss).
+    pub lost: u64,
+}
+
+impl ProbeStatus {
+    pub fn failed(name: &'static str, error: String) -> Self {
+        Self {
+            name,
+            active: false,
+            error: Some(error),
+            maps: Vec::new(),
+            memlock_bytes: 0,
+            counters: BTreeMap::new(),
+            lost: 0,
+        }
+    }
+}
+
+/// NUL-padded comm (the kernel's TASK_COMM_LEN is 16) as text.
+pub fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}

@@ -1,0 +1,118 @@
+//! What `/proc` says about a process: name, executable, cgroup, container.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ProcMeta {
+    pub comm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// cgroup v2 path (the `0::` line of `/proc/<pid>/cgroup`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Only with `--cmdline`: command lines can hold secrets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+/// Remembers what does not change while a process lives (exe, cgroup,
+/// command line), keyed by pid and checked against the process start time so
+/// a reused pid is read afresh.
+#[derive(Default)]
+pub struct ProcCache {
+    entries: HashMap<u32, (u64, ProcMeta)>,
+    with_cmdline: bool,
+}
+
+impl ProcCache {
+    pub fn new(with_cmdline: bool) -> Self {
+        Self { entries: HashMap::new(), with_cmdline }
+    }
+
+    /// Metadata of a live process, or `None` when it is gone.
+    pub fn get(&mut self, pid: u32) -> Option<ProcMeta> {
+        let proc = procfs::process::Process::new(pid as i32).ok()?;
+        let stat = proc.stat().ok()?;
+        if let Some((start, meta)) = self.entries.get_mut(&pid) {
+            if *start == stat.starttime {
+                meta.comm = stat.comm; // may change (exec, prctl)
+                return Some(meta.clone());
+            }
+        }
+        let cgroup = proc.cgroups().ok().and_then(|groups| {
+            groups.0.into_iter().find(|g| g.hierarchy == 0).map(|g| g.pathname)
+        });
+        let meta = ProcMeta {
+            comm: stat.comm,
+            exe: proc.exe().ok().map(|p| p.to_string_lossy().into_owned()),
+            container_id: cgroup.as_deref().and_then(container_id),
+            cgroup,
+            cmdline: self
+                .with_cmdline
+                .then(|| proc.cmdline().ok().map(|a| a.join(" ")))
+                .flatten(),
+        };
+        self.entries.insert(pid, (stat.starttime, meta.clone()));
+        Some(meta)
+    }
+
+    /// Forgets pids not in `live`, so the cache stays as small as the output.
+    pub fn retain(&mut self, live: &std::collections::HashSet<u32>) {
+        self.entries.retain(|pid, _| live.contains(pid));
+    }
+}
+
+/// The container id a cgroup path names, for the runtimes people use:
+/// docker (`/docker/<id>`, `docker-<id>.scope`), containerd
+/// (`cri-containerd-<id>.scope`, `/kubepods/.../<id>`), cri-o
+/// (`crio-<id>.scope`) and podman (`libpod-<id>.scope`). Ids are 64 hex
+/// digits; the innermost one wins.
+pub fn container_id(cgroup: &str) -> Option<String> {
+    cgroup.rsplit('/').find_map(|part| {
+        let part = part.strip_suffix(".scope").unwrap_or(part);
+        let id = part.rsplit(['-', ':']).next().unwrap_or(part);
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899";
+
+    #[test]
+    fn container_ids_of_common_runtimes() {
+        for path in [
+            format!("/system.slice/docker-{ID}.scope"),
+            format!("/docker/{ID}"),
+            format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{ID}.scope"),
+            format!("/kubepods/besteffort/pod0c0d/{ID}"),
+            format!("/machine.slice/libpod-{ID}.scope/container"),
+            format!("/kubepods.slice/crio-{ID}.scope"),
+        ] {
+            assert_eq!(container_id(&path).as_deref(), Some(ID), "{path}");
+        }
+    }
+
+    #[test]
+    fn no_container_id_outside_containers() {
+        for path in ["/", "/user.slice/user-0.slice/session-1.scope", "/system.slice/sshd.service"] {
+            assert_eq!(container_id(path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        let meta = ProcCache::new(true).get(me).expect("own /proc entry");
+        assert!(!meta.comm.is_empty());
+        assert!(meta.exe.is_some());
+        assert!(meta.cmdline.is_some());
+        assert!(ProcCache::new(false).get(me).unwrap().cmdline.is_none());
+    }
+}

@@ -1,0 +1,198 @@
+//! One interval's report: what every output (terminal, JSON, and later the
+//! exporters) is built from. The JSON form is an interface scripts depend on:
+//! fields are only ever added.
+
+use std::cmp::Reverse;
+
+use serde::Serialize;
+
+use crate::{
+    hist::Histogram,
+    probes::{syscall::SyscallData, Interval, ProbeStatus, ProcessData},
+    procinfo::{ProcCache, ProcMeta},
+    syscalls,
+};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// End of the interval, RFC 3339.
+    pub time: String,
+    /// Measured length of the interval.
+    pub interval_ns: u64,
+    pub host: String,
+    /// The top processes by time spent in syscalls, largest first.
+    pub processes: Vec<ProcessReport>,
+    /// Everything below the top, merged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other: Option<OtherReport>,
+    pub probes: Vec<ProbeStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    #[serde(flatten)]
+    pub meta: ProcMeta,
+    /// The process had exited when the interval was read.
+    pub exited: bool,
+    /// All of the process's syscalls together.
+    pub syscall_total: Latency,
+    /// Per syscall, most time first.
+    pub syscalls: Vec<SyscallReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OtherReport {
+    /// How many processes are merged here.
+    pub processes: u64,
+    pub syscall_total: Latency,
+    pub syscalls: Vec<SyscallReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SyscallReport {
+    pub name: String,
+    pub nr: u32,
+    #[serde(flatten)]
+    pub latency: Latency,
+}
+
+/// Counts and latency of a set of calls in one interval.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub errors: u64,
+    pub total_ns: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+    /// Returns whose start the probe did not see (it attached while the call
+    /// was in progress, or lost it): not in `count` or the latencies.
+    pub missed_starts: u64,
+    /// Bucket counts in the shared layout, for exporters (not in JSON).
+    #[serde(skip)]
+    pub hist: Histogram,
+}
+
+impl From<&SyscallData> for Latency {
+    fn from(d: &SyscallData) -> Self {
+        let q = |q| d.hist.quantile(q, d.max_ns).unwrap_or(0);
+        Self {
+            count: d.count,
+            errors: d.errors,
+            total_ns: d.total_ns,
+            p50_ns: q(0.5),
+            p90_ns: q(0.9),
+            p99_ns: q(0.99),
+            max_ns: d.max_ns,
+            missed_starts: d.missed_starts,
+            hist: d.hist.clone(),
+        }
+    }
+}
+
+fn syscall_list(data: &std::collections::BTreeMap<u32, SyscallData>) -> (Latency, Vec<SyscallReport>) {
+    let mut total = SyscallData::default();
+    let mut list: Vec<SyscallReport> = data
+        .iter()
+        .map(|(nr, d)| {
+            total.merge(d);
+            SyscallReport { name: syscalls::name(*nr).into_owned(), nr: *nr, latency: d.into() }
+        })
+        .collect();
+    list.sort_by_key(|s| (Reverse(s.latency.total_ns), s.nr));
+    ((&total).into(), list)
+}
+
+fn total_ns(p: &ProcessData) -> u64 {
+    p.syscalls.values().map(|s| s.total_ns).sum()
+}
+
+/// Ranks processes, keeps the top `top` with their `/proc` metadata, and
+/// merges the rest into `other`.
+pub fn build(
+    interval: Interval,
+    top: usize,
+    procs: &mut ProcCache,
+    interval_ns: u64,
+    host: &str,
+    probes: Vec<ProbeStatus>,
+) -> Report {
+    let mut ranked: Vec<(u32, ProcessData)> = interval.processes.into_iter().collect();
+    ranked.sort_by_key(|(pid, p)| (Reverse(total_ns(p)), *pid));
+    let rest = if ranked.len() > top { ranked.split_off(top) } else { Vec::new() };
+
+    let mut live = std::collections::HashSet::new();
+    let processes = ranked
+        .into_iter()
+        .map(|(pid, p)| {
+            let (meta, exited) = match procs.get(pid) {
+                Some(m) => {
+                    live.insert(pid);
+                    (m, false)
+                }
+                None => (ProcMeta { comm: p.kernel_comm.clone().unwrap_or_default(), ..Default::default() }, true),
+            };
+            let (syscall_total, syscalls) = syscall_list(&p.syscalls);
+            ProcessReport { pid, meta, exited, syscall_total, syscalls }
+        })
+        .collect();
+    procs.retain(&live);
+
+    let other = (!rest.is_empty()).then(|| {
+        let mut merged = std::collections::BTreeMap::<u32, SyscallData>::new();
+        for (_, p) in &rest {
+            for (nr, d) in &p.syscalls {
+                merged.entry(*nr).or_default().merge(d);
+            }
+        }
+        let (syscall_total, syscalls) = syscall_list(&merged);
+        OtherReport { processes: rest.len() as u64, syscall_total, syscalls }
+    });
+
+    Report {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        interval_ns,
+        host: host.to_string(),
+        processes,
+        other,
+        probes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(count: u64, ns_each: u64) -> SyscallData {
+        let mut d = SyscallData { count, total_ns: count * ns_each, max_ns: ns_each, ..Default::default() };
+        for _ in 0..count {
+            d.hist.record(ns_each);
+        }
+        d
+    }
+
+    #[test]
+    fn keeps_top_n_and_merges_the_rest_exactly() {
+        let mut interval = Interval::default();
+        // Pids that cannot exist, so /proc lookups fail and kernel comms are used.
+        for i in 0..10u32 {
+            let p = interval.processes.entry(4_000_000 + i).or_default();
+            p.kernel_comm = Some(format!("p{i}"));
+            p.syscalls.insert(0, data(10, 1_000 * u64::from(i + 1)));
+            p.syscalls.insert(1, data(1, 100));
+        }
+        let r = build(interval, 3, &mut ProcCache::new(false), 1_000_000_000, "h", vec![]);
+        assert_eq!(r.processes.len(), 3);
+        assert_eq!(r.processes[0].meta.comm, "p9");
+        assert!(r.processes[0].exited);
+        assert_eq!(r.processes[0].syscalls[0].nr, 0, "largest total first");
+        let other = r.other.expect("other");
+        assert_eq!(other.processes, 7);
+        let read = other.syscalls.iter().find(|s| s.nr == 0).unwrap();
+        assert_eq!(read.latency.count, 70);
+        assert_eq!(other.syscall_total.count, 77);
+        assert_eq!(other.syscall_total.hist.count(), 77);
+    }
+}
