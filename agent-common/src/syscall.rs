@@ -148,9 +148,12 @@ impl Counter {
         }
     }
 
-    /// Whether a non-zero count means data was lost.
+    /// Whether a non-zero count means the probe dropped data it had.
+    /// Missed starts are reported apart: most are calls already in progress
+    /// when the probe attached (a thread blocked in `epoll_wait` since
+    /// before), which no probe can time.
     pub const fn is_error(self) -> bool {
-        !matches!(self, Counter::ChildReturns)
+        matches!(self, Counter::StatsFull | Counter::InflightFull)
     }
 }
 

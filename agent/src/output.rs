@@ -59,10 +59,10 @@ pub fn duration(ns: u64) -> String {
     let f = ns as f64;
     match ns {
         0..=999 => format!("{ns}ns"),
-        1_000..=9_999 => format!("{:.1}us", f / 1e3),
-        10_000..=999_999 => format!("{:.0}us", f / 1e3),
-        1_000_000..=9_999_999 => format!("{:.1}ms", f / 1e6),
-        10_000_000..=999_999_999 => format!("{:.0}ms", f / 1e6),
+        1_000..=9_949 => format!("{:.1}us", f / 1e3),
+        9_950..=999_499 => format!("{:.0}us", f / 1e3),
+        999_500..=9_949_999 => format!("{:.1}ms", f / 1e6),
+        9_950_000..=999_499_999 => format!("{:.0}ms", f / 1e6),
         _ => format!("{:.2}s", f / 1e9),
     }
 }
@@ -111,11 +111,17 @@ pub fn table(r: &Report, rows: usize, out: &mut String) {
     let time = r.time.get(11..19).unwrap_or(&r.time);
     let mut probes = Vec::new();
     for p in &r.probes {
-        probes.push(match (&p.error, p.active, p.lost) {
-            (Some(_), false, _) => format!("{} FAILED", p.name),
-            (_, _, 0) => p.name.to_string(),
-            (_, _, lost) => format!("{} (lost {lost} events)", p.name),
-        });
+        let mut s = p.name.to_string();
+        if !p.active {
+            s.push_str(" FAILED");
+        }
+        if p.lost > 0 {
+            s.push_str(&format!(" (LOST {} events: maps full)", p.lost));
+        }
+        if let Some(n) = p.counters.get("missed_start").filter(|n| **n > 0) {
+            s.push_str(&format!(" ({n} returns without a seen start)"));
+        }
+        probes.push(s);
     }
     let shown = r.processes.len().min(rows);
     let total = r.processes.len() as u64 + r.other.as_ref().map_or(0, |o| o.processes);
@@ -156,6 +162,8 @@ mod tests {
         assert_eq!(duration(3_100_000), "3.1ms");
         assert_eq!(duration(20_000_000), "20ms");
         assert_eq!(duration(1_250_000_000), "1.25s");
+        assert_eq!(duration(999_999_999), "1.00s");
+        assert_eq!(duration(9_999), "10us");
     }
 
     #[test]

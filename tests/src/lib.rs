@@ -1,0 +1,221 @@
+//! Harness for the end-to-end tests: runs the real `hostprobe` binary (which
+//! loads the real probes into the running kernel) against workloads whose
+//! syscalls are known, and reads its JSON output.
+//!
+//! Needs root (or CAP_BPF + CAP_PERFMON); `cargo xtask test` builds
+//! everything and runs these with `--test-threads=1`.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The agent binary: `$HOSTPROBE_BIN`, or the one built next to this test.
+pub fn hostprobe_bin() -> PathBuf {
+    match std::env::var_os("HOSTPROBE_BIN") {
+        Some(p) => p.into(),
+        None => target_bin("hostprobe"),
+    }
+}
+
+/// A binary of this workspace, from the target directory the running test
+/// was built in: target/<profile>/deps/<test> -> target/<profile>/<name>.
+fn target_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join(name);
+    assert!(bin.exists(), "{} is missing: run the tests with `cargo xtask test`", bin.display());
+    bin
+}
+
+pub fn hostprobe() -> Command {
+    Command::new(hostprobe_bin())
+}
+
+/// A running `hostprobe run --output json`.
+pub struct Agent {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Every report read so far.
+    pub reports: Vec<Value>,
+}
+
+/// The interval the tests run the agent with.
+pub const INTERVAL: &str = "200ms";
+
+impl Agent {
+    /// Starts `hostprobe run --output json` with `args` (and `--interval
+    /// 200ms` unless they say otherwise) and waits for its first report, so
+    /// the probes are attached on return.
+    pub fn start(args: &[&str]) -> Agent {
+        let mut cmd = hostprobe();
+        cmd.args(["run", "--output", "json"]).args(args);
+        if !args.contains(&"--interval") {
+            cmd.args(["--interval", INTERVAL]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hostprobe");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let mut agent = Agent { child, lines, stderr, reports: Vec::new() };
+        agent.next_report(Duration::from_secs(30)).unwrap_or_else(|| {
+            panic!("no report from hostprobe within 30 s; stderr:\n{}", agent.stderr())
+        });
+        agent
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The next report, parsed, or `None` after `timeout` or at end of output.
+    pub fn next_report(&mut self, timeout: Duration) -> Option<Value> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}"));
+        self.reports.push(v.clone());
+        Some(v)
+    }
+
+    /// Reads reports for `d`.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            if self.next_report(left).is_none() {
+                break;
+            }
+        }
+    }
+
+    /// Stops the agent with SIGTERM (it reports its last interval first) and
+    /// returns every report it printed.
+    pub fn stop(mut self) -> Vec<Value> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        while self.next_report(Duration::from_secs(10)).is_some() {}
+        let status = self.child.wait().expect("wait hostprobe");
+        assert!(status.success(), "hostprobe exited with {status}; stderr:\n{}", self.stderr());
+        std::mem::take(&mut self.reports)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A workload process (see `src/bin/workload.rs`) that waits for `go`.
+pub struct Workload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Workload {
+    pub fn spawn(args: &[&str]) -> Workload {
+        let mut child = Command::new(target_bin("workload"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let stdin = child.stdin.take();
+        Workload { child, stdin }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets it run and waits for it to finish successfully.
+    pub fn run(mut self) -> String {
+        self.go();
+        self.wait()
+    }
+
+    pub fn go(&mut self) {
+        let mut stdin = self.stdin.take().expect("go once");
+        stdin.write_all(b"go\n").expect("write go");
+    }
+
+    /// Waits for it to finish successfully; returns what it printed.
+    pub fn wait(mut self) -> String {
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            std::io::Read::read_to_string(&mut stdout, &mut out).expect("read workload output");
+        }
+        let status = self.child.wait().expect("wait workload");
+        assert!(status.success(), "workload failed: {status}");
+        out
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The process objects for `pid`, one per report it appears in.
+pub fn process_reports(reports: &[Value], pid: u32) -> Vec<&Value> {
+    reports
+        .iter()
+        .flat_map(|r| r["processes"].as_array().into_iter().flatten())
+        .filter(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+        .collect()
+}
+
+/// One syscall's items for `pid` across all reports.
+pub fn syscall_items<'a>(reports: &'a [Value], pid: u32, name: &str) -> Vec<&'a Value> {
+    process_reports(reports, pid)
+        .into_iter()
+        .flat_map(|p| p["syscalls"].as_array().into_iter().flatten())
+        .filter(|s| s["name"] == name)
+        .collect()
+}
+
+/// Sum of an integer field over items.
+pub fn sum(items: &[&Value], field: &str) -> u64 {
+    items.iter().map(|s| s[field].as_u64().unwrap_or_else(|| panic!("{field} in {s}"))).sum()
+}
+
+/// The probe status object named `probe` in a report.
+pub fn probe_status<'a>(report: &'a Value, probe: &str) -> &'a Value {
+    report["probes"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == probe))
+        .unwrap_or_else(|| panic!("no probe {probe} in {report}"))
+}
+
+/// `entries` of a probe's map in a report.
+pub fn map_entries(report: &Value, probe: &str, map: &str) -> u64 {
+    probe_status(report, probe)["maps"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == map))
+        .and_then(|m| m["entries"].as_u64())
+        .unwrap_or_else(|| panic!("no entries for map {map} in {report}"))
+}
