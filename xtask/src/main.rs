@@ -1,1 +1,137 @@
-fn main(){}
+//! Developer tasks: what a newcomer types.
+//!
+//! ```text
+//! cargo xtask run [-- ARGS]   set up, build, run `hostprobe run ARGS` as root
+//! cargo xtask test [-- ARGS]  set up, build, run every test (ARGS go to cargo test)
+//! cargo xtask bench           set up (with the peers), measure, write BENCHMARKS.md
+//! cargo xtask setup           only install what is missing (idempotent)
+//! ```
+
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "hostprobe's set-up, run, test and bench tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: nightly rust-src, bpf-linker (and, with --bench, the peers measured against).
+    Setup {
+        /// Also install the tools `bench` compares with (bpftrace, libbpf-tools).
+        #[arg(long)]
+        bench: bool,
+    },
+    /// Set up, build (release), and run `hostprobe run ARGS` as root (through sudo when not root).
+    Run {
+        /// Arguments for `hostprobe run`, after `--`; e.g. `cargo xtask run -- --pid 1234`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run every test: host unit tests and the privileged end-to-end tests.
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure the probes' overhead against a baseline and the peers; writes BENCHMARKS.md.
+    Bench(bench::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup { bench } => setup::all(bench),
+        Task::Run { args } => {
+            setup::all(false)?;
+            build()?;
+            let bin = root().join("target/release/hostprobe");
+            let status = as_root(&bin).arg("run").args(&args).status().context("running hostprobe")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            setup::all(false)?;
+            build()?;
+            step("running the tests (unit tests, then the end-to-end tests that load the probes)");
+            let mut cmd = cargo();
+            cmd.args(["test", "--release"]).args(&args).args(["--", "--test-threads=1"]);
+            if !is_root() {
+                // Test binaries load eBPF programs: run them through sudo.
+                cmd.env(format!("CARGO_TARGET_{}_RUNNER", host_triple()?.to_uppercase().replace('-', "_")), "sudo -E");
+            }
+            run(&mut cmd)
+        }
+        Task::Bench(args) => {
+            setup::all(true)?;
+            build()?;
+            bench::run(args)
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn build() -> Result<()> {
+    step("building (release): the eBPF objects, hostprobe, test workloads");
+    run(cargo().args(["build", "--release", "--bins"]))
+}
+
+/// Prints a progress line for a step that may take a while.
+pub fn step(what: &str) {
+    eprintln!("==> {what}");
+}
+
+/// Runs a command, failing with its name if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// `program`, through sudo when we are not root.
+pub fn as_root(program: &Path) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(program);
+        c
+    }
+}
+
+fn host_triple() -> Result<String> {
+    let out = Command::new("rustc").arg("-vV").output().context("running rustc -vV")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .context("no host in rustc -vV")
+}

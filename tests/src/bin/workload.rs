@@ -13,6 +13,13 @@
 //! workload churn N              N short-lived children (/bin/true), one after another
 //! workload steady N MS          N rounds of getppid() + nanosleep(MS ms)
 //! ```
+//!
+//! For `cargo xtask bench` (these start at once, without waiting for stdin):
+//!
+//! ```text
+//! workload time-getppid N       N getppid(); prints the mean ns per call
+//! workload busy SECS            several syscalls then a 5 ms sleep, in a loop, for SECS
+//! ```
 use std::{io::BufRead, time::Duration};
 
 fn arg(args: &[String], i: usize) -> u64 {
@@ -52,6 +59,34 @@ fn halves(n: u64, f: impl Fn()) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("time-getppid") => {
+            let n = arg(&args, 2);
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                getppid();
+            }
+            println!("{:.2}", t.elapsed().as_nanos() as f64 / n as f64);
+            return;
+        }
+        Some("busy") => {
+            let end = std::time::Instant::now() + Duration::from_secs(arg(&args, 2));
+            while std::time::Instant::now() < end {
+                for _ in 0..20 {
+                    getppid();
+                    // SAFETY: syscalls without pointer arguments.
+                    unsafe {
+                        libc::syscall(libc::SYS_getpid);
+                        libc::syscall(libc::SYS_getuid);
+                        libc::syscall(libc::SYS_sched_yield);
+                    }
+                }
+                nanosleep(5);
+            }
+            return;
+        }
+        _ => {}
+    }
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).expect("stdin");
     match args.get(1).map(String::as_str) {

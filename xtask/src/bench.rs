@@ -1,0 +1,298 @@
+//! `cargo xtask bench`: what the probes cost, measured side by side in one
+//! run against a baseline and the peers people compare us with, and written
+//! to BENCHMARKS.md. The machine is shared and noisy, so configurations
+//! alternate round by round and medians are reported.
+
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{root, step};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rounds per configuration (medians are reported).
+    #[arg(long, default_value_t = 7)]
+    rounds: usize,
+    /// getppid() calls per measurement.
+    #[arg(long, default_value_t = 3_000_000)]
+    calls: u64,
+    /// Busy processes for the agent-cost measurement.
+    #[arg(long, default_value_t = 500)]
+    processes: usize,
+    /// Seconds the agent runs among them.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Print the results only; leave BENCHMARKS.md alone.
+    #[arg(long)]
+    no_write: bool,
+}
+
+const BPFTRACE_SCRIPT: &str = "tracepoint:raw_syscalls:sys_enter { @start[tid] = nsecs; } \
+    tracepoint:raw_syscalls:sys_exit /@start[tid]/ { @[pid, args->id] = hist(nsecs - @start[tid]); delete(@start[tid]); }";
+
+/// What is attached while the loop runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tracer {
+    Nothing,
+    Hostprobe,
+    SyscountL,
+    Bpftrace,
+}
+
+impl Tracer {
+    fn name(self) -> &'static str {
+        match self {
+            Tracer::Nothing => "nothing attached",
+            Tracer::Hostprobe => "hostprobe (syscall probe, all processes, per-process per-syscall histograms)",
+            Tracer::SyscountL => "libbpf-tools `syscount -L` (latency totals per syscall, no histograms)",
+            Tracer::Bpftrace => "bpftrace `@[pid, args->id] = hist(nsecs - @start[tid])`",
+        }
+    }
+
+    fn available(self) -> bool {
+        match self {
+            Tracer::Nothing | Tracer::Hostprobe => true,
+            Tracer::SyscountL => Path::new("/usr/sbin/syscount").exists(),
+            Tracer::Bpftrace => Path::new("/usr/bin/bpftrace").exists(),
+        }
+    }
+
+    /// Starts the tracer and waits until it is attached.
+    fn start(self) -> Result<Option<Child>> {
+        let mut cmd = match self {
+            Tracer::Nothing => return Ok(None),
+            Tracer::Hostprobe => {
+                let mut c = Command::new(root().join("target/release/hostprobe"));
+                c.args(["run", "--output", "json", "--interval", "1s"]);
+                c
+            }
+            Tracer::SyscountL => {
+                let mut c = Command::new("/usr/sbin/syscount");
+                c.arg("-L");
+                c
+            }
+            Tracer::Bpftrace => {
+                let mut c = Command::new("/usr/bin/bpftrace");
+                c.args(["-e", BPFTRACE_SCRIPT]);
+                c
+            }
+        };
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting a tracer")?;
+        // All three print when attached, but buffer it; two seconds is ample
+        // here (each attaches in well under one).
+        std::thread::sleep(Duration::from_secs(2));
+        if let Some(status) = child.try_wait()? {
+            bail!("{} exited at start: {status}", self.name());
+        }
+        Ok(Some(child))
+    }
+}
+
+fn stop(child: Option<Child>) {
+    if let Some(mut c) = child {
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(c.id() as i32, 2) };
+        let _ = c.wait();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// Mean ns per getppid() of one pinned run.
+fn time_getppid(calls: u64) -> Result<f64> {
+    let workload = root().join("target/release/workload");
+    let out = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(&workload)
+        .args(["time-getppid", &calls.to_string()])
+        .output()
+        .context("running the getppid loop")?;
+    if !out.status.success() {
+        bail!("getppid loop failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().context("parsing ns per call")
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let tracers: Vec<Tracer> = [Tracer::Nothing, Tracer::Hostprobe, Tracer::SyscountL, Tracer::Bpftrace]
+        .into_iter()
+        .filter(|t| t.available())
+        .collect();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+    for round in 0..args.rounds {
+        step(&format!("syscall overhead: round {}/{}", round + 1, args.rounds));
+        // Rotate the order each round so drift on the host spreads evenly.
+        for k in 0..tracers.len() {
+            let i = (k + round) % tracers.len();
+            let child = tracers[i].start()?;
+            let r = time_getppid(args.calls);
+            stop(child);
+            samples[i].push(r?);
+        }
+    }
+    let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+    let base = medians[0];
+    let added = |t: Tracer| tracers.iter().position(|x| *x == t).map(|i| medians[i] - base);
+
+    step(&format!("agent cost: {} busy processes for {} s", args.processes, args.seconds));
+    let cost = agent_cost(args.processes, args.seconds)?;
+
+    let mut md = String::new();
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(md, "Written by `cargo xtask bench` on {} ({}).\n", machine(), date())?;
+    writeln!(md, "## Syscall probe: added cost per syscall\n")?;
+    writeln!(
+        md,
+        "A pinned (`taskset -c 1`) loop of {} `getppid()` calls, timed from userspace, with each \
+         configuration attached in turn; {} rounds, the order rotated every round, medians shown. \
+         Every tracer traces all processes (no filter). Raw samples (ns/call) in the last column.\n",
+        args.calls, args.rounds
+    )?;
+    writeln!(md, "| attached | ns per syscall (median) | added ns | samples |")?;
+    writeln!(md, "|---|---|---|---|")?;
+    for (i, t) in tracers.iter().enumerate() {
+        let raw: Vec<String> = samples[i].iter().map(|s| format!("{s:.1}")).collect();
+        writeln!(md, "| {} | {:.1} | {:+.1} | {} |", t.name(), medians[i], medians[i] - base, raw.join(", "))?;
+    }
+    if let Some(ours) = added(Tracer::Hostprobe) {
+        writeln!(md)?;
+        for (peer, label) in [(Tracer::SyscountL, "`syscount -L`"), (Tracer::Bpftrace, "bpftrace")] {
+            if let Some(theirs) = added(peer) {
+                writeln!(md, "- hostprobe adds {:.2}x what {label} adds ({ours:.1} vs {theirs:.1} ns).", ours / theirs)?;
+            }
+        }
+    }
+    writeln!(md, "\n## Agent cost\n")?;
+    writeln!(
+        md,
+        "{} processes each making ~80 syscalls (4 kinds) then sleeping 5 ms, in a loop; \
+         `hostprobe run --output json --interval 1s` among them for {} s. CPU from \
+         `/proc/<pid>/stat` (user + system), peak RSS from `VmHWM`.\n",
+        args.processes, args.seconds
+    )?;
+    writeln!(md, "| measure | value |")?;
+    writeln!(md, "|---|---|")?;
+    writeln!(md, "| agent CPU per 1 s interval | {:.1} ms ({:.2}% of one core) |", cost.cpu_ms_per_interval, cost.cpu_ms_per_interval / 10.0)?;
+    writeln!(md, "| agent peak RSS | {:.1} MiB |", cost.rss_mib)?;
+    writeln!(md, "| (process, syscall) entries in the kernel map | {} |", cost.entries)?;
+    writeln!(md, "| intervals reported | {} |", cost.intervals)?;
+
+    println!("{md}");
+    if !args.no_write {
+        std::fs::write(root().join("BENCHMARKS.md"), &md)?;
+        step("wrote BENCHMARKS.md");
+    }
+    Ok(())
+}
+
+struct AgentCost {
+    cpu_ms_per_interval: f64,
+    rss_mib: f64,
+    entries: u64,
+    intervals: usize,
+}
+
+fn agent_cost(processes: usize, seconds: u64) -> Result<AgentCost> {
+    let workload = root().join("target/release/workload");
+    let busy_for = (seconds + 6).to_string();
+    let mut busy = Vec::with_capacity(processes);
+    for _ in 0..processes {
+        busy.push(Command::new(&workload).args(["busy", &busy_for]).spawn().context("spawning busy processes")?);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let mut agent = Command::new(root().join("target/release/hostprobe"))
+        .args(["run", "--output", "json", "--interval", "1s", "--top", "20"])
+        .args(["--duration", &format!("{seconds}s")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = agent.id();
+    let stdout = agent.stdout.take().context("agent stdout")?;
+    let started = Instant::now();
+    // Sample CPU and RSS just before the agent exits (its last interval).
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>()
+    });
+    let mut cpu_ticks = 0u64;
+    let mut hwm_kib = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds + 5) {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+            // utime and stime are fields 14 and 15; after the comm they are 12 and 13 (0-based 11, 12).
+            if let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) {
+                cpu_ticks = u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0);
+            }
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(v) = status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+                hwm_kib = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(hwm_kib);
+            }
+        }
+        if agent.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = agent.wait();
+    let lines = reader.join().map_err(|_| anyhow::anyhow!("reader thread"))?;
+    for mut b in busy {
+        let _ = b.kill();
+        let _ = b.wait();
+    }
+    let intervals = lines.len();
+    let entries = lines
+        .last()
+        .and_then(|l| serde_json_entries(l))
+        .unwrap_or(0);
+    // Clock ticks are 100 Hz on Linux.
+    let cpu_ms = cpu_ticks as f64 * 10.0;
+    Ok(AgentCost {
+        cpu_ms_per_interval: cpu_ms / intervals.max(1) as f64,
+        rss_mib: hwm_kib as f64 / 1024.0,
+        entries,
+        intervals,
+    })
+}
+
+/// SYSCALL_STATS entries from a JSON report line, without a JSON dependency.
+fn serde_json_entries(line: &str) -> Option<u64> {
+    let at = line.find("\"name\":\"SYSCALL_STATS\"")?;
+    let rest = &line[at..];
+    let e = rest.find("\"entries\":")? + "\"entries\":".len();
+    rest[e..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
+}
+
+fn date() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,128 @@
+//! Installs what building and testing need, skipping what is present.
+//! The recipe for bpf-linker is the verified one in `../shared/toolchain.md`:
+//! built against the nightly toolchain's own libLLVM.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{run, step};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages `cargo xtask bench` compares against.
+const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools"];
+
+pub fn all(bench: bool) -> Result<()> {
+    nightly()?;
+    rust_src()?;
+    bpf_linker()?;
+    if bench {
+        debian_packages(BENCH_PACKAGES)?;
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nightly() -> Result<()> {
+    if output(Command::new("rustc").args(["+nightly", "-vV"])).is_some() {
+        return Ok(());
+    }
+    step("installing the nightly toolchain (the eBPF programs need it)");
+    run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+}
+
+fn rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+        .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    step("installing rust-src for the nightly toolchain (to build core for the BPF target)");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let want = format!("bpf-linker {BPF_LINKER_VERSION}");
+    if output(Command::new("bpf-linker").arg("--version")).is_some_and(|v| v.trim() == want) {
+        return Ok(());
+    }
+    step(&format!(
+        "building {want} against the nightly toolchain's libLLVM (about 3 minutes on 2 cores)"
+    ));
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly --print sysroot")?;
+    let libdir = PathBuf::from(sysroot.trim()).join("lib");
+    let lib = std::fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-")))
+        .with_context(|| format!("no libLLVM.so.*-rust-* in {}", libdir.display()))?;
+    let verbose = output(Command::new("rustc").args(["+nightly", "-vV"])).unwrap_or_default();
+    let major = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("no LLVM version in rustc +nightly -vV")?
+        .to_string();
+
+    // -lLLVM links against libLLVM.so; the soname is found at run time
+    // through the RUNPATH that points here.
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let prefix = PathBuf::from(home).join(".cache/hostprobe/llvm");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    let soname = lib.file_name().context("libLLVM file name")?;
+    for link in [prefix_lib.join("libLLVM.so"), prefix_lib.join(soname)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link).with_context(|| format!("symlink {}", link.display()))?;
+    }
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
+        .arg("--features")
+        .arg(format!("llvm-{major}"))
+        .env("LLVM_PREFIX", &prefix))?;
+    if output(Command::new("bpf-linker").arg("--version")).is_none() {
+        bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
+}
+
+/// Installs missing Debian packages (apt-get, as root or through sudo).
+pub fn debian_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    let apt = |args: &[&str]| {
+        let mut c = if crate::is_root() { Command::new("apt-get") } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        c
+    };
+    let mut install = apt(&["install", "-y", "--no-install-recommends"]);
+    install.args(&missing);
+    if run(&mut install).is_err() {
+        // A fresh machine may not have package lists yet.
+        run(&mut apt(&["update"]))?;
+        let mut install = apt(&["install", "-y", "--no-install-recommends"]);
+        install.args(&missing);
+        run(&mut install)?;
+    }
+    Ok(())
+}
