@@ -167,7 +167,6 @@ fn record(key: Key, ns: u64, ret: i64) {
     // SAFETY: `stats` points into a map value; concurrent writers on other
     // CPUs only use atomic adds, and `max_ns` tolerates a lost race.
     unsafe {
-        atomic_add(&raw mut (*stats).count, 1);
         atomic_add(&raw mut (*stats).total_ns, ns);
         if ret < 0 {
             atomic_add(&raw mut (*stats).errors, 1);

@@ -59,7 +59,7 @@ impl SyscallData {
                 .unwrap_or(0)
         };
         Self {
-            count: now.count.wrapping_sub(before.count),
+            count: hist.count(),
             errors: now.errors.wrapping_sub(before.errors),
             total_ns: now.total_ns.wrapping_sub(before.total_ns),
             missed_starts: now.missed_starts.wrapping_sub(before.missed_starts),
@@ -216,8 +216,8 @@ impl Probe for SyscallProbe {
         for (k, v) in &now {
             let d = SyscallData::between(v, self.prev.get(k));
             let comm = best_comm.entry(k.tgid).or_insert((0, v.comm));
-            if v.count > comm.0 {
-                *comm = (v.count, v.comm);
+            if d.count > comm.0 {
+                *comm = (d.count, v.comm);
             }
             if d.count == 0 && d.missed_starts == 0 {
                 continue;
