@@ -10,6 +10,9 @@ pub const MAP_STATS: &str = "SYSCALL_STATS";
 pub const MAP_INFLIGHT: &str = "SYSCALL_INFLIGHT";
 /// The syscall in progress on each CPU (the fast path).
 pub const MAP_SLOT: &str = "SYSCALL_SLOT";
+/// Processes whose leader thread exited, keyed by tgid:
+/// userspace reclaims their entries once their final figures are read.
+pub const MAP_EXITED: &str = "SYSCALL_EXITED";
 /// Process ids to trace when `--pid` is given.
 pub const MAP_PIDS: &str = "SYSCALL_PIDS";
 /// Per-CPU event counters, indexed by [`Counter`].
@@ -22,6 +25,9 @@ pub const MAP_ZERO: &str = "SYSCALL_ZERO";
 pub const DEFAULT_MAX_STATS: u32 = 16_384;
 /// Default size of [`MAP_INFLIGHT`]: threads blocked in a syscall at once.
 pub const DEFAULT_MAX_INFLIGHT: u32 = 65_536;
+/// Size of [`MAP_EXITED`]: exits between two reads. When it is full,
+/// userspace's periodic sweep of `/proc` still reclaims the entries.
+pub const MAX_EXITED: u32 = 16_384;
 /// Size of [`MAP_PIDS`].
 pub const MAX_PIDS: u32 = 1_024;
 
@@ -124,10 +130,13 @@ pub enum Counter {
     /// Returns of new threads and processes from clone/fork: they never
     /// entered the call, so they are counted here and not timed.
     ChildReturns = 3,
+    /// An exit could not be queued for reclaim (exit map full): its entries
+    /// wait for the periodic `/proc` sweep instead. Nothing is lost.
+    ExitedFull = 4,
 }
 
 /// Number of [`Counter`]s, the size of [`MAP_COUNTERS`].
-pub const COUNTERS: u32 = 4;
+pub const COUNTERS: u32 = 5;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -135,6 +144,7 @@ impl Counter {
         Counter::StatsFull,
         Counter::InflightFull,
         Counter::ChildReturns,
+        Counter::ExitedFull,
     ];
 
     /// Name in output.
@@ -144,6 +154,7 @@ impl Counter {
             Counter::StatsFull => "stats_map_full",
             Counter::InflightFull => "inflight_map_full",
             Counter::ChildReturns => "child_returns",
+            Counter::ExitedFull => "exited_map_full",
         }
     }
 

@@ -14,7 +14,7 @@
 use agent_common::{
     hist,
     syscall::{Counter, Inflight, Key, Slot, Stats, COUNTERS, DEFAULT_MAX_INFLIGHT,
-              DEFAULT_MAX_STATS, MAX_PIDS},
+              DEFAULT_MAX_STATS, MAX_EXITED, MAX_PIDS},
 };
 use agent_ebpf::{atomic_add, global};
 use aya_ebpf::{
@@ -50,6 +50,8 @@ static SYSCALL_INFLIGHT: LruHashMap<u32, Inflight> =
     LruHashMap::with_max_entries(DEFAULT_MAX_INFLIGHT, 0);
 #[map]
 static SYSCALL_SLOT: PerCpuArray<Slot> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static SYSCALL_EXITED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_EXITED, 0);
 #[map]
 static SYSCALL_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PIDS, 0);
 #[map]
@@ -235,7 +237,8 @@ pub fn syscall_sched_switch(_ctx: RawTracePointContext) -> i32 {
 pub fn syscall_sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     // Runs in the context of the exiting thread: it will never return from
     // the syscall it is in.
-    let tid = bpf_get_current_pid_tgid() as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
     if let Some(slot) = SYSCALL_SLOT.get_ptr_mut(0) {
         // SAFETY: per-CPU value.
         unsafe {
@@ -245,6 +248,12 @@ pub fn syscall_sched_process_exit(_ctx: RawTracePointContext) -> i32 {
         }
     }
     let _ = SYSCALL_INFLIGHT.remove(&tid);
+    // The leader's exit tells userspace the process may be gone; it checks
+    // /proc before reclaiming (other threads may still run).
+    let tgid = (pid_tgid >> 32) as u32;
+    if tid == tgid && SYSCALL_EXITED.insert(&tgid, &1, 0).is_err() {
+        count(Counter::ExitedFull);
+    }
     0
 }
 

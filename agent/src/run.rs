@@ -113,7 +113,8 @@ fn collect_loop(
         let began = Instant::now();
         let report = agent.tick();
         log::debug!("interval collected in {:?}", began.elapsed());
-        if out.blocking_send(report).is_err() || last {
+        let sent = out.blocking_send(report);
+        if sent.is_err() || last {
             return;
         }
         next += interval;

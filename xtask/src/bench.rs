@@ -31,6 +31,9 @@ pub struct Args {
     /// Print the results only; leave BENCHMARKS.md alone.
     #[arg(long)]
     no_write: bool,
+    /// Only the agent-cost measurement (implies --no-write).
+    #[arg(long)]
+    agent_only: bool,
 }
 
 const BPFTRACE_SCRIPT: &str = "tracepoint:raw_syscalls:sys_enter { @start[tid] = nsecs; } \
@@ -129,6 +132,14 @@ fn time_getppid(calls: u64) -> Result<f64> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.agent_only {
+        let c = agent_cost(args.processes, args.seconds)?;
+        println!(
+            "agent CPU per interval {:.1} ms, peak RSS {:.1} MiB, {} entries, {} intervals",
+            c.cpu_ms_per_interval, c.rss_mib, c.entries, c.intervals
+        );
+        return Ok(());
+    }
     let tracers: Vec<Tracer> = [Tracer::Nothing, Tracer::Hostprobe, Tracer::SyscountL, Tracer::Bpftrace]
         .into_iter()
         .filter(|t| t.available())
@@ -182,7 +193,8 @@ pub fn run(args: Args) -> Result<()> {
         md,
         "{} processes each making ~80 syscalls (4 kinds) then sleeping 5 ms, in a loop; \
          `hostprobe run --output json --interval 1s` among them for {} s. CPU from \
-         `/proc/<pid>/stat` (user + system), peak RSS from `VmHWM`.\n",
+         `/proc/<pid>/stat` (user + system) between the first and the last report (steady \
+         state; start-up, which parses the kernel's BTF, is left out), peak RSS from `VmHWM`.\n",
         args.processes, args.seconds
     )?;
     writeln!(md, "| measure | value |")?;
@@ -190,7 +202,7 @@ pub fn run(args: Args) -> Result<()> {
     writeln!(md, "| agent CPU per 1 s interval | {:.1} ms ({:.2}% of one core) |", cost.cpu_ms_per_interval, cost.cpu_ms_per_interval / 10.0)?;
     writeln!(md, "| agent peak RSS | {:.1} MiB |", cost.rss_mib)?;
     writeln!(md, "| (process, syscall) entries in the kernel map | {} |", cost.entries)?;
-    writeln!(md, "| intervals reported | {} |", cost.intervals)?;
+    writeln!(md, "| intervals measured | {} |", cost.intervals)?;
 
     println!("{md}");
     if !args.no_write {
@@ -224,19 +236,36 @@ fn agent_cost(processes: usize, seconds: u64) -> Result<AgentCost> {
     let pid = agent.id();
     let stdout = agent.stdout.take().context("agent stdout")?;
     let started = Instant::now();
-    // Sample CPU and RSS just before the agent exits (its last interval).
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>()
+        let mut lines = Vec::new();
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            lines.push(l);
+            counter.store(lines.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+        lines
     });
-    let mut cpu_ticks = 0u64;
+    // Steady state: CPU from the first report (start-up, which parses the
+    // kernel's BTF, is not an interval's cost) to the last full one.
+    let ticks = || -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+        // utime and stime: fields 14 and 15 of stat, 12th and 13th after the comm.
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let mut first: Option<(usize, u64)> = None;
+    let mut last: Option<(usize, u64)> = None;
     let mut hwm_kib = 0u64;
     while started.elapsed() < Duration::from_secs(seconds + 5) {
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-            // utime and stime are fields 14 and 15; after the comm they are 12 and 13 (0-based 11, 12).
-            if let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) {
-                cpu_ticks = u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0);
+        let n = seen.load(std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = ticks() {
+            if n >= 1 && first.is_none() {
+                first = Some((n, t));
+            }
+            if n >= 1 {
+                last = Some((n, t));
             }
         }
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
@@ -247,7 +276,7 @@ fn agent_cost(processes: usize, seconds: u64) -> Result<AgentCost> {
         if agent.try_wait()?.is_some() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
     let _ = agent.wait();
     let lines = reader.join().map_err(|_| anyhow::anyhow!("reader thread"))?;
@@ -255,15 +284,19 @@ fn agent_cost(processes: usize, seconds: u64) -> Result<AgentCost> {
         let _ = b.kill();
         let _ = b.wait();
     }
-    let intervals = lines.len();
-    let entries = lines
-        .last()
-        .and_then(|l| serde_json_entries(l))
-        .unwrap_or(0);
+    let entries = lines.last().and_then(|l| serde_json_entries(l)).unwrap_or(0);
+    let (Some((n0, t0)), Some((n1, t1))) = (first, last) else {
+        bail!("the agent printed no reports");
+    };
+    let intervals = n1.saturating_sub(n0);
+    if intervals == 0 {
+        bail!("too few intervals to measure");
+    }
+    let cpu_ticks = t1 - t0;
     // Clock ticks are 100 Hz on Linux.
     let cpu_ms = cpu_ticks as f64 * 10.0;
     Ok(AgentCost {
-        cpu_ms_per_interval: cpu_ms / intervals.max(1) as f64,
+        cpu_ms_per_interval: cpu_ms / intervals as f64,
         rss_mib: hwm_kib as f64 / 1024.0,
         entries,
         intervals,

@@ -48,8 +48,7 @@ pub struct SyscallData {
 }
 
 impl SyscallData {
-    fn between(now: &Stats, before: Option<&Stats>) -> Self {
-        let before = before.unwrap_or(&Stats::ZERO);
+    fn between(now: &Stats, before: &Stats) -> Self {
         let hist = Histogram::delta_u32(&now.hist, &before.hist);
         let max_ns = if now.max_ns > before.max_ns {
             now.max_ns
@@ -82,11 +81,18 @@ pub struct SyscallProbe {
     /// Owns the programs and their links: dropping it detaches everything.
     _ebpf: Ebpf,
     stats: HashMap<MapData, Key, Stats>,
-    inflight: HashMap<MapData, u32, common::Inflight>,
+    stats_reader: ebpf::BatchReader<Key, Stats>,
+    inflight_reader: ebpf::BatchReader<u32, common::Inflight>,
+    exited: HashMap<MapData, u32, u8>,
+    exited_reader: ebpf::BatchReader<u32, u8>,
+    /// Processes whose leader exited but whose /proc entry still exists
+    /// (other threads running, or a zombie not yet reaped).
+    exiting: HashSet<u32>,
     counters: PerCpuArray<MapData, u64>,
     /// The previous read of every stats entry.
     prev: StdHashMap<Key, Stats>,
     prev_counters: [u64; common::COUNTERS as usize],
+    intervals: u64,
     status: ProbeStatus,
 }
 
@@ -138,19 +144,29 @@ impl SyscallProbe {
 
         let maps = ebpf::map_sizes(&bpf);
         let mut take = |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
-        let stats = HashMap::try_from(take(common::MAP_STATS)?).map_err(|e| map_err("SYSCALL_STATS", e))?;
-        let inflight =
-            HashMap::try_from(take(common::MAP_INFLIGHT)?).map_err(|e| map_err("SYSCALL_INFLIGHT", e))?;
+        let stats = take(common::MAP_STATS)?;
+        let stats_reader = ebpf::BatchReader::new(&stats).map_err(|e| map_err("SYSCALL_STATS", e))?;
+        let stats = HashMap::try_from(stats).map_err(|e| map_err("SYSCALL_STATS", e))?;
+        let inflight_reader =
+            ebpf::BatchReader::new(&take(common::MAP_INFLIGHT)?).map_err(|e| map_err("SYSCALL_INFLIGHT", e))?;
+        let exited = take(common::MAP_EXITED)?;
+        let exited_reader = ebpf::BatchReader::new(&exited).map_err(|e| map_err("SYSCALL_EXITED", e))?;
+        let exited = HashMap::try_from(exited).map_err(|e| map_err("SYSCALL_EXITED", e))?;
         let counters =
             PerCpuArray::try_from(take(common::MAP_COUNTERS)?).map_err(|e| map_err("SYSCALL_COUNTERS", e))?;
         let memlock_bytes = maps.iter().map(|m| m.memlock_bytes).sum();
         Ok(Self {
             _ebpf: bpf,
             stats,
-            inflight,
+            stats_reader,
+            inflight_reader,
+            exited,
+            exited_reader,
+            exiting: HashSet::new(),
             counters,
             prev: StdHashMap::new(),
             prev_counters: [0; common::COUNTERS as usize],
+            intervals: 0,
             status: ProbeStatus {
                 name: NAME,
                 active: true,
@@ -169,7 +185,7 @@ impl SyscallProbe {
             let total: u64 = self
                 .counters
                 .get(&(c as u32), 0)
-                .map_err(|source| ProbeError::Read { probe: NAME, map: "SYSCALL_COUNTERS", source })?
+                .map_err(|e| ProbeError::Read { probe: NAME, map: "SYSCALL_COUNTERS", detail: e.to_string() })?
                 .iter()
                 .sum();
             let i = c as usize;
@@ -184,12 +200,39 @@ impl SyscallProbe {
         Ok(())
     }
 
+    /// Processes already gone before this read: the read holds their final
+    /// counts, so their entries can go once it is taken. The kernel queues
+    /// leader exits; every [`SWEEP_EVERY`] intervals all known processes are
+    /// checked too, in case that queue was full.
+    fn gone(&mut self) -> Result<HashSet<u32>, ProbeError> {
+        let exited: Vec<u32> = self
+            .exited_reader
+            .read()
+            .map_err(|e| ProbeError::Read { probe: NAME, map: "SYSCALL_EXITED", detail: e.to_string() })?
+            .map(|(k, _)| *k)
+            .collect();
+        for tgid in exited {
+            let _ = self.exited.remove(&tgid);
+            self.exiting.insert(tgid);
+        }
+        let mut dead: HashSet<u32> = self.exiting.iter().copied().filter(|t| !proc_exists(*t)).collect();
+        self.exiting.retain(|t| !dead.contains(t));
+        if self.intervals % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            let known: HashSet<u32> = self.prev.keys().map(|k| k.tgid).collect();
+            dead.extend(known.into_iter().filter(|t| !proc_exists(*t)));
+        }
+        Ok(dead)
+    }
+
     fn set_entries(&mut self, map: &str, entries: u64) {
         if let Some(m) = self.status.maps.iter_mut().find(|m| m.name == map) {
             m.entries = Some(entries);
         }
     }
 }
+
+/// Intervals between full sweeps of `/proc` for processes that are gone.
+const SWEEP_EVERY: u64 = 60;
 
 fn proc_exists(tgid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{tgid}")).exists()
@@ -201,26 +244,26 @@ impl Probe for SyscallProbe {
     }
 
     fn collect(&mut self, out: &mut Interval) -> Result<(), ProbeError> {
-        let read_err = |source| ProbeError::Read { probe: NAME, map: "SYSCALL_STATS", source };
-        // Processes already gone before this read: the read holds their
-        // final counts, so their entries can go once it is taken.
-        let known: HashSet<u32> = self.prev.keys().map(|k| k.tgid).collect();
-        let dead: HashSet<u32> = known.into_iter().filter(|t| !proc_exists(*t)).collect();
+        let read_err = |map, e: std::io::Error| ProbeError::Read { probe: NAME, map, detail: e.to_string() };
+        let dead = self.gone()?;
 
-        let mut now: StdHashMap<Key, Stats> = StdHashMap::with_capacity(self.prev.len() + 64);
-        for item in self.stats.iter() {
-            let (k, v) = item.map_err(read_err)?;
-            now.insert(k, v);
-        }
+        let mut entries = 0u64;
         let mut best_comm: StdHashMap<u32, (u64, [u8; 16])> = StdHashMap::new();
-        for (k, v) in &now {
-            let d = SyscallData::between(v, self.prev.get(k));
+        for (k, v) in self.stats_reader.read().map_err(|e| read_err("SYSCALL_STATS", e))? {
+            entries += 1;
+            let prev = self.prev.entry(*k).or_insert(Stats::ZERO);
+            let unchanged = prev.total_ns == v.total_ns
+                && prev.errors == v.errors
+                && prev.missed_starts == v.missed_starts
+                && prev.hist == v.hist;
+            if unchanged {
+                continue;
+            }
+            let d = SyscallData::between(v, prev);
+            *prev = *v;
             let comm = best_comm.entry(k.tgid).or_insert((0, v.comm));
             if d.count > comm.0 {
                 *comm = (d.count, v.comm);
-            }
-            if d.count == 0 && d.missed_starts == 0 {
-                continue;
             }
             out.processes.entry(k.tgid).or_default().syscalls.insert(k.nr, d);
         }
@@ -229,17 +272,27 @@ impl Probe for SyscallProbe {
                 p.kernel_comm = Some(super::comm_str(&comm));
             }
         }
-        let gone: Vec<Key> = now.keys().filter(|k| dead.contains(&k.tgid)).copied().collect();
-        for k in &gone {
-            // Already gone is fine (nothing else deletes, but be tolerant).
-            let _ = self.stats.remove(k);
-            now.remove(k);
+        if !dead.is_empty() {
+            let stats = &mut self.stats;
+            self.prev.retain(|k, _| {
+                if !dead.contains(&k.tgid) {
+                    return true;
+                }
+                // Nothing else deletes entries, but a failure only delays reclaim.
+                let _ = stats.remove(k);
+                entries -= 1;
+                false
+            });
         }
-        self.set_entries(common::MAP_STATS, now.len() as u64);
-        self.prev = now;
+        self.set_entries(common::MAP_STATS, entries);
 
-        let inflight = self.inflight.keys().filter(|k| k.is_ok()).count() as u64;
-        self.set_entries(common::MAP_INFLIGHT, inflight);
+        // Counting the start-time map walks all of its buckets: every tenth
+        // interval is enough to see it fill.
+        if self.intervals % 10 == 0 {
+            let inflight = self.inflight_reader.read().map_err(|e| read_err("SYSCALL_INFLIGHT", e))?.count() as u64;
+            self.set_entries(common::MAP_INFLIGHT, inflight);
+        }
+        self.intervals += 1;
         self.read_counters()
     }
 
