@@ -299,3 +299,30 @@ impl<K: aya::Pod, V: aya::Pod> BatchReader<K, V> {
         Ok(self.keys.iter().zip(self.values.iter()))
     }
 }
+
+/// A program's run statistics from the kernel. They count only while
+/// `kernel.bpf_stats_enabled` is 1 (it costs a little per run), so they
+/// read 0 otherwise.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramStatus {
+    pub name: String,
+    pub runs: u64,
+    pub run_time_ns: u64,
+}
+
+/// Run statistics of every loaded program of an object.
+pub fn program_stats(ebpf: &Ebpf) -> Vec<ProgramStatus> {
+    let mut out: Vec<ProgramStatus> = ebpf
+        .programs()
+        .filter_map(|(name, p)| {
+            let info = p.info().ok()?;
+            Some(ProgramStatus {
+                name: name.to_string(),
+                runs: info.run_count(),
+                run_time_ns: info.run_time().as_nanos() as u64,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}

@@ -160,6 +160,9 @@ pub fn run(args: Args) -> Result<()> {
     let base = medians[0];
     let added = |t: Tracer| tracers.iter().position(|x| *x == t).map(|i| medians[i] - base);
 
+    step("kernel CPU per program run (kernel.bpf_stats_enabled)");
+    let kernel = kernel_cost(args.calls)?;
+
     step(&format!("agent cost: {} busy processes for {} s", args.processes, args.seconds));
     let cost = agent_cost(args.processes, args.seconds)?;
 
@@ -188,6 +191,24 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     }
+    writeln!(md, "\n### Kernel CPU per program run\n")?;
+    writeln!(
+        md,
+        "From the kernel's own BPF statistics (`sysctl kernel.bpf_stats_enabled=1`, run count and \
+         run time per program) over one more getppid loop with hostprobe attached. These exclude \
+         the tracepoint dispatch itself, which the table above includes.\n"
+    )?;
+    writeln!(md, "| program | runs | ns per run |")?;
+    writeln!(md, "|---|---|---|")?;
+    for (name, runs, ns) in &kernel {
+        writeln!(md, "| {name} | {runs} | {ns:.1} |")?;
+    }
+    writeln!(
+        md,
+        "\nThis machine is slower today than when `../shared/toolchain.md` was measured (its \
+         baseline was 76 ns per getppid and `syscount -L` added 154 ns); absolute figures move \
+         with the host, ratios measured side by side do not."
+    )?;
     writeln!(md, "\n## Agent cost\n")?;
     writeln!(
         md,
@@ -303,12 +324,53 @@ fn agent_cost(processes: usize, seconds: u64) -> Result<AgentCost> {
     })
 }
 
-/// SYSCALL_STATS entries from a JSON report line, without a JSON dependency.
+/// The syscall probe's status object in a JSON report line.
+fn syscall_status(line: &str) -> Option<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v["probes"].as_array()?.iter().find(|p| p["name"] == "syscall").cloned()
+}
+
+/// SYSCALL_STATS entries from a JSON report line.
 fn serde_json_entries(line: &str) -> Option<u64> {
-    let at = line.find("\"name\":\"SYSCALL_STATS\"")?;
-    let rest = &line[at..];
-    let e = rest.find("\"entries\":")? + "\"entries\":".len();
-    rest[e..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    let s = syscall_status(line)?;
+    s["maps"].as_array()?.iter().find(|m| m["name"] == "SYSCALL_STATS")?["entries"].as_u64()
+}
+
+/// Kernel CPU per run of each of hostprobe's programs, from the kernel's own
+/// BPF statistics, while the getppid loop runs.
+fn kernel_cost(calls: u64) -> Result<Vec<(String, u64, f64)>> {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(SYSCTL).context("reading bpf_stats_enabled")?;
+    std::fs::write(SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let result = (|| {
+        let mut agent = Command::new(root().join("target/release/hostprobe"))
+            .args(["run", "--output", "json", "--interval", "1s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = agent.stdout.take().context("agent stdout")?;
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let _first = lines.next().context("no first report")??;
+        let base = syscall_status(&_first).context("no syscall probe status")?;
+        time_getppid(calls)?;
+        let _ = lines.next();
+        let last = lines.next().context("no later report")??;
+        stop(Some(agent));
+        let now = syscall_status(&last).context("no syscall probe status")?;
+        let runs = |s: &serde_json::Value, name: &str, field: &str| -> u64 {
+            s["programs"].as_array().and_then(|ps| ps.iter().find(|p| p["name"] == name)).and_then(|p| p[field].as_u64()).unwrap_or(0)
+        };
+        let mut out = Vec::new();
+        for p in now["programs"].as_array().into_iter().flatten() {
+            let name = p["name"].as_str().unwrap_or("").to_string();
+            let n = runs(&now, &name, "runs") - runs(&base, &name, "runs");
+            let t = runs(&now, &name, "run_time_ns") - runs(&base, &name, "run_time_ns");
+            out.push((name, n, if n == 0 { 0.0 } else { t as f64 / n as f64 }));
+        }
+        anyhow::Ok(out)
+    })();
+    std::fs::write(SYSCTL, before.trim()).context("restoring bpf_stats_enabled")?;
+    result
 }
 
 fn machine() -> String {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-pub use crate::ebpf::{MapStatus, ProbeError};
+pub use crate::ebpf::{MapStatus, ProbeError, ProgramStatus};
 
 /// Settings every probe applies in the kernel.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +80,8 @@ pub struct ProbeStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub maps: Vec<MapStatus>,
+    /// Cumulative run counts and times (with `sysctl kernel.bpf_stats_enabled=1`).
+    pub programs: Vec<ProgramStatus>,
     /// Kernel memory charged for all of the probe's maps.
     pub memlock_bytes: u64,
     /// Event counters of the last interval (see each probe's `Counter`).
@@ -95,6 +97,7 @@ impl ProbeStatus {
             active: false,
             error: Some(error),
             maps: Vec::new(),
+            programs: Vec::new(),
             memlock_bytes: 0,
             counters: BTreeMap::new(),
             lost: 0,

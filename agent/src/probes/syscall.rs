@@ -79,7 +79,7 @@ impl SyscallData {
 
 pub struct SyscallProbe {
     /// Owns the programs and their links: dropping it detaches everything.
-    _ebpf: Ebpf,
+    bpf: Ebpf,
     stats: HashMap<MapData, Key, Stats>,
     stats_reader: ebpf::BatchReader<Key, Stats>,
     inflight_reader: ebpf::BatchReader<u32, common::Inflight>,
@@ -156,7 +156,7 @@ impl SyscallProbe {
             PerCpuArray::try_from(take(common::MAP_COUNTERS)?).map_err(|e| map_err("SYSCALL_COUNTERS", e))?;
         let memlock_bytes = maps.iter().map(|m| m.memlock_bytes).sum();
         Ok(Self {
-            _ebpf: bpf,
+            bpf,
             stats,
             stats_reader,
             inflight_reader,
@@ -172,6 +172,7 @@ impl SyscallProbe {
                 active: true,
                 error: None,
                 maps,
+                programs: Vec::new(),
                 memlock_bytes,
                 counters: BTreeMap::new(),
                 lost: 0,
@@ -293,6 +294,7 @@ impl Probe for SyscallProbe {
             self.set_entries(common::MAP_INFLIGHT, inflight);
         }
         self.intervals += 1;
+        self.status.programs = ebpf::program_stats(&self.bpf);
         self.read_counters()
     }
 
