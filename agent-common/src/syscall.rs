@@ -27,7 +27,7 @@ pub const DEFAULT_MAX_STATS: u32 = 16_384;
 pub const DEFAULT_MAX_INFLIGHT: u32 = 65_536;
 /// Size of [`MAP_EXITED`]: exits between two reads. When it is full,
 /// userspace's periodic sweep of `/proc` still reclaims the entries.
-pub const MAX_EXITED: u32 = 16_384;
+pub const MAX_EXITED: u32 = 4_096;
 /// Size of [`MAP_PIDS`].
 pub const MAX_PIDS: u32 = 1_024;
 

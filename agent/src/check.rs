@@ -7,7 +7,6 @@ use aya::{programs::RawTracePoint, EbpfLoader};
 use crate::{
     cli::CheckArgs,
     ebpf::{self, TracefsState, TRACEFS},
-    output::duration,
     probes::{self, Options},
 };
 
@@ -104,11 +103,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         }
     }
 
-    println!(
-        "\n{usable} of {} probes can run here; measured with a {} interval by default.",
-        probes::ALL.len(),
-        duration(1_000_000_000)
-    );
+    println!("\n{usable} of {} probes can run here.", probes::ALL.len());
     if usable == 0 || !tracepoints_ok {
         ExitCode::FAILURE
     } else {
