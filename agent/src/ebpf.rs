@@ -19,20 +19,20 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("probe {probe}: loading its eBPF object failed: {}", chain(.source))]
-    Load { probe: &'static str, source: EbpfError },
+    #[error("probe {probe}: loading its eBPF object failed: {}", chain(.source.as_ref()))]
+    Load { probe: &'static str, source: Box<EbpfError> },
     #[error("probe {probe}: program {program} is missing from its eBPF object (a build problem)")]
     MissingProgram { probe: &'static str, program: &'static str },
     #[error("probe {probe}: map {map} is missing or has the wrong type: {detail}")]
     Map { probe: &'static str, map: &'static str, detail: String },
-    #[error("probe {probe}: the kernel rejected program {program}: {}", load_reason(.source))]
-    ProgramLoad { probe: &'static str, program: &'static str, source: ProgramError },
-    #[error("probe {probe}: attaching {program} to raw tracepoint {tracepoint} failed: {}", attach_reason(.tracepoint, .source))]
+    #[error("probe {probe}: the kernel rejected program {program}: {}", load_reason(.source.as_ref()))]
+    ProgramLoad { probe: &'static str, program: &'static str, source: Box<ProgramError> },
+    #[error("probe {probe}: attaching {program} to raw tracepoint {tracepoint} failed: {}", attach_reason(.tracepoint, .source.as_ref()))]
     Attach {
         probe: &'static str,
         program: &'static str,
         tracepoint: String,
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("probe {probe}: reading map {map} failed: {detail}")]
     Read { probe: &'static str, map: &'static str, detail: String },
@@ -142,7 +142,7 @@ pub enum TracefsState {
 
 /// Loads one probe's eBPF object.
 pub fn load(probe: &'static str, object: &[u8], loader: &mut EbpfLoader) -> Result<Ebpf, ProbeError> {
-    loader.load(object).map_err(|source| ProbeError::Load { probe, source })
+    loader.load(object).map_err(|source| ProbeError::Load { probe, source: Box::new(source) })
 }
 
 /// Loads `program` and attaches it to raw tracepoint `tracepoint`. The link
@@ -157,12 +157,12 @@ pub fn attach_raw_tracepoint(
         .program_mut(program)
         .and_then(|p| p.try_into().ok())
         .ok_or(ProbeError::MissingProgram { probe, program })?;
-    prog.load().map_err(|source| ProbeError::ProgramLoad { probe, program, source })?;
+    prog.load().map_err(|source| ProbeError::ProgramLoad { probe, program, source: Box::new(source) })?;
     prog.attach(tracepoint).map_err(|source| ProbeError::Attach {
         probe,
         program,
         tracepoint: tracepoint.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(())
 }

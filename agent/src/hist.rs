@@ -114,7 +114,7 @@ mod tests {
             (&|r| 20_000_000 + r % 200_000, 0.05),
             (&|r| if r % 10 < 7 { 20_000_000 + r % 200_000 } else { 300 + r % 100 }, 0.05),
             // Spikes at the bottom of buckets: the worst case.
-            (&|r| 1u64 << (7 + r % 30) | (r >> 40) % 1024, 0.125),
+            (&|r| (1u64 << (7 + r % 30)) | ((r >> 40) % 1024), 0.125),
         ];
         for (shape, bound) in shapes {
             let mut values: Vec<u64> = (0..20_000).map(|_| shape(rnd())).collect();

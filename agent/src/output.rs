@@ -85,7 +85,7 @@ fn top_syscalls(list: &[SyscallReport], total_ns: u64) -> String {
     list.iter()
         .take(3)
         .map(|s| {
-            let pct = if total_ns == 0 { 0 } else { s.latency.total_ns * 100 / total_ns };
+            let pct = (s.latency.total_ns * 100).checked_div(total_ns).unwrap_or(0);
             format!("{} {pct}%", s.name)
         })
         .collect::<Vec<_>>()

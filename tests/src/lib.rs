@@ -180,6 +180,16 @@ impl Drop for Workload {
     }
 }
 
+/// Starts the agent with `agent_args`, lets `workload` run to the end, reads
+/// reports a little longer (so the last interval with its calls is in), and
+/// returns them all.
+pub fn measure(workload: Workload, agent_args: &[&str]) -> Vec<Value> {
+    let mut agent = Agent::start(agent_args);
+    workload.run();
+    agent.run_for(Duration::from_millis(600));
+    agent.stop()
+}
+
 /// The process objects for `pid`, one per report it appears in.
 pub fn process_reports(reports: &[Value], pid: u32) -> Vec<&Value> {
     reports

@@ -3,20 +3,14 @@
 
 use std::time::Duration;
 
-use hostprobe_tests::{map_entries, probe_status, process_reports, sum, syscall_items, Agent, Workload};
-
-/// Long enough for the last interval after a workload to be reported.
-const SETTLE: Duration = Duration::from_millis(600);
+use hostprobe_tests::{map_entries, measure, probe_status, process_reports, sum, syscall_items, Agent, Workload};
 
 #[test]
 fn counts_every_getppid_exactly_once() {
     const N: u64 = 100_000;
     let w = Workload::spawn(&["getppid", &N.to_string()]);
     let pid = w.pid();
-    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
-    w.run();
-    agent.run_for(SETTLE);
-    let reports = agent.stop();
+    let reports = measure(w, &["--pid", &pid.to_string()]);
 
     let items = syscall_items(&reports, pid, "getppid");
     assert_eq!(sum(&items, "count"), N, "getppid calls reported: {items:?}");
@@ -72,10 +66,7 @@ fn failed_openat_calls_are_counted_as_errors() {
     const N: u64 = 1_000;
     let w = Workload::spawn(&["openat-missing", &N.to_string()]);
     let pid = w.pid();
-    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
-    w.run();
-    agent.run_for(SETTLE);
-    let reports = agent.stop();
+    let reports = measure(w, &["--pid", &pid.to_string()]);
 
     let items = syscall_items(&reports, pid, "openat");
     assert_eq!(sum(&items, "errors"), N, "{items:?}");
@@ -130,10 +121,7 @@ fn comm_filter_keeps_only_matching_threads() {
     const N: u64 = 5_000;
     let w = Workload::spawn(&["getppid", &N.to_string()]);
     let pid = w.pid();
-    let mut agent = Agent::start(&["--comm", "workload"]);
-    w.run();
-    agent.run_for(SETTLE);
-    let reports = agent.stop();
+    let reports = measure(w, &["--comm", "workload"]);
     assert_eq!(sum(&syscall_items(&reports, pid, "getppid"), "count"), N);
     for r in &reports {
         for p in r["processes"].as_array().unwrap() {
@@ -159,10 +147,7 @@ fn cgroup_filter_keeps_only_tasks_in_the_cgroup() {
     let w = Workload::spawn(&["getppid", &N.to_string()]);
     let pid = w.pid();
     std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("move the workload into the cgroup");
-    let mut agent = Agent::start(&["--cgroup", dir.to_str().unwrap()]);
-    w.run();
-    agent.run_for(SETTLE);
-    let reports = agent.stop();
+    let reports = measure(w, &["--cgroup", dir.to_str().unwrap()]);
     assert_eq!(sum(&syscall_items(&reports, pid, "getppid"), "count"), N);
     for r in &reports {
         for p in r["processes"].as_array().unwrap() {

@@ -289,7 +289,7 @@ impl Probe for SyscallProbe {
 
         // Counting the start-time map walks all of its buckets: every tenth
         // interval is enough to see it fill.
-        if self.intervals % 10 == 0 {
+        if self.intervals.is_multiple_of(10) {
             let inflight = self.inflight_reader.read().map_err(|e| read_err("SYSCALL_INFLIGHT", e))?.count() as u64;
             self.set_entries(common::MAP_INFLIGHT, inflight);
         }
