@@ -28,20 +28,9 @@ pub const DEFAULT_MAX_INFLIGHT: u32 = 65_536;
 /// Size of [`MAP_EXITED`]: exits between two reads. When it is full,
 /// userspace's periodic sweep of `/proc` still reclaims the entries.
 pub const MAX_EXITED: u32 = 4_096;
-/// Size of [`MAP_PIDS`].
-pub const MAX_PIDS: u32 = 1_024;
 
 /// Globals set by userspace at load time (`EbpfLoader::override_global`).
 pub mod globals {
-    /// Non-zero: only processes in [`super::MAP_PIDS`] are traced.
-    pub const FILTER_PIDS: &str = "FILTER_PIDS";
-    /// Non-zero: only threads whose comm equals `FILTER_COMM_VALUE`.
-    pub const FILTER_COMM: &str = "FILTER_COMM";
-    pub const FILTER_COMM_VALUE: &str = "FILTER_COMM_VALUE";
-    /// Non-zero: only tasks in this cgroup (v2 id) or below it.
-    pub const FILTER_CGROUP_ID: &str = "FILTER_CGROUP_ID";
-    /// Depth of that cgroup below the root (for `bpf_get_current_ancestor_cgroup_id`).
-    pub const FILTER_CGROUP_LEVEL: &str = "FILTER_CGROUP_LEVEL";
     /// Offset of the syscall number in `struct pt_regs`.
     pub const PT_REGS_NR_OFFSET: &str = "PT_REGS_NR_OFFSET";
     /// clone, clone3, fork, vfork on this architecture (`u32::MAX` if absent).

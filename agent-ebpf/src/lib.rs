@@ -48,3 +48,59 @@ macro_rules! panic_handler {
         }
     };
 }
+
+/// The `--pid`/`--comm`/`--cgroup` filters every probe applies: defines the
+/// globals userspace sets (names in `agent_common::filter`), the pid map
+/// `$pids`, and `fn traced(pid_tgid: u64) -> bool` for the current task.
+#[macro_export]
+macro_rules! filters {
+    ($pids:ident) => {
+        #[unsafe(no_mangle)]
+        static FILTER_PIDS: u32 = 0;
+        #[unsafe(no_mangle)]
+        static FILTER_COMM: u32 = 0;
+        #[unsafe(no_mangle)]
+        static FILTER_COMM_VALUE: [u8; 16] = [0; 16];
+        #[unsafe(no_mangle)]
+        static FILTER_CGROUP_ID: u64 = 0;
+        #[unsafe(no_mangle)]
+        static FILTER_CGROUP_LEVEL: u32 = 0;
+
+        #[aya_ebpf::macros::map]
+        static $pids: aya_ebpf::maps::HashMap<u32, u8> =
+            aya_ebpf::maps::HashMap::with_max_entries(agent_common::filter::MAX_PIDS, 0);
+
+        /// Whether any filter is set (a constant after load).
+        #[inline(always)]
+        #[allow(dead_code)]
+        fn filtering() -> bool {
+            $crate::global!(FILTER_PIDS) != 0
+                || $crate::global!(FILTER_COMM) != 0
+                || $crate::global!(FILTER_CGROUP_ID) != 0
+        }
+
+        /// Whether the current task passes the filters.
+        #[inline(always)]
+        fn traced(pid_tgid: u64) -> bool {
+            if $crate::global!(FILTER_PIDS) != 0 && $pids.get_ptr(&((pid_tgid >> 32) as u32)).is_none() {
+                return false;
+            }
+            let cgroup = $crate::global!(FILTER_CGROUP_ID);
+            if cgroup != 0 {
+                let level = $crate::global!(FILTER_CGROUP_LEVEL) as i32;
+                // SAFETY: a helper call without pointer arguments.
+                if unsafe { aya_ebpf::helpers::generated::bpf_get_current_ancestor_cgroup_id(level) } != cgroup {
+                    return false;
+                }
+            }
+            if $crate::global!(FILTER_COMM) != 0 {
+                let want = $crate::global!(FILTER_COMM_VALUE);
+                match aya_ebpf::helpers::bpf_get_current_comm() {
+                    Ok(comm) if comm == want => {}
+                    _ => return false,
+                }
+            }
+            true
+        }
+    };
+}

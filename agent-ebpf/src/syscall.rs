@@ -14,30 +14,19 @@
 use agent_common::{
     hist,
     syscall::{Counter, Inflight, Key, Slot, Stats, COUNTERS, DEFAULT_MAX_INFLIGHT,
-              DEFAULT_MAX_STATS, MAX_EXITED, MAX_PIDS},
+              DEFAULT_MAX_STATS, MAX_EXITED},
 };
 use agent_ebpf::{atomic_add, global};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::bpf_get_current_ancestor_cgroup_id,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 
-#[unsafe(no_mangle)]
-static FILTER_PIDS: u32 = 0;
-#[unsafe(no_mangle)]
-static FILTER_COMM: u32 = 0;
-#[unsafe(no_mangle)]
-static FILTER_COMM_VALUE: [u8; 16] = [0; 16];
-#[unsafe(no_mangle)]
-static FILTER_CGROUP_ID: u64 = 0;
-#[unsafe(no_mangle)]
-static FILTER_CGROUP_LEVEL: u32 = 0;
+agent_ebpf::filters!(SYSCALL_PIDS);
+
 #[unsafe(no_mangle)]
 static PT_REGS_NR_OFFSET: u32 = 120;
 #[unsafe(no_mangle)]
@@ -53,8 +42,6 @@ static SYSCALL_SLOT: PerCpuArray<Slot> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SYSCALL_EXITED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_EXITED, 0);
 #[map]
-static SYSCALL_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_PIDS, 0);
-#[map]
 static SYSCALL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 #[map]
 static SYSCALL_ZERO: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
@@ -65,30 +52,6 @@ fn count(c: Counter) {
         // SAFETY: per-CPU value, this program is the only writer on this CPU.
         unsafe { *p += 1 };
     }
-}
-
-/// Whether the current task passes the `--pid`, `--cgroup` and `--comm` filters.
-#[inline(always)]
-fn traced(pid_tgid: u64) -> bool {
-    if global!(FILTER_PIDS) != 0 && SYSCALL_PIDS.get_ptr(&((pid_tgid >> 32) as u32)).is_none() {
-        return false;
-    }
-    let cgroup = global!(FILTER_CGROUP_ID);
-    if cgroup != 0 {
-        let level = global!(FILTER_CGROUP_LEVEL) as i32;
-        // SAFETY: a helper call without pointer arguments.
-        if unsafe { bpf_get_current_ancestor_cgroup_id(level) } != cgroup {
-            return false;
-        }
-    }
-    if global!(FILTER_COMM) != 0 {
-        let want = global!(FILTER_COMM_VALUE);
-        match bpf_get_current_comm() {
-            Ok(comm) if comm == want => {}
-            _ => return false,
-        }
-    }
-    true
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]

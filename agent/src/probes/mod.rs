@@ -34,6 +34,58 @@ pub struct CgroupFilter {
     pub level: u32,
 }
 
+/// The filter globals of [`Options`], in the form `agent_ebpf::filters!`
+/// reads. Held while loading, since the loader borrows them.
+pub struct FilterGlobals {
+    pids: u32,
+    comm_on: u32,
+    comm: [u8; 16],
+    cgroup_id: u64,
+    cgroup_level: u32,
+}
+
+impl FilterGlobals {
+    pub fn new(opts: &Options) -> Self {
+        let (cgroup_id, cgroup_level) = opts.cgroup.as_ref().map_or((0, 0), |c| (c.id, c.level));
+        Self {
+            pids: u32::from(!opts.pids.is_empty()),
+            comm_on: u32::from(opts.comm.is_some()),
+            comm: opts.comm.unwrap_or([0; 16]),
+            cgroup_id,
+            cgroup_level,
+        }
+    }
+
+    /// Sets the globals on a loader, before the object is loaded.
+    pub fn apply<'a>(&'a self, loader: &mut aya::EbpfLoader<'a>) {
+        use agent_common::filter as f;
+        loader
+            .override_global(f::FILTER_PIDS, &self.pids, true)
+            .override_global(f::FILTER_COMM, &self.comm_on, true)
+            .override_global(f::FILTER_COMM_VALUE, &self.comm, true)
+            .override_global(f::FILTER_CGROUP_ID, &self.cgroup_id, true)
+            .override_global(f::FILTER_CGROUP_LEVEL, &self.cgroup_level, true);
+    }
+}
+
+/// Fills a probe's pid map (`--pid`), after load and before attach.
+pub fn fill_pids(bpf: &mut aya::Ebpf, probe: &'static str, map: &'static str, pids: &[u32]) -> Result<(), ProbeError> {
+    use aya::maps::{HashMap, MapData};
+    let err = |detail: String| ProbeError::Map { probe, map, detail };
+    if pids.len() > agent_common::filter::MAX_PIDS as usize {
+        return Err(ProbeError::Config {
+            probe,
+            detail: format!("at most {} --pid values", agent_common::filter::MAX_PIDS),
+        });
+    }
+    let mut m: HashMap<&mut MapData, u32, u8> =
+        HashMap::try_from(bpf.map_mut(map).ok_or_else(|| err("missing".into()))?).map_err(|e| err(e.to_string()))?;
+    for pid in pids {
+        m.insert(pid, 1, 0).map_err(|e| err(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// A probe that is loaded and attached.
 pub trait Probe: Send {
     fn name(&self) -> &'static str;

@@ -10,7 +10,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use super::{Interval, Options, Probe, ProbeError, ProbeStatus, Spec};
+use super::{FilterGlobals, Interval, Options, Probe, ProbeError, ProbeStatus, Spec};
 use crate::{ebpf, hist::Histogram, syscalls};
 
 pub const NAME: &str = "syscall";
@@ -102,26 +102,12 @@ fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {
 
 impl SyscallProbe {
     pub fn load(opts: &Options) -> Result<Self, ProbeError> {
-        let filter_pids = u32::from(!opts.pids.is_empty());
-        let filter_comm = u32::from(opts.comm.is_some());
-        let comm = opts.comm.unwrap_or([0; 16]);
-        let (cgroup_id, cgroup_level) = opts.cgroup.as_ref().map_or((0, 0), |c| (c.id, c.level));
+        let filters = FilterGlobals::new(opts);
         let nr_offset = syscalls::PT_REGS_NR_OFFSET;
         let fork_nrs = syscalls::fork_like();
-        if opts.pids.len() > common::MAX_PIDS as usize {
-            return Err(ProbeError::Config {
-                probe: NAME,
-                detail: format!("at most {} --pid values", common::MAX_PIDS),
-            });
-        }
-
         let mut loader = EbpfLoader::new();
+        filters.apply(&mut loader);
         loader
-            .override_global(globals::FILTER_PIDS, &filter_pids, true)
-            .override_global(globals::FILTER_COMM, &filter_comm, true)
-            .override_global(globals::FILTER_COMM_VALUE, &comm, true)
-            .override_global(globals::FILTER_CGROUP_ID, &cgroup_id, true)
-            .override_global(globals::FILTER_CGROUP_LEVEL, &cgroup_level, true)
             .override_global(globals::PT_REGS_NR_OFFSET, &nr_offset, true)
             .override_global(globals::FORK_NRS, &fork_nrs, true);
         if let Some(n) = opts.max_entries {
@@ -129,15 +115,7 @@ impl SyscallProbe {
         }
         let mut bpf = ebpf::load(NAME, OBJECT, &mut loader)?;
 
-        {
-            let mut pids: HashMap<&mut MapData, u32, u8> = HashMap::try_from(
-                bpf.map_mut(common::MAP_PIDS).ok_or_else(|| map_err("SYSCALL_PIDS", "missing"))?,
-            )
-            .map_err(|e| map_err("SYSCALL_PIDS", e))?;
-            for pid in &opts.pids {
-                pids.insert(pid, 1, 0).map_err(|e| map_err("SYSCALL_PIDS", e))?;
-            }
-        }
+        super::fill_pids(&mut bpf, NAME, common::MAP_PIDS, &opts.pids)?;
         for (program, tracepoint) in PROGRAMS {
             ebpf::attach_raw_tracepoint(&mut bpf, NAME, program, tracepoint)?;
         }
