@@ -6,6 +6,7 @@
 //! and has its size pinned, because both sides read the same bytes.
 #![no_std]
 
+pub mod disk;
 pub mod filter;
 pub mod hist;
 pub mod syscall;

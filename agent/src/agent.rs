@@ -13,6 +13,7 @@ pub struct Agent {
     probes: Vec<Box<dyn Probe>>,
     failed: Vec<ProbeStatus>,
     procs: ProcCache,
+    devices: crate::probes::disk::DeviceNames,
     top: usize,
     host: String,
     last: Instant,
@@ -47,6 +48,7 @@ impl Agent {
             probes: loaded,
             failed,
             procs: ProcCache::new(cmdline),
+            devices: Default::default(),
             top,
             host: hostname(),
             last: Instant::now(),
@@ -79,7 +81,7 @@ impl Agent {
             statuses.push(status);
         }
         statuses.extend(self.failed.iter().cloned());
-        report::build(interval, self.top, &mut self.procs, interval_ns, &self.host, statuses)
+        report::build(interval, self.top, &mut self.procs, &mut self.devices, interval_ns, &self.host, statuses)
     }
 }
 

@@ -167,6 +167,57 @@ pub fn attach_raw_tracepoint(
     Ok(())
 }
 
+/// Loads `program` and attaches it to classic tracepoint `category/name`
+/// (tracefs must be mounted: see [`ensure_tracefs`]).
+pub fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    probe: &'static str,
+    program: &'static str,
+    category: &str,
+    name: &str,
+) -> Result<(), ProbeError> {
+    let prog: &mut aya::programs::TracePoint = ebpf
+        .program_mut(program)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(ProbeError::MissingProgram { probe, program })?;
+    prog.load().map_err(|source| ProbeError::ProgramLoad { probe, program, source: Box::new(source) })?;
+    prog.attach(category, name).map_err(|source| ProbeError::Attach {
+        probe,
+        program,
+        tracepoint: format!("{category}/{name}"),
+        source: Box::new(source),
+    })?;
+    Ok(())
+}
+
+/// Offset of `field` in the record of classic tracepoint `category/name`,
+/// from its `format` file: the kernel's own description of the record.
+pub fn tracepoint_field(probe: &'static str, category: &str, name: &str, field: &str) -> Result<u32, ProbeError> {
+    let path = format!("{TRACEFS}/events/{category}/{name}/format");
+    let format = std::fs::read_to_string(&path).map_err(|e| ProbeError::Config {
+        probe,
+        detail: format!(
+            "cannot read {path} ({e}): this kernel lacks the tracepoint {category}/{name}, or tracefs is not mounted"
+        ),
+    })?;
+    format
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("field:"))
+        .find_map(|l| {
+            let mut parts = l.split(';');
+            let decl = parts.next()?.trim();
+            let declared = decl.rsplit(' ').next()?.split('[').next()?;
+            if declared != field {
+                return None;
+            }
+            parts.find_map(|p| p.trim().strip_prefix("offset:")).and_then(|o| o.parse().ok())
+        })
+        .ok_or_else(|| ProbeError::Config {
+            probe,
+            detail: format!("tracepoint {category}/{name} has no field {field:?} on this kernel ({path})"),
+        })
+}
+
 /// A kernel map's size as the kernel accounts for it.
 #[derive(Debug, Clone, Serialize)]
 pub struct MapStatus {

@@ -61,6 +61,17 @@ impl Histogram {
         self.buckets.iter().rposition(|c| *c > 0)
     }
 
+    /// The largest value of an interval whose histogram difference is
+    /// `self`, from the kernel's running maximum before and after it: exact
+    /// when the interval set a new record, else the top of the highest
+    /// non-empty bucket (within 12.5%), never above the record.
+    pub fn interval_max(&self, max_now: u64, max_before: u64) -> u64 {
+        if max_now > max_before {
+            return max_now;
+        }
+        self.highest().map(|b| (upper_bound(b) - 1).min(max_now)).unwrap_or(0)
+    }
+
     /// The `q` quantile (0..=1) in ns, interpolated linearly inside its
     /// bucket and never above `max_ns` (the largest value actually seen).
     /// `None` for an empty histogram.

@@ -6,9 +6,17 @@ use std::cmp::Reverse;
 
 use serde::Serialize;
 
+use std::collections::BTreeMap;
+
+use agent_common::disk::Op;
+
 use crate::{
     hist::Histogram,
-    probes::{syscall::SyscallData, Interval, ProbeStatus, ProcessData},
+    probes::{
+        disk::{DeviceNames, DiskData, Dist},
+        syscall::SyscallData,
+        Interval, ProbeStatus, ProcessData,
+    },
     procinfo::{ProcCache, ProcMeta},
     syscalls,
 };
@@ -25,6 +33,9 @@ pub struct Report {
     /// Everything below the top, merged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub other: Option<OtherReport>,
+    /// Block I/O per device and operation, over all processes (including
+    /// requests whose submitter was not seen).
+    pub devices: Vec<DiskReport>,
     pub probes: Vec<ProbeStatus>,
 }
 
@@ -39,6 +50,59 @@ pub struct ProcessReport {
     pub syscall_total: Latency,
     /// Per syscall, most time first.
     pub syscalls: Vec<SyscallReport>,
+    /// Block I/O the process submitted, per device and operation (absent
+    /// when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub disk: Vec<DiskReport>,
+}
+
+/// Block I/O to one device with one operation in one interval.
+#[derive(Debug, Serialize)]
+pub struct DiskReport {
+    pub device: String,
+    pub op: &'static str,
+    pub count: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    /// Bio queued to issued to the driver (requests whose start was seen).
+    pub queue: DistReport,
+    /// Issued to completed (every request).
+    pub service: DistReport,
+    /// Queued to completed (requests whose start was seen).
+    pub total: DistReport,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DistReport {
+    pub count: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+    #[serde(skip)]
+    pub hist: Histogram,
+}
+
+impl From<&Dist> for DistReport {
+    fn from(d: &Dist) -> Self {
+        let q = |q| d.hist.quantile(q, d.max_ns).unwrap_or(0);
+        Self { count: d.hist.count(), p50_ns: q(0.5), p90_ns: q(0.9), p99_ns: q(0.99), max_ns: d.max_ns, hist: d.hist.clone() }
+    }
+}
+
+fn disk_list(data: &BTreeMap<(u32, Op), DiskData>, names: &mut DeviceNames) -> Vec<DiskReport> {
+    data.iter()
+        .map(|((dev, op), d)| DiskReport {
+            device: names.name(*dev),
+            op: op.name(),
+            count: d.count,
+            bytes: d.bytes,
+            errors: d.errors,
+            queue: (&d.queue).into(),
+            service: (&d.service).into(),
+            total: (&d.total).into(),
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -105,22 +169,35 @@ fn syscall_list(data: &std::collections::BTreeMap<u32, SyscallData>) -> (Latency
     ((&total).into(), list)
 }
 
-fn total_ns(p: &ProcessData) -> u64 {
-    p.syscalls.values().map(|s| s.total_ns).sum()
+/// Rank: time spent in syscalls (which holds the wait for synchronous I/O),
+/// then block requests (for kernel threads doing writeback, which make no
+/// syscalls).
+fn rank(p: &ProcessData) -> (u64, u64) {
+    (p.syscalls.values().map(|s| s.total_ns).sum(), p.disk.values().map(|d| d.count).sum())
 }
 
 /// Ranks processes, keeps the top `top` with their `/proc` metadata, and
 /// merges the rest into `other`.
 pub fn build(
-    interval: Interval,
+    mut interval: Interval,
     top: usize,
     procs: &mut ProcCache,
+    devices: &mut DeviceNames,
     interval_ns: u64,
     host: &str,
     probes: Vec<ProbeStatus>,
 ) -> Report {
+    // Device totals over every process, and the requests nobody was seen
+    // submitting (pid 0), which belong to no process.
+    let mut per_device = BTreeMap::<(u32, Op), DiskData>::new();
+    for p in interval.processes.values() {
+        for (k, d) in &p.disk {
+            per_device.entry(*k).or_default().merge(d);
+        }
+    }
+    interval.processes.remove(&0);
     let mut ranked: Vec<(u32, ProcessData)> = interval.processes.into_iter().collect();
-    ranked.sort_by_key(|(pid, p)| (Reverse(total_ns(p)), *pid));
+    ranked.sort_by_key(|(pid, p)| (Reverse(rank(p)), *pid));
     let rest = if ranked.len() > top { ranked.split_off(top) } else { Vec::new() };
 
     let mut live = std::collections::HashSet::new();
@@ -135,7 +212,8 @@ pub fn build(
                 None => (ProcMeta { comm: p.kernel_comm.clone().unwrap_or_default(), ..Default::default() }, true),
             };
             let (syscall_total, syscalls) = syscall_list(&p.syscalls);
-            ProcessReport { pid, meta, exited, syscall_total, syscalls }
+            let disk = disk_list(&p.disk, devices);
+            ProcessReport { pid, meta, exited, syscall_total, syscalls, disk }
         })
         .collect();
     procs.retain(&live);
@@ -157,6 +235,7 @@ pub fn build(
         host: host.to_string(),
         processes,
         other,
+        devices: disk_list(&per_device, devices),
         probes,
     }
 }
@@ -183,7 +262,7 @@ mod tests {
             p.syscalls.insert(0, data(10, 1_000 * u64::from(i + 1)));
             p.syscalls.insert(1, data(1, 100));
         }
-        let r = build(interval, 3, &mut ProcCache::new(false), 1_000_000_000, "h", vec![]);
+        let r = build(interval, 3, &mut ProcCache::new(false), &mut DeviceNames::default(), 1_000_000_000, "h", vec![]);
         assert_eq!(r.processes.len(), 3);
         assert_eq!(r.processes[0].meta.comm, "p9");
         assert!(r.processes[0].exited);

@@ -53,6 +53,26 @@ impl Agent {
     /// 200ms` unless they say otherwise) and waits for its first report, so
     /// the probes are attached on return.
     pub fn start(args: &[&str]) -> Agent {
+        let mut agent = Agent::spawn(args);
+        agent.next_report(Duration::from_secs(30)).unwrap_or_else(|| {
+            panic!("no report from hostprobe within 30 s; stderr:\n{}", agent.stderr())
+        });
+        agent
+    }
+
+    /// Like [`Agent::start`], but returns as soon as the agent logs that its
+    /// probes run, without waiting for a report: for long intervals.
+    pub fn start_attached(args: &[&str]) -> Agent {
+        let agent = Agent::spawn(args);
+        let end = Instant::now() + Duration::from_secs(30);
+        while !agent.stderr().contains("running probes") {
+            assert!(Instant::now() < end, "hostprobe did not attach within 30 s; stderr:\n{}", agent.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        agent
+    }
+
+    fn spawn(args: &[&str]) -> Agent {
         let mut cmd = hostprobe();
         cmd.args(["run", "--output", "json"]).args(args);
         if !args.contains(&"--interval") {
@@ -80,11 +100,7 @@ impl Agent {
                 sink.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let mut agent = Agent { child, lines, stderr, reports: Vec::new() };
-        agent.next_report(Duration::from_secs(30)).unwrap_or_else(|| {
-            panic!("no report from hostprobe within 30 s; stderr:\n{}", agent.stderr())
-        });
-        agent
+        Agent { child, lines, stderr, reports: Vec::new() }
     }
 
     pub fn stderr(&self) -> String {
@@ -228,4 +244,105 @@ pub fn map_entries(report: &Value, probe: &str, map: &str) -> u64 {
         .and_then(|ms| ms.iter().find(|m| m["name"] == map))
         .and_then(|m| m["entries"].as_u64())
         .unwrap_or_else(|| panic!("no entries for map {map} in {report}"))
+}
+
+/// A file-backed loop device, detached and deleted on drop (also when a test
+/// fails).
+pub struct LoopDevice {
+    pub path: String,
+    backing: PathBuf,
+}
+
+impl LoopDevice {
+    /// A new loop device over a sparse file of `mib` MiB (reads of holes
+    /// never reach a disk: fast and steady).
+    pub fn new(mib: u64) -> LoopDevice {
+        let backing = Self::backing_path();
+        let f = std::fs::File::create(&backing).expect("create backing file");
+        f.set_len(mib << 20).expect("size backing file");
+        drop(f);
+        Self::attach(backing, &[])
+    }
+
+    /// A loop device that reads its backing file (written out in full, on
+    /// the host's disk) with direct I/O: every request reaches the real
+    /// disk, with its latency and its parallelism.
+    pub fn on_disk(mib: u64) -> LoopDevice {
+        use std::io::Write as _;
+        let backing = Self::backing_path();
+        let mut f = std::fs::File::create(&backing).expect("create backing file");
+        let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        for _ in 0..mib {
+            f.write_all(&chunk).expect("write backing file");
+        }
+        f.sync_all().expect("sync backing file");
+        drop(f);
+        Self::attach(backing, &["--direct-io=on"])
+    }
+
+    fn backing_path() -> PathBuf {
+        // /var/tmp: on a real disk (a tmpfs /tmp would refuse direct I/O).
+        PathBuf::from("/var/tmp").join(format!("hostprobe-test-{}-{}.img", std::process::id(), unique()))
+    }
+
+    fn attach(backing: PathBuf, args: &[&str]) -> LoopDevice {
+        let out = Command::new("losetup").args(["--find", "--show"]).args(args).arg(&backing).output().expect("run losetup");
+        assert!(out.status.success(), "losetup failed: {}", String::from_utf8_lossy(&out.stderr));
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        LoopDevice { path, backing }
+    }
+
+    /// `loop3` for `/dev/loop3`.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+
+    /// Writes a queue setting, e.g. `scheduler` or `nr_requests`.
+    pub fn set_queue(&self, setting: &str, value: &str) {
+        let p = format!("/sys/block/{}/queue/{setting}", self.name());
+        std::fs::write(&p, value).unwrap_or_else(|e| panic!("write {value} to {p}: {e}"));
+    }
+
+    /// (reads completed, writes completed, flushes completed) from
+    /// /proc/diskstats: the kernel's own accounting for this device.
+    pub fn diskstats(&self) -> (u64, u64, u64) {
+        let stats = std::fs::read_to_string("/proc/diskstats").expect("read /proc/diskstats");
+        let line = stats
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(2) == Some(&self.name()))
+            .unwrap_or_else(|| panic!("{} not in /proc/diskstats", self.name()));
+        let n = |i: usize| line.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (n(3), n(7), n(18))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("--detach").arg(&self.path).status();
+        let _ = std::fs::remove_file(&self.backing);
+    }
+}
+
+fn unique() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A process's `disk` items for one device and operation across reports.
+pub fn disk_items<'a>(reports: &'a [Value], pid: u32, device: &str, op: &str) -> Vec<&'a Value> {
+    process_reports(reports, pid)
+        .into_iter()
+        .flat_map(|p| p["disk"].as_array().into_iter().flatten())
+        .filter(|d| d["device"] == device && d["op"] == op)
+        .collect()
+}
+
+/// The device summary items for one device and operation across reports.
+pub fn device_items<'a>(reports: &'a [Value], device: &str, op: &str) -> Vec<&'a Value> {
+    reports
+        .iter()
+        .flat_map(|r| r["devices"].as_array().into_iter().flatten())
+        .filter(|d| d["device"] == device && d["op"] == op)
+        .collect()
 }

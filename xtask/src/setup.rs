@@ -10,13 +10,16 @@ use crate::{run, step};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Debian packages the tests use: fio as the disk probe's ground truth.
+const TEST_PACKAGES: &[&str] = &["fio"];
 /// Debian packages `cargo xtask bench` compares against.
-const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools"];
+const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools", "fio"];
 
 pub fn all(bench: bool) -> Result<()> {
     nightly()?;
     rust_src()?;
     bpf_linker()?;
+    debian_packages(TEST_PACKAGES)?;
     if bench {
         debian_packages(BENCH_PACKAGES)?;
     }

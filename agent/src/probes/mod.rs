@@ -4,6 +4,7 @@
 //! collect) and `tests/tests/<probe>.rs`. Adding one means adding it to
 //! [`ALL`] and giving [`ProcessData`] a field for its figures.
 
+pub mod disk;
 pub mod syscall;
 
 use std::collections::{BTreeMap, HashMap};
@@ -108,7 +109,7 @@ pub struct Spec {
 }
 
 /// Every probe the agent knows, in the order they are loaded.
-pub const ALL: &[Spec] = &[syscall::SPEC];
+pub const ALL: &[Spec] = &[syscall::SPEC, disk::SPEC];
 
 /// What every probe measured in one interval, per process (thread group id).
 #[derive(Debug, Default)]
@@ -122,6 +123,8 @@ pub struct ProcessData {
     pub kernel_comm: Option<String>,
     /// Per syscall number.
     pub syscalls: BTreeMap<u32, syscall::SyscallData>,
+    /// Per (device dev_t, operation).
+    pub disk: BTreeMap<(u32, agent_common::disk::Op), disk::DiskData>,
 }
 
 /// A probe's health, reported with every interval and by `check`.

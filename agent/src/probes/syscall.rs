@@ -50,13 +50,7 @@ pub struct SyscallData {
 impl SyscallData {
     fn between(now: &Stats, before: &Stats) -> Self {
         let hist = Histogram::delta_u32(&now.hist, &before.hist);
-        let max_ns = if now.max_ns > before.max_ns {
-            now.max_ns
-        } else {
-            hist.highest()
-                .map(|b| (agent_common::hist::upper_bound(b) - 1).min(now.max_ns))
-                .unwrap_or(0)
-        };
+        let max_ns = hist.interval_max(now.max_ns, before.max_ns);
         Self {
             count: hist.count(),
             errors: now.errors.wrapping_sub(before.errors),

@@ -12,6 +12,9 @@
 //! workload openat-missing N     N openat() of a path that does not exist (ENOENT)
 //! workload churn N              N short-lived children (/bin/true), one after another
 //! workload steady N MS          N rounds of getppid() + nanosleep(MS ms)
+//! workload dio DEV R W          R reads then W writes of 4 KiB with O_DIRECT at
+//!                               distinct 4 KiB-aligned offsets of DEV
+//! workload fsync DEV            1 MiB of buffered writes to DEV, then fsync
 //! ```
 //!
 //! For `cargo xtask bench` (these start at once, without waiting for stdin):
@@ -45,6 +48,44 @@ fn openat_missing() {
     // SAFETY: valid NUL-terminated path; the call fails with ENOENT.
     let fd = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) };
     assert!(fd < 0, "the missing path exists");
+}
+
+/// `reads` then `writes` 4 KiB O_DIRECT transfers, each at its own offset
+/// (so the block layer has nothing to merge).
+fn direct_io(dev: &str, reads: u64, writes: u64) {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const BLOCK: usize = 4096;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dev)
+        .unwrap_or_else(|e| panic!("open {dev} with O_DIRECT: {e}"));
+    let layout = std::alloc::Layout::from_size_align(BLOCK, BLOCK).expect("layout");
+    // SAFETY: a non-zero-sized layout; freed below.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!ptr.is_null());
+    // SAFETY: ptr is valid for BLOCK bytes and aligned for O_DIRECT.
+    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, BLOCK) };
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let blocks = if size > 0 { size / BLOCK as u64 } else {
+        // Block devices report 0 length through metadata: ask the device.
+        let mut bytes: u64 = 0;
+        // SAFETY: BLKGETSIZE64 writes a u64.
+        unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), 0x80081272, &mut bytes) };
+        bytes / BLOCK as u64
+    };
+    assert!(blocks >= reads + writes, "device too small");
+    // Spread over the device with a stride coprime to its size.
+    let at = |i: u64| (i * 7919 % blocks) * BLOCK as u64;
+    for i in 0..reads {
+        f.read_exact_at(buf, at(i)).expect("direct read");
+    }
+    for i in reads..reads + writes {
+        f.write_all_at(buf, at(i)).expect("direct write");
+    }
+    // SAFETY: allocated above with this layout.
+    unsafe { std::alloc::dealloc(ptr, layout) };
 }
 
 /// Runs `f` n times, pausing half-way so the calls span two intervals.
@@ -108,6 +149,16 @@ fn main() {
                 let ok = std::process::Command::new("/bin/true").status().map(|s| s.success());
                 assert!(matches!(ok, Ok(true)), "/bin/true failed: {ok:?}");
             }
+        }
+        Some("dio") => {
+            let dev = args.get(2).expect("device");
+            direct_io(dev, arg(&args, 3), arg(&args, 4));
+        }
+        Some("fsync") => {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new().write(true).open(args.get(2).expect("device")).expect("open device");
+            f.write_all(&vec![0x5a; 1 << 20]).expect("write");
+            f.sync_all().expect("fsync");
         }
         Some("steady") => {
             let ms = arg(&args, 3);

@@ -1,0 +1,275 @@
+//! Disk I/O probe, user side: loads `agent-ebpf/src/disk.rs`, attaches it
+//! to the block tracepoints, and turns its cumulative per-(process, device,
+//! operation) counters into per-interval figures.
+
+use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
+
+use agent_common::disk::{self as common, globals, Counter, Key, Op, Stats};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    Ebpf, EbpfLoader,
+};
+
+use super::{FilterGlobals, Interval, Options, Probe, ProbeError, ProbeStatus, Spec};
+use crate::{ebpf, hist::Histogram};
+
+pub const NAME: &str = "disk";
+
+pub const SPEC: Spec = Spec {
+    name: NAME,
+    about: "block I/O per process, device and operation: queue, service and total latency (block tracepoints)",
+    load: |opts| Ok(Box::new(DiskProbe::load(opts)?)),
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/disk"));
+
+/// Programs and their tracepoints, in attach order: completion and issue
+/// first, so no request is recorded that nothing will consume.
+const PROGRAMS: [(&str, &str); 6] = [
+    ("disk_rq_complete", "block_rq_complete"),
+    ("disk_rq_requeue", "block_rq_requeue"),
+    ("disk_rq_issue", "block_rq_issue"),
+    ("disk_bio_backmerge", "block_bio_backmerge"),
+    ("disk_bio_frontmerge", "block_bio_frontmerge"),
+    ("disk_bio_queue", "block_bio_queue"),
+];
+
+/// Latencies of one interval: histogram and largest value.
+#[derive(Debug, Clone, Default)]
+pub struct Dist {
+    pub hist: Histogram,
+    pub max_ns: u64,
+}
+
+impl Dist {
+    fn between(now: &[u32; agent_common::hist::BUCKETS], before: &[u32; agent_common::hist::BUCKETS], max_now: u64, max_before: u64) -> Self {
+        let hist = Histogram::delta_u32(now, before);
+        let max_ns = hist.interval_max(max_now, max_before);
+        Self { hist, max_ns }
+    }
+
+    pub fn merge(&mut self, o: &Dist) {
+        self.hist.merge(&o.hist);
+        self.max_ns = self.max_ns.max(o.max_ns);
+    }
+}
+
+/// One process's I/O to one device with one operation over one interval.
+#[derive(Debug, Clone, Default)]
+pub struct DiskData {
+    /// Completed requests.
+    pub count: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    /// Bio queued to issue; only requests whose start was seen.
+    pub queue: Dist,
+    /// Issue to completion.
+    pub service: Dist,
+    /// Queue + service; only requests whose start was seen.
+    pub total: Dist,
+}
+
+impl DiskData {
+    fn between(now: &Stats, before: &Stats) -> Self {
+        let service = Dist::between(&now.service, &before.service, now.service_max_ns, before.service_max_ns);
+        Self {
+            count: service.hist.count(),
+            bytes: now.bytes.wrapping_sub(before.bytes),
+            errors: now.errors.wrapping_sub(before.errors),
+            queue: Dist::between(&now.queue, &before.queue, now.queue_max_ns, before.queue_max_ns),
+            total: Dist::between(&now.total, &before.total, now.total_max_ns, before.total_max_ns),
+            service,
+        }
+    }
+
+    pub fn merge(&mut self, o: &DiskData) {
+        self.count += o.count;
+        self.bytes += o.bytes;
+        self.errors += o.errors;
+        self.queue.merge(&o.queue);
+        self.service.merge(&o.service);
+        self.total.merge(&o.total);
+    }
+}
+
+pub struct DiskProbe {
+    /// Owns the programs and their links: dropping it detaches everything.
+    bpf: Ebpf,
+    stats: HashMap<MapData, Key, Stats>,
+    stats_reader: ebpf::BatchReader<Key, Stats>,
+    counters: PerCpuArray<MapData, u64>,
+    prev: StdHashMap<Key, Stats>,
+    prev_counters: [u64; common::COUNTERS as usize],
+    status: ProbeStatus,
+}
+
+fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {
+    ProbeError::Map { probe: NAME, map, detail: detail.to_string() }
+}
+
+impl DiskProbe {
+    pub fn load(opts: &Options) -> Result<Self, ProbeError> {
+        let field = |event: &str, f: &str| ebpf::tracepoint_field(NAME, "block", event, f);
+        let off_dev = field("block_rq_complete", "dev")?;
+        let off_sector = field("block_rq_complete", "sector")?;
+        let off_nr_sector = field("block_rq_complete", "nr_sector")?;
+        let off_rq_rwbs = field("block_rq_complete", "rwbs")?;
+        let off_rq_error = field("block_rq_complete", "error")?;
+        let off_bio_rwbs = field("block_bio_queue", "rwbs")?;
+        // The programs read dev, sector and nr_sector at one offset in every event.
+        for event in ["block_rq_issue", "block_bio_queue", "block_bio_backmerge", "block_bio_frontmerge"] {
+            if field(event, "dev")? != off_dev
+                || field(event, "sector")? != off_sector
+                || field(event, "nr_sector")? != off_nr_sector
+            {
+                return Err(ProbeError::Config {
+                    probe: NAME,
+                    detail: format!(
+                        "block/{event} lays out dev, sector or nr_sector differently from block_rq_complete on this kernel"
+                    ),
+                });
+            }
+        }
+        if field("block_rq_issue", "rwbs")? != off_rq_rwbs {
+            return Err(ProbeError::Config { probe: NAME, detail: "block_rq_issue and block_rq_complete place rwbs differently".into() });
+        }
+
+        let filters = FilterGlobals::new(opts);
+        let mut loader = EbpfLoader::new();
+        filters.apply(&mut loader);
+        loader
+            .override_global(globals::OFF_DEV, &off_dev, true)
+            .override_global(globals::OFF_SECTOR, &off_sector, true)
+            .override_global(globals::OFF_NR_SECTOR, &off_nr_sector, true)
+            .override_global(globals::OFF_BIO_RWBS, &off_bio_rwbs, true)
+            .override_global(globals::OFF_RQ_RWBS, &off_rq_rwbs, true)
+            .override_global(globals::OFF_RQ_ERROR, &off_rq_error, true);
+        let mut bpf = ebpf::load(NAME, OBJECT, &mut loader)?;
+        super::fill_pids(&mut bpf, NAME, common::MAP_PIDS, &opts.pids)?;
+        for (program, tracepoint) in PROGRAMS {
+            ebpf::attach_tracepoint(&mut bpf, NAME, program, "block", tracepoint)?;
+        }
+
+        let maps = ebpf::map_sizes(&bpf);
+        let memlock_bytes = maps.iter().map(|m| m.memlock_bytes).sum();
+        let mut take = |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
+        let stats = take(common::MAP_STATS)?;
+        let stats_reader = ebpf::BatchReader::new(&stats).map_err(|e| map_err("DISK_STATS", e))?;
+        let stats = HashMap::try_from(stats).map_err(|e| map_err("DISK_STATS", e))?;
+        let counters = PerCpuArray::try_from(take(common::MAP_COUNTERS)?).map_err(|e| map_err("DISK_COUNTERS", e))?;
+        Ok(Self {
+            bpf,
+            stats,
+            stats_reader,
+            counters,
+            prev: StdHashMap::new(),
+            prev_counters: [0; common::COUNTERS as usize],
+            status: ProbeStatus {
+                name: NAME,
+                active: true,
+                error: None,
+                maps,
+                programs: Vec::new(),
+                memlock_bytes,
+                counters: BTreeMap::new(),
+                lost: 0,
+            },
+        })
+    }
+
+    fn read_counters(&mut self) -> Result<(), ProbeError> {
+        let mut lost = 0;
+        for c in Counter::ALL {
+            let total: u64 = self
+                .counters
+                .get(&(c as u32), 0)
+                .map_err(|e| ProbeError::Read { probe: NAME, map: "DISK_COUNTERS", detail: e.to_string() })?
+                .iter()
+                .sum();
+            let i = c as usize;
+            let delta = total.wrapping_sub(self.prev_counters[i]);
+            self.prev_counters[i] = total;
+            self.status.counters.insert(c.name(), delta);
+            if c.is_error() {
+                lost += delta;
+            }
+        }
+        self.status.lost = lost;
+        Ok(())
+    }
+}
+
+impl Probe for DiskProbe {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn collect(&mut self, out: &mut Interval) -> Result<(), ProbeError> {
+        // Processes with entries but no I/O this interval may be gone: their
+        // entries are final once read, and go (few processes do disk I/O, so
+        // checking /proc for them is cheap).
+        let idle: HashSet<u32> = self.prev.keys().map(|k| k.tgid).filter(|t| *t != 0).collect();
+        let dead: HashSet<u32> =
+            idle.into_iter().filter(|t| !std::path::Path::new(&format!("/proc/{t}")).exists()).collect();
+
+        let mut entries = 0u64;
+        let reader = self
+            .stats_reader
+            .read()
+            .map_err(|e| ProbeError::Read { probe: NAME, map: "DISK_STATS", detail: e.to_string() })?;
+        for (k, v) in reader {
+            entries += 1;
+            let prev = self.prev.entry(*k).or_insert(Stats::ZERO);
+            if prev == v {
+                continue;
+            }
+            let d = DiskData::between(v, prev);
+            *prev = *v;
+            let p = out.processes.entry(k.tgid).or_default();
+            if p.kernel_comm.is_none() {
+                p.kernel_comm = Some(super::comm_str(&v.comm));
+            }
+            p.disk.insert((k.dev, Op::from_u32(k.op)), d);
+        }
+        if !dead.is_empty() {
+            let stats = &mut self.stats;
+            self.prev.retain(|k, _| {
+                if !dead.contains(&k.tgid) {
+                    return true;
+                }
+                let _ = stats.remove(k);
+                entries -= 1;
+                false
+            });
+        }
+        if let Some(m) = self.status.maps.iter_mut().find(|m| m.name == common::MAP_STATS) {
+            m.entries = Some(entries);
+        }
+        self.status.programs = ebpf::program_stats(&self.bpf);
+        self.read_counters()
+    }
+
+    fn status(&self) -> ProbeStatus {
+        self.status.clone()
+    }
+}
+
+/// Block device names (`vda`, `loop3`) by kernel dev_t, from
+/// `/sys/dev/block/MAJ:MIN/uevent`.
+#[derive(Default)]
+pub struct DeviceNames(StdHashMap<u32, String>);
+
+impl DeviceNames {
+    pub fn name(&mut self, dev: u32) -> String {
+        self.0
+            .entry(dev)
+            .or_insert_with(|| {
+                let (major, minor) = (dev >> 20, dev & 0xf_ffff);
+                std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+                    .ok()
+                    .and_then(|u| u.lines().find_map(|l| l.strip_prefix("DEVNAME=")).map(str::to_string))
+                    .unwrap_or_else(|| format!("{major}:{minor}"))
+            })
+            .clone()
+    }
+}
