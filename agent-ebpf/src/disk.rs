@@ -1,7 +1,7 @@
 //! Block I/O latency per process, device and operation, on the classic
-//! block tracepoints (their records carry device, sector and rwbs as
-//! documented, stable fields; disk rates are low enough that their extra
-//! cost over raw tracepoints does not matter).
+//! block tracepoints: their records carry device, sector and rwbs as
+//! documented fields (read as `agent_common::disk::Record`), where raw
+//! tracepoints would need `struct request` offsets from BTF.
 //!
 //! `block_bio_queue` runs in the submitter's context: it records who and
 //! when under the bio's (device, sector). `block_rq_issue` stamps the issue
@@ -12,37 +12,24 @@
 #![no_main]
 
 use agent_common::{
-    disk::{Counter, Key, Op, Req, ReqKey, Stats, COUNTERS, DEFAULT_MAX_STATS, MAX_INFLIGHT},
+    disk::{Counter, Key, Op, Record, Req, ReqKey, Stats, COUNTERS, DEFAULT_MAX_STATS, MAX_INFLIGHT},
     hist,
 };
-use agent_ebpf::{atomic_add, global};
+use agent_ebpf::atomic_add;
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::TracePointContext,
 };
 
 agent_ebpf::filters!(DISK_PIDS);
 
-#[unsafe(no_mangle)]
-static OFF_DEV: u32 = 8;
-#[unsafe(no_mangle)]
-static OFF_SECTOR: u32 = 16;
-#[unsafe(no_mangle)]
-static OFF_NR_SECTOR: u32 = 24;
-#[unsafe(no_mangle)]
-static OFF_BIO_RWBS: u32 = 28;
-#[unsafe(no_mangle)]
-static OFF_RQ_RWBS: u32 = 34;
-#[unsafe(no_mangle)]
-static OFF_RQ_ERROR: u32 = 28;
-
 #[map]
 static DISK_STATS: HashMap<Key, Stats> = HashMap::with_max_entries(DEFAULT_MAX_STATS, 0);
 #[map]
-static DISK_INFLIGHT: LruHashMap<ReqKey, Req> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+static DISK_INFLIGHT: HashMap<ReqKey, Req> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
 #[map]
 static DISK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 #[map]
@@ -56,23 +43,20 @@ fn count(c: Counter) {
     }
 }
 
-/// (device, sector) of the record. Requests without data (flushes) have
-/// no position, and the kernel reports 0 or -1 for it from one event to the
-/// next: they all use the key sector `u64::MAX`.
+/// The record's fixed fields, in one read.
 #[inline(always)]
-fn req_key(ctx: &TracePointContext) -> Option<ReqKey> {
-    // SAFETY: reads of the tracepoint record through bpf_probe_read_kernel.
-    let dev: u32 = unsafe { ctx.read_at(global!(OFF_DEV) as usize) }.ok()?;
-    let sector: u64 = unsafe { ctx.read_at(global!(OFF_SECTOR) as usize) }.ok()?;
-    let nr_sector: u32 = unsafe { ctx.read_at(global!(OFF_NR_SECTOR) as usize) }.ok()?;
-    let sector = if nr_sector == 0 { u64::MAX } else { sector };
-    Some(ReqKey { dev, _pad: 0, sector })
+fn record(ctx: &TracePointContext) -> Option<Record> {
+    // SAFETY: a read of the tracepoint record through bpf_probe_read_kernel.
+    unsafe { ctx.read_at::<Record>(0) }.ok()
 }
 
+/// (device, sector) of a record. Requests without data (flushes) have no
+/// position, and the kernel reports 0 or -1 for it from one event to the
+/// next: they all use the key sector `u64::MAX`.
 #[inline(always)]
-fn rwbs(ctx: &TracePointContext, off: u32) -> [u8; 4] {
-    // SAFETY: as above.
-    unsafe { ctx.read_at::<[u8; 4]>(off as usize) }.unwrap_or([0; 4])
+fn req_key(r: &Record) -> ReqKey {
+    let sector = if r.nr_sector == 0 { u64::MAX } else { r.sector };
+    ReqKey { dev: r.dev, _pad: 0, sector }
 }
 
 #[tracepoint(category = "block", name = "block_bio_queue")]
@@ -81,16 +65,16 @@ pub fn disk_bio_queue(ctx: TracePointContext) -> u32 {
     if !traced(pid_tgid) {
         return 0;
     }
-    let Some(key) = req_key(&ctx) else {
+    let Some(r) = record(&ctx) else {
         return 0;
     };
+    let key = req_key(&r);
     // SAFETY: a helper call without arguments.
     let req = Req {
         queued_ns: unsafe { bpf_ktime_get_ns() },
         issued_ns: 0,
         tgid: (pid_tgid >> 32) as u32,
         _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     if DISK_INFLIGHT.insert(&key, &req, 0).is_err() {
         count(Counter::InflightFull);
@@ -115,8 +99,8 @@ pub fn disk_bio_frontmerge(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn merged(ctx: &TracePointContext) -> u32 {
-    if let Some(key) = req_key(ctx) {
-        if DISK_INFLIGHT.remove(&key).is_ok() {
+    if let Some(r) = record(ctx) {
+        if DISK_INFLIGHT.remove(&req_key(&r)).is_ok() {
             count(Counter::BioMerged);
         }
     }
@@ -125,9 +109,10 @@ fn merged(ctx: &TracePointContext) -> u32 {
 
 #[tracepoint(category = "block", name = "block_rq_issue")]
 pub fn disk_rq_issue(ctx: TracePointContext) -> u32 {
-    let Some(key) = req_key(&ctx) else {
+    let Some(r) = record(&ctx) else {
         return 0;
     };
+    let key = req_key(&r);
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(req) = DISK_INFLIGHT.get_ptr_mut(&key) {
@@ -139,7 +124,7 @@ pub fn disk_rq_issue(ctx: TracePointContext) -> u32 {
     if filtering() {
         return 0;
     }
-    let req = Req { queued_ns: 0, issued_ns: now, tgid: 0, _pad: 0, comm: [0; 16] };
+    let req = Req { queued_ns: 0, issued_ns: now, tgid: 0, _pad: 0 };
     if DISK_INFLIGHT.insert(&key, &req, 0).is_err() {
         count(Counter::InflightFull);
     }
@@ -154,9 +139,10 @@ pub fn disk_rq_requeue(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "block", name = "block_rq_complete")]
 pub fn disk_rq_complete(ctx: TracePointContext) -> u32 {
-    let Some(key) = req_key(&ctx) else {
+    let Some(r) = record(&ctx) else {
         return 0;
     };
+    let key = req_key(&r);
     let Some(reqp) = DISK_INFLIGHT.get_ptr(&key) else {
         return 0;
     };
@@ -169,15 +155,12 @@ pub fn disk_rq_complete(ctx: TracePointContext) -> u32 {
     }
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: record reads through bpf_probe_read_kernel.
-    let nr_sector: u32 = unsafe { ctx.read_at(global!(OFF_NR_SECTOR) as usize) }.unwrap_or(0);
-    let error: i32 = unsafe { ctx.read_at(global!(OFF_RQ_ERROR) as usize) }.unwrap_or(0);
-    let op = Op::from_rwbs(&rwbs(&ctx, global!(OFF_RQ_RWBS)));
+    let (nr_sector, error, op) = (r.nr_sector, r.error, Op::from_rwbs(&r.rwbs));
     if req.queued_ns == 0 {
         count(Counter::StartNotSeen);
     }
     let k = Key { tgid: req.tgid, dev: key.dev, op: op as u32, _pad: 0 };
-    let Some(stats) = entry(&k, &req.comm) else {
+    let Some(stats) = entry(&k) else {
         return 0;
     };
     let service = now.saturating_sub(req.issued_ns);
@@ -215,7 +198,7 @@ pub fn disk_rq_complete(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn entry(key: &Key, comm: &[u8; 16]) -> Option<*mut Stats> {
+fn entry(key: &Key) -> Option<*mut Stats> {
     if let Some(p) = DISK_STATS.get_ptr_mut(key) {
         return Some(p);
     }
@@ -223,16 +206,12 @@ fn entry(key: &Key, comm: &[u8; 16]) -> Option<*mut Stats> {
         return None;
     };
     // SAFETY: a map value never written to, so all zeroes.
-    let created = DISK_STATS.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64).is_ok();
-    let Some(p) = DISK_STATS.get_ptr_mut(key) else {
+    let _ = DISK_STATS.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64);
+    let p = DISK_STATS.get_ptr_mut(key);
+    if p.is_none() {
         count(Counter::StatsFull);
-        return None;
-    };
-    if created {
-        // SAFETY: the entry this call created.
-        unsafe { (*p).comm = *comm };
     }
-    Some(p)
+    p
 }
 
 agent_ebpf::panic_handler!();

@@ -22,7 +22,8 @@ pub struct Agent {
 impl Agent {
     /// Loads and attaches every probe. One that cannot is logged with the
     /// kernel's reason and left out; the others run.
-    pub fn start(opts: &Options, top: usize, cmdline: bool) -> Self {
+    /// `only` names the probes to run; empty means all.
+    pub fn start(opts: &Options, only: &[&str], top: usize, cmdline: bool) -> Self {
         match crate::ebpf::ensure_tracefs() {
             Ok(crate::ebpf::TracefsState::MountedNow) => {
                 log::info!("mounted tracefs at {}", crate::ebpf::TRACEFS)
@@ -32,7 +33,7 @@ impl Agent {
         }
         let mut loaded = Vec::new();
         let mut failed = Vec::new();
-        for spec in probes::ALL {
+        for spec in probes::ALL.iter().filter(|s| only.is_empty() || only.contains(&s.name)) {
             match (spec.load)(opts) {
                 Ok(p) => {
                     log::info!("probe {} attached", spec.name);

@@ -66,8 +66,18 @@ pub struct RunArgs {
     /// 1.1 KiB each); new pairs past it are counted as lost, not recorded.
     #[arg(long, value_parser = clap::value_parser!(u32).range(64..=4_194_304), value_name = "N")]
     pub max_entries: Option<u32>,
+    /// Probes to run (comma-separated): syscall, disk. Default: all.
+    #[arg(long, value_delimiter = ',', value_parser = parse_probe, value_name = "NAME")]
+    pub probes: Vec<&'static str>,
     #[command(flatten)]
     pub filters: FilterArgs,
+}
+
+fn parse_probe(s: &str) -> Result<&'static str, String> {
+    crate::probes::ALL.iter().find(|p| p.name == s).map(|p| p.name).ok_or_else(|| {
+        let names: Vec<&str> = crate::probes::ALL.iter().map(|p| p.name).collect();
+        format!("no probe named {s:?}; the probes are {}", names.join(", "))
+    })
 }
 
 /// Filters, applied in the kernel (filtered-out tasks cost one check per syscall).
@@ -186,6 +196,7 @@ mod tests {
             &["run", "--comm", "a-name-longer-than-15"],
             &["run", "--output", "xml"],
             &["run", "--bogus"],
+            &["run", "--probes", "syscall,nosuch"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -38,7 +38,7 @@ pub struct Live<W>(pub W);
 
 impl<W: Write + Send> Sink for Live<W> {
     fn emit(&mut self, report: &Report) -> io::Result<()> {
-        let rows = terminal_rows().unwrap_or(40).saturating_sub(5).max(3);
+        let rows = terminal_rows().unwrap_or(40).saturating_sub(5 + 2 * report.devices.len().min(6) + 4).max(3);
         let mut buf = String::from("\x1b[H\x1b[2J");
         table(report, rows, &mut buf);
         buf.push_str("\n(Ctrl-C to stop; --output json for scripts)\n");
@@ -147,6 +147,61 @@ pub fn table(r: &Report, rows: usize, out: &mut String) {
     }
     if r.processes.is_empty() {
         out.push_str("  (no syscalls seen in this interval)\n");
+    }
+    disk_tables(r, rows, out);
+}
+
+fn mb_per_s(bytes: u64, interval_ns: u64) -> String {
+    if interval_ns == 0 {
+        return "0.0".into();
+    }
+    format!("{:.1}", bytes as f64 * 1e9 / interval_ns as f64 / 1e6)
+}
+
+/// Block I/O per device, then the processes that did it.
+fn disk_tables(r: &Report, rows: usize, out: &mut String) {
+    if r.devices.is_empty() {
+        return;
+    }
+    out.push_str(&format!(
+        "\n{:<10} {:<8} {:>8} {:>8} {:>15} {:>15} {:>15} {:>5}\n",
+        "DEVICE", "OP", "IO/s", "MB/s", "QUEUE p50/p99", "SERVICE p50/p99", "TOTAL p50/p99", "ERR"
+    ));
+    let pair = |d: &crate::report::DistReport| format!("{}/{}", duration(d.p50_ns), duration(d.p99_ns));
+    for d in &r.devices {
+        out.push_str(&format!(
+            "{:<10} {:<8} {:>8} {:>8} {:>15} {:>15} {:>15} {:>5}\n",
+            d.device,
+            d.op,
+            rate(d.count, r.interval_ns),
+            mb_per_s(d.bytes, r.interval_ns),
+            pair(&d.queue),
+            pair(&d.service),
+            pair(&d.total),
+            d.errors
+        ));
+    }
+    let mut by_process: Vec<(&crate::report::ProcessReport, &crate::report::DiskReport)> =
+        r.processes.iter().flat_map(|p| p.disk.iter().map(move |d| (p, d))).collect();
+    if by_process.is_empty() {
+        return;
+    }
+    by_process.sort_by_key(|(p, d)| (std::cmp::Reverse(d.count), p.pid));
+    out.push_str(&format!(
+        "{:>8} {:<16} {:<10} {:<8} {:>8} {:>8} {:>15}\n",
+        "PID", "COMM", "DEVICE", "OP", "IO/s", "MB/s", "TOTAL p50/p99"
+    ));
+    for (p, d) in by_process.into_iter().take(rows.min(10)) {
+        out.push_str(&format!(
+            "{:>8} {:<16} {:<10} {:<8} {:>8} {:>8} {:>15}\n",
+            p.pid,
+            p.meta.comm,
+            d.device,
+            d.op,
+            rate(d.count, r.interval_ns),
+            mb_per_s(d.bytes, r.interval_ns),
+            pair(&d.total)
+        ));
     }
 }
 

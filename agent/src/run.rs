@@ -38,10 +38,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (report_tx, mut report_rx) = tokio::sync::mpsc::channel::<Report>(4);
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
     let (interval, limit, top, cmdline) = (args.interval, args.duration, args.top as usize, args.cmdline);
+    let only = args.probes.clone();
     let worker = std::thread::Builder::new()
         .name("collect".into())
         .spawn(move || -> anyhow::Result<()> {
-            let mut agent = Agent::start(&opts, top, cmdline);
+            let mut agent = Agent::start(&opts, &only, top, cmdline);
             let active = agent.active();
             if active.is_empty() {
                 anyhow::bail!("no probe could be attached; `hostprobe check` says why and how to fix it");

@@ -34,6 +34,9 @@ pub struct Args {
     /// Only the agent-cost measurement (implies --no-write).
     #[arg(long)]
     agent_only: bool,
+    /// Only the disk measurement (implies --no-write).
+    #[arg(long)]
+    disk_only: bool,
 }
 
 const BPFTRACE_SCRIPT: &str = "tracepoint:raw_syscalls:sys_enter { @start[tid] = nsecs; } \
@@ -46,6 +49,8 @@ enum Tracer {
     Hostprobe,
     SyscountL,
     Bpftrace,
+    HostprobeDisk,
+    Biolatency,
 }
 
 impl Tracer {
@@ -55,14 +60,17 @@ impl Tracer {
             Tracer::Hostprobe => "hostprobe (syscall probe, all processes, per-process per-syscall histograms)",
             Tracer::SyscountL => "libbpf-tools `syscount -L` (latency totals per syscall, no histograms)",
             Tracer::Bpftrace => "bpftrace `@[pid, args->id] = hist(nsecs - @start[tid])`",
+            Tracer::HostprobeDisk => "hostprobe (disk probe: per process, device and op; queue, service and total histograms)",
+            Tracer::Biolatency => "libbpf-tools `biolatency` (one histogram of issue-to-completion time)",
         }
     }
 
     fn available(self) -> bool {
         match self {
-            Tracer::Nothing | Tracer::Hostprobe => true,
+            Tracer::Nothing | Tracer::Hostprobe | Tracer::HostprobeDisk => true,
             Tracer::SyscountL => Path::new("/usr/sbin/syscount").exists(),
             Tracer::Bpftrace => Path::new("/usr/bin/bpftrace").exists(),
+            Tracer::Biolatency => Path::new("/usr/sbin/biolatency").exists(),
         }
     }
 
@@ -72,9 +80,15 @@ impl Tracer {
             Tracer::Nothing => return Ok(None),
             Tracer::Hostprobe => {
                 let mut c = Command::new(root().join("target/release/hostprobe"));
-                c.args(["run", "--output", "json", "--interval", "1s"]);
+                c.args(["run", "--output", "json", "--interval", "1s", "--probes", "syscall"]);
                 c
             }
+            Tracer::HostprobeDisk => {
+                let mut c = Command::new(root().join("target/release/hostprobe"));
+                c.args(["run", "--output", "json", "--interval", "1s", "--probes", "disk"]);
+                c
+            }
+            Tracer::Biolatency => Command::new("/usr/sbin/biolatency"),
             Tracer::SyscountL => {
                 let mut c = Command::new("/usr/sbin/syscount");
                 c.arg("-L");
@@ -132,6 +146,12 @@ fn time_getppid(calls: u64) -> Result<f64> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.disk_only {
+        let mut md = String::new();
+        disk_bench(args.rounds.min(5))?.write(&mut md)?;
+        println!("{md}");
+        return Ok(());
+    }
     if args.agent_only {
         let c = agent_cost(args.processes, args.seconds)?;
         println!(
@@ -165,6 +185,8 @@ pub fn run(args: Args) -> Result<()> {
 
     step(&format!("agent cost: {} busy processes for {} s", args.processes, args.seconds));
     let cost = agent_cost(args.processes, args.seconds)?;
+
+    let disk = disk_bench(args.rounds.min(5))?;
 
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
@@ -224,6 +246,8 @@ pub fn run(args: Args) -> Result<()> {
     writeln!(md, "| agent peak RSS | {:.1} MiB |", cost.rss_mib)?;
     writeln!(md, "| (process, syscall) entries in the kernel map | {} |", cost.entries)?;
     writeln!(md, "| intervals measured | {} |", cost.intervals)?;
+
+    disk.write(&mut md)?;
 
     println!("{md}");
     if !args.no_write {
@@ -390,4 +414,152 @@ fn date() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// A loop device over a sparse file: reads of holes never reach a disk, so
+/// each I/O is short (~20 us here) and per-I/O overhead shows most.
+struct BenchLoop {
+    path: String,
+    backing: std::path::PathBuf,
+}
+
+impl BenchLoop {
+    fn new() -> Result<Self> {
+        let backing = std::path::PathBuf::from("/var/tmp/hostprobe-bench.img");
+        std::fs::File::create(&backing)?.set_len(1 << 30)?;
+        let out = Command::new("losetup").args(["--find", "--show"]).arg(&backing).output()?;
+        if !out.status.success() {
+            bail!("losetup: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Self { path: String::from_utf8_lossy(&out.stdout).trim().to_string(), backing })
+    }
+}
+
+impl Drop for BenchLoop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("--detach").arg(&self.path).status();
+        let _ = std::fs::remove_file(&self.backing);
+    }
+}
+
+/// (IOPS, I/Os completed) of a 3 s fio random 4 KiB direct read run.
+fn fio_iops(dev: &str) -> Result<(f64, u64)> {
+    let out = Command::new("fio")
+        .args(["--name=bench", "--rw=randread", "--bs=4k", "--direct=1", "--ioengine=psync", "--time_based", "--runtime=3"])
+        .arg(format!("--filename={dev}"))
+        .arg("--output-format=json")
+        .output()
+        .context("running fio")?;
+    if !out.status.success() {
+        bail!("fio failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&text[text.find('{').context("fio JSON")?..])?;
+    let read = &v["jobs"][0]["read"];
+    Ok((read["iops"].as_f64().unwrap_or(0.0), read["total_ios"].as_u64().unwrap_or(0)))
+}
+
+/// Run time and run count summed over every BPF program a process holds,
+/// from /proc/<pid>/fdinfo (counted while kernel.bpf_stats_enabled is 1).
+fn prog_stats(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return total;
+    };
+    for e in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(e.path()) else { continue };
+        if !info.contains("prog_type:") {
+            continue;
+        }
+        let field = |name: &str| {
+            info.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0)
+        };
+        total.0 += field("run_time_ns:");
+        total.1 += field("run_cnt:");
+    }
+    total
+}
+
+struct DiskBench {
+    rows: Vec<(Tracer, f64, Vec<f64>)>,
+    per_io: Vec<(Tracer, f64)>,
+    rounds: usize,
+}
+
+fn disk_bench(rounds: usize) -> Result<DiskBench> {
+    if !Path::new("/usr/bin/fio").exists() {
+        bail!("fio is missing: `cargo xtask setup --bench` installs it");
+    }
+    let dev = BenchLoop::new()?;
+    let tracers: Vec<Tracer> =
+        [Tracer::Nothing, Tracer::HostprobeDisk, Tracer::Biolatency].into_iter().filter(|t| t.available()).collect();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+    for round in 0..rounds {
+        step(&format!("disk overhead: round {}/{rounds}", round + 1));
+        for k in 0..tracers.len() {
+            let i = (k + round) % tracers.len();
+            let child = tracers[i].start()?;
+            let r = fio_iops(&dev.path);
+            stop(child);
+            samples[i].push(r?.0);
+        }
+    }
+    step("disk: kernel CPU per I/O (kernel.bpf_stats_enabled)");
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(SYSCTL)?;
+    std::fs::write(SYSCTL, "1")?;
+    let mut per_io = Vec::new();
+    for t in tracers.iter().copied().filter(|t| *t != Tracer::Nothing) {
+        let child = t.start()?;
+        let pid = child.as_ref().map(|c| c.id()).unwrap_or(0);
+        let (start_ns, _) = prog_stats(pid);
+        let ios = fio_iops(&dev.path).map(|r| r.1);
+        let (end_ns, _) = prog_stats(pid);
+        stop(child);
+        let ios = ios?;
+        per_io.push((t, (end_ns - start_ns) as f64 / ios.max(1) as f64));
+    }
+    std::fs::write(SYSCTL, before.trim())?;
+    let rows = tracers
+        .iter()
+        .zip(samples)
+        .map(|(t, mut s)| {
+            let m = median(&mut s);
+            (*t, m, s)
+        })
+        .collect();
+    Ok(DiskBench { rows, per_io, rounds })
+}
+
+impl DiskBench {
+    fn write(&self, md: &mut String) -> Result<()> {
+        writeln!(md, "\n## Disk probe: I/O rate and CPU per I/O\n")?;
+        writeln!(
+            md,
+            "fio random 4 KiB reads, `--direct=1 --ioengine=psync`, 3 s per sample, on a loop \
+             device over a sparse 1 GiB file (holes never reach a disk: ~20 us per read, so per-I/O \
+             overhead shows most). {} rounds, order rotated, medians.\n",
+            self.rounds
+        )?;
+        writeln!(md, "| attached | IOPS (median) | vs nothing | samples |")?;
+        writeln!(md, "|---|---|---|---|")?;
+        let base = self.rows.first().map(|r| r.1).unwrap_or(1.0);
+        for (t, m, s) in &self.rows {
+            let raw: Vec<String> = s.iter().map(|v| format!("{v:.0}")).collect();
+            writeln!(md, "| {} | {m:.0} | {:+.1}% | {} |", t.name(), (m / base - 1.0) * 100.0, raw.join(", "))?;
+        }
+        writeln!(md, "\nKernel CPU per I/O: the tracer's BPF programs' run time (kernel.bpf_stats_enabled, from the \
+            tracer's /proc/<pid>/fdinfo) over one more fio run, divided by fio's I/O count.\n")?;
+        writeln!(md, "| tracer | ns of BPF program time per I/O |")?;
+        writeln!(md, "|---|---|")?;
+        for (t, ns) in &self.per_io {
+            writeln!(md, "| {} | {ns:.0} |", t.name())?;
+        }
+        let ours = self.per_io.iter().find(|p| p.0 == Tracer::HostprobeDisk).map(|p| p.1);
+        let theirs = self.per_io.iter().find(|p| p.0 == Tracer::Biolatency).map(|p| p.1);
+        if let (Some(o), Some(t)) = (ours, theirs) {
+            writeln!(md, "\n- hostprobe's disk probe costs {:.2}x biolatency's CPU per I/O.", o / t)?;
+        }
+        Ok(())
+    }
 }

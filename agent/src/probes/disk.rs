@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 
-use agent_common::disk::{self as common, globals, Counter, Key, Op, Stats};
+use agent_common::disk::{self as common, Counter, Key, Op, Stats};
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
     Ebpf, EbpfLoader,
@@ -97,6 +97,11 @@ pub struct DiskProbe {
     bpf: Ebpf,
     stats: HashMap<MapData, Key, Stats>,
     stats_reader: ebpf::BatchReader<Key, Stats>,
+    inflight: HashMap<MapData, common::ReqKey, common::Req>,
+    inflight_reader: ebpf::BatchReader<common::ReqKey, common::Req>,
+    /// Intervals collected, and stale in-flight entries swept so far.
+    intervals: u64,
+    swept: u64,
     counters: PerCpuArray<MapData, u64>,
     prev: StdHashMap<Key, Stats>,
     prev_counters: [u64; common::COUNTERS as usize],
@@ -109,41 +114,32 @@ fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {
 
 impl DiskProbe {
     pub fn load(opts: &Options) -> Result<Self, ProbeError> {
-        let field = |event: &str, f: &str| ebpf::tracepoint_field(NAME, "block", event, f);
-        let off_dev = field("block_rq_complete", "dev")?;
-        let off_sector = field("block_rq_complete", "sector")?;
-        let off_nr_sector = field("block_rq_complete", "nr_sector")?;
-        let off_rq_rwbs = field("block_rq_complete", "rwbs")?;
-        let off_rq_error = field("block_rq_complete", "error")?;
-        let off_bio_rwbs = field("block_bio_queue", "rwbs")?;
-        // The programs read dev, sector and nr_sector at one offset in every event.
-        for event in ["block_rq_issue", "block_bio_queue", "block_bio_backmerge", "block_bio_frontmerge"] {
-            if field(event, "dev")? != off_dev
-                || field(event, "sector")? != off_sector
-                || field(event, "nr_sector")? != off_nr_sector
-            {
-                return Err(ProbeError::Config {
-                    probe: NAME,
-                    detail: format!(
-                        "block/{event} lays out dev, sector or nr_sector differently from block_rq_complete on this kernel"
-                    ),
-                });
+        // The programs read the records as `common::Record`: check that this
+        // kernel lays them out so. Bio events share dev, sector and
+        // nr_sector (the programs read nothing else of them); issue has no
+        // error field.
+        for event in ["block_rq_complete", "block_rq_issue", "block_bio_queue", "block_bio_backmerge"] {
+            for (name, want) in common::RECORD_FIELDS {
+                let bio = event.starts_with("block_bio");
+                if (bio && matches!(name, "error" | "rwbs")) || (event == "block_rq_issue" && name == "error") {
+                    continue;
+                }
+                let at = ebpf::tracepoint_field(NAME, "block", event, name)?;
+                if at != want {
+                    return Err(ProbeError::Config {
+                        probe: NAME,
+                        detail: format!(
+                            "block/{event}: field {name} is at offset {at} on this kernel, hostprobe reads it at \
+                             {want}; please report this with the kernel version"
+                        ),
+                    });
+                }
             }
-        }
-        if field("block_rq_issue", "rwbs")? != off_rq_rwbs {
-            return Err(ProbeError::Config { probe: NAME, detail: "block_rq_issue and block_rq_complete place rwbs differently".into() });
         }
 
         let filters = FilterGlobals::new(opts);
         let mut loader = EbpfLoader::new();
         filters.apply(&mut loader);
-        loader
-            .override_global(globals::OFF_DEV, &off_dev, true)
-            .override_global(globals::OFF_SECTOR, &off_sector, true)
-            .override_global(globals::OFF_NR_SECTOR, &off_nr_sector, true)
-            .override_global(globals::OFF_BIO_RWBS, &off_bio_rwbs, true)
-            .override_global(globals::OFF_RQ_RWBS, &off_rq_rwbs, true)
-            .override_global(globals::OFF_RQ_ERROR, &off_rq_error, true);
         let mut bpf = ebpf::load(NAME, OBJECT, &mut loader)?;
         super::fill_pids(&mut bpf, NAME, common::MAP_PIDS, &opts.pids)?;
         for (program, tracepoint) in PROGRAMS {
@@ -156,11 +152,18 @@ impl DiskProbe {
         let stats = take(common::MAP_STATS)?;
         let stats_reader = ebpf::BatchReader::new(&stats).map_err(|e| map_err("DISK_STATS", e))?;
         let stats = HashMap::try_from(stats).map_err(|e| map_err("DISK_STATS", e))?;
+        let inflight = take(common::MAP_INFLIGHT)?;
+        let inflight_reader = ebpf::BatchReader::new(&inflight).map_err(|e| map_err("DISK_INFLIGHT", e))?;
+        let inflight = HashMap::try_from(inflight).map_err(|e| map_err("DISK_INFLIGHT", e))?;
         let counters = PerCpuArray::try_from(take(common::MAP_COUNTERS)?).map_err(|e| map_err("DISK_COUNTERS", e))?;
         Ok(Self {
             bpf,
             stats,
             stats_reader,
+            inflight,
+            inflight_reader,
+            intervals: 0,
+            swept: 0,
             counters,
             prev: StdHashMap::new(),
             prev_counters: [0; common::COUNTERS as usize],
@@ -194,7 +197,39 @@ impl DiskProbe {
                 lost += delta;
             }
         }
+        // Swept by userspace, not counted by the kernel: in the same place.
+        self.status.counters.insert("stale_swept", std::mem::take(&mut self.swept));
         self.status.lost = lost;
+        Ok(())
+    }
+}
+
+/// Intervals between sweeps of the in-flight map.
+const SWEEP_EVERY: u64 = 10;
+/// A request in flight this long lost its completion (no device takes a
+/// minute; the block layer times requests out long before).
+const STALE_NS: u64 = 60_000_000_000;
+
+impl DiskProbe {
+    /// Deletes in-flight entries whose completion will never come (a bio
+    /// split, or merged from the front, leaves its first record behind).
+    fn sweep(&mut self) -> Result<(), ProbeError> {
+        // bpf_ktime_get_ns is CLOCK_MONOTONIC.
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime fills the timespec we pass.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let stale: Vec<common::ReqKey> = self
+            .inflight_reader
+            .read()
+            .map_err(|e| ProbeError::Read { probe: NAME, map: "DISK_INFLIGHT", detail: e.to_string() })?
+            .filter(|(_, r)| now.saturating_sub(r.queued_ns.max(r.issued_ns)) > STALE_NS)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &stale {
+            let _ = self.inflight.remove(k);
+        }
+        self.swept += stale.len() as u64;
         Ok(())
     }
 }
@@ -225,11 +260,7 @@ impl Probe for DiskProbe {
             }
             let d = DiskData::between(v, prev);
             *prev = *v;
-            let p = out.processes.entry(k.tgid).or_default();
-            if p.kernel_comm.is_none() {
-                p.kernel_comm = Some(super::comm_str(&v.comm));
-            }
-            p.disk.insert((k.dev, Op::from_u32(k.op)), d);
+            out.processes.entry(k.tgid).or_default().disk.insert((k.dev, Op::from_u32(k.op)), d);
         }
         if !dead.is_empty() {
             let stats = &mut self.stats;
@@ -245,6 +276,10 @@ impl Probe for DiskProbe {
         if let Some(m) = self.status.maps.iter_mut().find(|m| m.name == common::MAP_STATS) {
             m.entries = Some(entries);
         }
+        if self.intervals.is_multiple_of(SWEEP_EVERY) {
+            self.sweep()?;
+        }
+        self.intervals += 1;
         self.status.programs = ebpf::program_stats(&self.bpf);
         self.read_counters()
     }
