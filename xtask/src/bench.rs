@@ -148,7 +148,7 @@ fn time_getppid(calls: u64) -> Result<f64> {
 pub fn run(args: Args) -> Result<()> {
     if args.disk_only {
         let mut md = String::new();
-        disk_bench(args.rounds.min(5))?.write(&mut md)?;
+        disk_bench(args.rounds)?.write(&mut md)?;
         println!("{md}");
         return Ok(());
     }
@@ -186,7 +186,7 @@ pub fn run(args: Args) -> Result<()> {
     step(&format!("agent cost: {} busy processes for {} s", args.processes, args.seconds));
     let cost = agent_cost(args.processes, args.seconds)?;
 
-    let disk = disk_bench(args.rounds.min(5))?;
+    let disk = disk_bench(args.rounds)?;
 
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
@@ -481,7 +481,8 @@ fn prog_stats(pid: u32) -> (u64, u64) {
 }
 
 struct DiskBench {
-    rows: Vec<(Tracer, f64, Vec<f64>)>,
+    /// (tracer, median IOPS, median per-round ratio to the baseline, samples)
+    rows: Vec<(Tracer, f64, f64, Vec<f64>)>,
     per_io: Vec<(Tracer, f64)>,
     rounds: usize,
 }
@@ -520,12 +521,21 @@ fn disk_bench(rounds: usize) -> Result<DiskBench> {
         per_io.push((t, (end_ns - start_ns) as f64 / ios.max(1) as f64));
     }
     std::fs::write(SYSCTL, before.trim())?;
+    // Paired: each round's rate against the baseline of the same round,
+    // which cancels the host's slow drift.
+    let ratios: Vec<f64> = (0..tracers.len())
+        .map(|i| {
+            let mut r: Vec<f64> = samples[i].iter().zip(&samples[0]).map(|(s, b)| s / b).collect();
+            median(&mut r)
+        })
+        .collect();
     let rows = tracers
         .iter()
         .zip(samples)
-        .map(|(t, mut s)| {
+        .zip(ratios)
+        .map(|((t, mut s), ratio)| {
             let m = median(&mut s);
-            (*t, m, s)
+            (*t, m, ratio, s)
         })
         .collect();
     Ok(DiskBench { rows, per_io, rounds })
@@ -541,12 +551,11 @@ impl DiskBench {
              overhead shows most). {} rounds, order rotated, medians.\n",
             self.rounds
         )?;
-        writeln!(md, "| attached | IOPS (median) | vs nothing | samples |")?;
+        writeln!(md, "| attached | IOPS (median) | vs nothing (median of per-round ratios) | samples |")?;
         writeln!(md, "|---|---|---|---|")?;
-        let base = self.rows.first().map(|r| r.1).unwrap_or(1.0);
-        for (t, m, s) in &self.rows {
+        for (t, m, ratio, s) in &self.rows {
             let raw: Vec<String> = s.iter().map(|v| format!("{v:.0}")).collect();
-            writeln!(md, "| {} | {m:.0} | {:+.1}% | {} |", t.name(), (m / base - 1.0) * 100.0, raw.join(", "))?;
+            writeln!(md, "| {} | {m:.0} | {:+.1}% | {} |", t.name(), (ratio - 1.0) * 100.0, raw.join(", "))?;
         }
         writeln!(md, "\nKernel CPU per I/O: the tracer's BPF programs' run time (kernel.bpf_stats_enabled, from the \
             tracer's /proc/<pid>/fdinfo) over one more fio run, divided by fio's I/O count.\n")?;
