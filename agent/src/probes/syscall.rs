@@ -87,6 +87,8 @@ pub struct SyscallProbe {
     prev: StdHashMap<Key, Stats>,
     prev_counters: [u64; common::COUNTERS as usize],
     intervals: u64,
+    /// execve and execveat on this architecture.
+    exec_nrs: [u32; 2],
     status: ProbeStatus,
 }
 
@@ -139,6 +141,10 @@ impl SyscallProbe {
             prev: StdHashMap::new(),
             prev_counters: [0; common::COUNTERS as usize],
             intervals: 0,
+            exec_nrs: [
+                syscalls::number("execve").unwrap_or(u32::MAX),
+                syscalls::number("execveat").unwrap_or(u32::MAX),
+            ],
             status: ProbeStatus {
                 name: NAME,
                 active: true,
@@ -234,9 +240,12 @@ impl Probe for SyscallProbe {
             }
             let d = SyscallData::between(v, prev);
             *prev = *v;
+            // The name of the image the process runs last: an exec's entry is
+            // made after the exec, so its comm wins; else the busiest entry's.
+            let weight = if self.exec_nrs.contains(&k.nr) { u64::MAX } else { d.count };
             let comm = best_comm.entry(k.tgid).or_insert((0, v.comm));
-            if d.count > comm.0 {
-                *comm = (d.count, v.comm);
+            if weight > comm.0 {
+                *comm = (weight, v.comm);
             }
             out.processes.entry(k.tgid).or_default().syscalls.insert(k.nr, d);
         }
