@@ -9,6 +9,7 @@
 pub mod disk;
 pub mod filter;
 pub mod hist;
+pub mod offcpu;
 pub mod syscall;
 
 /// Implements `aya::Pod` for types that cross the kernel/user boundary, on the

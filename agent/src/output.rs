@@ -149,6 +149,36 @@ pub fn table(r: &Report, rows: usize, out: &mut String) {
         out.push_str("  (no syscalls seen in this interval)\n");
     }
     disk_tables(r, rows, out);
+    offcpu_table(r, rows, out);
+}
+
+/// Where threads wait: the processes with the most run-queue and blocked time.
+fn offcpu_table(r: &Report, rows: usize, out: &mut String) {
+    let mut list: Vec<(&crate::report::ProcessReport, &crate::report::OffcpuReport)> =
+        r.processes.iter().filter_map(|p| p.offcpu.as_ref().map(|o| (p, o))).collect();
+    if list.is_empty() {
+        return;
+    }
+    list.sort_by_key(|(p, o)| (std::cmp::Reverse(o.runqueue_ns + o.blocked_io_ns), p.pid));
+    let pct = |ns: u64| if r.interval_ns == 0 { 0.0 } else { ns as f64 * 100.0 / r.interval_ns as f64 };
+    out.push_str(&format!(
+        "\n{:>8} {:<16} {:>7} {:>7} {:>9} {:>7} {:>7}  {}\n",
+        "PID", "COMM", "ON-CPU%", "RUNQ%", "RUNQ p99", "D-IO%", "SLEEP%", "SLEEPING IN"
+    ));
+    for (p, o) in list.into_iter().take(rows.min(10)) {
+        let top: Vec<String> = o.sleep_by_syscall.iter().take(2).map(|s| format!("{} {}", s.name, duration(s.ns))).collect();
+        out.push_str(&format!(
+            "{:>8} {:<16} {:>6.1}% {:>6.1}% {:>9} {:>6.1}% {:>6.1}%  {}\n",
+            p.pid,
+            p.meta.comm,
+            pct(o.on_cpu_ns),
+            pct(o.runqueue_ns),
+            duration(o.runqueue_p99_ns),
+            pct(o.blocked_io_ns),
+            pct(o.sleep_ns),
+            top.join(", ")
+        ));
+    }
 }
 
 fn mb_per_s(bytes: u64, interval_ns: u64) -> String {

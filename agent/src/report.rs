@@ -54,6 +54,57 @@ pub struct ProcessReport {
     /// when none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub disk: Vec<DiskReport>,
+    /// Where the process's threads spent the interval (absent without the
+    /// offcpu probe).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offcpu: Option<OffcpuReport>,
+}
+
+/// Thread time of one process over one interval, summed over its threads:
+/// on a CPU, waiting for one, blocked in D state, asleep.
+#[derive(Debug, Serialize)]
+pub struct OffcpuReport {
+    pub on_cpu_ns: u64,
+    pub runqueue_ns: u64,
+    pub runqueue_p50_ns: u64,
+    pub runqueue_p99_ns: u64,
+    /// Uninterruptible sleep (D state): mostly disk I/O, some locks.
+    pub blocked_io_ns: u64,
+    /// Interruptible sleep (S): timers, locks, network and event waits.
+    pub sleep_ns: u64,
+    /// Episodes off the CPU (leaving it to running again).
+    pub offcpu: DistReport,
+    /// Time asleep (S or D) per syscall the threads slept in, most first.
+    pub sleep_by_syscall: Vec<SleepReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SleepReport {
+    pub name: String,
+    pub ns: u64,
+    pub count: u64,
+}
+
+impl From<&crate::probes::offcpu::OffcpuData> for OffcpuReport {
+    fn from(d: &crate::probes::offcpu::OffcpuData) -> Self {
+        let rq: DistReport = (&d.runqueue).into();
+        let mut sleep_by_syscall: Vec<SleepReport> = d
+            .sleep_by_syscall
+            .iter()
+            .map(|(nr, (ns, count))| SleepReport { name: syscalls::name(*nr).into_owned(), ns: *ns, count: *count })
+            .collect();
+        sleep_by_syscall.sort_by_key(|s| Reverse(s.ns));
+        Self {
+            on_cpu_ns: d.on_cpu_ns,
+            runqueue_ns: d.runqueue_ns,
+            runqueue_p50_ns: rq.p50_ns,
+            runqueue_p99_ns: rq.p99_ns,
+            blocked_io_ns: d.blocked_ns,
+            sleep_ns: d.sleep_ns,
+            offcpu: (&d.offcpu).into(),
+            sleep_by_syscall,
+        }
+    }
 }
 
 /// Block I/O to one device with one operation in one interval.
@@ -170,10 +221,11 @@ fn syscall_list(data: &std::collections::BTreeMap<u32, SyscallData>) -> (Latency
 }
 
 /// Rank: time spent in syscalls (which holds the wait for synchronous I/O),
-/// then block requests (for kernel threads doing writeback, which make no
-/// syscalls).
-fn rank(p: &ProcessData) -> (u64, u64) {
-    (p.syscalls.values().map(|s| s.total_ns).sum(), p.disk.values().map(|d| d.count).sum())
+/// then time waiting for a CPU or blocked, then block requests (kernel
+/// threads doing writeback make no syscalls).
+fn rank(p: &ProcessData) -> (u64, u64, u64) {
+    let waiting = p.offcpu.as_ref().map_or(0, |o| o.runqueue_ns + o.blocked_ns);
+    (p.syscalls.values().map(|s| s.total_ns).sum(), waiting, p.disk.values().map(|d| d.count).sum())
 }
 
 /// Ranks processes, keeps the top `top` with their `/proc` metadata, and
@@ -213,7 +265,8 @@ pub fn build(
             };
             let (syscall_total, syscalls) = syscall_list(&p.syscalls);
             let disk = disk_list(&p.disk, devices);
-            ProcessReport { pid, meta, exited, syscall_total, syscalls, disk }
+            let offcpu = p.offcpu.as_ref().map(Into::into);
+            ProcessReport { pid, meta, exited, syscall_total, syscalls, disk, offcpu }
         })
         .collect();
     procs.retain(&live);

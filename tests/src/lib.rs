@@ -23,6 +23,11 @@ pub fn hostprobe_bin() -> PathBuf {
     }
 }
 
+/// The workload binary (`src/bin/workload.rs`).
+pub fn workload_bin() -> PathBuf {
+    target_bin("workload")
+}
+
 /// A binary of this workspace, from the target directory the running test
 /// was built in: target/<profile>/deps/<test> -> target/<profile>/<name>.
 fn target_bin(name: &str) -> PathBuf {

@@ -42,7 +42,7 @@ pub struct Dist {
 }
 
 impl Dist {
-    fn between(now: &[u32; agent_common::hist::BUCKETS], before: &[u32; agent_common::hist::BUCKETS], max_now: u64, max_before: u64) -> Self {
+    pub fn between(now: &[u32; agent_common::hist::BUCKETS], before: &[u32; agent_common::hist::BUCKETS], max_now: u64, max_before: u64) -> Self {
         let hist = Histogram::delta_u32(now, before);
         let max_ns = hist.interval_max(max_now, max_before);
         Self { hist, max_ns }

@@ -5,6 +5,7 @@
 //! [`ALL`] and giving [`ProcessData`] a field for its figures.
 
 pub mod disk;
+pub mod offcpu;
 pub mod syscall;
 
 use std::collections::{BTreeMap, HashMap};
@@ -109,7 +110,7 @@ pub struct Spec {
 }
 
 /// Every probe the agent knows, in the order they are loaded.
-pub const ALL: &[Spec] = &[syscall::SPEC, disk::SPEC];
+pub const ALL: &[Spec] = &[syscall::SPEC, disk::SPEC, offcpu::SPEC];
 
 /// What every probe measured in one interval, per process (thread group id).
 #[derive(Debug, Default)]
@@ -125,6 +126,8 @@ pub struct ProcessData {
     pub syscalls: BTreeMap<u32, syscall::SyscallData>,
     /// Per (device dev_t, operation).
     pub disk: BTreeMap<(u32, agent_common::disk::Op), disk::DiskData>,
+    /// Time on and off the CPU.
+    pub offcpu: Option<offcpu::OffcpuData>,
 }
 
 /// A probe's health, reported with every interval and by `check`.

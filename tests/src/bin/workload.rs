@@ -15,6 +15,10 @@
 //! workload dio DEV R W          R reads then W writes of 4 KiB with O_DIRECT at
 //!                               distinct 4 KiB-aligned offsets of DEV
 //! workload fsync DEV            1 MiB of buffered writes to DEV, then fsync
+//! workload spin MS CPU          pinned to CPU, burns MS ms of wall time, then
+//!                               waits for a second line before exiting
+//! workload mutex MS             a thread holds a mutex MS ms; the main thread
+//!                               blocks on it meanwhile
 //! ```
 //!
 //! For `cargo xtask bench` (these start at once, without waiting for stdin):
@@ -159,6 +163,39 @@ fn main() {
             let mut f = std::fs::OpenOptions::new().write(true).open(args.get(2).expect("device")).expect("open device");
             f.write_all(&vec![0x5a; 1 << 20]).expect("write");
             f.sync_all().expect("fsync");
+        }
+        Some("spin") => {
+            let (ms, cpu) = (arg(&args, 2), arg(&args, 3) as usize);
+            // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pin");
+            }
+            let end = std::time::Instant::now() + Duration::from_millis(ms);
+            let mut x = 0u64;
+            while std::time::Instant::now() < end {
+                for i in 0..10_000u64 {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                }
+            }
+            println!("done");
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).expect("stdin");
+        }
+        Some("mutex") => {
+            let ms = arg(&args, 2);
+            let lock = std::sync::Arc::new(std::sync::Mutex::new(()));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let held = lock.clone();
+            let holder = std::thread::spawn(move || {
+                let _guard = held.lock().expect("lock");
+                tx.send(()).expect("signal");
+                std::thread::sleep(Duration::from_millis(ms));
+            });
+            rx.recv().expect("holder has the lock");
+            drop(lock.lock().expect("lock"));
+            holder.join().expect("join");
         }
         Some("steady") => {
             let ms = arg(&args, 3);

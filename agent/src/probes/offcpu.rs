@@ -1,0 +1,224 @@
+//! Off-CPU probe, user side: loads `agent-ebpf/src/offcpu.rs`, attaches it
+//! to the scheduler tracepoints, and turns its cumulative per-process
+//! figures into per-interval ones.
+
+use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
+
+use agent_common::offcpu::{self as common, globals, Counter, Sleep, SleepKey, Stats};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    Ebpf, EbpfLoader,
+};
+
+use super::{disk::Dist, FilterGlobals, Interval, Options, Probe, ProbeError, ProbeStatus, Spec};
+use crate::{ebpf, syscalls};
+
+pub const NAME: &str = "offcpu";
+
+pub const SPEC: Spec = Spec {
+    name: NAME,
+    about: "per-process on-CPU, run-queue, blocked (D) and sleep time, sleep per syscall (sched tracepoints)",
+    load: |opts| Ok(Box::new(OffcpuProbe::load(opts)?)),
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/offcpu"));
+
+const PROGRAMS: [(&str, &str); 2] = [("offcpu_sched_wakeup", "sched_wakeup"), ("offcpu_sched_switch", "sched_switch")];
+
+/// One process's time over one interval.
+#[derive(Debug, Clone, Default)]
+pub struct OffcpuData {
+    pub on_cpu_ns: u64,
+    pub runqueue_ns: u64,
+    /// Uninterruptible sleep (D): mostly disk I/O.
+    pub blocked_ns: u64,
+    /// Other sleep (S): timers, locks, network and event waits.
+    pub sleep_ns: u64,
+    /// Run-queue waits.
+    pub runqueue: Dist,
+    /// Whole episodes off the CPU.
+    pub offcpu: Dist,
+    /// Time asleep (S or D) per syscall number, and how many sleeps.
+    pub sleep_by_syscall: BTreeMap<u32, (u64, u64)>,
+}
+
+pub struct OffcpuProbe {
+    bpf: Ebpf,
+    stats: HashMap<MapData, u32, Stats>,
+    stats_reader: ebpf::BatchReader<u32, Stats>,
+    sleep: HashMap<MapData, SleepKey, Sleep>,
+    sleep_reader: ebpf::BatchReader<SleepKey, Sleep>,
+    counters: PerCpuArray<MapData, u64>,
+    prev: StdHashMap<u32, Stats>,
+    prev_sleep: StdHashMap<SleepKey, Sleep>,
+    prev_counters: [u64; common::COUNTERS as usize],
+    intervals: u64,
+    status: ProbeStatus,
+}
+
+fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {
+    ProbeError::Map { probe: NAME, map, detail: detail.to_string() }
+}
+
+fn read_err(map: &'static str, e: std::io::Error) -> ProbeError {
+    ProbeError::Read { probe: NAME, map, detail: e.to_string() }
+}
+
+/// Intervals between checks of `/proc` for processes that are gone.
+const REAP_EVERY: u64 = 10;
+
+impl OffcpuProbe {
+    pub fn load(opts: &Options) -> Result<Self, ProbeError> {
+        for (name, want) in common::SWITCH_FIELDS {
+            let at = ebpf::tracepoint_field(NAME, "sched", "sched_switch", name)?;
+            if at != want {
+                return Err(ProbeError::Config {
+                    probe: NAME,
+                    detail: format!("sched/sched_switch: field {name} is at offset {at} on this kernel, hostprobe reads it at {want}"),
+                });
+            }
+        }
+        let at = ebpf::tracepoint_field(NAME, "sched", "sched_wakeup", "pid")?;
+        if at != common::WAKEUP_PID_OFFSET {
+            return Err(ProbeError::Config { probe: NAME, detail: format!("sched/sched_wakeup: pid is at offset {at}") });
+        }
+        let filters = FilterGlobals::new(opts);
+        let nr_offset = syscalls::PT_REGS_NR_OFFSET;
+        let mut loader = EbpfLoader::new();
+        filters.apply(&mut loader);
+        loader.override_global(globals::PT_REGS_NR_OFFSET, &nr_offset, true);
+        let mut bpf = ebpf::load(NAME, OBJECT, &mut loader)?;
+        super::fill_pids(&mut bpf, NAME, common::MAP_PIDS, &opts.pids)?;
+        for (program, tracepoint) in PROGRAMS {
+            ebpf::attach_tracepoint(&mut bpf, NAME, program, "sched", tracepoint)?;
+        }
+        let maps = ebpf::map_sizes(&bpf);
+        let memlock_bytes = maps.iter().map(|m| m.memlock_bytes).sum();
+        let mut take = |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
+        let stats = take(common::MAP_STATS)?;
+        let stats_reader = ebpf::BatchReader::new(&stats).map_err(|e| map_err("OFFCPU_STATS", e))?;
+        let stats = HashMap::try_from(stats).map_err(|e| map_err("OFFCPU_STATS", e))?;
+        let sleep = take(common::MAP_SLEEP)?;
+        let sleep_reader = ebpf::BatchReader::new(&sleep).map_err(|e| map_err("OFFCPU_SLEEP", e))?;
+        let sleep = HashMap::try_from(sleep).map_err(|e| map_err("OFFCPU_SLEEP", e))?;
+        let counters = PerCpuArray::try_from(take(common::MAP_COUNTERS)?).map_err(|e| map_err("OFFCPU_COUNTERS", e))?;
+        Ok(Self {
+            bpf,
+            stats,
+            stats_reader,
+            sleep,
+            sleep_reader,
+            counters,
+            prev: StdHashMap::new(),
+            prev_sleep: StdHashMap::new(),
+            prev_counters: [0; common::COUNTERS as usize],
+            intervals: 0,
+            status: ProbeStatus {
+                name: NAME,
+                active: true,
+                error: None,
+                maps,
+                programs: Vec::new(),
+                memlock_bytes,
+                counters: BTreeMap::new(),
+                lost: 0,
+            },
+        })
+    }
+
+    fn read_counters(&mut self) -> Result<(), ProbeError> {
+        let mut lost = 0;
+        for c in Counter::ALL {
+            let total: u64 = self
+                .counters
+                .get(&(c as u32), 0)
+                .map_err(|e| ProbeError::Read { probe: NAME, map: "OFFCPU_COUNTERS", detail: e.to_string() })?
+                .iter()
+                .sum();
+            let i = c as usize;
+            let delta = total.wrapping_sub(self.prev_counters[i]);
+            self.prev_counters[i] = total;
+            self.status.counters.insert(c.name(), delta);
+            if c.is_error() {
+                lost += delta;
+            }
+        }
+        self.status.lost = lost;
+        Ok(())
+    }
+}
+
+impl Probe for OffcpuProbe {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn collect(&mut self, out: &mut Interval) -> Result<(), ProbeError> {
+        // Every REAP_EVERY intervals, processes that are gone lose their
+        // entries once this read has their final figures.
+        let dead: HashSet<u32> = if self.intervals.is_multiple_of(REAP_EVERY) {
+            self.prev.keys().copied().filter(|t| !std::path::Path::new(&format!("/proc/{t}")).exists()).collect()
+        } else {
+            HashSet::new()
+        };
+        self.intervals += 1;
+
+        let mut entries = 0u64;
+        for (tgid, v) in self.stats_reader.read().map_err(|e| read_err("OFFCPU_STATS", e))? {
+            entries += 1;
+            let prev = self.prev.entry(*tgid).or_insert(Stats::ZERO);
+            if prev == v {
+                continue;
+            }
+            let d = OffcpuData {
+                on_cpu_ns: v.on_cpu_ns.wrapping_sub(prev.on_cpu_ns),
+                runqueue_ns: v.runqueue_ns.wrapping_sub(prev.runqueue_ns),
+                blocked_ns: v.blocked_ns.wrapping_sub(prev.blocked_ns),
+                sleep_ns: v.sleep_ns.wrapping_sub(prev.sleep_ns),
+                runqueue: Dist::between(&v.runqueue, &prev.runqueue, v.runqueue_max_ns, prev.runqueue_max_ns),
+                offcpu: Dist::between(&v.offcpu, &prev.offcpu, v.offcpu_max_ns, prev.offcpu_max_ns),
+                sleep_by_syscall: BTreeMap::new(),
+            };
+            *prev = *v;
+            out.processes.entry(*tgid).or_default().offcpu = Some(d);
+        }
+        for (k, v) in self.sleep_reader.read().map_err(|e| read_err("OFFCPU_SLEEP", e))? {
+            let prev = self.prev_sleep.entry(*k).or_default();
+            if prev == v {
+                continue;
+            }
+            let (ns, n) = (v.ns.wrapping_sub(prev.ns), v.count.wrapping_sub(prev.count));
+            *prev = *v;
+            let p = out.processes.entry(k.tgid).or_default();
+            p.offcpu.get_or_insert_with(Default::default).sleep_by_syscall.insert(k.nr, (ns, n));
+        }
+        if !dead.is_empty() {
+            let stats = &mut self.stats;
+            self.prev.retain(|t, _| {
+                if dead.contains(t) {
+                    let _ = stats.remove(t);
+                    entries -= 1;
+                    return false;
+                }
+                true
+            });
+            let sleep = &mut self.sleep;
+            self.prev_sleep.retain(|k, _| {
+                if dead.contains(&k.tgid) {
+                    let _ = sleep.remove(k);
+                    return false;
+                }
+                true
+            });
+        }
+        if let Some(m) = self.status.maps.iter_mut().find(|m| m.name == common::MAP_STATS) {
+            m.entries = Some(entries);
+        }
+        self.status.programs = ebpf::program_stats(&self.bpf);
+        self.read_counters()
+    }
+
+    fn status(&self) -> ProbeStatus {
+        self.status.clone()
+    }
+}
