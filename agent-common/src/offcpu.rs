@@ -20,6 +20,11 @@ pub const MAP_SLEEP: &str = "OFFCPU_SLEEP";
 pub const MAP_COUNTERS: &str = "OFFCPU_COUNTERS";
 pub const MAP_ZERO: &str = "OFFCPU_ZERO";
 pub const MAP_PIDS: &str = "OFFCPU_PIDS";
+/// Stack traces (with `--stacks`).
+pub const MAP_STACKS: &str = "OFFCPU_STACKS";
+/// Time off the CPU per (process, kernel stack, user stack).
+pub const MAP_STACK_TIME: &str = "OFFCPU_STACK_TIME";
+pub const MAX_STACKS: u32 = 16_384;
 
 pub const MAX_THREADS: u32 = 65_536;
 pub const DEFAULT_MAX_STATS: u32 = 4_096;
@@ -29,6 +34,8 @@ pub const MAX_SLEEP: u32 = 16_384;
 pub mod globals {
     /// Offset of the syscall number in `struct pt_regs`.
     pub const PT_REGS_NR_OFFSET: &str = "PT_REGS_NR_OFFSET";
+    /// Non-zero: record stacks of episodes off the CPU at least this long (ns).
+    pub const STACKS_MIN_NS: &str = "STACKS_MIN_NS";
 }
 
 /// Why a thread left the CPU.
@@ -93,9 +100,23 @@ pub struct Thread {
     pub on_ns: u64,
     /// The syscall it left the CPU in; `u32::MAX` outside syscalls.
     pub nr: u32,
+    /// Stack ids as it left (with `--stacks`; negative when not taken).
+    pub kstack: i32,
+    pub ustack: i32,
     pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Thread>() == 40);
+const _: () = assert!(core::mem::size_of::<Thread>() == 48);
+
+/// Key of [`MAP_STACK_TIME`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub tgid: u32,
+    pub kstack: i32,
+    pub ustack: i32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<StackKey>() == 16);
 
 /// Per process, cumulative.
 #[repr(C)]
@@ -176,7 +197,7 @@ impl Counter {
     }
 }
 
-crate::user_pod!(Thread, Stats, SleepKey, Sleep);
+crate::user_pod!(Thread, Stats, SleepKey, Sleep, StackKey);
 
 #[cfg(test)]
 mod tests {

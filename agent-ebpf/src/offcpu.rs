@@ -7,8 +7,8 @@
 use agent_common::{
     hist,
     offcpu::{
-        Counter, Reason, Sleep, SleepKey, Stats, SwitchRecord, Thread, COUNTERS, DEFAULT_MAX_STATS, MAX_SLEEP,
-        MAX_THREADS, WAKEUP_PID_OFFSET,
+        Counter, Reason, Sleep, SleepKey, StackKey, Stats, SwitchRecord, Thread, COUNTERS, DEFAULT_MAX_STATS,
+        MAX_SLEEP, MAX_THREADS, WAKEUP_PID_OFFSET,
     },
 };
 use agent_ebpf::{atomic_add, global};
@@ -19,14 +19,23 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray},
-    programs::TracePointContext,
+    bindings::BPF_F_USER_STACK,
+    maps::{HashMap, PerCpuArray, StackTrace},
+    programs::{tracing::StackIdContext, TracePointContext},
 };
 
 agent_ebpf::filters!(OFFCPU_PIDS);
 
 #[unsafe(no_mangle)]
 static PT_REGS_NR_OFFSET: u32 = 120;
+#[unsafe(no_mangle)]
+static STACKS_MIN_NS: u64 = 0;
+
+#[map]
+// One entry each unless userspace asks for stacks (it sizes them at load).
+static OFFCPU_STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
+#[map]
+static OFFCPU_STACK_TIME: HashMap<StackKey, u64> = HashMap::with_max_entries(1, 0);
 
 #[map]
 static OFFCPU_THREADS: HashMap<u32, Thread> = HashMap::with_max_entries(MAX_THREADS, 0);
@@ -98,7 +107,7 @@ pub fn offcpu_sched_switch(ctx: TracePointContext) -> u32 {
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if r.prev_pid != 0 {
-        leave(&r, now);
+        leave(&ctx, &r, now);
     }
     if r.next_pid != 0 {
         arrive(r.next_pid as u32, now);
@@ -108,7 +117,7 @@ pub fn offcpu_sched_switch(ctx: TracePointContext) -> u32 {
 
 /// The current thread (`prev`) leaves its CPU.
 #[inline(always)]
-fn leave(r: &SwitchRecord, now: u64) {
+fn leave(ctx: &TracePointContext, r: &SwitchRecord, now: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return;
@@ -117,6 +126,16 @@ fn leave(r: &SwitchRecord, now: u64) {
     let tgid = (pid_tgid >> 32) as u32;
     let reason = Reason::from_prev_state(r.prev_state);
     let nr = if reason == Reason::Runnable { u32::MAX } else { current_syscall() };
+    // Stacks cost two walks per switch: only when asked for.
+    let (kstack, ustack) = if global!(STACKS_MIN_NS) != 0 {
+        (
+            ctx.get_stackid(&OFFCPU_STACKS, 0).map_or(-1, |id| id as i32),
+            ctx.get_stackid(&OFFCPU_STACKS, u64::from(BPF_F_USER_STACK)).map_or(-1, |id| id as i32),
+        )
+    } else {
+        (-1, -1)
+    };
+    let th = Thread { tgid, reason: reason as u32, off_ns: now, wake_ns: 0, on_ns: 0, nr, kstack, ustack, _pad: 0 };
     // A thread leaving for the last time (exit: X or Z in its state): count
     // its last run and forget it.
     let dying = r.prev_state & 0x30 != 0;
@@ -142,12 +161,11 @@ fn leave(r: &SwitchRecord, now: u64) {
                         atomic_add(&raw mut (*s).on_cpu_ns, now.saturating_sub(on));
                     }
                 }
-                *t = Thread { tgid, reason: reason as u32, off_ns: now, wake_ns: 0, on_ns: 0, nr, _pad: 0 };
+                *t = th;
             }
         }
         None => {
-            let t = Thread { tgid, reason: reason as u32, off_ns: now, wake_ns: 0, on_ns: 0, nr, _pad: 0 };
-            if OFFCPU_THREADS.insert(&tid, &t, 0).is_err() {
+            if OFFCPU_THREADS.insert(&tid, &th, 0).is_err() {
                 count(Counter::ThreadsFull);
             }
         }
@@ -201,6 +219,10 @@ fn arrive(tid: u32, now: u64) {
     if asleep != 0 && th.nr != u32::MAX {
         sleep_in(SleepKey { tgid: th.tgid, nr: th.nr }, asleep);
     }
+    let min = global!(STACKS_MIN_NS);
+    if min != 0 && off >= min && (th.kstack >= 0 || th.ustack >= 0) {
+        stack_time(StackKey { tgid: th.tgid, kstack: th.kstack, ustack: th.ustack, _pad: 0 }, off);
+    }
 }
 
 #[inline(never)]
@@ -214,6 +236,18 @@ fn sleep_in(key: SleepKey, ns: u64) {
             atomic_add(&raw mut (*p).ns, ns);
             atomic_add(&raw mut (*p).count, 1);
         },
+        None => count(Counter::SleepFull),
+    }
+}
+
+#[inline(never)]
+fn stack_time(key: StackKey, ns: u64) {
+    if OFFCPU_STACK_TIME.get_ptr_mut(&key).is_none() {
+        let _ = OFFCPU_STACK_TIME.insert(&key, &0, BPF_NOEXIST as u64);
+    }
+    match OFFCPU_STACK_TIME.get_ptr_mut(&key) {
+        // SAFETY: a map value; other CPUs only add atomically.
+        Some(p) => unsafe { atomic_add(p, ns) },
         None => count(Counter::SleepFull),
     }
 }

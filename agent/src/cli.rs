@@ -43,6 +43,31 @@ pub enum Command {
     ///
     /// Exits 1 when no probe can run (or a --tracepoint cannot be attached).
     Check(CheckArgs),
+    /// Record where one process's threads wait off the CPU, with their
+    /// kernel and user stacks: folded stacks and a flame graph SVG.
+    ///
+    /// Example: hostprobe offcpu --pid 1234 --duration 10s --svg out.svg
+    Offcpu(OffcpuArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OffcpuArgs {
+    /// The process to record.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pid: u32,
+    /// How long to record.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Duration,
+    /// Only episodes off the CPU at least this long (keeps the cost down).
+    #[arg(long, default_value = "1ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub min: Duration,
+    /// Write an interactive flame graph here.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<std::path::PathBuf>,
+    /// Write folded stacks here (`frame;frame;... microseconds`), the
+    /// format flamegraph.pl and inferno read. Default without --svg: stdout.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -66,7 +91,7 @@ pub struct RunArgs {
     /// 1.1 KiB each); new pairs past it are counted as lost, not recorded.
     #[arg(long, value_parser = clap::value_parser!(u32).range(64..=4_194_304), value_name = "N")]
     pub max_entries: Option<u32>,
-    /// Probes to run (comma-separated): syscall, disk. Default: all.
+    /// Probes to run (comma-separated): syscall, disk, offcpu. Default: all.
     #[arg(long, value_delimiter = ',', value_parser = parse_probe, value_name = "NAME")]
     pub probes: Vec<&'static str>,
     #[command(flatten)]
@@ -142,7 +167,7 @@ impl FilterArgs {
             v
         });
         let cgroup = self.cgroup.as_deref().map(resolve_cgroup).transpose()?;
-        Ok(Options { pids: self.pids.clone(), comm, cgroup, max_entries })
+        Ok(Options { pids: self.pids.clone(), comm, cgroup, max_entries, stacks_min_ns: None })
     }
 }
 

@@ -15,4 +15,6 @@ pub mod probes;
 pub mod procinfo;
 pub mod report;
 pub mod run;
+pub mod stacks;
+pub mod symbols;
 pub mod syscalls;

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Check(args) => hostprobe::check::run(&args),
+        Command::Offcpu(args) => hostprobe::stacks::run(&args),
         Command::Run(args) => match hostprobe::run::run(args) {
             Ok(code) => code,
             Err(e) => {

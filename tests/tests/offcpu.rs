@@ -113,3 +113,41 @@ fn a_contended_mutex_is_futex_sleep() {
     let futex = slept_in(&reports, pid, "futex") as f64;
     assert!((futex - 200e6).abs() <= 0.15 * 200e6, "futex sleep {futex} ns, expected ~200 ms");
 }
+
+#[test]
+fn stacks_show_the_sleeping_function_and_the_kernel_sleep() {
+    let dir = std::env::temp_dir().join(format!("hostprobe-stacks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (folded, svg) = (dir.join("offcpu.folded"), dir.join("offcpu.svg"));
+    let mut w = Workload::spawn(&["named-sleeper", "30", "50"]);
+    let mut rec = Command::new(hostprobe_tests::hostprobe_bin())
+        .args(["offcpu", "--pid", &w.pid().to_string(), "--duration", "1500ms", "--min", "1ms"])
+        .arg("--folded")
+        .arg(&folded)
+        .arg("--svg")
+        .arg(&svg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hostprobe offcpu");
+    let mut err = BufReader::new(rec.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("recording"), "{line}");
+    w.go();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(rec.wait().unwrap().success(), "{line}{rest}");
+    w.wait();
+
+    let text = std::fs::read_to_string(&folded).unwrap();
+    let hit = text
+        .lines()
+        .find(|l| l.contains("named_sleeper") && l.contains("do_nanosleep"))
+        .unwrap_or_else(|| panic!("no stack with named_sleeper and do_nanosleep:\n{text}"));
+    let us: u64 = hit.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(us > 500_000, "only {us} us recorded in the sleeping stack");
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.contains("<svg") && svg_text.trim_end().ends_with("</svg>"), "not an SVG");
+    assert!(svg_text.contains("named_sleeper") && svg_text.contains("do_nanosleep"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -25,6 +25,8 @@ pub struct Options {
     pub cgroup: Option<CgroupFilter>,
     /// Size of the main per-process map, when not the probe's default.
     pub max_entries: Option<u32>,
+    /// Off-CPU stacks of episodes at least this long (ns), for flame graphs.
+    pub stacks_min_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

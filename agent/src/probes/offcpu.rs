@@ -42,6 +42,17 @@ pub struct OffcpuData {
     pub sleep_by_syscall: BTreeMap<u32, (u64, u64)>,
 }
 
+/// Time off the CPU spent with one pair of stacks.
+#[derive(Debug, Clone)]
+pub struct OffcpuStack {
+    pub tgid: u32,
+    /// Kernel frames, innermost first.
+    pub kernel: Vec<u64>,
+    /// User frames, innermost first.
+    pub user: Vec<u64>,
+    pub ns: u64,
+}
+
 pub struct OffcpuProbe {
     bpf: Ebpf,
     stats: HashMap<MapData, u32, Stats>,
@@ -84,9 +95,16 @@ impl OffcpuProbe {
         }
         let filters = FilterGlobals::new(opts);
         let nr_offset = syscalls::PT_REGS_NR_OFFSET;
+        let stacks_min_ns = opts.stacks_min_ns.map_or(0, |n| n.max(1));
         let mut loader = EbpfLoader::new();
         filters.apply(&mut loader);
-        loader.override_global(globals::PT_REGS_NR_OFFSET, &nr_offset, true);
+        loader
+            .override_global(globals::PT_REGS_NR_OFFSET, &nr_offset, true)
+            .override_global(globals::STACKS_MIN_NS, &stacks_min_ns, true);
+        if stacks_min_ns != 0 {
+            loader.map_max_entries(common::MAP_STACKS, common::MAX_STACKS);
+            loader.map_max_entries(common::MAP_STACK_TIME, common::MAX_STACKS);
+        }
         let mut bpf = ebpf::load(NAME, OBJECT, &mut loader)?;
         super::fill_pids(&mut bpf, NAME, common::MAP_PIDS, &opts.pids)?;
         for (program, tracepoint) in PROGRAMS {
@@ -124,6 +142,31 @@ impl OffcpuProbe {
                 lost: 0,
             },
         })
+    }
+
+    /// Time off the CPU per (process, kernel stack, user stack) since load,
+    /// with each stack's instruction pointers, innermost first (`--stacks`).
+    pub fn stacks(&mut self) -> Result<Vec<OffcpuStack>, ProbeError> {
+        let times: aya::maps::HashMap<&MapData, common::StackKey, u64> = aya::maps::HashMap::try_from(
+            self.bpf.map(common::MAP_STACK_TIME).ok_or_else(|| map_err("OFFCPU_STACK_TIME", "missing"))?,
+        )
+        .map_err(|e| map_err("OFFCPU_STACK_TIME", e))?;
+        let traces: aya::maps::StackTraceMap<&MapData> = aya::maps::StackTraceMap::try_from(
+            self.bpf.map(common::MAP_STACKS).ok_or_else(|| map_err("OFFCPU_STACKS", "missing"))?,
+        )
+        .map_err(|e| map_err("OFFCPU_STACKS", e))?;
+        let frames = |id: i32| -> Vec<u64> {
+            if id < 0 {
+                return Vec::new();
+            }
+            traces.get(&(id as u32), 0).map(|t| t.frames().iter().map(|f| f.ip).collect()).unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        for item in times.iter() {
+            let (k, ns) = item.map_err(|e| ProbeError::Read { probe: NAME, map: "OFFCPU_STACK_TIME", detail: e.to_string() })?;
+            out.push(OffcpuStack { tgid: k.tgid, kernel: frames(k.kstack), user: frames(k.ustack), ns });
+        }
+        Ok(out)
     }
 
     fn read_counters(&mut self) -> Result<(), ProbeError> {

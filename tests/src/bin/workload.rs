@@ -19,6 +19,8 @@
 //!                               waits for a second line before exiting
 //! workload mutex MS             a thread holds a mutex MS ms; the main thread
 //!                               blocks on it meanwhile
+//! workload named-sleeper N MS   N nanosleep(MS ms) from a function named
+//!                               `named_sleeper`, for stack tests
 //! ```
 //!
 //! For `cargo xtask bench` (these start at once, without waiting for stdin):
@@ -90,6 +92,23 @@ fn direct_io(dev: &str, reads: u64, writes: u64) {
     }
     // SAFETY: allocated above with this layout.
     unsafe { std::alloc::dealloc(ptr, layout) };
+}
+
+/// A function whose name the off-CPU stacks must show. Not inlined, and its
+/// callee not either: glibc's syscall stub keeps no frame pointer, so a
+/// frame-pointer walk from it starts at its caller's caller.
+#[inline(never)]
+fn named_sleeper(n: u64, ms: u64) {
+    for _ in 0..n {
+        sleep_once(ms);
+    }
+    std::hint::black_box(());
+}
+
+#[inline(never)]
+fn sleep_once(ms: u64) {
+    nanosleep(ms);
+    std::hint::black_box(());
 }
 
 /// Runs `f` n times, pausing half-way so the calls span two intervals.
@@ -197,6 +216,7 @@ fn main() {
             drop(lock.lock().expect("lock"));
             holder.join().expect("join");
         }
+        Some("named-sleeper") => named_sleeper(arg(&args, 2), arg(&args, 3)),
         Some("steady") => {
             let ms = arg(&args, 3);
             for _ in 0..arg(&args, 2) {
