@@ -72,7 +72,7 @@ fn latency_percentiles_agree_with_fio() {
     // more than 5% above it.
     let dev = LoopDevice::on_disk(128);
     // One long interval holds the whole run; SIGTERM reports it.
-    let mut agent = Agent::start_attached(&["--interval", "60s", "--comm", "fio"]);
+    let agent = Agent::start_attached(&["--interval", "60s", "--comm", "fio"]);
     let (pid, child) = fio(&dev, 3, &["--ioengine=io_uring", "--iodepth=1"]);
     let clat = fio_clat(child);
     std::thread::sleep(Duration::from_millis(200));
@@ -103,7 +103,7 @@ fn queue_time_grows_with_queue_depth_and_service_time_does_not() {
     dev.set_queue("nr_requests", "4");
     let mut figures = Vec::new();
     for depth in ["1", "16"] {
-        let mut agent = Agent::start_attached(&["--interval", "60s", "--comm", "fio"]);
+        let agent = Agent::start_attached(&["--interval", "60s", "--comm", "fio"]);
         let (pid, child) = fio(&dev, 2, &["--ioengine=io_uring", &format!("--iodepth={depth}")]);
         let _ = fio_clat(child);
         let reports = agent.stop();

@@ -37,6 +37,9 @@ pub struct Args {
     /// Only the disk measurement (implies --no-write).
     #[arg(long)]
     disk_only: bool,
+    /// Only the context-switch measurement (implies --no-write).
+    #[arg(long)]
+    switch_only: bool,
 }
 
 const BPFTRACE_SCRIPT: &str = "tracepoint:raw_syscalls:sys_enter { @start[tid] = nsecs; } \
@@ -51,6 +54,11 @@ enum Tracer {
     Bpftrace,
     HostprobeDisk,
     Biolatency,
+    HostprobeOffcpu,
+    /// `hostprobe offcpu --pid P`: stacks of the process being measured.
+    HostprobeStacks(u32),
+    Runqlat,
+    Offcputime,
 }
 
 impl Tracer {
@@ -62,15 +70,25 @@ impl Tracer {
             Tracer::Bpftrace => "bpftrace `@[pid, args->id] = hist(nsecs - @start[tid])`",
             Tracer::HostprobeDisk => "hostprobe (disk probe: per process, device and op; queue, service and total histograms)",
             Tracer::Biolatency => "libbpf-tools `biolatency` (one histogram of issue-to-completion time)",
+            Tracer::HostprobeOffcpu => "hostprobe (offcpu probe, all processes, no stacks)",
+            Tracer::HostprobeStacks(_) => "hostprobe offcpu --pid (kernel + user stacks at every switch of the process)",
+            Tracer::Runqlat => "libbpf-tools `runqlat` (one run-queue latency histogram)",
+            Tracer::Offcputime => "libbpf-tools `offcputime` (stacks, all processes)",
         }
     }
 
     fn available(self) -> bool {
         match self {
-            Tracer::Nothing | Tracer::Hostprobe | Tracer::HostprobeDisk => true,
+            Tracer::Nothing
+            | Tracer::Hostprobe
+            | Tracer::HostprobeDisk
+            | Tracer::HostprobeOffcpu
+            | Tracer::HostprobeStacks(_) => true,
             Tracer::SyscountL => Path::new("/usr/sbin/syscount").exists(),
             Tracer::Bpftrace => Path::new("/usr/bin/bpftrace").exists(),
             Tracer::Biolatency => Path::new("/usr/sbin/biolatency").exists(),
+            Tracer::Runqlat => Path::new("/usr/sbin/runqlat").exists(),
+            Tracer::Offcputime => Path::new("/usr/sbin/offcputime").exists(),
         }
     }
 
@@ -89,6 +107,18 @@ impl Tracer {
                 c
             }
             Tracer::Biolatency => Command::new("/usr/sbin/biolatency"),
+            Tracer::Runqlat => Command::new("/usr/sbin/runqlat"),
+            Tracer::Offcputime => Command::new("/usr/sbin/offcputime"),
+            Tracer::HostprobeOffcpu => {
+                let mut c = Command::new(root().join("target/release/hostprobe"));
+                c.args(["run", "--output", "json", "--interval", "1s", "--probes", "offcpu"]);
+                c
+            }
+            Tracer::HostprobeStacks(pid) => {
+                let mut c = Command::new(root().join("target/release/hostprobe"));
+                c.args(["offcpu", "--pid", &pid.to_string(), "--duration", "60s", "--folded", "/dev/null"]);
+                c
+            }
             Tracer::SyscountL => {
                 let mut c = Command::new("/usr/sbin/syscount");
                 c.arg("-L");
@@ -146,6 +176,12 @@ fn time_getppid(calls: u64) -> Result<f64> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.switch_only {
+        let mut md = String::new();
+        switch_bench(args.rounds)?.write(&mut md)?;
+        println!("{md}");
+        return Ok(());
+    }
     if args.disk_only {
         let mut md = String::new();
         disk_bench(args.rounds)?.write(&mut md)?;
@@ -187,6 +223,7 @@ pub fn run(args: Args) -> Result<()> {
     let cost = agent_cost(args.processes, args.seconds)?;
 
     let disk = disk_bench(args.rounds)?;
+    let switches = switch_bench(args.rounds)?;
 
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
@@ -248,6 +285,7 @@ pub fn run(args: Args) -> Result<()> {
     writeln!(md, "| intervals measured | {} |", cost.intervals)?;
 
     disk.write(&mut md)?;
+    switches.write(&mut md)?;
 
     println!("{md}");
     if !args.no_write {
@@ -568,6 +606,86 @@ impl DiskBench {
         let theirs = self.per_io.iter().find(|p| p.0 == Tracer::Biolatency).map(|p| p.1);
         if let (Some(o), Some(t)) = (ours, theirs) {
             writeln!(md, "\n- hostprobe's disk probe costs {:.2}x biolatency's CPU per I/O.", o / t)?;
+        }
+        Ok(())
+    }
+}
+
+/// Round trips per second of the pipe ping-pong, both processes on CPU 1,
+/// with `tracer` attached (started once the workload exists, so that
+/// `hostprobe offcpu --pid` can name it).
+fn pingpong(tracer: Tracer) -> Result<f64> {
+    use std::io::{Read as _, Write as _};
+    let mut w = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(root().join("target/release/workload"))
+        .args(["pingpong", "3000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let tracer = match tracer {
+        Tracer::HostprobeStacks(_) => Tracer::HostprobeStacks(w.id()),
+        t => t,
+    };
+    let child = tracer.start()?;
+    w.stdin.take().context("stdin")?.write_all(b"go\n")?;
+    let mut out = String::new();
+    w.stdout.take().context("stdout")?.read_to_string(&mut out)?;
+    let _ = w.wait();
+    stop(child);
+    out.trim().parse().context("parsing round trips per second")
+}
+
+struct SwitchBench {
+    rows: Vec<(Tracer, f64, f64, Vec<f64>)>,
+    rounds: usize,
+}
+
+fn switch_bench(rounds: usize) -> Result<SwitchBench> {
+    let tracers: Vec<Tracer> = [
+        Tracer::Nothing,
+        Tracer::HostprobeOffcpu,
+        Tracer::Runqlat,
+        Tracer::HostprobeStacks(0),
+        Tracer::Offcputime,
+    ]
+    .into_iter()
+    .filter(|t| t.available())
+    .collect();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+    for round in 0..rounds {
+        step(&format!("context switches: round {}/{rounds}", round + 1));
+        for k in 0..tracers.len() {
+            let i = (k + round) % tracers.len();
+            samples[i].push(pingpong(tracers[i])?);
+        }
+    }
+    let rows = (0..tracers.len())
+        .map(|i| {
+            let mut r: Vec<f64> = samples[i].iter().zip(&samples[0]).map(|(s, b)| s / b).collect();
+            let ratio = median(&mut r);
+            let mut s = samples[i].clone();
+            (tracers[i], median(&mut s), ratio, samples[i].clone())
+        })
+        .collect();
+    Ok(SwitchBench { rows, rounds })
+}
+
+impl SwitchBench {
+    fn write(&self, md: &mut String) -> Result<()> {
+        writeln!(md, "\n## Off-CPU probe: context switches\n")?;
+        writeln!(
+            md,
+            "Two processes bounce a byte over a pair of pipes for 3 s, both pinned to CPU 1, so \
+             every round trip is two context switches (and two wake-ups). {} rounds, order \
+             rotated; the ratio column is the median of per-round ratios to the baseline.\n",
+            self.rounds
+        )?;
+        writeln!(md, "| attached | round trips/s (median) | vs nothing | samples |")?;
+        writeln!(md, "|---|---|---|---|")?;
+        for (t, m, ratio, s) in &self.rows {
+            let raw: Vec<String> = s.iter().map(|v| format!("{v:.0}")).collect();
+            writeln!(md, "| {} | {m:.0} | {:+.1}% | {} |", t.name(), (ratio - 1.0) * 100.0, raw.join(", "))?;
         }
         Ok(())
     }

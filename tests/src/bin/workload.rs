@@ -28,6 +28,8 @@
 //! ```text
 //! workload time-getppid N       N getppid(); prints the mean ns per call
 //! workload busy SECS            several syscalls then a 5 ms sleep, in a loop, for SECS
+//! workload pingpong MS          (waits for stdin) two processes bounce a byte over
+//!                               pipes for MS ms; prints round trips per second
 //! ```
 use std::{io::BufRead, time::Duration};
 
@@ -54,6 +56,63 @@ fn openat_missing() {
     // SAFETY: valid NUL-terminated path; the call fails with ENOENT.
     let fd = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) };
     assert!(fd < 0, "the missing path exists");
+}
+
+/// Round trips per second of one byte between this process and a child over
+/// two pipes, for `ms` milliseconds: two context switches per round trip
+/// when both run on one CPU.
+fn pingpong(ms: u64) -> f64 {
+    let (mut ab, mut ba) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: pipe() fills the two-element arrays.
+    unsafe {
+        assert_eq!(libc::pipe(ab.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(ba.as_mut_ptr()), 0);
+    }
+    let mut byte = [0u8; 1];
+    // SAFETY: the child only uses async-signal-safe calls (read, write, _exit).
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: closing the ends this side does not use, so that the
+        // parent closing its write end ends our reads.
+        unsafe {
+            libc::close(ab[1]);
+            libc::close(ba[0]);
+        }
+        loop {
+            // SAFETY: valid fds and a 1-byte buffer.
+            unsafe {
+                if libc::read(ab[0], byte.as_mut_ptr().cast(), 1) != 1 {
+                    libc::_exit(0);
+                }
+                libc::write(ba[1], byte.as_ptr().cast(), 1);
+            }
+        }
+    }
+    // SAFETY: as above, for the parent's side.
+    unsafe {
+        libc::close(ab[0]);
+        libc::close(ba[1]);
+    }
+    let start = std::time::Instant::now();
+    let end = start + Duration::from_millis(ms);
+    let mut trips = 0u64;
+    while std::time::Instant::now() < end {
+        for _ in 0..100 {
+            // SAFETY: valid fds and a 1-byte buffer.
+            unsafe {
+                libc::write(ab[1], byte.as_ptr().cast(), 1);
+                libc::read(ba[0], byte.as_mut_ptr().cast(), 1);
+            }
+        }
+        trips += 100;
+    }
+    let rate = trips as f64 / start.elapsed().as_secs_f64();
+    // SAFETY: closing our write end ends the child's loop; then reap it.
+    unsafe {
+        libc::close(ab[1]);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    rate
 }
 
 /// `reads` then `writes` 4 KiB O_DIRECT transfers, each at its own offset
@@ -131,6 +190,12 @@ fn main() {
                 getppid();
             }
             println!("{:.2}", t.elapsed().as_nanos() as f64 / n as f64);
+            return;
+        }
+        Some("pingpong") => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).expect("stdin");
+            println!("{:.0}", pingpong(arg(&args, 2)));
             return;
         }
         Some("busy") => {
