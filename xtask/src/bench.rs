@@ -595,6 +595,16 @@ impl DiskBench {
             let raw: Vec<String> = s.iter().map(|v| format!("{v:.0}")).collect();
             writeln!(md, "| {} | {m:.0} | {:+.1}% | {} |", t.name(), (ratio - 1.0) * 100.0, raw.join(", "))?;
         }
+        if let Some((_, _, _, base)) = self.rows.first() {
+            let lo = base.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = base.iter().copied().fold(0.0, f64::max);
+            writeln!(
+                md,
+                "\nThe baseline alone spread from {lo:.0} to {hi:.0} IOPS in this run: differences \
+                 smaller than that spread are noise, not cost. The CPU per I/O below does not \
+                 depend on the host's load and is the figure to compare."
+            )?;
+        }
         writeln!(md, "\nKernel CPU per I/O: the tracer's BPF programs' run time (kernel.bpf_stats_enabled, from the \
             tracer's /proc/<pid>/fdinfo) over one more fio run, divided by fio's I/O count.\n")?;
         writeln!(md, "| tracer | ns of BPF program time per I/O |")?;
