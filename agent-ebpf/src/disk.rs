@@ -30,18 +30,9 @@ agent_ebpf::filters!(DISK_PIDS);
 static DISK_STATS: HashMap<Key, Stats> = HashMap::with_max_entries(DEFAULT_MAX_STATS, 0);
 #[map]
 static DISK_INFLIGHT: HashMap<ReqKey, Req> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
-#[map]
-static DISK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+agent_ebpf::counters!(DISK_COUNTERS, Counter, COUNTERS);
 #[map]
 static DISK_ZERO: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-fn count(c: Counter) {
-    if let Some(p) = DISK_COUNTERS.get_ptr_mut(c as u32) {
-        // SAFETY: per-CPU value, no other writer on this CPU.
-        unsafe { *p += 1 };
-    }
-}
 
 /// The record's fixed fields, in one read.
 #[inline(always)]

@@ -104,3 +104,21 @@ macro_rules! filters {
         }
     };
 }
+
+/// A probe's per-CPU event counters: defines map `$map` with one u64 per
+/// variant of `$counter` (`$n` of them) and `fn count(c: $counter)`.
+#[macro_export]
+macro_rules! counters {
+    ($map:ident, $counter:ty, $n:expr) => {
+        #[aya_ebpf::macros::map]
+        static $map: aya_ebpf::maps::PerCpuArray<u64> = aya_ebpf::maps::PerCpuArray::with_max_entries($n, 0);
+
+        #[inline(always)]
+        fn count(c: $counter) {
+            if let Some(p) = $map.get_ptr_mut(c as u32) {
+                // SAFETY: a per-CPU value; programs do not nest on one CPU.
+                unsafe { *p += 1 };
+            }
+        }
+    };
+}

@@ -43,18 +43,9 @@ static OFFCPU_THREADS: HashMap<u32, Thread> = HashMap::with_max_entries(MAX_THRE
 static OFFCPU_STATS: HashMap<u32, Stats> = HashMap::with_max_entries(DEFAULT_MAX_STATS, 0);
 #[map]
 static OFFCPU_SLEEP: HashMap<SleepKey, Sleep> = HashMap::with_max_entries(MAX_SLEEP, 0);
-#[map]
-static OFFCPU_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+agent_ebpf::counters!(OFFCPU_COUNTERS, Counter, COUNTERS);
 #[map]
 static OFFCPU_ZERO: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-fn count(c: Counter) {
-    if let Some(p) = OFFCPU_COUNTERS.get_ptr_mut(c as u32) {
-        // SAFETY: per-CPU value, no other writer on this CPU.
-        unsafe { *p += 1 };
-    }
-}
 
 /// The syscall the current thread is in, from its saved user registers;
 /// `u32::MAX` outside a syscall (kernel threads, preemption in user mode).

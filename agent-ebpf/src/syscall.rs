@@ -41,18 +41,9 @@ static SYSCALL_INFLIGHT: LruHashMap<u32, Inflight> =
 static SYSCALL_SLOT: PerCpuArray<Slot> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SYSCALL_EXITED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_EXITED, 0);
-#[map]
-static SYSCALL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+agent_ebpf::counters!(SYSCALL_COUNTERS, Counter, COUNTERS);
 #[map]
 static SYSCALL_ZERO: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
-
-#[inline(always)]
-fn count(c: Counter) {
-    if let Some(p) = SYSCALL_COUNTERS.get_ptr_mut(c as u32) {
-        // SAFETY: per-CPU value, this program is the only writer on this CPU.
-        unsafe { *p += 1 };
-    }
-}
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn syscall_sys_enter(ctx: RawTracePointContext) -> i32 {

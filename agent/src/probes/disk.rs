@@ -2,11 +2,11 @@
 //! to the block tracepoints, and turns its cumulative per-(process, device,
 //! operation) counters into per-interval figures.
 
-use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
+use std::collections::{HashMap as StdHashMap, HashSet};
 
 use agent_common::disk::{self as common, Counter, Key, Op, Stats};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{HashMap, MapData},
     Ebpf, EbpfLoader,
 };
 
@@ -102,9 +102,8 @@ pub struct DiskProbe {
     /// Intervals collected, and stale in-flight entries swept so far.
     intervals: u64,
     swept: u64,
-    counters: PerCpuArray<MapData, u64>,
+    counters: super::Counters,
     prev: StdHashMap<Key, Stats>,
-    prev_counters: [u64; common::COUNTERS as usize],
     status: ProbeStatus,
 }
 
@@ -147,7 +146,6 @@ impl DiskProbe {
         }
 
         let maps = ebpf::map_sizes(&bpf);
-        let memlock_bytes = maps.iter().map(|m| m.memlock_bytes).sum();
         let mut take = |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
         let stats = take(common::MAP_STATS)?;
         let stats_reader = ebpf::BatchReader::new(&stats).map_err(|e| map_err("DISK_STATS", e))?;
@@ -155,7 +153,7 @@ impl DiskProbe {
         let inflight = take(common::MAP_INFLIGHT)?;
         let inflight_reader = ebpf::BatchReader::new(&inflight).map_err(|e| map_err("DISK_INFLIGHT", e))?;
         let inflight = HashMap::try_from(inflight).map_err(|e| map_err("DISK_INFLIGHT", e))?;
-        let counters = PerCpuArray::try_from(take(common::MAP_COUNTERS)?).map_err(|e| map_err("DISK_COUNTERS", e))?;
+        let counters = super::Counters::new(NAME, common::MAP_COUNTERS, take(common::MAP_COUNTERS)?, Counter::ALL.iter().map(|c| (c.name(), c.is_error())).collect())?;
         Ok(Self {
             bpf,
             stats,
@@ -166,42 +164,10 @@ impl DiskProbe {
             swept: 0,
             counters,
             prev: StdHashMap::new(),
-            prev_counters: [0; common::COUNTERS as usize],
-            status: ProbeStatus {
-                name: NAME,
-                active: true,
-                error: None,
-                maps,
-                programs: Vec::new(),
-                memlock_bytes,
-                counters: BTreeMap::new(),
-                lost: 0,
-            },
+            status: ProbeStatus::active(NAME, maps),
         })
     }
 
-    fn read_counters(&mut self) -> Result<(), ProbeError> {
-        let mut lost = 0;
-        for c in Counter::ALL {
-            let total: u64 = self
-                .counters
-                .get(&(c as u32), 0)
-                .map_err(|e| ProbeError::Read { probe: NAME, map: "DISK_COUNTERS", detail: e.to_string() })?
-                .iter()
-                .sum();
-            let i = c as usize;
-            let delta = total.wrapping_sub(self.prev_counters[i]);
-            self.prev_counters[i] = total;
-            self.status.counters.insert(c.name(), delta);
-            if c.is_error() {
-                lost += delta;
-            }
-        }
-        // Swept by userspace, not counted by the kernel: in the same place.
-        self.status.counters.insert("stale_swept", std::mem::take(&mut self.swept));
-        self.status.lost = lost;
-        Ok(())
-    }
 }
 
 /// Intervals between sweeps of the in-flight map.
@@ -273,15 +239,13 @@ impl Probe for DiskProbe {
                 false
             });
         }
-        if let Some(m) = self.status.maps.iter_mut().find(|m| m.name == common::MAP_STATS) {
-            m.entries = Some(entries);
-        }
+        self.status.set_entries(common::MAP_STATS, entries);
         if self.intervals.is_multiple_of(SWEEP_EVERY) {
             self.sweep()?;
         }
         self.intervals += 1;
         self.status.programs = ebpf::program_stats(&self.bpf);
-        self.read_counters()
+        self.counters.read(&mut self.status)
     }
 
     fn status(&self) -> ProbeStatus {

@@ -151,6 +151,28 @@ pub struct ProbeStatus {
 }
 
 impl ProbeStatus {
+    /// A probe just attached, with its maps as the kernel sized them.
+    pub fn active(name: &'static str, maps: Vec<MapStatus>) -> Self {
+        let memlock_bytes = maps.iter().map(|m| m.memlock_bytes).sum();
+        Self {
+            name,
+            active: true,
+            error: None,
+            maps,
+            programs: Vec::new(),
+            memlock_bytes,
+            counters: BTreeMap::new(),
+            lost: 0,
+        }
+    }
+
+    /// Sets the entries in use of one of the probe's maps.
+    pub fn set_entries(&mut self, map: &str, entries: u64) {
+        if let Some(m) = self.maps.iter_mut().find(|m| m.name == map) {
+            m.entries = Some(entries);
+        }
+    }
+
     pub fn failed(name: &'static str, error: String) -> Self {
         Self {
             name,
@@ -162,6 +184,53 @@ impl ProbeStatus {
             counters: BTreeMap::new(),
             lost: 0,
         }
+    }
+}
+
+/// A probe's per-CPU event counters (map `<PROBE>_COUNTERS`, indexed by its
+/// `Counter` enum), reported as differences per interval.
+pub struct Counters {
+    probe: &'static str,
+    map_name: &'static str,
+    map: aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+    /// (name, whether a count means lost data), by index.
+    kinds: Vec<(&'static str, bool)>,
+    prev: Vec<u64>,
+}
+
+impl Counters {
+    pub fn new(
+        probe: &'static str,
+        map_name: &'static str,
+        map: aya::maps::Map,
+        kinds: Vec<(&'static str, bool)>,
+    ) -> Result<Self, ProbeError> {
+        let map = aya::maps::PerCpuArray::try_from(map)
+            .map_err(|e| ProbeError::Map { probe, map: map_name, detail: e.to_string() })?;
+        let prev = vec![0; kinds.len()];
+        Ok(Self { probe, map_name, map, kinds, prev })
+    }
+
+    /// Reads every counter into `status`: this interval's counts, and
+    /// `lost` as the sum of those that mean lost data.
+    pub fn read(&mut self, status: &mut ProbeStatus) -> Result<(), ProbeError> {
+        let mut lost = 0;
+        for (i, (name, is_error)) in self.kinds.iter().enumerate() {
+            let total: u64 = self
+                .map
+                .get(&(i as u32), 0)
+                .map_err(|e| ProbeError::Read { probe: self.probe, map: self.map_name, detail: e.to_string() })?
+                .iter()
+                .sum();
+            let delta = total.wrapping_sub(self.prev[i]);
+            self.prev[i] = total;
+            status.counters.insert(name, delta);
+            if *is_error {
+                lost += delta;
+            }
+        }
+        status.lost = lost;
+        Ok(())
     }
 }
 

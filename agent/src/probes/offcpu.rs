@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 
 use agent_common::offcpu::{self as common, globals, Counter, Sleep, SleepKey, Stats};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{HashMap, MapData},
     Ebpf, EbpfLoader,
 };
 
@@ -59,10 +59,9 @@ pub struct OffcpuProbe {
     stats_reader: ebpf::BatchReader<u32, Stats>,
     sleep: HashMap<MapData, SleepKey, Sleep>,
     sleep_reader: ebpf::BatchReader<SleepKey, Sleep>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: super::Counters,
     prev: StdHashMap<u32, Stats>,
     prev_sleep: StdHashMap<SleepKey, Sleep>,
-    prev_counters: [u64; common::COUNTERS as usize],
     intervals: u64,
     status: ProbeStatus,
 }
@@ -111,7 +110,6 @@ impl OffcpuProbe {
             ebpf::attach_tracepoint(&mut bpf, NAME, program, "sched", tracepoint)?;
         }
         let maps = ebpf::map_sizes(&bpf);
-        let memlock_bytes = maps.iter().map(|m| m.memlock_bytes).sum();
         let mut take = |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
         let stats = take(common::MAP_STATS)?;
         let stats_reader = ebpf::BatchReader::new(&stats).map_err(|e| map_err("OFFCPU_STATS", e))?;
@@ -119,7 +117,7 @@ impl OffcpuProbe {
         let sleep = take(common::MAP_SLEEP)?;
         let sleep_reader = ebpf::BatchReader::new(&sleep).map_err(|e| map_err("OFFCPU_SLEEP", e))?;
         let sleep = HashMap::try_from(sleep).map_err(|e| map_err("OFFCPU_SLEEP", e))?;
-        let counters = PerCpuArray::try_from(take(common::MAP_COUNTERS)?).map_err(|e| map_err("OFFCPU_COUNTERS", e))?;
+        let counters = super::Counters::new(NAME, common::MAP_COUNTERS, take(common::MAP_COUNTERS)?, Counter::ALL.iter().map(|c| (c.name(), c.is_error())).collect())?;
         Ok(Self {
             bpf,
             stats,
@@ -129,18 +127,8 @@ impl OffcpuProbe {
             counters,
             prev: StdHashMap::new(),
             prev_sleep: StdHashMap::new(),
-            prev_counters: [0; common::COUNTERS as usize],
             intervals: 0,
-            status: ProbeStatus {
-                name: NAME,
-                active: true,
-                error: None,
-                maps,
-                programs: Vec::new(),
-                memlock_bytes,
-                counters: BTreeMap::new(),
-                lost: 0,
-            },
+            status: ProbeStatus::active(NAME, maps),
         })
     }
 
@@ -169,26 +157,6 @@ impl OffcpuProbe {
         Ok(out)
     }
 
-    fn read_counters(&mut self) -> Result<(), ProbeError> {
-        let mut lost = 0;
-        for c in Counter::ALL {
-            let total: u64 = self
-                .counters
-                .get(&(c as u32), 0)
-                .map_err(|e| ProbeError::Read { probe: NAME, map: "OFFCPU_COUNTERS", detail: e.to_string() })?
-                .iter()
-                .sum();
-            let i = c as usize;
-            let delta = total.wrapping_sub(self.prev_counters[i]);
-            self.prev_counters[i] = total;
-            self.status.counters.insert(c.name(), delta);
-            if c.is_error() {
-                lost += delta;
-            }
-        }
-        self.status.lost = lost;
-        Ok(())
-    }
 }
 
 impl Probe for OffcpuProbe {
@@ -254,11 +222,9 @@ impl Probe for OffcpuProbe {
                 true
             });
         }
-        if let Some(m) = self.status.maps.iter_mut().find(|m| m.name == common::MAP_STATS) {
-            m.entries = Some(entries);
-        }
+        self.status.set_entries(common::MAP_STATS, entries);
         self.status.programs = ebpf::program_stats(&self.bpf);
-        self.read_counters()
+        self.counters.read(&mut self.status)
     }
 
     fn status(&self) -> ProbeStatus {

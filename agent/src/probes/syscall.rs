@@ -2,11 +2,11 @@
 //! attaches it, and turns its cumulative per-(process, syscall) counters
 //! into per-interval figures.
 
-use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
+use std::collections::{HashMap as StdHashMap, HashSet};
 
 use agent_common::syscall::{self as common, globals, Counter, Key, Stats};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{HashMap, MapData},
     Ebpf, EbpfLoader,
 };
 
@@ -82,10 +82,9 @@ pub struct SyscallProbe {
     /// Processes whose leader exited but whose /proc entry still exists
     /// (other threads running, or a zombie not yet reaped).
     exiting: HashSet<u32>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: super::Counters,
     /// The previous read of every stats entry.
     prev: StdHashMap<Key, Stats>,
-    prev_counters: [u64; common::COUNTERS as usize],
     intervals: u64,
     /// execve and execveat on this architecture.
     exec_nrs: [u32; 2],
@@ -126,9 +125,7 @@ impl SyscallProbe {
         let exited = take(common::MAP_EXITED)?;
         let exited_reader = ebpf::BatchReader::new(&exited).map_err(|e| map_err("SYSCALL_EXITED", e))?;
         let exited = HashMap::try_from(exited).map_err(|e| map_err("SYSCALL_EXITED", e))?;
-        let counters =
-            PerCpuArray::try_from(take(common::MAP_COUNTERS)?).map_err(|e| map_err("SYSCALL_COUNTERS", e))?;
-        let memlock_bytes = maps.iter().map(|m| m.memlock_bytes).sum();
+        let counters = super::Counters::new(NAME, common::MAP_COUNTERS, take(common::MAP_COUNTERS)?, Counter::ALL.iter().map(|c| (c.name(), c.is_error())).collect())?;
         Ok(Self {
             bpf,
             stats,
@@ -139,45 +136,15 @@ impl SyscallProbe {
             exiting: HashSet::new(),
             counters,
             prev: StdHashMap::new(),
-            prev_counters: [0; common::COUNTERS as usize],
             intervals: 0,
             exec_nrs: [
                 syscalls::number("execve").unwrap_or(u32::MAX),
                 syscalls::number("execveat").unwrap_or(u32::MAX),
             ],
-            status: ProbeStatus {
-                name: NAME,
-                active: true,
-                error: None,
-                maps,
-                programs: Vec::new(),
-                memlock_bytes,
-                counters: BTreeMap::new(),
-                lost: 0,
-            },
+            status: ProbeStatus::active(NAME, maps),
         })
     }
 
-    fn read_counters(&mut self) -> Result<(), ProbeError> {
-        let mut lost = 0;
-        for c in Counter::ALL {
-            let total: u64 = self
-                .counters
-                .get(&(c as u32), 0)
-                .map_err(|e| ProbeError::Read { probe: NAME, map: "SYSCALL_COUNTERS", detail: e.to_string() })?
-                .iter()
-                .sum();
-            let i = c as usize;
-            let delta = total.wrapping_sub(self.prev_counters[i]);
-            self.prev_counters[i] = total;
-            self.status.counters.insert(c.name(), delta);
-            if c.is_error() {
-                lost += delta;
-            }
-        }
-        self.status.lost = lost;
-        Ok(())
-    }
 
     /// Processes already gone before this read: the read holds their final
     /// counts, so their entries can go once it is taken. The kernel queues
@@ -203,11 +170,6 @@ impl SyscallProbe {
         Ok(dead)
     }
 
-    fn set_entries(&mut self, map: &str, entries: u64) {
-        if let Some(m) = self.status.maps.iter_mut().find(|m| m.name == map) {
-            m.entries = Some(entries);
-        }
-    }
 }
 
 /// Intervals between full sweeps of `/proc` for processes that are gone.
@@ -266,17 +228,17 @@ impl Probe for SyscallProbe {
                 false
             });
         }
-        self.set_entries(common::MAP_STATS, entries);
+        self.status.set_entries(common::MAP_STATS, entries);
 
         // Counting the start-time map walks all of its buckets: every tenth
         // interval is enough to see it fill.
         if self.intervals.is_multiple_of(10) {
             let inflight = self.inflight_reader.read().map_err(|e| read_err("SYSCALL_INFLIGHT", e))?.count() as u64;
-            self.set_entries(common::MAP_INFLIGHT, inflight);
+            self.status.set_entries(common::MAP_INFLIGHT, inflight);
         }
         self.intervals += 1;
         self.status.programs = ebpf::program_stats(&self.bpf);
-        self.read_counters()
+        self.counters.read(&mut self.status)
     }
 
     fn status(&self) -> ProbeStatus {
