@@ -11,6 +11,7 @@ pub mod filter;
 pub mod hist;
 pub mod offcpu;
 pub mod syscall;
+pub mod tcp;
 
 /// Implements `aya::Pod` for types that cross the kernel/user boundary, on the
 /// userspace side only.

@@ -58,6 +58,111 @@ pub struct ProcessReport {
     /// offcpu probe).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offcpu: Option<OffcpuReport>,
+    /// TCP connections with activity in the interval, most bytes first; at
+    /// most [`TCP_ITEMS`], the rest merged into one `other` item.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<TcpReport>,
+}
+
+/// Connections listed per process before the rest merge into `other`.
+pub const TCP_ITEMS: usize = 32;
+
+#[derive(Debug, Serialize)]
+pub struct TcpReport {
+    /// `address:port`, `[v6]:port`, or `other`.
+    pub remote: String,
+    pub local: String,
+    pub state: &'static str,
+    /// `connect` (active open) or `accept` (passive).
+    pub direction: &'static str,
+    pub rtt_p50_us: u64,
+    pub rtt_p99_us: u64,
+    pub rtt_last_us: u64,
+    /// SYN sent to established, for connections this process opened (a
+    /// single connection's latency is its own p50).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_p50_us: Option<u64>,
+    /// `refused` or `timeout` when the connect failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<&'static str>,
+    pub retransmits: u64,
+    pub resets: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Connections in this item (more than 1 only for `other`).
+    pub connections: u64,
+}
+
+fn tcp_state(s: i32) -> &'static str {
+    match s {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        _ => "UNKNOWN",
+    }
+}
+
+fn tcp_list(conns: &[crate::probes::tcp::ConnData]) -> Vec<TcpReport> {
+    let show = |a: &Option<std::net::SocketAddr>| a.map_or_else(|| "?".to_string(), |a| a.to_string());
+    let mut sorted: Vec<&crate::probes::tcp::ConnData> = conns.iter().collect();
+    sorted.sort_by_key(|c| Reverse(c.bytes_sent + c.bytes_received));
+    let mut out: Vec<TcpReport> = Vec::new();
+    for (i, c) in sorted.into_iter().enumerate() {
+        let q = |q| c.rtt.hist.quantile(q, c.rtt.max_ns).unwrap_or(0) / 1_000;
+        if i >= TCP_ITEMS {
+            if out.len() == TCP_ITEMS {
+                out.push(TcpReport {
+                    remote: "other".into(),
+                    local: "other".into(),
+                    state: "",
+                    direction: "",
+                    rtt_p50_us: 0,
+                    rtt_p99_us: 0,
+                    rtt_last_us: 0,
+                    connect_p50_us: None,
+                    failed: None,
+                    retransmits: 0,
+                    resets: 0,
+                    bytes_sent: 0,
+                    bytes_received: 0,
+                    connections: 0,
+                });
+            }
+            if let Some(o) = out.last_mut() {
+                o.retransmits += c.retransmits;
+                o.resets += c.resets;
+                o.bytes_sent += c.bytes_sent;
+                o.bytes_received += c.bytes_received;
+                o.connections += 1;
+            }
+            continue;
+        }
+        out.push(TcpReport {
+            remote: show(&c.remote),
+            local: show(&c.local),
+            state: tcp_state(c.state),
+            direction: if c.active { "connect" } else { "accept" },
+            rtt_p50_us: if c.rtt.hist.count() > 0 { q(0.5) } else { c.rtt_last_us },
+            rtt_p99_us: if c.rtt.hist.count() > 0 { q(0.99) } else { c.rtt_last_us },
+            rtt_last_us: c.rtt_last_us,
+            connect_p50_us: c.connect_ns.map(|n| n / 1_000),
+            failed: c.failed,
+            retransmits: c.retransmits,
+            resets: c.resets,
+            bytes_sent: c.bytes_sent,
+            bytes_received: c.bytes_received,
+            connections: 1,
+        });
+    }
+    out
 }
 
 /// Thread time of one process over one interval, summed over its threads:
@@ -266,7 +371,8 @@ pub fn build(
             let (syscall_total, syscalls) = syscall_list(&p.syscalls);
             let disk = disk_list(&p.disk, devices);
             let offcpu = p.offcpu.as_ref().map(Into::into);
-            ProcessReport { pid, meta, exited, syscall_total, syscalls, disk, offcpu }
+            let tcp = tcp_list(&p.tcp);
+            ProcessReport { pid, meta, exited, syscall_total, syscalls, disk, offcpu, tcp }
         })
         .collect();
     procs.retain(&live);

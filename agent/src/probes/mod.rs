@@ -7,6 +7,7 @@
 pub mod disk;
 pub mod offcpu;
 pub mod syscall;
+pub mod tcp;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -112,7 +113,7 @@ pub struct Spec {
 }
 
 /// Every probe the agent knows, in the order they are loaded.
-pub const ALL: &[Spec] = &[syscall::SPEC, disk::SPEC, offcpu::SPEC];
+pub const ALL: &[Spec] = &[syscall::SPEC, disk::SPEC, offcpu::SPEC, tcp::SPEC];
 
 /// What every probe measured in one interval, per process (thread group id).
 #[derive(Debug, Default)]
@@ -130,6 +131,8 @@ pub struct ProcessData {
     pub disk: BTreeMap<(u32, agent_common::disk::Op), disk::DiskData>,
     /// Time on and off the CPU.
     pub offcpu: Option<offcpu::OffcpuData>,
+    /// TCP connections with activity in the interval.
+    pub tcp: Vec<tcp::ConnData>,
 }
 
 /// A probe's health, reported with every interval and by `check`.

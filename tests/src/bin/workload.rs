@@ -21,6 +21,11 @@
 //!                               blocks on it meanwhile
 //! workload named-sleeper N MS   N nanosleep(MS ms) from a function named
 //!                               `named_sleeper`, for stack tests
+//! workload tcp-server IP PORT R (starts at once) prints "listening", accepts
+//!                               one connection, reads to EOF, answers R bytes
+//! workload tcp-client IP PORT S  connects, sends S bytes, shuts down its
+//!                               sending side, reads to EOF; prints what it got
+//!                               (or "refused")
 //! ```
 //!
 //! For `cargo xtask bench` (these start at once, without waiting for stdin):
@@ -183,6 +188,18 @@ fn halves(n: u64, f: impl Fn()) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
+        Some("tcp-server") => {
+            use std::io::{Read, Write};
+            let ip: std::net::IpAddr = args[2].parse().expect("address");
+            let listener = std::net::TcpListener::bind((ip, arg(&args, 3) as u16)).expect("bind");
+            println!("listening");
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("read");
+            s.write_all(&vec![7u8; arg(&args, 4) as usize]).expect("write");
+            println!("{}", got.len());
+            return;
+        }
         Some("time-getppid") => {
             let n = arg(&args, 2);
             let t = std::time::Instant::now();
@@ -280,6 +297,21 @@ fn main() {
             rx.recv().expect("holder has the lock");
             drop(lock.lock().expect("lock"));
             holder.join().expect("join");
+        }
+        Some("tcp-client") => {
+            use std::io::{Read, Write};
+            let ip: std::net::IpAddr = args[2].parse().expect("address");
+            match std::net::TcpStream::connect((ip, arg(&args, 3) as u16)) {
+                Ok(mut s) => {
+                    s.write_all(&vec![1u8; arg(&args, 4) as usize]).expect("write");
+                    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+                    let mut got = Vec::new();
+                    s.read_to_end(&mut got).expect("read");
+                    println!("{}", got.len());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("refused"),
+                Err(e) => panic!("connect: {e}"),
+            }
         }
         Some("named-sleeper") => named_sleeper(arg(&args, 2), arg(&args, 3)),
         Some("steady") => {

@@ -1,0 +1,131 @@
+//! TCP probe between two network namespaces the test makes (joined by a
+//! veth pair), with a server and a client whose byte counts are known.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use hostprobe_tests::{process_reports, workload_bin, Agent};
+use serde_json::Value;
+
+/// Two namespaces joined by a veth pair, IPv4 10.231.0.{1,2}/24 and IPv6
+/// fd00:231::{1,2}/64; deleted on drop.
+struct NetPair {
+    a: String,
+    b: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl NetPair {
+    fn new() -> NetPair {
+        let id = std::process::id() % 100_000;
+        let (a, b) = (format!("hpa{id}"), format!("hpb{id}"));
+        let pair = NetPair { a: a.clone(), b: b.clone() };
+        ip(&["netns", "add", &a]);
+        ip(&["netns", "add", &b]);
+        ip(&["link", "add", "va", "netns", &a, "type", "veth", "peer", "name", "vb", "netns", &b]);
+        for (ns, dev, v4, v6) in [(&a, "va", "10.231.0.1/24", "fd00:231::1/64"), (&b, "vb", "10.231.0.2/24", "fd00:231::2/64")] {
+            ip(&["-n", ns, "addr", "add", v4, "dev", dev]);
+            ip(&["-n", ns, "-6", "addr", "add", v6, "dev", dev, "nodad"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// The workload with `args`, inside namespace `ns` (`ip netns exec`
+    /// execs it: the child's pid is the workload's).
+    fn spawn(&self, ns: &str, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(workload_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn in namespace")
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn output(mut c: Child) -> String {
+    let mut s = String::new();
+    std::io::Read::read_to_string(c.stdout.as_mut().unwrap(), &mut s).unwrap();
+    assert!(c.wait().unwrap().success());
+    s.trim().to_string()
+}
+
+/// A process's `tcp` items over all reports.
+fn tcp_items(reports: &[Value], pid: u32) -> Vec<Value> {
+    process_reports(reports, pid)
+        .iter()
+        .flat_map(|p| p["tcp"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn sum(items: &[Value], field: &str) -> u64 {
+    items.iter().map(|i| i[field].as_u64().unwrap_or(0)).sum()
+}
+
+fn exchange(server_ip: &str, remote: &str) {
+    const SENT: u64 = 100_000;
+    const ANSWER: u64 = 30_000;
+    let net = NetPair::new();
+    let mut agent = Agent::start(&["--probes", "tcp"]);
+    let mut server = net.spawn(&net.b, &["tcp-server", server_ip, "5001", &ANSWER.to_string()]);
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let client = net.spawn(&net.a, &["tcp-client", server_ip, "5001", &SENT.to_string()]);
+    let (client_pid, server_pid) = (client.id(), server.id());
+    assert_eq!(output(client), ANSWER.to_string());
+    assert_eq!(output(server), SENT.to_string());
+    agent.run_for(Duration::from_millis(600));
+    let reports = agent.stop();
+
+    let c = tcp_items(&reports, client_pid);
+    let s = tcp_items(&reports, server_pid);
+    assert!(!c.is_empty() && !s.is_empty(), "client {c:?}, server {s:?}");
+    assert!(c.iter().all(|i| i["remote"] == remote), "client's connection is to {remote}: {c:?}");
+    assert_eq!(sum(&c, "bytes_sent"), SENT, "{c:?}");
+    assert_eq!(sum(&c, "bytes_received"), ANSWER, "{c:?}");
+    assert_eq!(sum(&s, "bytes_received"), SENT, "{s:?}");
+    assert_eq!(sum(&s, "bytes_sent"), ANSWER, "{s:?}");
+    assert!(c.iter().any(|i| i["direction"] == "connect" && i["connect_p50_us"].as_u64().is_some()), "{c:?}");
+    assert!(s.iter().all(|i| i["direction"] == "accept"), "{s:?}");
+}
+
+#[test]
+fn bytes_are_exact_on_both_ends_ipv4() {
+    exchange("10.231.0.2", "10.231.0.2:5001");
+}
+
+#[test]
+fn bytes_are_exact_on_both_ends_ipv6() {
+    exchange("fd00:231::2", "[fd00:231::2]:5001");
+}
+
+#[test]
+fn a_connect_to_a_closed_port_is_refused() {
+    let net = NetPair::new();
+    let mut agent = Agent::start(&["--probes", "tcp"]);
+    let client = net.spawn(&net.a, &["tcp-client", "10.231.0.2", "5999", "1"]);
+    let pid = client.id();
+    assert_eq!(output(client), "refused");
+    agent.run_for(Duration::from_millis(600));
+    let reports = agent.stop();
+    let items = tcp_items(&reports, pid);
+    assert!(items.iter().any(|i| i["failed"] == "refused" && i["resets"].as_u64() >= Some(1)), "{items:?}");
+}
