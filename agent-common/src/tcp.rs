@@ -68,6 +68,8 @@ pub const LENGTH_FIELDS: [(&str, u32); 3] = [("sk", 8), ("protocol", 18), ("ret"
 pub const PROBE_SRTT: u32 = 100;
 pub const PROBE_SKADDR: u32 = 128;
 pub const RETRANSMIT_SKADDR: u32 = 16;
+/// `err` of `tcp_retransmit_skb`: failed attempts are not retransmits.
+pub const RETRANSMIT_ERR: u32 = 76;
 pub const RECEIVE_RESET_SKADDR: u32 = 8;
 pub const SEND_RESET_SKADDR: u32 = 16;
 

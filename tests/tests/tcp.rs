@@ -46,9 +46,17 @@ impl NetPair {
             .args(["netns", "exec", ns])
             .arg(workload_bin())
             .args(args)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn in namespace")
+    }
+
+    /// Runs a command inside namespace `ns`; returns its stdout.
+    fn run(&self, ns: &str, cmd: &[&str]) -> String {
+        let out = Command::new("ip").args(["netns", "exec", ns]).args(cmd).output().expect("ip netns exec");
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -58,6 +66,17 @@ impl Drop for NetPair {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+fn say(c: &mut Child, line: &str) {
+    use std::io::Write;
+    c.stdin.as_mut().unwrap().write_all(line.as_bytes()).unwrap();
+}
+
+fn read_line(c: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(c.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    line.trim().to_string()
 }
 
 fn output(mut c: Child) -> String {
@@ -88,7 +107,8 @@ fn exchange(server_ip: &str, remote: &str) {
     let mut line = String::new();
     BufReader::new(server.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "listening");
-    let client = net.spawn(&net.a, &["tcp-client", server_ip, "5001", &SENT.to_string()]);
+    let mut client = net.spawn(&net.a, &["tcp-client", server_ip, "5001", &SENT.to_string()]);
+    say(&mut client, "go\n");
     let (client_pid, server_pid) = (client.id(), server.id());
     assert_eq!(output(client), ANSWER.to_string());
     assert_eq!(output(server), SENT.to_string());
@@ -121,11 +141,51 @@ fn bytes_are_exact_on_both_ends_ipv6() {
 fn a_connect_to_a_closed_port_is_refused() {
     let net = NetPair::new();
     let mut agent = Agent::start(&["--probes", "tcp"]);
-    let client = net.spawn(&net.a, &["tcp-client", "10.231.0.2", "5999", "1"]);
+    let mut client = net.spawn(&net.a, &["tcp-client", "10.231.0.2", "5999", "1"]);
+    say(&mut client, "go\n");
     let pid = client.id();
     assert_eq!(output(client), "refused");
     agent.run_for(Duration::from_millis(600));
     let reports = agent.stop();
     let items = tcp_items(&reports, pid);
     assert!(items.iter().any(|i| i["failed"] == "refused" && i["resets"].as_u64() >= Some(1)), "{items:?}");
+}
+
+#[test]
+fn rtt_agrees_with_ss_through_a_queue() {
+    // Delay by queueing, honestly: the client's egress is an 8 Mbit/s token
+    // bucket with room for 200 ms of backlog, so a bulk send fills a queue
+    // and the round trip grows to tens of ms. The kernel's own smoothed RTT
+    // for the socket (`ss -tin`) is the truth; bound: 20% (or 1 ms).
+    let net = NetPair::new();
+    net.run(&net.a, &["tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate", "8mbit", "burst", "32kb", "latency", "200ms"]);
+    let mut agent = Agent::start(&["--probes", "tcp"]);
+    let mut server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "5001", "0"]);
+    assert_eq!(read_line(&mut server), "listening");
+    let mut client = net.spawn(&net.a, &["tcp-bulk", "10.231.0.2", "5001", "600000"]);
+    say(&mut client, "go\n");
+    assert_eq!(read_line(&mut client), "sent");
+    std::thread::sleep(Duration::from_millis(1500)); // the backlog drains, the last acks arrive
+    let ss = net.run(&net.a, &["ss", "-tin", "dst", "10.231.0.2:5001"]);
+    agent.run_for(Duration::from_millis(600));
+    let pid = client.id();
+    say(&mut client, "end\n");
+    output(client);
+    output(server);
+    let reports = agent.stop();
+
+    let ss_rtt_us = ss
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rtt:"))
+        .and_then(|v| v.split('/').next())
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .unwrap_or_else(|| panic!("no rtt in ss output: {ss}"));
+    let items = tcp_items(&reports, pid);
+    let last = items.iter().rev().find(|i| i["bytes_sent"].as_u64().is_some()).expect("client connection");
+    let ours = last["rtt_last_us"].as_f64().unwrap();
+    eprintln!("rtt: agent {ours} us, ss {ss_rtt_us} us");
+    assert!(ss_rtt_us > 2_000.0, "the queue did not build: ss rtt {ss_rtt_us} us");
+    assert!((ours - ss_rtt_us).abs() <= (0.2 * ss_rtt_us).max(1_000.0), "agent {ours} us vs ss {ss_rtt_us} us");
+    assert!(items.iter().any(|i| i["rtt_p99_us"].as_u64() > Some(1_000)), "{items:?}");
 }

@@ -10,8 +10,9 @@ use crate::{run, step};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests use: fio as the disk probe's ground truth.
-const TEST_PACKAGES: &[&str] = &["fio"];
+/// Debian packages the tests use: fio (the disk probe's ground truth) and
+/// iproute2 (network namespaces, tc, ss for the TCP probe).
+const TEST_PACKAGES: &[&str] = &["fio", "iproute2"];
 /// Debian packages `cargo xtask bench` compares against.
 const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools", "fio"];
 

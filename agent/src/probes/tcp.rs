@@ -99,7 +99,7 @@ impl TcpProbe {
         check("sock", "sock_send_length", &common::LENGTH_FIELDS)?;
         check("sock", "sock_recv_length", &common::LENGTH_FIELDS)?;
         check("tcp", "tcp_probe", &[("srtt", common::PROBE_SRTT), ("skaddr", common::PROBE_SKADDR)])?;
-        check("tcp", "tcp_retransmit_skb", &[("skaddr", common::RETRANSMIT_SKADDR)])?;
+        check("tcp", "tcp_retransmit_skb", &[("skaddr", common::RETRANSMIT_SKADDR), ("err", common::RETRANSMIT_ERR)])?;
         check("tcp", "tcp_receive_reset", &[("skaddr", common::RECEIVE_RESET_SKADDR)])?;
         check("tcp", "tcp_send_reset", &[("skaddr", common::SEND_RESET_SKADDR)])?;
 

@@ -26,6 +26,8 @@
 //! workload tcp-client IP PORT S  connects, sends S bytes, shuts down its
 //!                               sending side, reads to EOF; prints what it got
 //!                               (or "refused")
+//! workload tcp-bulk IP PORT S   connects, sends S bytes, prints "sent", waits for
+//!                               a line on stdin, then finishes like tcp-client
 //! ```
 //!
 //! For `cargo xtask bench` (these start at once, without waiting for stdin):
@@ -312,6 +314,19 @@ fn main() {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("refused"),
                 Err(e) => panic!("connect: {e}"),
             }
+        }
+        Some("tcp-bulk") => {
+            use std::io::{Read, Write};
+            let ip: std::net::IpAddr = args[2].parse().expect("address");
+            let mut s = std::net::TcpStream::connect((ip, arg(&args, 3) as u16)).expect("connect");
+            s.write_all(&vec![1u8; arg(&args, 4) as usize]).expect("write");
+            s.flush().expect("flush");
+            println!("sent");
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).expect("stdin");
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("read");
         }
         Some("named-sleeper") => named_sleeper(arg(&args, 2), arg(&args, 3)),
         Some("steady") => {
