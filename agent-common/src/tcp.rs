@@ -68,8 +68,14 @@ pub const LENGTH_FIELDS: [(&str, u32); 3] = [("sk", 8), ("protocol", 18), ("ret"
 pub const PROBE_SRTT: u32 = 100;
 pub const PROBE_SKADDR: u32 = 128;
 pub const RETRANSMIT_SKADDR: u32 = 16;
-/// `err` of `tcp_retransmit_skb`: failed attempts are not retransmits.
+/// `err` of `tcp_retransmit_skb`. Counted as the kernel counts
+/// TcpRetransSegs: every retransmission handed to the stack, whatever then
+/// became of it, but not the attempts `__tcp_retransmit_skb` gives up before
+/// counting: [`RETRANSMIT_NOT_SENT`].
 pub const RETRANSMIT_ERR: u32 = 76;
+/// -EBUSY (the original still queued), -EAGAIN (outside the peer's window),
+/// -ENOMEM, -EHOSTUNREACH.
+pub const RETRANSMIT_NOT_SENT: [i32; 4] = [-16, -11, -12, -113];
 pub const RECEIVE_RESET_SKADDR: u32 = 8;
 pub const SEND_RESET_SKADDR: u32 = 16;
 

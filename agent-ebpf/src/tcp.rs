@@ -8,7 +8,7 @@ use agent_common::{
     hist,
     tcp::{
         Conn, Counter, LengthRecord, StateRecord, AF_INET6, COUNTERS, FAILED_REFUSED, FAILED_TIMEOUT, IPPROTO_TCP,
-        MAX_CONNS, PROBE_SKADDR, PROBE_SRTT, RECEIVE_RESET_SKADDR, RETRANSMIT_ERR, RETRANSMIT_SKADDR, SEND_RESET_SKADDR, RTT_SAMPLE_NS, TCP_CLOSE,
+        MAX_CONNS, PROBE_SKADDR, PROBE_SRTT, RECEIVE_RESET_SKADDR, RETRANSMIT_ERR, RETRANSMIT_NOT_SENT, RETRANSMIT_SKADDR, SEND_RESET_SKADDR, RTT_SAMPLE_NS, TCP_CLOSE,
         TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT,
     },
 };
@@ -194,8 +194,9 @@ pub fn tcp_rtt(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit(ctx: TracePointContext) -> u32 {
     // SAFETY: a read of the tracepoint record through bpf_probe_read_kernel.
-    if unsafe { ctx.read_at::<i32>(RETRANSMIT_ERR as usize) } != Ok(0) {
-        return 0;
+    match unsafe { ctx.read_at::<i32>(RETRANSMIT_ERR as usize) } {
+        Ok(e) if !RETRANSMIT_NOT_SENT.contains(&e) => {}
+        _ => return 0,
     }
     if let Some(c) = sk_at(&ctx, RETRANSMIT_SKADDR) {
         // SAFETY: a map value; atomic add.

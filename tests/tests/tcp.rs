@@ -189,3 +189,52 @@ fn rtt_agrees_with_ss_through_a_queue() {
     assert!((ours - ss_rtt_us).abs() <= (0.2 * ss_rtt_us).max(1_000.0), "agent {ours} us vs ss {ss_rtt_us} us");
     assert!(items.iter().any(|i| i["rtt_p99_us"].as_u64() > Some(1_000)), "{items:?}");
 }
+
+/// A counter of the namespace's TCP statistics (nstat).
+fn nstat(net: &NetPair, ns: &str, name: &str) -> u64 {
+    let out = net.run(ns, &["nstat", "-az", name]);
+    out.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in nstat output: {out}"))
+}
+
+#[test]
+fn retransmits_match_the_kernel_count() {
+    // The server's side drops 5% of what arrives from the client: real loss
+    // on the path (a drop in the sender's own output hook is a local
+    // congestion signal, not a loss, and is not retransmitted). The client
+    // sends without segmentation offloads, so one retransmitted buffer is
+    // one segment (gso_max_segs 1). Truth: the client namespace's own
+    // TcpRetransSegs, which only this connection touches, less its tail
+    // loss probes.
+    let net = NetPair::new();
+    net.run(&net.a, &["ethtool", "-K", "va", "tso", "off", "gso", "off"]);
+    ip(&["-n", &net.a, "link", "set", "va", "gso_max_segs", "1"]);
+    net.run(&net.b, &["nft", "add", "table", "inet", "hp"]);
+    net.run(&net.b, &["nft", "add", "chain", "inet", "hp", "in", "{ type filter hook input priority 0; policy accept; }"]);
+    net.run(&net.b, &["nft", "add", "rule", "inet", "hp", "in", "tcp", "dport", "5001", "numgen", "random", "mod", "20", "==", "0", "drop"]);
+    let mut agent = Agent::start(&["--probes", "tcp"]);
+    let mut server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "5001", "1000"]);
+    assert_eq!(read_line(&mut server), "listening");
+    let mut client = net.spawn(&net.a, &["tcp-client", "10.231.0.2", "5001", "2000000"]);
+    say(&mut client, "go\n");
+    let pid = client.id();
+    assert_eq!(output(client), "1000");
+    output(server);
+    agent.run_for(Duration::from_millis(600));
+    let reports = agent.stop();
+    // Tail loss probes resend a segment through __tcp_retransmit_skb
+    // directly: counted in TcpRetransSegs, never seen by the tracepoint.
+    let kernel = nstat(&net, &net.a, "TcpRetransSegs");
+    let probes = nstat(&net, &net.a, "TcpExtTCPLossProbes");
+    let ours = sum(&tcp_items(&reports, pid), "retransmits");
+    eprintln!("retransmits: agent {ours}, kernel {kernel} of which {probes} tail loss probes");
+    assert!(kernel > probes, "nothing but loss probes was retransmitted");
+    // Equal in 7 of 8 runs here; in the 8th one short of 181. Until that
+    // one is pinned down, the bound is: never more than the kernel, and at
+    // most 2% fewer.
+    let want = kernel - probes;
+    assert!(ours <= want && (want - ours) * 50 <= want, "agent {ours}, kernel {want}");
+}
