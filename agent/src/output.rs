@@ -150,6 +150,35 @@ pub fn table(r: &Report, rows: usize, out: &mut String) {
     }
     disk_tables(r, rows, out);
     offcpu_table(r, rows, out);
+    tcp_table(r, rows, out);
+}
+
+/// The busiest TCP connections: bytes, RTT, retransmits.
+fn tcp_table(r: &Report, rows: usize, out: &mut String) {
+    let mut list: Vec<(&crate::report::ProcessReport, &crate::report::TcpReport)> =
+        r.processes.iter().flat_map(|p| p.tcp.iter().map(move |t| (p, t))).collect();
+    if list.is_empty() {
+        return;
+    }
+    list.sort_by_key(|(p, t)| (std::cmp::Reverse(t.bytes_sent + t.bytes_received), p.pid));
+    out.push_str(&format!(
+        "\n{:>8} {:<16} {:<28} {:<12} {:>9} {:>9} {:>8} {:>8} {:>7}\n",
+        "PID", "COMM", "REMOTE", "STATE", "TX MB/s", "RX MB/s", "RTT", "RTT p99", "RETRANS"
+    ));
+    for (p, t) in list.into_iter().take(rows.min(10)) {
+        out.push_str(&format!(
+            "{:>8} {:<16} {:<28} {:<12} {:>9} {:>9} {:>8} {:>8} {:>7}\n",
+            p.pid,
+            p.meta.comm,
+            t.remote,
+            t.failed.unwrap_or(t.state),
+            mb_per_s(t.bytes_sent, r.interval_ns),
+            mb_per_s(t.bytes_received, r.interval_ns),
+            duration(t.rtt_last_us * 1_000),
+            duration(t.rtt_p99_us * 1_000),
+            t.retransmits
+        ));
+    }
 }
 
 /// Where threads wait: the processes with the most run-queue and blocked time.
