@@ -10,10 +10,9 @@ use crate::{run, step};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests use: fio (the disk probe's ground truth),
-/// iproute2 (network namespaces, tc, ss), nftables (dropping packets) and
-/// ethtool (segmentation offloads off, so a retransmit is one segment).
-const TEST_PACKAGES: &[&str] = &["fio", "iproute2", "nftables", "ethtool"];
+/// Debian packages the tests use: fio (the disk probe's ground truth) and
+/// iproute2 (network namespaces, tc, ss for the TCP probe).
+const TEST_PACKAGES: &[&str] = &["fio", "iproute2"];
 /// Debian packages `cargo xtask bench` compares against.
 const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools", "fio"];
 
