@@ -2,7 +2,7 @@
 
 use std::{path::Path, process::ExitCode};
 
-use aya::{programs::RawTracePoint, EbpfLoader};
+use aya::EbpfLoader;
 
 use crate::{
     cli::CheckArgs,
@@ -113,9 +113,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
 
 fn check_tracepoint(name: &str) -> Result<(), String> {
     let mut bpf = ebpf::load("check", CHECK_OBJECT, &mut EbpfLoader::new()).map_err(|e| e.to_string())?;
-    ebpf::attach_raw_tracepoint(&mut bpf, "check", "check_noop", name).map_err(|e| e.to_string())?;
-    let _ = bpf.program_mut("check_noop").and_then(|p| <&mut RawTracePoint>::try_from(p).ok());
-    Ok(())
+    ebpf::attach_raw_tracepoint(&mut bpf, "check", "check_noop", name).map_err(|e| e.to_string())
 }
 
 /// `CapEff` of this process, from `/proc/self/status`.

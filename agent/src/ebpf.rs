@@ -190,32 +190,56 @@ pub fn attach_tracepoint(
     Ok(())
 }
 
-/// Offset of `field` in the record of classic tracepoint `category/name`,
-/// from its `format` file: the kernel's own description of the record.
-pub fn tracepoint_field(probe: &'static str, category: &str, name: &str, field: &str) -> Result<u32, ProbeError> {
-    let path = format!("{TRACEFS}/events/{category}/{name}/format");
+/// Checks that classic tracepoint `category/event` has each of `fields` at
+/// the offset a program reads it at, from the tracepoint's `format` file
+/// (the kernel's own description of the record, read once per event).
+/// Refuses, naming the field, on a kernel that lays the record out
+/// differently.
+pub fn expect_fields(
+    probe: &'static str,
+    category: &str,
+    event: &str,
+    fields: &[(&str, u32)],
+) -> Result<(), ProbeError> {
+    let path = format!("{TRACEFS}/events/{category}/{event}/format");
     let format = std::fs::read_to_string(&path).map_err(|e| ProbeError::Config {
         probe,
         detail: format!(
-            "cannot read {path} ({e}): this kernel lacks the tracepoint {category}/{name}, or tracefs is not mounted"
+            "cannot read {path} ({e}): this kernel lacks the tracepoint {category}/{event}, or tracefs is not mounted"
         ),
     })?;
-    format
+    // (name, offset) of every field the record declares.
+    let declared: Vec<(&str, u32)> = format
         .lines()
         .filter_map(|l| l.trim().strip_prefix("field:"))
-        .find_map(|l| {
+        .filter_map(|l| {
             let mut parts = l.split(';');
-            let decl = parts.next()?.trim();
-            let declared = decl.rsplit(' ').next()?.split('[').next()?;
-            if declared != field {
-                return None;
+            let name = parts.next()?.trim().rsplit(' ').next()?.split('[').next()?;
+            let offset = parts.find_map(|p| p.trim().strip_prefix("offset:"))?.parse().ok()?;
+            Some((name, offset))
+        })
+        .collect();
+    for (field, want) in fields {
+        match declared.iter().find(|(name, _)| name == field) {
+            Some((_, at)) if at == want => {}
+            Some((_, at)) => {
+                return Err(ProbeError::Config {
+                    probe,
+                    detail: format!(
+                        "{category}/{event}: field {field} is at offset {at} on this kernel, hostprobe reads it at \
+                         {want}; please report this with the kernel version"
+                    ),
+                })
             }
-            parts.find_map(|p| p.trim().strip_prefix("offset:")).and_then(|o| o.parse().ok())
-        })
-        .ok_or_else(|| ProbeError::Config {
-            probe,
-            detail: format!("tracepoint {category}/{name} has no field {field:?} on this kernel ({path})"),
-        })
+            None => {
+                return Err(ProbeError::Config {
+                    probe,
+                    detail: format!("tracepoint {category}/{event} has no field {field:?} on this kernel ({path})"),
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A kernel map's size as the kernel accounts for it.

@@ -118,22 +118,14 @@ impl DiskProbe {
         // nr_sector (the programs read nothing else of them); issue has no
         // error field.
         for event in ["block_rq_complete", "block_rq_issue", "block_bio_queue", "block_bio_backmerge"] {
-            for (name, want) in common::RECORD_FIELDS {
-                let bio = event.starts_with("block_bio");
-                if (bio && matches!(name, "error" | "rwbs")) || (event == "block_rq_issue" && name == "error") {
-                    continue;
-                }
-                let at = ebpf::tracepoint_field(NAME, "block", event, name)?;
-                if at != want {
-                    return Err(ProbeError::Config {
-                        probe: NAME,
-                        detail: format!(
-                            "block/{event}: field {name} is at offset {at} on this kernel, hostprobe reads it at \
-                             {want}; please report this with the kernel version"
-                        ),
-                    });
-                }
-            }
+            let bio = event.starts_with("block_bio");
+            let fields: Vec<(&str, u32)> = common::RECORD_FIELDS
+                .into_iter()
+                .filter(|(name, _)| {
+                    !(bio && matches!(*name, "error" | "rwbs")) && !(event == "block_rq_issue" && *name == "error")
+                })
+                .collect();
+            ebpf::expect_fields(NAME, "block", event, &fields)?;
         }
 
         let filters = FilterGlobals::new(opts);

@@ -79,19 +79,8 @@ const REAP_EVERY: u64 = 10;
 
 impl OffcpuProbe {
     pub fn load(opts: &Options) -> Result<Self, ProbeError> {
-        for (name, want) in common::SWITCH_FIELDS {
-            let at = ebpf::tracepoint_field(NAME, "sched", "sched_switch", name)?;
-            if at != want {
-                return Err(ProbeError::Config {
-                    probe: NAME,
-                    detail: format!("sched/sched_switch: field {name} is at offset {at} on this kernel, hostprobe reads it at {want}"),
-                });
-            }
-        }
-        let at = ebpf::tracepoint_field(NAME, "sched", "sched_wakeup", "pid")?;
-        if at != common::WAKEUP_PID_OFFSET {
-            return Err(ProbeError::Config { probe: NAME, detail: format!("sched/sched_wakeup: pid is at offset {at}") });
-        }
+        ebpf::expect_fields(NAME, "sched", "sched_switch", &common::SWITCH_FIELDS)?;
+        ebpf::expect_fields(NAME, "sched", "sched_wakeup", &[("pid", common::WAKEUP_PID_OFFSET)])?;
         let filters = FilterGlobals::new(opts);
         let nr_offset = syscalls::PT_REGS_NR_OFFSET;
         let stacks_min_ns = opts.stacks_min_ns.map_or(0, |n| n.max(1));

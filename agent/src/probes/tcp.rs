@@ -83,18 +83,7 @@ fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {
 
 impl TcpProbe {
     pub fn load(opts: &Options) -> Result<Self, ProbeError> {
-        let check = |cat: &str, event: &str, fields: &[(&str, u32)]| -> Result<(), ProbeError> {
-            for (name, want) in fields {
-                let at = ebpf::tracepoint_field(NAME, cat, event, name)?;
-                if at != *want {
-                    return Err(ProbeError::Config {
-                        probe: NAME,
-                        detail: format!("{cat}/{event}: field {name} is at offset {at} on this kernel, hostprobe reads it at {want}"),
-                    });
-                }
-            }
-            Ok(())
-        };
+        let check = |cat, event, fields: &[(&str, u32)]| ebpf::expect_fields(NAME, cat, event, fields);
         check("sock", "inet_sock_set_state", &common::STATE_FIELDS)?;
         check("sock", "sock_send_length", &common::LENGTH_FIELDS)?;
         check("sock", "sock_recv_length", &common::LENGTH_FIELDS)?;
