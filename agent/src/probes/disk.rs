@@ -198,12 +198,12 @@ impl Probe for DiskProbe {
     }
 
     fn collect(&mut self, out: &mut Interval) -> Result<(), ProbeError> {
-        // Processes with entries but no I/O this interval may be gone: their
-        // entries are final once read, and go (few processes do disk I/O, so
-        // checking /proc for them is cheap).
-        let idle: HashSet<u32> = self.prev.keys().map(|k| k.tgid).filter(|t| *t != 0).collect();
-        let dead: HashSet<u32> =
-            idle.into_iter().filter(|t| !std::path::Path::new(&format!("/proc/{t}")).exists()).collect();
+        // Processes already gone before this read: their entries are final
+        // once read, and go (few processes do disk I/O, so checking /proc for
+        // each of them every interval is cheap). Pid 0 holds requests whose
+        // submitter was not seen.
+        let known: HashSet<u32> = self.prev.keys().map(|k| k.tgid).filter(|t| *t != 0).collect();
+        let dead: HashSet<u32> = known.into_iter().filter(|t| !super::alive(*t)).collect();
 
         let mut entries = 0u64;
         let reader = self
@@ -220,17 +220,7 @@ impl Probe for DiskProbe {
             *prev = *v;
             out.processes.entry(k.tgid).or_default().disk.insert((k.dev, Op::from_u32(k.op)), d);
         }
-        if !dead.is_empty() {
-            let stats = &mut self.stats;
-            self.prev.retain(|k, _| {
-                if !dead.contains(&k.tgid) {
-                    return true;
-                }
-                let _ = stats.remove(k);
-                entries -= 1;
-                false
-            });
-        }
+        entries -= super::reclaim(&mut self.prev, &mut self.stats, &dead, |k| k.tgid);
         self.status.set_entries(common::MAP_STATS, entries);
         if self.intervals.is_multiple_of(SWEEP_EVERY) {
             self.sweep()?;

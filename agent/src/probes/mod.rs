@@ -237,6 +237,39 @@ impl Counters {
     }
 }
 
+/// Whether process `tgid` still exists (a zombie not yet reaped counts).
+pub fn alive(tgid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{tgid}")).exists()
+}
+
+/// Forgets every entry of the processes in `dead`, in the kernel map and in
+/// the probe's copy of its previous read; returns how many entries went.
+/// Call after the read that holds their final figures.
+pub fn reclaim<K, V>(
+    prev: &mut HashMap<K, V>,
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+    dead: &std::collections::HashSet<u32>,
+    tgid: impl Fn(&K) -> u32,
+) -> u64
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    if dead.is_empty() {
+        return 0;
+    }
+    let before = prev.len();
+    prev.retain(|k, _| {
+        if !dead.contains(&tgid(k)) {
+            return true;
+        }
+        // Nothing else deletes entries; a failure only delays reclaim.
+        let _ = map.remove(k);
+        false
+    });
+    (before - prev.len()) as u64
+}
+
 /// NUL-padded comm (the kernel's TASK_COMM_LEN is 16) as text.
 pub fn comm_str(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());

@@ -157,7 +157,7 @@ impl Probe for OffcpuProbe {
         // Every REAP_EVERY intervals, processes that are gone lose their
         // entries once this read has their final figures.
         let dead: HashSet<u32> = if self.intervals.is_multiple_of(REAP_EVERY) {
-            self.prev.keys().copied().filter(|t| !std::path::Path::new(&format!("/proc/{t}")).exists()).collect()
+            self.prev.keys().copied().filter(|t| !super::alive(*t)).collect()
         } else {
             HashSet::new()
         };
@@ -192,25 +192,8 @@ impl Probe for OffcpuProbe {
             let p = out.processes.entry(k.tgid).or_default();
             p.offcpu.get_or_insert_with(Default::default).sleep_by_syscall.insert(k.nr, (ns, n));
         }
-        if !dead.is_empty() {
-            let stats = &mut self.stats;
-            self.prev.retain(|t, _| {
-                if dead.contains(t) {
-                    let _ = stats.remove(t);
-                    entries -= 1;
-                    return false;
-                }
-                true
-            });
-            let sleep = &mut self.sleep;
-            self.prev_sleep.retain(|k, _| {
-                if dead.contains(&k.tgid) {
-                    let _ = sleep.remove(k);
-                    return false;
-                }
-                true
-            });
-        }
+        entries -= super::reclaim(&mut self.prev, &mut self.stats, &dead, |t| *t);
+        super::reclaim(&mut self.prev_sleep, &mut self.sleep, &dead, |k| k.tgid);
         self.status.set_entries(common::MAP_STATS, entries);
         self.status.programs = ebpf::program_stats(&self.bpf);
         self.counters.read(&mut self.status)

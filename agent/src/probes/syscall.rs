@@ -161,11 +161,11 @@ impl SyscallProbe {
             let _ = self.exited.remove(&tgid);
             self.exiting.insert(tgid);
         }
-        let mut dead: HashSet<u32> = self.exiting.iter().copied().filter(|t| !proc_exists(*t)).collect();
+        let mut dead: HashSet<u32> = self.exiting.iter().copied().filter(|t| !super::alive(*t)).collect();
         self.exiting.retain(|t| !dead.contains(t));
         if self.intervals % SWEEP_EVERY == SWEEP_EVERY - 1 {
             let known: HashSet<u32> = self.prev.keys().map(|k| k.tgid).collect();
-            dead.extend(known.into_iter().filter(|t| !proc_exists(*t)));
+            dead.extend(known.into_iter().filter(|t| !super::alive(*t)));
         }
         Ok(dead)
     }
@@ -175,9 +175,6 @@ impl SyscallProbe {
 /// Intervals between full sweeps of `/proc` for processes that are gone.
 const SWEEP_EVERY: u64 = 60;
 
-fn proc_exists(tgid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{tgid}")).exists()
-}
 
 impl Probe for SyscallProbe {
     fn name(&self) -> &'static str {
@@ -216,18 +213,7 @@ impl Probe for SyscallProbe {
                 p.kernel_comm = Some(super::comm_str(&comm));
             }
         }
-        if !dead.is_empty() {
-            let stats = &mut self.stats;
-            self.prev.retain(|k, _| {
-                if !dead.contains(&k.tgid) {
-                    return true;
-                }
-                // Nothing else deletes entries, but a failure only delays reclaim.
-                let _ = stats.remove(k);
-                entries -= 1;
-                false
-            });
-        }
+        entries -= super::reclaim(&mut self.prev, &mut self.stats, &dead, |k| k.tgid);
         self.status.set_entries(common::MAP_STATS, entries);
 
         // Counting the start-time map walks all of its buckets: every tenth
