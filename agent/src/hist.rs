@@ -99,6 +99,26 @@ impl Histogram {
     }
 }
 
+/// Latencies of one interval: histogram and largest value.
+#[derive(Debug, Clone, Default)]
+pub struct Dist {
+    pub hist: Histogram,
+    pub max_ns: u64,
+}
+
+impl Dist {
+    pub fn between(now: &[u32; BUCKETS], before: &[u32; BUCKETS], max_now: u64, max_before: u64) -> Self {
+        let hist = Histogram::delta_u32(now, before);
+        let max_ns = hist.interval_max(max_now, max_before);
+        Self { hist, max_ns }
+    }
+
+    pub fn merge(&mut self, o: &Dist) {
+        self.hist.merge(&o.hist);
+        self.max_ns = self.max_ns.max(o.max_ns);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

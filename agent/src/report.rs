@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use agent_common::disk::Op;
 
 use crate::{
-    hist::Histogram,
+    hist::{Dist, Histogram},
     probes::{
-        disk::{DeviceNames, DiskData, Dist},
+        disk::{DeviceNames, DiskData},
         syscall::SyscallData,
         Interval, ProbeStatus, ProcessData,
     },

@@ -11,7 +11,7 @@ use aya::{
 };
 
 use super::{FilterGlobals, Interval, Options, Probe, ProbeError, ProbeStatus, Spec};
-use crate::{ebpf, hist::Histogram};
+use crate::{ebpf, hist::Dist};
 
 pub const NAME: &str = "disk";
 
@@ -33,26 +33,6 @@ const PROGRAMS: [(&str, &str); 6] = [
     ("disk_bio_frontmerge", "block_bio_frontmerge"),
     ("disk_bio_queue", "block_bio_queue"),
 ];
-
-/// Latencies of one interval: histogram and largest value.
-#[derive(Debug, Clone, Default)]
-pub struct Dist {
-    pub hist: Histogram,
-    pub max_ns: u64,
-}
-
-impl Dist {
-    pub fn between(now: &[u32; agent_common::hist::BUCKETS], before: &[u32; agent_common::hist::BUCKETS], max_now: u64, max_before: u64) -> Self {
-        let hist = Histogram::delta_u32(now, before);
-        let max_ns = hist.interval_max(max_now, max_before);
-        Self { hist, max_ns }
-    }
-
-    pub fn merge(&mut self, o: &Dist) {
-        self.hist.merge(&o.hist);
-        self.max_ns = self.max_ns.max(o.max_ns);
-    }
-}
 
 /// One process's I/O to one device with one operation over one interval.
 #[derive(Debug, Clone, Default)]
@@ -118,13 +98,13 @@ impl DiskProbe {
         // nr_sector (the programs read nothing else of them); issue has no
         // error field.
         for event in ["block_rq_complete", "block_rq_issue", "block_bio_queue", "block_bio_backmerge"] {
-            let bio = event.starts_with("block_bio");
-            let fields: Vec<(&str, u32)> = common::RECORD_FIELDS
-                .into_iter()
-                .filter(|(name, _)| {
-                    !(bio && matches!(*name, "error" | "rwbs")) && !(event == "block_rq_issue" && *name == "error")
-                })
-                .collect();
+            let unread: &[&str] = match event {
+                "block_rq_complete" => &[],
+                "block_rq_issue" => &["error"],
+                _ => &["error", "rwbs"],
+            };
+            let fields: Vec<(&str, u32)> =
+                common::RECORD_FIELDS.into_iter().filter(|(name, _)| !unread.contains(name)).collect();
             ebpf::expect_fields(NAME, "block", event, &fields)?;
         }
 

@@ -10,8 +10,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use super::{disk::Dist, FilterGlobals, Interval, Options, Probe, ProbeError, ProbeStatus, Spec};
-use crate::{ebpf, syscalls};
+use super::{FilterGlobals, Interval, Options, Probe, ProbeError, ProbeStatus, Spec};
+use crate::{ebpf, hist::Dist, syscalls};
 
 pub const NAME: &str = "offcpu";
 

@@ -14,8 +14,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use super::{disk::Dist, FilterGlobals, Interval, Options, Probe, ProbeError, ProbeStatus, Spec};
-use crate::ebpf;
+use super::{FilterGlobals, Interval, Options, Probe, ProbeError, ProbeStatus, Spec};
+use crate::{ebpf, hist::Dist};
 
 pub const NAME: &str = "tcp";
 
