@@ -154,6 +154,50 @@ extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+/// Measures every tracer once per round, the order rotated each round so
+/// the host's drift spreads evenly over them; samples per tracer.
+fn rotate(
+    what: &str,
+    rounds: usize,
+    tracers: &[Tracer],
+    mut measure: impl FnMut(Tracer) -> Result<f64>,
+) -> Result<Vec<Vec<f64>>> {
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
+    for round in 0..rounds {
+        step(&format!("{what}: round {}/{rounds}", round + 1));
+        for k in 0..tracers.len() {
+            let i = (k + round) % tracers.len();
+            samples[i].push(measure(tracers[i])?);
+        }
+    }
+    Ok(samples)
+}
+
+/// Per tracer: (tracer, median, median of its per-round ratios to the first
+/// tracer's sample of the same round, samples). Paired ratios cancel the
+/// host's slow drift.
+fn paired(tracers: &[Tracer], samples: Vec<Vec<f64>>) -> Vec<(Tracer, f64, f64, Vec<f64>)> {
+    tracers
+        .iter()
+        .zip(&samples)
+        .map(|(t, s)| {
+            let mut ratios: Vec<f64> = s.iter().zip(&samples[0]).map(|(x, b)| x / b).collect();
+            (*t, median(&mut s.clone()), median(&mut ratios), s.clone())
+        })
+        .collect()
+}
+
+/// Runs `f` with the kernel's per-program statistics on
+/// (`kernel.bpf_stats_enabled`), restoring the setting after, also on error.
+fn with_bpf_stats<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(SYSCTL).context("reading bpf_stats_enabled")?;
+    std::fs::write(SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let result = f();
+    std::fs::write(SYSCTL, before.trim()).context("restoring bpf_stats_enabled")?;
+    result
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -200,18 +244,12 @@ pub fn run(args: Args) -> Result<()> {
         .into_iter()
         .filter(|t| t.available())
         .collect();
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
-    for round in 0..args.rounds {
-        step(&format!("syscall overhead: round {}/{}", round + 1, args.rounds));
-        // Rotate the order each round so drift on the host spreads evenly.
-        for k in 0..tracers.len() {
-            let i = (k + round) % tracers.len();
-            let child = tracers[i].start()?;
-            let r = time_getppid(args.calls);
-            stop(child);
-            samples[i].push(r?);
-        }
-    }
+    let mut samples = rotate("syscall overhead", args.rounds, &tracers, |t| {
+        let child = t.start()?;
+        let r = time_getppid(args.calls);
+        stop(child);
+        r
+    })?;
     let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
     let base = medians[0];
     let added = |t: Tracer| tracers.iter().position(|x| *x == t).map(|i| medians[i] - base);
@@ -401,10 +439,7 @@ fn serde_json_entries(line: &str) -> Option<u64> {
 /// Kernel CPU per run of each of hostprobe's programs, from the kernel's own
 /// BPF statistics, while the getppid loop runs.
 fn kernel_cost(calls: u64) -> Result<Vec<(String, u64, f64)>> {
-    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let before = std::fs::read_to_string(SYSCTL).context("reading bpf_stats_enabled")?;
-    std::fs::write(SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let result = (|| {
+    with_bpf_stats(|| {
         let mut agent = Command::new(root().join("target/release/hostprobe"))
             .args(["run", "--output", "json", "--interval", "1s"])
             .stdout(Stdio::piped())
@@ -429,10 +464,8 @@ fn kernel_cost(calls: u64) -> Result<Vec<(String, u64, f64)>> {
             let t = runs(&now, &name, "run_time_ns") - runs(&base, &name, "run_time_ns");
             out.push((name, n, if n == 0 { 0.0 } else { t as f64 / n as f64 }));
         }
-        anyhow::Ok(out)
-    })();
-    std::fs::write(SYSCTL, before.trim()).context("restoring bpf_stats_enabled")?;
-    result
+        Ok(out)
+    })
 }
 
 fn machine() -> String {
@@ -532,51 +565,27 @@ fn disk_bench(rounds: usize) -> Result<DiskBench> {
     let dev = BenchLoop::new()?;
     let tracers: Vec<Tracer> =
         [Tracer::Nothing, Tracer::HostprobeDisk, Tracer::Biolatency].into_iter().filter(|t| t.available()).collect();
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
-    for round in 0..rounds {
-        step(&format!("disk overhead: round {}/{rounds}", round + 1));
-        for k in 0..tracers.len() {
-            let i = (k + round) % tracers.len();
-            let child = tracers[i].start()?;
-            let r = fio_iops(&dev.path);
-            stop(child);
-            samples[i].push(r?.0);
-        }
-    }
-    step("disk: kernel CPU per I/O (kernel.bpf_stats_enabled)");
-    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let before = std::fs::read_to_string(SYSCTL)?;
-    std::fs::write(SYSCTL, "1")?;
-    let mut per_io = Vec::new();
-    for t in tracers.iter().copied().filter(|t| *t != Tracer::Nothing) {
+    let samples = rotate("disk overhead", rounds, &tracers, |t| {
         let child = t.start()?;
-        let pid = child.as_ref().map(|c| c.id()).unwrap_or(0);
-        let (start_ns, _) = prog_stats(pid);
-        let ios = fio_iops(&dev.path).map(|r| r.1);
-        let (end_ns, _) = prog_stats(pid);
+        let r = fio_iops(&dev.path);
         stop(child);
-        let ios = ios?;
-        per_io.push((t, (end_ns - start_ns) as f64 / ios.max(1) as f64));
-    }
-    std::fs::write(SYSCTL, before.trim())?;
-    // Paired: each round's rate against the baseline of the same round,
-    // which cancels the host's slow drift.
-    let ratios: Vec<f64> = (0..tracers.len())
-        .map(|i| {
-            let mut r: Vec<f64> = samples[i].iter().zip(&samples[0]).map(|(s, b)| s / b).collect();
-            median(&mut r)
-        })
-        .collect();
-    let rows = tracers
-        .iter()
-        .zip(samples)
-        .zip(ratios)
-        .map(|((t, mut s), ratio)| {
-            let m = median(&mut s);
-            (*t, m, ratio, s)
-        })
-        .collect();
-    Ok(DiskBench { rows, per_io, rounds })
+        Ok(r?.0)
+    })?;
+    step("disk: kernel CPU per I/O (kernel.bpf_stats_enabled)");
+    let per_io = with_bpf_stats(|| {
+        let mut per_io = Vec::new();
+        for t in tracers.iter().copied().filter(|t| *t != Tracer::Nothing) {
+            let child = t.start()?;
+            let pid = child.as_ref().map(|c| c.id()).unwrap_or(0);
+            let (start_ns, _) = prog_stats(pid);
+            let ios = fio_iops(&dev.path).map(|r| r.1);
+            let (end_ns, _) = prog_stats(pid);
+            stop(child);
+            per_io.push((t, (end_ns - start_ns) as f64 / ios?.max(1) as f64));
+        }
+        Ok(per_io)
+    })?;
+    Ok(DiskBench { rows: paired(&tracers, samples), per_io, rounds })
 }
 
 impl DiskBench {
@@ -662,23 +671,8 @@ fn switch_bench(rounds: usize) -> Result<SwitchBench> {
     .into_iter()
     .filter(|t| t.available())
     .collect();
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tracers.len()];
-    for round in 0..rounds {
-        step(&format!("context switches: round {}/{rounds}", round + 1));
-        for k in 0..tracers.len() {
-            let i = (k + round) % tracers.len();
-            samples[i].push(pingpong(tracers[i])?);
-        }
-    }
-    let rows = (0..tracers.len())
-        .map(|i| {
-            let mut r: Vec<f64> = samples[i].iter().zip(&samples[0]).map(|(s, b)| s / b).collect();
-            let ratio = median(&mut r);
-            let mut s = samples[i].clone();
-            (tracers[i], median(&mut s), ratio, samples[i].clone())
-        })
-        .collect();
-    Ok(SwitchBench { rows, rounds })
+    let samples = rotate("context switches", rounds, &tracers, pingpong)?;
+    Ok(SwitchBench { rows: paired(&tracers, samples), rounds })
 }
 
 impl SwitchBench {
