@@ -136,7 +136,9 @@ impl Probe for TcpProbe {
             if prev == c {
                 continue;
             }
-            let rtt = Dist::between(&c.rtt, &prev.rtt, 0, 0);
+            // The kernel keeps no RTT maximum: the top of the highest
+            // non-empty bucket stands for it.
+            let rtt = Dist::between(&c.rtt, &prev.rtt, u64::MAX, u64::MAX);
             let d = ConnData {
                 local: addr(c.family, &c.saddr, c.sport),
                 remote: addr(c.family, &c.daddr, c.dport),
@@ -153,7 +155,7 @@ impl Probe for TcpProbe {
                 bytes_received: c.bytes_received.wrapping_sub(prev.bytes_received),
                 retransmits: c.retransmits.wrapping_sub(prev.retransmits),
                 resets: c.resets.wrapping_sub(prev.resets),
-                rtt: Dist { max_ns: rtt.hist.highest().map_or(0, |b| agent_common::hist::upper_bound(b) - 1), ..rtt },
+                rtt,
                 rtt_last_us: c.srtt_us,
             };
             *prev = *c;
