@@ -1,83 +1,79 @@
 //! TCP probe: what `agent-ebpf/src/tcp.rs` writes and
 //! `agent/src/probes/tcp.rs` reads.
 //!
-//! Connections are followed by socket address from the tracepoints that
-//! carry it: `sock/inet_sock_set_state` (open, established, close; an
-//! active open runs in the connecting process), `sock/sock_send_length` and
+//! Connections are followed by socket address from raw tracepoints (their
+//! programs run even when another BPF program is running on the CPU, which
+//! a classic tracepoint's would skip: a softirq's retransmit interrupting a
+//! process's send, say): `inet_sock_set_state` (open, established, close;
+//! an active open runs in the connecting process), `sock_send_length` and
 //! `sock_recv_length` (process context: they name the owner and count
-//! bytes), `tcp/tcp_probe` (smoothed RTT, in softirq), `tcp/tcp_retransmit_skb`
-//! and `tcp/tcp_receive_reset`/`tcp_send_reset`.
+//! bytes), `tcp_probe` (smoothed RTT, in softirq), `tcp_retransmit_skb` and
+//! `tcp_receive_reset`/`tcp_send_reset`. Raw tracepoints pass the kernel's
+//! own pointers: the fields read through them are at [`Offsets`], which the
+//! agent takes from the kernel's BTF. The classic records' format files
+//! still tell the agent that each event exists with the arguments it
+//! expects (the fields named in `*_FIELDS` mirror the arguments).
 
 use crate::hist;
 
 pub const MAP_CONNS: &str = "TCP_CONNS";
+pub const MAP_CLOSED: &str = "TCP_CLOSED";
 pub const MAP_COUNTERS: &str = "TCP_COUNTERS";
 pub const MAP_ZERO: &str = "TCP_ZERO";
 pub const MAP_PIDS: &str = "TCP_PIDS";
 
+/// Open connections (and closed ones until userspace has read them, or the
+/// socket's memory serves a new connection first).
 pub const MAX_CONNS: u32 = 8_192;
+/// Closed connections whose socket went to a new connection before
+/// userspace read them: moved here, keyed by [`ClosedKey`].
+pub const MAX_CLOSED: u32 = 4_096;
 /// At most one RTT sample per connection this often (a bulk transfer acks
 /// thousands of times a second; its RTT does not change that fast).
 pub const RTT_SAMPLE_NS: u64 = 10_000_000;
 
-/// `inet_sock_set_state` record, read whole.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct StateRecord {
-    pub common: [u8; 8],
-    pub skaddr: u64,
-    pub oldstate: i32,
-    pub newstate: i32,
-    pub sport: u16,
-    pub dport: u16,
-    pub family: u16,
-    pub protocol: u16,
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
-    pub saddr_v6: [u8; 16],
-    pub daddr_v6: [u8; 16],
-}
-const _: () = assert!(core::mem::size_of::<StateRecord>() == 72);
-pub const STATE_FIELDS: [(&str, u32); 10] = [
-    ("skaddr", 8),
-    ("oldstate", 16),
-    ("newstate", 20),
-    ("sport", 24),
-    ("dport", 26),
-    ("family", 28),
-    ("protocol", 30),
-    ("saddr", 32),
-    ("saddr_v6", 40),
-    ("daddr_v6", 56),
-];
+/// Fields each classic record must have: its raw tracepoint passes the
+/// arguments they come from (`err`: the third argument of
+/// `tcp_retransmit_skb`, Linux 6.10+).
+pub const STATE_FIELDS: [&str; 3] = ["skaddr", "oldstate", "newstate"];
+pub const LENGTH_FIELDS: [&str; 2] = ["sk", "ret"];
+pub const PROBE_FIELDS: [&str; 2] = ["skaddr", "srtt"];
+pub const RETRANSMIT_FIELDS: [&str; 3] = ["skbaddr", "skaddr", "err"];
+pub const RESET_FIELDS: [&str; 1] = ["skaddr"];
 
-/// `sock_send_length`/`sock_recv_length` record.
+/// Byte offsets in the kernel's structs (from its BTF) of what the programs
+/// read through the pointers raw tracepoints pass.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct LengthRecord {
-    pub common: [u8; 8],
-    pub sk: u64,
-    pub family: u16,
-    pub protocol: u16,
-    pub ret: i32,
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Offsets {
+    /// `struct sock`: `sk_protocol` (u16).
+    pub protocol: u32,
+    /// `sock.__sk_common`: `skc_family` (u16), `skc_num` (local port, host
+    /// order), `skc_dport` (network order), `skc_rcv_saddr`, `skc_daddr`
+    /// (IPv4, network order), `skc_v6_rcv_saddr`, `skc_v6_daddr`.
+    pub family: u32,
+    pub num: u32,
+    pub dport: u32,
+    pub rcv_saddr: u32,
+    pub daddr: u32,
+    pub v6_rcv_saddr: u32,
+    pub v6_daddr: u32,
+    /// `struct tcp_sock`: `srtt_us` (u32, microseconds << 3).
+    pub srtt_us: u32,
+    /// `struct sk_buff` `cb` + `struct tcp_skb_cb` `tcp_gso_segs` (u16): the
+    /// segments in a buffer, which TcpRetransSegs adds up.
+    pub skb_gso_segs: u32,
 }
-const _: () = assert!(core::mem::size_of::<LengthRecord>() == 24);
-pub const LENGTH_FIELDS: [(&str, u32); 3] = [("sk", 8), ("protocol", 18), ("ret", 20)];
+const _: () = assert!(core::mem::size_of::<Offsets>() == 40);
 
-/// Offsets in `tcp_probe`, `tcp_retransmit_skb` and the reset events.
-pub const PROBE_SRTT: u32 = 100;
-pub const PROBE_SKADDR: u32 = 128;
-pub const RETRANSMIT_SKADDR: u32 = 16;
-/// `err` of `tcp_retransmit_skb`. Counted as the kernel counts
-/// TcpRetransSegs: every retransmission handed to the stack, whatever then
-/// became of it, but not the attempts `__tcp_retransmit_skb` gives up before
-/// counting: [`RETRANSMIT_NOT_SENT`].
-pub const RETRANSMIT_ERR: u32 = 76;
+/// Global set by userspace at load time.
+pub const GLOBAL_OFFSETS: &str = "OFFSETS";
+
+/// Errors `tcp_retransmit_skb` reports for attempts that
+/// `__tcp_retransmit_skb` gave up before counting them in TcpRetransSegs:
 /// -EBUSY (the original still queued), -EAGAIN (outside the peer's window),
 /// -ENOMEM, -EHOSTUNREACH.
 pub const RETRANSMIT_NOT_SENT: [i32; 4] = [-16, -11, -12, -113];
-pub const RECEIVE_RESET_SKADDR: u32 = 8;
-pub const SEND_RESET_SKADDR: u32 = 16;
 
 pub const TCP_ESTABLISHED: i32 = 1;
 pub const TCP_SYN_SENT: i32 = 2;
@@ -111,13 +107,19 @@ pub struct Conn {
     /// `FAILED_*`.
     pub failed: u32,
     pub _pad: u32,
+    /// When the probe first saw the connection: with the socket's address,
+    /// it names this connection among all that socket's memory serves.
+    pub born_ns: u64,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     pub syn_ns: u64,
-    /// Active opens: SYN sent to established; 0 until then.
+    /// Handshake time: for an active open, SYN sent to established; for a
+    /// passive one, the kernel's SYN-ACK round trip (its first RTT sample);
+    /// 0 until then.
     pub connect_ns: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Segments retransmitted (as TcpRetransSegs counts them).
     pub retransmits: u64,
     pub resets: u64,
     /// Latest smoothed RTT, microseconds.
@@ -126,7 +128,7 @@ pub struct Conn {
     /// Smoothed RTT samples, ns, in the shared layout.
     pub rtt: [u32; hist::BUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<Conn>() == 120 + 4 * hist::BUCKETS);
+const _: () = assert!(core::mem::size_of::<Conn>() == 128 + 4 * hist::BUCKETS);
 
 impl Conn {
     pub const ZERO: Conn = Conn {
@@ -139,6 +141,7 @@ impl Conn {
         state: 0,
         failed: 0,
         _pad: 0,
+        born_ns: 0,
         saddr: [0; 16],
         daddr: [0; 16],
         syn_ns: 0,
@@ -153,31 +156,43 @@ impl Conn {
     };
 }
 
+/// A connection: its socket's address and [`Conn::born_ns`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClosedKey {
+    pub sk: u64,
+    pub born_ns: u64,
+}
+
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
     /// A connection could not be tracked: map full.
     ConnsFull = 0,
-    /// Bytes on a TCP socket opened before the probe attached (tracked from
-    /// then on, without its addresses until an ack names them).
+    /// Bytes on a TCP socket opened before the probe attached, or whose
+    /// entry was gone (tracked from then on, without its handshake).
     Adopted = 1,
+    /// A closed connection's last figures were lost: its socket served a
+    /// new connection before userspace read them, and TCP_CLOSED was full.
+    ClosedFull = 2,
 }
 
-pub const COUNTERS: u32 = 2;
+pub const COUNTERS: u32 = 3;
 
 impl Counter {
-    pub const ALL: [Counter; COUNTERS as usize] = [Counter::ConnsFull, Counter::Adopted];
+    pub const ALL: [Counter; COUNTERS as usize] = [Counter::ConnsFull, Counter::Adopted, Counter::ClosedFull];
 
     pub const fn name(self) -> &'static str {
         match self {
             Counter::ConnsFull => "conns_map_full",
             Counter::Adopted => "adopted_sockets",
+            Counter::ClosedFull => "closed_map_full",
         }
     }
 
     pub const fn is_error(self) -> bool {
-        matches!(self, Counter::ConnsFull)
+        matches!(self, Counter::ConnsFull | Counter::ClosedFull)
     }
 }
 
-crate::user_pod!(Conn);
+crate::user_pod!(Conn, Offsets, ClosedKey);

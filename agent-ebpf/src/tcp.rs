@@ -1,71 +1,145 @@
 //! TCP connections per process: bytes, connect latency, smoothed RTT,
-//! retransmits and resets, on the sock and tcp classic tracepoints (see
-//! `agent_common::tcp` for which carries what, and in which context).
+//! retransmits and resets, on the sock and tcp raw tracepoints (see
+//! `agent_common::tcp` for which carries what, in which context, and why
+//! raw ones).
 #![no_std]
 #![no_main]
 
 use agent_common::{
     hist,
     tcp::{
-        Conn, Counter, LengthRecord, StateRecord, AF_INET6, COUNTERS, FAILED_REFUSED, FAILED_TIMEOUT, IPPROTO_TCP,
-        MAX_CONNS, PROBE_SKADDR, PROBE_SRTT, RECEIVE_RESET_SKADDR, RETRANSMIT_ERR, RETRANSMIT_NOT_SENT, RETRANSMIT_SKADDR, SEND_RESET_SKADDR, RTT_SAMPLE_NS, TCP_CLOSE,
-        TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT,
+        ClosedKey, Conn, Counter, Offsets, MAX_CLOSED, AF_INET6, COUNTERS, FAILED_REFUSED, FAILED_TIMEOUT, IPPROTO_TCP, MAX_CONNS,
+        RETRANSMIT_NOT_SENT, RTT_SAMPLE_NS, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT,
     },
 };
-use agent_ebpf::atomic_add;
+use agent_ebpf::{atomic_add, global};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray},
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 
 agent_ebpf::filters!(TCP_PIDS);
 agent_ebpf::counters!(TCP_COUNTERS, Counter, COUNTERS);
 
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    protocol: 0,
+    family: 0,
+    num: 0,
+    dport: 0,
+    rcv_saddr: 0,
+    daddr: 0,
+    v6_rcv_saddr: 0,
+    v6_daddr: 0,
+    srtt_us: 0,
+    skb_gso_segs: 0,
+};
+
 #[map]
 static TCP_CONNS: HashMap<u64, Conn> = HashMap::with_max_entries(MAX_CONNS, 0);
 #[map]
+static TCP_CLOSED: HashMap<ClosedKey, Conn> = HashMap::with_max_entries(MAX_CLOSED, 0);
+#[map]
 static TCP_ZERO: PerCpuArray<Conn> = PerCpuArray::with_max_entries(1, 0);
+
+/// A `T` at byte `off` of kernel object `base` (zero if unreadable).
+#[inline(always)]
+fn read<T: Copy + Default>(base: u64, off: u32) -> T {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel((base as usize).wrapping_add(off as usize) as *const T) }.unwrap_or_default()
+}
+
+/// Whether socket `sk` is a TCP one.
+#[inline(always)]
+fn is_tcp(sk: u64) -> bool {
+    read::<u16>(sk, global!(OFFSETS).protocol) == IPPROTO_TCP
+}
 
 /// The connection of socket `sk`, created (zeroed) when missing.
 #[inline(always)]
-fn conn(sk: u64) -> Option<*mut Conn> {
+fn conn(sk: u64, now: u64) -> Option<*mut Conn> {
     if let Some(c) = TCP_CONNS.get_ptr_mut(&sk) {
         return Some(c);
     }
     let zero = TCP_ZERO.get_ptr(0)?;
     // SAFETY: a map value never written to, so all zeroes.
     let _ = TCP_CONNS.insert(&sk, unsafe { &*zero }, BPF_NOEXIST as u64);
-    let c = TCP_CONNS.get_ptr_mut(&sk);
-    if c.is_none() {
+    let Some(c) = TCP_CONNS.get_ptr_mut(&sk) else {
         count(Counter::ConnsFull);
-    }
-    c
+        return None;
+    };
+    // SAFETY: a value of this map.
+    unsafe { (*c).born_ns = now };
+    Some(c)
 }
 
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn tcp_set_state(ctx: TracePointContext) -> u32 {
-    // SAFETY: a read of the tracepoint record through bpf_probe_read_kernel.
-    let Ok(r) = (unsafe { ctx.read_at::<StateRecord>(0) }) else {
-        return 0;
-    };
-    if r.protocol != IPPROTO_TCP {
+/// A new connection on socket `sk`: a fresh entry. The socket's memory may
+/// have served a connection that closed since userspace last read it: that
+/// one moves to TCP_CLOSED first.
+#[inline(always)]
+fn new_conn(sk: u64, now: u64) -> Option<*mut Conn> {
+    if let Some(old) = TCP_CONNS.get_ptr_mut(&sk) {
+        // SAFETY: a value of this map; the socket is locked by its new user.
+        unsafe {
+            if (*old).closed == 0 {
+                return Some(old);
+            }
+            let key = ClosedKey { sk, born_ns: (*old).born_ns };
+            if TCP_CLOSED.insert(&key, &*old, 0).is_err() {
+                count(Counter::ClosedFull);
+            }
+        }
+        let _ = TCP_CONNS.remove(&sk);
+    }
+    conn(sk, now)
+}
+
+/// The socket's addresses and ports, read from its `sock_common`.
+#[inline(always)]
+fn addresses(c: *mut Conn, sk: u64) {
+    let o = global!(OFFSETS);
+    let family: u16 = read(sk, o.family);
+    // SAFETY: a value of TCP_CONNS; a socket's state changes are serialised
+    // by its lock.
+    unsafe {
+        (*c).family = family;
+        (*c).sport = read(sk, o.num);
+        (*c).dport = u16::from_be(read(sk, o.dport));
+        if family == AF_INET6 {
+            (*c).saddr = read(sk, o.v6_rcv_saddr);
+            (*c).daddr = read(sk, o.v6_daddr);
+        } else {
+            let (s, d): ([u8; 4], [u8; 4]) = (read(sk, o.rcv_saddr), read(sk, o.daddr));
+            (*c).saddr = [s[0], s[1], s[2], s[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            (*c).daddr = [d[0], d[1], d[2], d[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        }
+    }
+}
+
+/// `inet_sock_set_state(sk, oldstate, newstate)`.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn tcp_set_state(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    let (old, new) = (old as i32, new as i32);
+    if !is_tcp(sk) {
         return 0;
     }
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let c = match r.newstate {
+    let c = match new {
         // connect(): in the connecting process.
         TCP_SYN_SENT => {
             let pid_tgid = bpf_get_current_pid_tgid();
             if !traced(pid_tgid) {
                 return 0;
             }
-            let Some(c) = conn(r.skaddr) else { return 0 };
-            // SAFETY: a value of this map; a socket's events are serialised
-            // by its lock.
+            let Some(c) = new_conn(sk, now) else { return 0 };
+            // SAFETY: a value of this map.
             unsafe {
                 (*c).tgid = (pid_tgid >> 32) as u32;
                 (*c).active = 1;
@@ -74,63 +148,65 @@ pub fn tcp_set_state(ctx: TracePointContext) -> u32 {
             c
         }
         // accept side: the child socket appears (in softirq: owner unknown).
-        TCP_ESTABLISHED if r.oldstate == TCP_SYN_RECV => match conn(r.skaddr) {
+        TCP_ESTABLISHED if old == TCP_SYN_RECV => match new_conn(sk, now) {
             Some(c) => c,
             None => return 0,
         },
-        _ => match TCP_CONNS.get_ptr_mut(&r.skaddr) {
+        _ => match TCP_CONNS.get_ptr_mut(&sk) {
             Some(c) => c,
             None => return 0,
         },
     };
+    // Addresses when first seen, and again once established: a connect
+    // has no local port yet at SYN_SENT (it is bound just after).
+    // SAFETY: a value of this map (see `addresses`).
+    if unsafe { (*c).family } == 0 || new == TCP_ESTABLISHED {
+        addresses(c, sk);
+    }
     // SAFETY: as above.
     unsafe {
-        if (*c).family == 0 {
-            (*c).family = r.family;
-            (*c).sport = r.sport;
-            (*c).dport = r.dport;
-            if r.family == AF_INET6 {
-                (*c).saddr = r.saddr_v6;
-                (*c).daddr = r.daddr_v6;
-            } else {
-                (*c).saddr = [r.saddr[0], r.saddr[1], r.saddr[2], r.saddr[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-                (*c).daddr = [r.daddr[0], r.daddr[1], r.daddr[2], r.daddr[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-            }
-        }
-        if r.newstate == TCP_ESTABLISHED && r.oldstate == TCP_SYN_SENT && (*c).syn_ns != 0 {
+        if new == TCP_ESTABLISHED && old == TCP_SYN_SENT && (*c).syn_ns != 0 {
             (*c).connect_ns = now.saturating_sub((*c).syn_ns);
         }
-        if r.newstate == TCP_CLOSE {
-            if r.oldstate == TCP_SYN_SENT && (*c).active == 1 {
+        // A passive open: the kernel measured the SYN-ACK's round trip just
+        // before (tcp_synack_rtt_meas), its first smoothed RTT (<< 3).
+        if new == TCP_ESTABLISHED && old == TCP_SYN_RECV {
+            (*c).connect_ns = u64::from(read::<u32>(sk, global!(OFFSETS).srtt_us) >> 3) * 1_000;
+        }
+        if new == TCP_CLOSE {
+            if old == TCP_SYN_SENT && (*c).active == 1 {
                 (*c).failed = if (*c).resets > 0 { FAILED_REFUSED } else { FAILED_TIMEOUT };
             }
             (*c).closed = 1;
         }
-        (*c).state = r.newstate;
+        (*c).state = new;
     }
     0
 }
 
-/// Bytes through a socket, in the process that sends or receives them.
+/// Bytes through a socket, in the process that sends or receives them:
+/// `sock_send_length`/`sock_recv_length(sk, ret, flags)`, on every send and
+/// receive, whatever it returned.
 #[inline(always)]
-fn length(ctx: &TracePointContext, sent: bool) -> u32 {
-    // SAFETY: a read of the tracepoint record through bpf_probe_read_kernel.
-    let Ok(r) = (unsafe { ctx.read_at::<LengthRecord>(0) }) else {
-        return 0;
-    };
-    if r.protocol != IPPROTO_TCP || r.ret <= 0 {
+fn length(ctx: &RawTracePointContext, sent: bool) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let ret: u64 = ctx.arg(1);
+    let ret = ret as i32;
+    if !is_tcp(sk) {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let c = match TCP_CONNS.get_ptr_mut(&r.sk) {
+    let c = match TCP_CONNS.get_ptr_mut(&sk) {
         Some(c) => c,
         None => {
             // A socket from before the probe attached: adopt it.
-            if !traced(pid_tgid) {
+            if ret <= 0 || !traced(pid_tgid) {
                 return 0;
             }
             count(Counter::Adopted);
-            let Some(c) = conn(r.sk) else { return 0 };
+            // SAFETY: a helper call without arguments.
+            let Some(c) = conn(sk, unsafe { bpf_ktime_get_ns() }) else { return 0 };
+            addresses(c, sk);
             // SAFETY: a value of this map.
             unsafe { (*c).state = TCP_ESTABLISHED };
             c
@@ -139,51 +215,48 @@ fn length(ctx: &TracePointContext, sent: bool) -> u32 {
     // SAFETY: a value of this map; the byte counters take atomic adds (a
     // socket may be used from several threads).
     unsafe {
+        // Any call names the owner: an end of file or an error too.
         if (*c).tgid == 0 && traced(pid_tgid) {
             (*c).tgid = (pid_tgid >> 32) as u32;
         }
+        if ret <= 0 {
+            return 0;
+        }
         if sent {
-            atomic_add(&raw mut (*c).bytes_sent, r.ret as u64);
+            atomic_add(&raw mut (*c).bytes_sent, ret as u64);
         } else {
-            atomic_add(&raw mut (*c).bytes_received, r.ret as u64);
+            atomic_add(&raw mut (*c).bytes_received, ret as u64);
         }
     }
     0
 }
 
-#[tracepoint(category = "sock", name = "sock_send_length")]
-pub fn tcp_send_length(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn tcp_send_length(ctx: RawTracePointContext) -> i32 {
     length(&ctx, true)
 }
 
-#[tracepoint(category = "sock", name = "sock_recv_length")]
-pub fn tcp_recv_length(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn tcp_recv_length(ctx: RawTracePointContext) -> i32 {
     length(&ctx, false)
 }
 
-#[inline(always)]
-fn sk_at(ctx: &TracePointContext, off: u32) -> Option<*mut Conn> {
-    // SAFETY: a read of the tracepoint record through bpf_probe_read_kernel.
-    let sk: u64 = unsafe { ctx.read_at(off as usize) }.ok()?;
-    TCP_CONNS.get_ptr_mut(&sk)
-}
-
-#[tracepoint(category = "tcp", name = "tcp_probe")]
-pub fn tcp_rtt(ctx: TracePointContext) -> u32 {
-    let Some(c) = sk_at(&ctx, PROBE_SKADDR) else {
+/// `tcp_probe(sk, skb)`: an incoming segment on an established connection.
+#[raw_tracepoint(tracepoint = "tcp_probe")]
+pub fn tcp_rtt(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let Some(c) = TCP_CONNS.get_ptr_mut(&sk) else {
         return 0;
     };
-    // SAFETY: a read of the record; the map value as above.
-    let Ok(srtt) = (unsafe { ctx.read_at::<u32>(PROBE_SRTT as usize) }) else {
-        return 0;
-    };
+    let srtt_us = u64::from(read::<u32>(sk, global!(OFFSETS).srtt_us) >> 3);
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a value of this map; the bucket takes an atomic add.
     unsafe {
-        (*c).srtt_us = u64::from(srtt);
+        (*c).srtt_us = srtt_us;
         if now.saturating_sub((*c).rtt_sampled_ns) >= RTT_SAMPLE_NS {
             (*c).rtt_sampled_ns = now;
-            if let Some(b) = (*c).rtt.get_mut(hist::bucket(u64::from(srtt) * 1_000)) {
+            if let Some(b) = (*c).rtt.get_mut(hist::bucket(srtt_us * 1_000)) {
                 atomic_add(b as *mut u32, 1);
             }
         }
@@ -191,33 +264,42 @@ pub fn tcp_rtt(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
-pub fn tcp_retransmit(ctx: TracePointContext) -> u32 {
-    // SAFETY: a read of the tracepoint record through bpf_probe_read_kernel.
-    match unsafe { ctx.read_at::<i32>(RETRANSMIT_ERR as usize) } {
-        Ok(e) if !RETRANSMIT_NOT_SENT.contains(&e) => {}
-        _ => return 0,
+/// `tcp_retransmit_skb(sk, skb, err)`: counted as the kernel counts
+/// TcpRetransSegs, segments handed to the stack whatever became of them.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let skb: u64 = ctx.arg(1);
+    let err: u64 = ctx.arg(2);
+    if RETRANSMIT_NOT_SENT.contains(&(err as i32)) {
+        return 0;
     }
-    if let Some(c) = sk_at(&ctx, RETRANSMIT_SKADDR) {
-        // SAFETY: a map value; atomic add.
-        unsafe { atomic_add(&raw mut (*c).retransmits, 1) };
-    }
+    let Some(c) = TCP_CONNS.get_ptr_mut(&sk) else {
+        return 0;
+    };
+    // The buffer's segments (tcp_skb_pcount).
+    let segs = read::<u16>(skb, global!(OFFSETS).skb_gso_segs).max(1);
+    // SAFETY: a map value; atomic add.
+    unsafe { atomic_add(&raw mut (*c).retransmits, u64::from(segs)) };
     0
 }
 
-#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    reset(&ctx, RECEIVE_RESET_SKADDR)
+/// `tcp_receive_reset(sk)`.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
+    reset(ctx.arg(0))
 }
 
-#[tracepoint(category = "tcp", name = "tcp_send_reset")]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    reset(&ctx, SEND_RESET_SKADDR)
+/// `tcp_send_reset(sk, skb, reason)`; `sk` is NULL for a reset to a segment
+/// of no socket.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
+    reset(ctx.arg(0))
 }
 
 #[inline(always)]
-fn reset(ctx: &TracePointContext, off: u32) -> u32 {
-    if let Some(c) = sk_at(ctx, off) {
+fn reset(sk: u64) -> i32 {
+    if let Some(c) = TCP_CONNS.get_ptr_mut(&sk) {
         // SAFETY: a map value; atomic add.
         unsafe { atomic_add(&raw mut (*c).resets, 1) };
     }

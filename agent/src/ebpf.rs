@@ -201,24 +201,7 @@ pub fn expect_fields(
     event: &str,
     fields: &[(&str, u32)],
 ) -> Result<(), ProbeError> {
-    let path = format!("{TRACEFS}/events/{category}/{event}/format");
-    let format = std::fs::read_to_string(&path).map_err(|e| ProbeError::Config {
-        probe,
-        detail: format!(
-            "cannot read {path} ({e}): this kernel lacks the tracepoint {category}/{event}, or tracefs is not mounted"
-        ),
-    })?;
-    // (name, offset) of every field the record declares.
-    let declared: Vec<(&str, u32)> = format
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("field:"))
-        .filter_map(|l| {
-            let mut parts = l.split(';');
-            let name = parts.next()?.trim().rsplit(' ').next()?.split('[').next()?;
-            let offset = parts.find_map(|p| p.trim().strip_prefix("offset:"))?.parse().ok()?;
-            Some((name, offset))
-        })
-        .collect();
+    let declared = declared_fields(probe, category, event)?;
     for (field, want) in fields {
         match declared.iter().find(|(name, _)| name == field) {
             Some((_, at)) if at == want => {}
@@ -231,15 +214,91 @@ pub fn expect_fields(
                     ),
                 })
             }
-            None => {
-                return Err(ProbeError::Config {
-                    probe,
-                    detail: format!("tracepoint {category}/{event} has no field {field:?} on this kernel ({path})"),
-                })
-            }
+            None => return Err(missing_field(probe, category, event, field)),
         }
     }
     Ok(())
+}
+
+/// Checks that tracepoint `category/event` exists and its record has
+/// `fields`: for a raw tracepoint, whose arguments the record's fields
+/// mirror, this tells that the kernel passes the arguments a program reads.
+pub fn expect_event(probe: &'static str, category: &str, event: &str, fields: &[&str]) -> Result<(), ProbeError> {
+    let declared = declared_fields(probe, category, event)?;
+    match fields.iter().find(|f| !declared.iter().any(|(name, _)| name == *f)) {
+        Some(field) => Err(missing_field(probe, category, event, field)),
+        None => Ok(()),
+    }
+}
+
+fn missing_field(probe: &'static str, category: &str, event: &str, field: &str) -> ProbeError {
+    ProbeError::Config {
+        probe,
+        detail: format!(
+            "tracepoint {category}/{event} has no field {field:?} on this kernel \
+             ({TRACEFS}/events/{category}/{event}/format): it is older or newer than hostprobe knows"
+        ),
+    }
+}
+
+/// (name, offset) of every field of a classic tracepoint's record.
+fn declared_fields(probe: &'static str, category: &str, event: &str) -> Result<Vec<(String, u32)>, ProbeError> {
+    let path = format!("{TRACEFS}/events/{category}/{event}/format");
+    let format = std::fs::read_to_string(&path).map_err(|e| ProbeError::Config {
+        probe,
+        detail: format!(
+            "cannot read {path} ({e}): this kernel lacks the tracepoint {category}/{event}, or tracefs is not mounted"
+        ),
+    })?;
+    Ok(format
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("field:"))
+        .filter_map(|l| {
+            let mut parts = l.split(';');
+            let name = parts.next()?.trim().rsplit(' ').next()?.split('[').next()?;
+            let offset = parts.find_map(|p| p.trim().strip_prefix("offset:"))?.parse().ok()?;
+            Some((name.to_string(), offset))
+        })
+        .collect())
+}
+
+/// The byte offset of `path` (`member.member...`, anonymous unions seen
+/// through) in kernel struct `ty`, from the kernel's own BTF. For the few
+/// fields a tracepoint record does not carry; the eBPF side reads them with
+/// bpf_probe_read_kernel at the offset it is given.
+pub fn kernel_offset(probe: &'static str, ty: &str, path: &str) -> Result<u32, ProbeError> {
+    static VMLINUX: std::sync::OnceLock<Result<btfparse::TypeInformation, String>> = std::sync::OnceLock::new();
+    let config = |detail: String| ProbeError::Config { probe, detail };
+    let btf = VMLINUX
+        .get_or_init(|| {
+            let bytes = std::fs::read(BTF_VMLINUX).map_err(|e| {
+                format!("cannot read {BTF_VMLINUX} ({e}): the kernel was built without CONFIG_DEBUG_INFO_BTF")
+            })?;
+            btfparse::TypeInformation::new(&BtfBytes(bytes)).map_err(|e| format!("cannot parse {BTF_VMLINUX}: {e:?}"))
+        })
+        .as_ref()
+        .map_err(|e| config(e.clone()))?;
+    let id = btf.id_of(ty).ok_or_else(|| config(format!("this kernel's BTF has no type {ty}")))?;
+    match btf.offset_of(id, path) {
+        Ok((_, btfparse::Offset::ByteOffset(at))) => Ok(at),
+        Ok((_, other)) => Err(config(format!("{ty}.{path} is a bit field ({other:?}); hostprobe reads whole bytes"))),
+        Err(e) => Err(config(format!("{ty}.{path} not found in this kernel's BTF: {e:?}"))),
+    }
+}
+
+const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+/// The BTF file in memory (parsing it through small file reads takes seconds).
+struct BtfBytes(Vec<u8>);
+
+impl btfparse::Readable for BtfBytes {
+    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+        let at = usize::try_from(offset).ok();
+        match at.and_then(|at| self.0.get(at..at.checked_add(buffer.len())?)) {
+            Some(src) => Ok(buffer.copy_from_slice(src)),
+            None => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+        }
+    }
 }
 
 /// A kernel map's size as the kernel accounts for it.
@@ -375,14 +434,47 @@ impl<K: aya::Pod, V: aya::Pod> BatchReader<K, V> {
     }
 }
 
-/// A program's run statistics from the kernel. They count only while
-/// `kernel.bpf_stats_enabled` is 1 (it costs a little per run), so they
-/// read 0 otherwise.
+/// A program's run statistics from the kernel. `runs` and `run_time_ns`
+/// count only while `kernel.bpf_stats_enabled` is 1 (it costs a little per
+/// run), so they read 0 otherwise; `missed` always counts.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProgramStatus {
     pub name: String,
     pub runs: u64,
     pub run_time_ns: u64,
+    /// Events the kernel did not run the program for because a BPF program
+    /// was already running on that CPU (`recursion_misses`): a classic
+    /// tracepoint in softirq that interrupted another classic tracepoint's
+    /// program, any program's, ours or not.
+    pub missed: u64,
+}
+
+/// `recursion_misses` of a loaded program (Linux 5.12+; 0 before).
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: plain data, all-zero is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoByFd {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: &raw mut info as u64,
+    };
+    // SAFETY: BPF_OBJ_GET_INFO_BY_FD writes at most info_len bytes to info.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &raw mut attr,
+            std::mem::size_of::<InfoByFd>(),
+        )
+    };
+    if r == 0 { info.recursion_misses } else { 0 }
 }
 
 /// Run statistics of every loaded program of an object.
@@ -395,9 +487,24 @@ pub fn program_stats(ebpf: &Ebpf) -> Vec<ProgramStatus> {
                 name: name.to_string(),
                 runs: info.run_count(),
                 run_time_ns: info.run_time().as_nanos() as u64,
+                missed: p.fd().map_or(0, |fd| recursion_misses(fd.as_fd())),
             })
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_offsets_come_from_btf() {
+        // Layouts stable for a decade on 64-bit kernels.
+        assert_eq!(super::kernel_offset("test", "sk_buff", "cb").unwrap(), 40);
+        let segs = super::kernel_offset("test", "tcp_skb_cb", "tcp_gso_segs").unwrap();
+        eprintln!("tcp_gso_segs at {segs}");
+        assert!(segs < 48);
+        let e = super::kernel_offset("test", "sk_buff", "no_such_field").unwrap_err().to_string();
+        assert!(e.contains("sk_buff.no_such_field"), "{e}");
+    }
 }

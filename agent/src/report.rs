@@ -58,39 +58,57 @@ pub struct ProcessReport {
     /// offcpu probe).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offcpu: Option<OffcpuReport>,
-    /// TCP connections with activity in the interval, most bytes first; at
-    /// most [`TCP_ITEMS`], the rest merged into one `other` item.
+    /// TCP activity of the interval: each open connection, and the
+    /// connections that closed folded into one item per remote endpoint and
+    /// direction; most bytes first, at most [`TCP_ITEMS`], the rest merged
+    /// into one `other` item.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<TcpReport>,
 }
 
-/// Connections listed per process before the rest merge into `other`.
+/// TCP items listed per process before the rest merge into `other`.
 pub const TCP_ITEMS: usize = 32;
 
 #[derive(Debug, Serialize)]
 pub struct TcpReport {
     /// `address:port`, `[v6]:port`, or `other`.
     pub remote: String,
+    /// `address:port` of an open connection; `*` for an endpoint's closed
+    /// connections and `other`.
     pub local: String,
+    /// The connection's TCP state; `CLOSED` for an endpoint's closed
+    /// connections.
     pub state: &'static str,
     /// `connect` (active open) or `accept` (passive).
     pub direction: &'static str,
     pub rtt_p50_us: u64,
     pub rtt_p99_us: u64,
     pub rtt_last_us: u64,
-    /// SYN sent to established, for connections this process opened (a
-    /// single connection's latency is its own p50).
+    /// Handshake time: SYN sent to established for `connect`; SYN-ACK sent
+    /// to the handshake's last ACK for `accept` (the kernel's first RTT
+    /// sample of the connection).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_p50_us: Option<u64>,
-    /// `refused` or `timeout` when the connect failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_p99_us: Option<u64>,
+    /// `refused` or `timeout`: how the connect of a one-connection item failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failed: Option<&'static str>,
+    /// Connects that failed, by reason: refused (reset), timed out.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub refused: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timeouts: u64,
     pub retransmits: u64,
     pub resets: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    /// Connections in this item (more than 1 only for `other`).
+    /// Connections in this item (1 for an open connection).
     pub connections: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn tcp_state(s: i32) -> &'static str {
@@ -110,57 +128,132 @@ fn tcp_state(s: i32) -> &'static str {
     }
 }
 
+/// One TCP item being summed: a connection, an endpoint's closed
+/// connections, or `other`.
+struct TcpItem {
+    remote: String,
+    local: String,
+    state: &'static str,
+    direction: &'static str,
+    rtt: Dist,
+    rtt_last_us: u64,
+    connect: Dist,
+    failed: Option<&'static str>,
+    refused: u64,
+    timeouts: u64,
+    retransmits: u64,
+    resets: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    connections: u64,
+}
+
+impl TcpItem {
+    fn new(remote: String, local: String, state: &'static str, direction: &'static str) -> Self {
+        Self {
+            remote,
+            local,
+            state,
+            direction,
+            rtt: Dist::default(),
+            rtt_last_us: 0,
+            connect: Dist::default(),
+            failed: None,
+            refused: 0,
+            timeouts: 0,
+            retransmits: 0,
+            resets: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            connections: 0,
+        }
+    }
+
+    fn add(&mut self, c: &crate::probes::tcp::ConnData) {
+        self.rtt.merge(&c.rtt);
+        if c.rtt_last_us != 0 {
+            self.rtt_last_us = c.rtt_last_us;
+        }
+        if let Some(ns) = c.connect_ns {
+            self.connect.hist.record(ns);
+            self.connect.max_ns = self.connect.max_ns.max(ns);
+        }
+        self.failed = c.failed;
+        self.refused += u64::from(c.failed == Some("refused"));
+        self.timeouts += u64::from(c.failed == Some("timeout"));
+        self.retransmits += c.retransmits;
+        self.resets += c.resets;
+        self.bytes_sent += c.bytes_sent;
+        self.bytes_received += c.bytes_received;
+        self.connections += 1;
+    }
+
+    fn merge(&mut self, o: TcpItem) {
+        self.rtt.merge(&o.rtt);
+        self.connect.merge(&o.connect);
+        self.refused += o.refused;
+        self.timeouts += o.timeouts;
+        self.retransmits += o.retransmits;
+        self.resets += o.resets;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        self.connections += o.connections;
+    }
+
+    fn report(self) -> TcpReport {
+        let us = |d: &Dist, q| d.hist.quantile(q, d.max_ns).map(|ns| ns / 1_000);
+        let rtt = |q| us(&self.rtt, q).unwrap_or(self.rtt_last_us);
+        TcpReport {
+            rtt_p50_us: rtt(0.5),
+            rtt_p99_us: rtt(0.99),
+            rtt_last_us: self.rtt_last_us,
+            connect_p50_us: us(&self.connect, 0.5),
+            connect_p99_us: us(&self.connect, 0.99),
+            failed: if self.connections == 1 { self.failed } else { None },
+            remote: self.remote,
+            local: self.local,
+            state: self.state,
+            direction: self.direction,
+            refused: self.refused,
+            timeouts: self.timeouts,
+            retransmits: self.retransmits,
+            resets: self.resets,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            connections: self.connections,
+        }
+    }
+}
+
+/// A process's TCP items: open connections one by one, closed ones folded
+/// into their (remote endpoint, direction); cardinality bounded by
+/// [`TCP_ITEMS`] plus `other`.
 fn tcp_list(conns: &[crate::probes::tcp::ConnData]) -> Vec<TcpReport> {
     let show = |a: &Option<std::net::SocketAddr>| a.map_or_else(|| "?".to_string(), |a| a.to_string());
-    let mut sorted: Vec<&crate::probes::tcp::ConnData> = conns.iter().collect();
-    sorted.sort_by_key(|c| Reverse(c.bytes_sent + c.bytes_received));
-    let mut out: Vec<TcpReport> = Vec::new();
-    for (i, c) in sorted.into_iter().enumerate() {
-        let q = |q| c.rtt.hist.quantile(q, c.rtt.max_ns).unwrap_or(0) / 1_000;
-        if i >= TCP_ITEMS {
-            if out.len() == TCP_ITEMS {
-                out.push(TcpReport {
-                    remote: "other".into(),
-                    local: "other".into(),
-                    state: "",
-                    direction: "",
-                    rtt_p50_us: 0,
-                    rtt_p99_us: 0,
-                    rtt_last_us: 0,
-                    connect_p50_us: None,
-                    failed: None,
-                    retransmits: 0,
-                    resets: 0,
-                    bytes_sent: 0,
-                    bytes_received: 0,
-                    connections: 0,
-                });
-            }
-            if let Some(o) = out.last_mut() {
-                o.retransmits += c.retransmits;
-                o.resets += c.resets;
-                o.bytes_sent += c.bytes_sent;
-                o.bytes_received += c.bytes_received;
-                o.connections += 1;
-            }
-            continue;
+    let mut items: Vec<TcpItem> = Vec::new();
+    let mut endpoints: BTreeMap<(String, bool), usize> = BTreeMap::new();
+    for c in conns {
+        let direction = if c.active { "connect" } else { "accept" };
+        let at = if c.closed {
+            *endpoints.entry((show(&c.remote), c.active)).or_insert_with(|| {
+                items.push(TcpItem::new(show(&c.remote), "*".into(), "CLOSED", direction));
+                items.len() - 1
+            })
+        } else {
+            items.push(TcpItem::new(show(&c.remote), show(&c.local), tcp_state(c.state), direction));
+            items.len() - 1
+        };
+        items[at].add(c);
+    }
+    items.sort_by_key(|i| Reverse(i.bytes_sent + i.bytes_received));
+    let rest = items.split_off(items.len().min(TCP_ITEMS));
+    let mut out: Vec<TcpReport> = items.into_iter().map(TcpItem::report).collect();
+    if !rest.is_empty() {
+        let mut other = TcpItem::new("other".into(), "*".into(), "", "");
+        for i in rest {
+            other.merge(i);
         }
-        out.push(TcpReport {
-            remote: show(&c.remote),
-            local: show(&c.local),
-            state: tcp_state(c.state),
-            direction: if c.active { "connect" } else { "accept" },
-            rtt_p50_us: if c.rtt.hist.count() > 0 { q(0.5) } else { c.rtt_last_us },
-            rtt_p99_us: if c.rtt.hist.count() > 0 { q(0.99) } else { c.rtt_last_us },
-            rtt_last_us: c.rtt_last_us,
-            connect_p50_us: c.connect_ns.map(|n| n / 1_000),
-            failed: c.failed,
-            retransmits: c.retransmits,
-            resets: c.resets,
-            bytes_sent: c.bytes_sent,
-            bytes_received: c.bytes_received,
-            connections: 1,
-        });
+        out.push(other.report());
     }
     out
 }

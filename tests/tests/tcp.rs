@@ -189,3 +189,156 @@ fn rtt_agrees_with_ss_through_a_queue() {
     assert!((ours - ss_rtt_us).abs() <= (0.2 * ss_rtt_us).max(1_000.0), "agent {ours} us vs ss {ss_rtt_us} us");
     assert!(items.iter().any(|i| i["rtt_p99_us"].as_u64() > Some(1_000)), "{items:?}");
 }
+/// Runs `clients` short connections from namespace a to `ports` ports of
+/// a server in b, each sending `size` bytes; returns the client's pid and
+/// its `tcp` items, report by report.
+fn many_connections(clients: u64, ports: u64, size: u64) -> (u32, Vec<Vec<Value>>) {
+    let net = NetPair::new();
+    let mut agent = Agent::start(&["--probes", "tcp"]);
+    let n = clients.to_string();
+    let mut server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "6000", "10", &n, &ports.to_string()]);
+    assert_eq!(read_line(&mut server), "listening");
+    let mut client =
+        net.spawn(&net.a, &["tcp-clients", "10.231.0.2", "6000", &n, &ports.to_string(), &size.to_string()]);
+    say(&mut client, "go\n");
+    let pid = client.id();
+    output(client);
+    assert_eq!(output(server), (clients * size).to_string());
+    agent.run_for(Duration::from_millis(600));
+    let reports = agent.stop();
+    let per_report = process_reports(&reports, pid)
+        .iter()
+        .map(|p| p["tcp"].as_array().cloned().unwrap_or_default())
+        .collect();
+    (pid, per_report)
+}
+
+#[test]
+fn closed_connections_fold_into_their_endpoint() {
+    let (_, reports) = many_connections(200, 1, 1_000);
+    let items: Vec<&Value> = reports.iter().flatten().collect();
+    for r in &reports {
+        assert!(r.len() <= 2, "one endpoint item per report (plus a connection still open): {r:?}");
+    }
+    let closed: Vec<&&Value> = items.iter().filter(|i| i["state"] == "CLOSED").collect();
+    assert!(closed.iter().all(|i| i["remote"] == "10.231.0.2:6000" && i["local"] == "*"), "{closed:?}");
+    assert_eq!(closed.iter().map(|i| i["connections"].as_u64().unwrap()).sum::<u64>(), 200, "{closed:?}");
+    assert_eq!(items.iter().map(|i| i["bytes_sent"].as_u64().unwrap()).sum::<u64>(), 200_000);
+    assert_eq!(items.iter().map(|i| i["bytes_received"].as_u64().unwrap()).sum::<u64>(), 2_000);
+    assert!(closed.iter().all(|i| i["connect_p50_us"].as_u64().is_some() && i["connect_p99_us"].as_u64().is_some()));
+}
+
+#[test]
+fn endpoints_past_the_limit_merge_into_other() {
+    // 80 endpoints (ports), one connection each: at most 32 items plus
+    // `other` per report, and nothing lost in the merge.
+    let (_, reports) = many_connections(80, 80, 500);
+    let items: Vec<&Value> = reports.iter().flatten().collect();
+    assert!(reports.iter().all(|r| r.len() <= 33), "{:?}", reports.iter().map(Vec::len).collect::<Vec<_>>());
+    assert!(items.iter().any(|i| i["remote"] == "other"), "80 endpoints, no other item");
+    assert_eq!(items.iter().map(|i| i["connections"].as_u64().unwrap()).sum::<u64>(), 80);
+    assert_eq!(items.iter().map(|i| i["bytes_sent"].as_u64().unwrap()).sum::<u64>(), 40_000);
+}
+
+/// The smoothed RTT (us) `ss -tin` shows for the connection to `dst`.
+fn ss_rtt_us(net: &NetPair, ns: &str, dst: &str) -> f64 {
+    let ss = net.run(ns, &["ss", "-tin", "dst", dst]);
+    ss.split_whitespace()
+        .find_map(|w| w.strip_prefix("rtt:"))
+        .and_then(|v| v.split('/').next())
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .unwrap_or_else(|| panic!("no rtt in ss output: {ss}"))
+}
+
+#[test]
+fn connect_latency_through_a_queue_is_at_least_the_round_trip() {
+    // A bulk connection fills the client's 8 Mbit/s egress queue; a second
+    // connection's SYN then waits behind it, so its handshake takes the
+    // loaded path's round trip. Truth for that round trip: the bulk
+    // connection's smoothed RTT (`ss`) just before and just after; and the
+    // workload's own connect() time, which the agent's SYN-to-established
+    // can only be a little shorter than.
+    let net = NetPair::new();
+    net.run(&net.a, &["tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate", "8mbit", "burst", "32kb", "latency", "400ms"]);
+    let mut agent = Agent::start(&["--probes", "tcp"]);
+    let mut bulk_server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "5001", "0"]);
+    let mut server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "5002", "0"]);
+    assert_eq!(read_line(&mut bulk_server), "listening");
+    assert_eq!(read_line(&mut server), "listening");
+    let mut bulk = net.spawn(&net.a, &["tcp-bulk", "10.231.0.2", "5001", "2000000"]);
+    say(&mut bulk, "go\n");
+    std::thread::sleep(Duration::from_millis(500)); // the queue builds
+    let before = ss_rtt_us(&net, &net.a, "10.231.0.2:5001");
+    let mut client = net.spawn(&net.a, &["tcp-connect", "10.231.0.2", "5002"]);
+    say(&mut client, "go\n");
+    let (pid, server_pid) = (client.id(), server.id());
+    let wall_us: f64 = output(client).parse().unwrap();
+    let after = ss_rtt_us(&net, &net.a, "10.231.0.2:5001");
+    assert_eq!(read_line(&mut bulk), "sent");
+    say(&mut bulk, "end\n");
+    output(bulk);
+    output(bulk_server);
+    output(server);
+    agent.run_for(Duration::from_millis(600));
+    let reports = agent.stop();
+
+    let items = tcp_items(&reports, pid);
+    let ours = items.iter().find_map(|i| i["connect_p50_us"].as_f64()).unwrap_or_else(|| panic!("{items:?}"));
+    let rtt = before.min(after);
+    eprintln!("connect: agent {ours} us, connect() {wall_us} us; path rtt (ss) {before} us before, {after} us after");
+    assert!(rtt > 5_000.0, "the queue did not build: ss rtt {before}/{after} us");
+    assert!(ours <= wall_us, "SYN sent to established ({ours} us) within connect() ({wall_us} us)");
+    assert!(ours >= 0.9 * wall_us, "agent {ours} us, connect() {wall_us} us");
+    assert!(ours >= rtt, "connect {ours} us is at least the path's round trip {rtt} us");
+    // The accepting side: its handshake's last ACK took the same queue.
+    let accepted = tcp_items(&reports, server_pid);
+    let theirs = accepted.iter().find_map(|i| i["connect_p50_us"].as_f64()).unwrap_or_else(|| panic!("{accepted:?}"));
+    eprintln!("accept side: {theirs} us");
+    assert!(accepted.iter().all(|i| i["direction"] == "accept"), "{accepted:?}");
+    assert!(theirs >= rtt, "accept-side handshake {theirs} us is at least the path's round trip {rtt} us");
+}
+
+/// A counter of the namespace's TCP statistics (nstat).
+fn nstat(net: &NetPair, ns: &str, name: &str) -> u64 {
+    let out = net.run(ns, &["nstat", "-az", name]);
+    out.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in nstat output: {out}"))
+}
+
+#[test]
+fn retransmits_match_the_kernel_count() {
+    // The server's side drops 5% of what arrives from the client: real loss
+    // on the path (a drop in the sender's own output hook is a local
+    // congestion signal, not a loss, and is not retransmitted). The client
+    // sends without segmentation offloads (gso_max_segs 1), which keeps the
+    // retransmitted buffers near one segment, but not always: the agent
+    // adds each buffer's segment count, as the kernel does.
+    let net = NetPair::new();
+    net.run(&net.a, &["ethtool", "-K", "va", "tso", "off", "gso", "off"]);
+    ip(&["-n", &net.a, "link", "set", "va", "gso_max_segs", "1"]);
+    net.run(&net.b, &["nft", "add", "table", "inet", "hp"]);
+    net.run(&net.b, &["nft", "add", "chain", "inet", "hp", "in", "{ type filter hook input priority 0; policy accept; }"]);
+    net.run(&net.b, &["nft", "add", "rule", "inet", "hp", "in", "tcp", "dport", "5001", "numgen", "random", "mod", "20", "==", "0", "drop"]);
+    let mut agent = Agent::start(&["--probes", "tcp"]);
+    let mut server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "5001", "1000"]);
+    assert_eq!(read_line(&mut server), "listening");
+    let mut client = net.spawn(&net.a, &["tcp-client", "10.231.0.2", "5001", "2000000"]);
+    say(&mut client, "go\n");
+    let pid = client.id();
+    assert_eq!(output(client), "1000");
+    output(server);
+    agent.run_for(Duration::from_millis(600));
+    let reports = agent.stop();
+    // Truth: the client namespace's TcpRetransSegs, which only this
+    // connection touches (tail loss probes included: they go through the
+    // same __tcp_retransmit_skb).
+    let kernel = nstat(&net, &net.a, "TcpRetransSegs");
+    let ours = sum(&tcp_items(&reports, pid), "retransmits");
+    eprintln!("retransmits: agent {ours}, kernel {kernel}");
+    assert!(kernel > 0, "nothing was retransmitted: the drop rule did not work");
+    assert_eq!(ours, kernel, "retransmitted segments: agent vs the kernel's TcpRetransSegs");
+}

@@ -206,8 +206,7 @@ impl Probe for DiskProbe {
             self.sweep()?;
         }
         self.intervals += 1;
-        self.status.programs = ebpf::program_stats(&self.bpf);
-        self.counters.read(&mut self.status)
+        self.counters.read(&self.bpf, &mut self.status)
     }
 
     fn status(&self) -> ProbeStatus {

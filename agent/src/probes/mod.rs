@@ -199,6 +199,8 @@ pub struct Counters {
     /// (name, whether a count means lost data), by index.
     kinds: Vec<(&'static str, bool)>,
     prev: Vec<u64>,
+    /// The programs' `missed` total at the last read.
+    prev_missed: u64,
 }
 
 impl Counters {
@@ -211,13 +213,19 @@ impl Counters {
         let map = aya::maps::PerCpuArray::try_from(map)
             .map_err(|e| ProbeError::Map { probe, map: map_name, detail: e.to_string() })?;
         let prev = vec![0; kinds.len()];
-        Ok(Self { probe, map_name, map, kinds, prev })
+        Ok(Self { probe, map_name, map, kinds, prev, prev_missed: 0 })
     }
 
-    /// Reads every counter into `status`: this interval's counts, and
-    /// `lost` as the sum of those that mean lost data.
-    pub fn read(&mut self, status: &mut ProbeStatus) -> Result<(), ProbeError> {
-        let mut lost = 0;
+    /// Reads every counter into `status`, with the programs' run statistics:
+    /// this interval's counts, `missed_events` (events the kernel skipped:
+    /// see [`ProgramStatus::missed`]), and `lost` as the sum of those that
+    /// mean lost data.
+    pub fn read(&mut self, bpf: &aya::Ebpf, status: &mut ProbeStatus) -> Result<(), ProbeError> {
+        status.programs = crate::ebpf::program_stats(bpf);
+        let missed: u64 = status.programs.iter().map(|p| p.missed).sum();
+        let mut lost = missed.wrapping_sub(self.prev_missed);
+        self.prev_missed = missed;
+        status.counters.insert("missed_events", lost);
         for (i, (name, is_error)) in self.kinds.iter().enumerate() {
             let total: u64 = self
                 .map

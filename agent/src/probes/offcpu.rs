@@ -195,8 +195,7 @@ impl Probe for OffcpuProbe {
         entries -= super::reclaim(&mut self.prev, &mut self.stats, &dead, |t| *t);
         super::reclaim(&mut self.prev_sleep, &mut self.sleep, &dead, |k| k.tgid);
         self.status.set_entries(common::MAP_STATS, entries);
-        self.status.programs = ebpf::program_stats(&self.bpf);
-        self.counters.read(&mut self.status)
+        self.counters.read(&self.bpf, &mut self.status)
     }
 
     fn status(&self) -> ProbeStatus {

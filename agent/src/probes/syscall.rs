@@ -223,8 +223,7 @@ impl Probe for SyscallProbe {
             self.status.set_entries(common::MAP_INFLIGHT, inflight);
         }
         self.intervals += 1;
-        self.status.programs = ebpf::program_stats(&self.bpf);
-        self.counters.read(&mut self.status)
+        self.counters.read(&self.bpf, &mut self.status)
     }
 
     fn status(&self) -> ProbeStatus {

@@ -1,14 +1,15 @@
-//! TCP probe, user side: loads `agent-ebpf/src/tcp.rs`, attaches it, and
+//! TCP probe, user side: loads `agent-ebpf/src/tcp.rs` with the kernel
+//! struct offsets it reads at (from BTF), attaches it, and
 //! reports each connection's interval: bytes, RTT, retransmits, resets,
 //! connect latency; closed connections are reported once more, then
 //! dropped from the kernel map.
 
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::{HashMap as StdHashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use agent_common::tcp::{self as common, Conn, Counter};
+use agent_common::tcp::{self as common, ClosedKey, Conn, Counter};
 use aya::{
     maps::{HashMap, MapData},
     Ebpf, EbpfLoader,
@@ -27,16 +28,34 @@ pub const SPEC: Spec = Spec {
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tcp"));
 
-/// (program, category, tracepoint), state changes last.
-const PROGRAMS: [(&str, &str, &str); 7] = [
-    ("tcp_send_length", "sock", "sock_send_length"),
-    ("tcp_recv_length", "sock", "sock_recv_length"),
-    ("tcp_rtt", "tcp", "tcp_probe"),
-    ("tcp_retransmit", "tcp", "tcp_retransmit_skb"),
-    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
-    ("tcp_send_reset", "tcp", "tcp_send_reset"),
-    ("tcp_set_state", "sock", "inet_sock_set_state"),
+/// (program, category, tracepoint, fields its record must have), state
+/// changes last.
+const PROGRAMS: [(&str, &str, &str, &[&str]); 7] = [
+    ("tcp_send_length", "sock", "sock_send_length", &common::LENGTH_FIELDS),
+    ("tcp_recv_length", "sock", "sock_recv_length", &common::LENGTH_FIELDS),
+    ("tcp_rtt", "tcp", "tcp_probe", &common::PROBE_FIELDS),
+    ("tcp_retransmit", "tcp", "tcp_retransmit_skb", &common::RETRANSMIT_FIELDS),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset", &common::RESET_FIELDS),
+    ("tcp_send_reset", "tcp", "tcp_send_reset", &common::RESET_FIELDS),
+    ("tcp_set_state", "sock", "inet_sock_set_state", &common::STATE_FIELDS),
 ];
+
+/// The kernel struct offsets the programs read at, from BTF.
+fn offsets() -> Result<common::Offsets, ProbeError> {
+    let at = |ty, path| ebpf::kernel_offset(NAME, ty, path);
+    Ok(common::Offsets {
+        protocol: at("sock", "sk_protocol")?,
+        family: at("sock", "__sk_common.skc_family")?,
+        num: at("sock", "__sk_common.skc_num")?,
+        dport: at("sock", "__sk_common.skc_dport")?,
+        rcv_saddr: at("sock", "__sk_common.skc_rcv_saddr")?,
+        daddr: at("sock", "__sk_common.skc_daddr")?,
+        v6_rcv_saddr: at("sock", "__sk_common.skc_v6_rcv_saddr")?,
+        v6_daddr: at("sock", "__sk_common.skc_v6_daddr")?,
+        srtt_us: at("tcp_sock", "srtt_us")?,
+        skb_gso_segs: at("sk_buff", "cb")? + at("tcp_skb_cb", "tcp_gso_segs")?,
+    })
+}
 
 /// One connection over one interval.
 #[derive(Debug, Clone)]
@@ -45,7 +64,7 @@ pub struct ConnData {
     pub remote: Option<SocketAddr>,
     pub state: i32,
     pub active: bool,
-    /// SYN sent to established (active opens).
+    /// Handshake time (see `Conn::connect_ns`).
     pub connect_ns: Option<u64>,
     /// "refused" or "timeout" for a connect that failed.
     pub failed: Option<&'static str>,
@@ -72,9 +91,51 @@ pub struct TcpProbe {
     bpf: Ebpf,
     conns: HashMap<MapData, u64, Conn>,
     reader: ebpf::BatchReader<u64, Conn>,
+    closed: HashMap<MapData, ClosedKey, Conn>,
+    closed_reader: ebpf::BatchReader<ClosedKey, Conn>,
     counters: super::Counters,
-    prev: StdHashMap<u64, Conn>,
+    /// Each connection's figures at the last read.
+    prev: StdHashMap<ClosedKey, Conn>,
     status: ProbeStatus,
+}
+
+/// One connection's interval: its figures less those of the last read.
+fn report(
+    prev: &mut StdHashMap<ClosedKey, Conn>,
+    seen: &mut HashSet<ClosedKey>,
+    key: ClosedKey,
+    c: &Conn,
+    out: &mut Interval,
+) {
+    seen.insert(key);
+    let prev = prev.entry(key).or_insert(Conn::ZERO);
+    if prev == c {
+        return;
+    }
+    // The kernel keeps no RTT maximum: the top of the highest non-empty
+    // bucket stands for it.
+    let rtt = Dist::between(&c.rtt, &prev.rtt, u64::MAX, u64::MAX);
+    let d = ConnData {
+        local: addr(c.family, &c.saddr, c.sport),
+        remote: addr(c.family, &c.daddr, c.dport),
+        state: c.state,
+        active: c.active != 0,
+        connect_ns: (c.connect_ns != 0).then_some(c.connect_ns),
+        failed: match c.failed {
+            common::FAILED_REFUSED => Some("refused"),
+            common::FAILED_TIMEOUT => Some("timeout"),
+            _ => None,
+        },
+        closed: c.closed != 0,
+        bytes_sent: c.bytes_sent.wrapping_sub(prev.bytes_sent),
+        bytes_received: c.bytes_received.wrapping_sub(prev.bytes_received),
+        retransmits: c.retransmits.wrapping_sub(prev.retransmits),
+        resets: c.resets.wrapping_sub(prev.resets),
+        rtt,
+        rtt_last_us: c.srtt_us,
+    };
+    *prev = *c;
+    out.processes.entry(c.tgid).or_default().tcp.push(d);
 }
 
 fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {
@@ -83,35 +144,35 @@ fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {
 
 impl TcpProbe {
     pub fn load(opts: &Options) -> Result<Self, ProbeError> {
-        let check = |cat, event, fields: &[(&str, u32)]| ebpf::expect_fields(NAME, cat, event, fields);
-        check("sock", "inet_sock_set_state", &common::STATE_FIELDS)?;
-        check("sock", "sock_send_length", &common::LENGTH_FIELDS)?;
-        check("sock", "sock_recv_length", &common::LENGTH_FIELDS)?;
-        check("tcp", "tcp_probe", &[("srtt", common::PROBE_SRTT), ("skaddr", common::PROBE_SKADDR)])?;
-        check("tcp", "tcp_retransmit_skb", &[("skaddr", common::RETRANSMIT_SKADDR), ("err", common::RETRANSMIT_ERR)])?;
-        check("tcp", "tcp_receive_reset", &[("skaddr", common::RECEIVE_RESET_SKADDR)])?;
-        check("tcp", "tcp_send_reset", &[("skaddr", common::SEND_RESET_SKADDR)])?;
+        for (_, category, event, fields) in PROGRAMS {
+            ebpf::expect_event(NAME, category, event, fields)?;
+        }
+        let offsets = offsets()?;
 
         let filters = FilterGlobals::new(opts);
         let mut loader = EbpfLoader::new();
         filters.apply(&mut loader);
+        loader.override_global(common::GLOBAL_OFFSETS, &offsets, true);
         let mut bpf = ebpf::load(NAME, OBJECT, &mut loader)?;
         super::fill_pids(&mut bpf, NAME, common::MAP_PIDS, &opts.pids)?;
-        for (program, category, tracepoint) in PROGRAMS {
-            ebpf::attach_tracepoint(&mut bpf, NAME, program, category, tracepoint)?;
+        for (program, _, tracepoint, _) in PROGRAMS {
+            ebpf::attach_raw_tracepoint(&mut bpf, NAME, program, tracepoint)?;
         }
         let maps = ebpf::map_sizes(&bpf);
         let mut take = |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
         let conns = take(common::MAP_CONNS)?;
         let reader = ebpf::BatchReader::new(&conns).map_err(|e| map_err("TCP_CONNS", e))?;
         let conns = HashMap::try_from(conns).map_err(|e| map_err("TCP_CONNS", e))?;
+        let closed = take(common::MAP_CLOSED)?;
+        let closed_reader = ebpf::BatchReader::new(&closed).map_err(|e| map_err("TCP_CLOSED", e))?;
+        let closed = HashMap::try_from(closed).map_err(|e| map_err("TCP_CLOSED", e))?;
         let counters = super::Counters::new(
             NAME,
             common::MAP_COUNTERS,
             take(common::MAP_COUNTERS)?,
             Counter::ALL.iter().map(|c| (c.name(), c.is_error())).collect(),
         )?;
-        Ok(Self { bpf, conns, reader, counters, prev: StdHashMap::new(), status: ProbeStatus::active(NAME, maps) })
+        Ok(Self { bpf, conns, reader, closed, closed_reader, counters, prev: StdHashMap::new(), status: ProbeStatus::active(NAME, maps) })
     }
 }
 
@@ -121,55 +182,43 @@ impl Probe for TcpProbe {
     }
 
     fn collect(&mut self, out: &mut Interval) -> Result<(), ProbeError> {
-        let mut closed = Vec::new();
+        let read_err = |map, e: std::io::Error| ProbeError::Read { probe: NAME, map, detail: e.to_string() };
+        let mut seen = HashSet::new();
+        // Open connections first, then those moved to TCP_CLOSED: one moved
+        // between the two reads is seen in both, and each delta is taken
+        // against the read before it, so nothing counts twice.
+        let mut closed_here = Vec::new();
         let mut entries = 0u64;
-        let rows = self
-            .reader
-            .read()
-            .map_err(|e| ProbeError::Read { probe: NAME, map: "TCP_CONNS", detail: e.to_string() })?;
-        for (sk, c) in rows {
+        for (sk, c) in self.reader.read().map_err(|e| read_err(common::MAP_CONNS, e))? {
             entries += 1;
-            let prev = self.prev.entry(*sk).or_insert(Conn::ZERO);
+            let key = ClosedKey { sk: *sk, born_ns: c.born_ns };
             if c.closed != 0 {
-                closed.push(*sk);
+                closed_here.push(key);
             }
-            if prev == c {
-                continue;
+            report(&mut self.prev, &mut seen, key, c, out);
+        }
+        let mut moved = Vec::new();
+        for (key, c) in self.closed_reader.read().map_err(|e| read_err(common::MAP_CLOSED, e))? {
+            moved.push(*key);
+            report(&mut self.prev, &mut seen, *key, c, out);
+        }
+        // Closed connections were reported above for the last time. One
+        // whose socket has since served a new connection is no longer
+        // there: its last figures are in TCP_CLOSED for the next read.
+        for key in closed_here {
+            if self.conns.get(&key.sk, 0).is_ok_and(|c| c.born_ns == key.born_ns) {
+                let _ = self.conns.remove(&key.sk);
+                self.prev.remove(&key);
+                entries -= 1;
             }
-            // The kernel keeps no RTT maximum: the top of the highest
-            // non-empty bucket stands for it.
-            let rtt = Dist::between(&c.rtt, &prev.rtt, u64::MAX, u64::MAX);
-            let d = ConnData {
-                local: addr(c.family, &c.saddr, c.sport),
-                remote: addr(c.family, &c.daddr, c.dport),
-                state: c.state,
-                active: c.active != 0,
-                connect_ns: (c.connect_ns != 0).then_some(c.connect_ns),
-                failed: match c.failed {
-                    common::FAILED_REFUSED => Some("refused"),
-                    common::FAILED_TIMEOUT => Some("timeout"),
-                    _ => None,
-                },
-                closed: c.closed != 0,
-                bytes_sent: c.bytes_sent.wrapping_sub(prev.bytes_sent),
-                bytes_received: c.bytes_received.wrapping_sub(prev.bytes_received),
-                retransmits: c.retransmits.wrapping_sub(prev.retransmits),
-                resets: c.resets.wrapping_sub(prev.resets),
-                rtt,
-                rtt_last_us: c.srtt_us,
-            };
-            *prev = *c;
-            out.processes.entry(c.tgid).or_default().tcp.push(d);
         }
-        // Closed connections were reported above for the last time.
-        for sk in closed {
-            let _ = self.conns.remove(&sk);
-            self.prev.remove(&sk);
-            entries -= 1;
+        for key in moved {
+            let _ = self.closed.remove(&key);
+            self.prev.remove(&key);
         }
+        self.prev.retain(|k, _| seen.contains(k));
         self.status.set_entries(common::MAP_CONNS, entries);
-        self.status.programs = ebpf::program_stats(&self.bpf);
-        self.counters.read(&mut self.status)
+        self.counters.read(&self.bpf, &mut self.status)
     }
 
     fn status(&self) -> ProbeStatus {

@@ -21,11 +21,18 @@
 //!                               blocks on it meanwhile
 //! workload named-sleeper N MS   N nanosleep(MS ms) from a function named
 //!                               `named_sleeper`, for stack tests
-//! workload tcp-server IP PORT R (starts at once) prints "listening", accepts
-//!                               one connection, reads to EOF, answers R bytes
+//! workload tcp-server IP PORT R [N [PORTS]] (starts at once) listens on PORTS
+//!                               ports from PORT (default 1), prints "listening";
+//!                               N times (default 1): accepts a connection on
+//!                               the next port in turn, reads to EOF, answers
+//!                               R bytes; prints the bytes it read in all
+//! workload tcp-clients IP PORT N PORTS S  N connections one after another,
+//!                               to the PORTS ports from PORT in turn, each
+//!                               sending S bytes like tcp-client
 //! workload tcp-client IP PORT S  connects, sends S bytes, shuts down its
 //!                               sending side, reads to EOF; prints what it got
 //!                               (or "refused")
+//! workload tcp-connect IP PORT  connects, prints how long connect() took (us), closes
 //! workload tcp-bulk IP PORT S   connects, sends S bytes, prints "sent", waits for
 //!                               a line on stdin, then finishes like tcp-client
 //! ```
@@ -39,6 +46,11 @@
 //!                               pipes for MS ms; prints round trips per second
 //! ```
 use std::{io::BufRead, time::Duration};
+
+/// Argument `i`, or `default` when absent.
+fn opt_arg(args: &[String], i: usize, default: u64) -> u64 {
+    if args.len() > i { arg(args, i) } else { default }
+}
 
 fn arg(args: &[String], i: usize) -> u64 {
     args.get(i).and_then(|s| s.parse().ok()).unwrap_or_else(|| {
@@ -193,13 +205,20 @@ fn main() {
         Some("tcp-server") => {
             use std::io::{Read, Write};
             let ip: std::net::IpAddr = args[2].parse().expect("address");
-            let listener = std::net::TcpListener::bind((ip, arg(&args, 3) as u16)).expect("bind");
+            let (n, ports) = (opt_arg(&args, 5, 1), opt_arg(&args, 6, 1));
+            let listeners: Vec<std::net::TcpListener> = (0..ports)
+                .map(|i| std::net::TcpListener::bind((ip, (arg(&args, 3) + i) as u16)).expect("bind"))
+                .collect();
             println!("listening");
-            let (mut s, _) = listener.accept().expect("accept");
-            let mut got = Vec::new();
-            s.read_to_end(&mut got).expect("read");
-            s.write_all(&vec![7u8; arg(&args, 4) as usize]).expect("write");
-            println!("{}", got.len());
+            let mut total = 0;
+            for i in 0..n {
+                let (mut s, _) = listeners[(i % ports) as usize].accept().expect("accept");
+                let mut got = Vec::new();
+                s.read_to_end(&mut got).expect("read");
+                s.write_all(&vec![7u8; arg(&args, 4) as usize]).expect("write");
+                total += got.len();
+            }
+            println!("{total}");
             return;
         }
         Some("time-getppid") => {
@@ -314,6 +333,24 @@ fn main() {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("refused"),
                 Err(e) => panic!("connect: {e}"),
             }
+        }
+        Some("tcp-clients") => {
+            use std::io::{Read, Write};
+            let ip: std::net::IpAddr = args[2].parse().expect("address");
+            let (port, n, ports, size) = (arg(&args, 3), arg(&args, 4), arg(&args, 5), arg(&args, 6));
+            for i in 0..n {
+                let mut s = std::net::TcpStream::connect((ip, (port + i % ports) as u16)).expect("connect");
+                s.write_all(&vec![1u8; size as usize]).expect("write");
+                s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+                s.read_to_end(&mut Vec::new()).expect("read");
+            }
+        }
+        Some("tcp-connect") => {
+            let ip: std::net::IpAddr = args[2].parse().expect("address");
+            let start = std::time::Instant::now();
+            let s = std::net::TcpStream::connect((ip, arg(&args, 3) as u16)).expect("connect");
+            println!("{}", start.elapsed().as_micros());
+            drop(s);
         }
         Some("tcp-bulk") => {
             use std::io::{Read, Write};
