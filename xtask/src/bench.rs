@@ -40,6 +40,9 @@ pub struct Args {
     /// Only the context-switch measurement (implies --no-write).
     #[arg(long)]
     switch_only: bool,
+    /// Only the TCP measurement (implies --no-write).
+    #[arg(long)]
+    tcp_only: bool,
 }
 
 const BPFTRACE_SCRIPT: &str = "tracepoint:raw_syscalls:sys_enter { @start[tid] = nsecs; } \
@@ -59,6 +62,7 @@ enum Tracer {
     HostprobeStacks(u32),
     Runqlat,
     Offcputime,
+    HostprobeTcp,
 }
 
 impl Tracer {
@@ -74,6 +78,7 @@ impl Tracer {
             Tracer::HostprobeStacks(_) => "hostprobe offcpu --pid (kernel + user stacks at every switch of the process)",
             Tracer::Runqlat => "libbpf-tools `runqlat` (one run-queue latency histogram)",
             Tracer::Offcputime => "libbpf-tools `offcputime` (stacks, all processes)",
+            Tracer::HostprobeTcp => "hostprobe (tcp probe: every connection's bytes, RTT, retransmits)",
         }
     }
 
@@ -83,7 +88,8 @@ impl Tracer {
             | Tracer::Hostprobe
             | Tracer::HostprobeDisk
             | Tracer::HostprobeOffcpu
-            | Tracer::HostprobeStacks(_) => true,
+            | Tracer::HostprobeStacks(_)
+            | Tracer::HostprobeTcp => true,
             Tracer::SyscountL => Path::new("/usr/sbin/syscount").exists(),
             Tracer::Bpftrace => Path::new("/usr/bin/bpftrace").exists(),
             Tracer::Biolatency => Path::new("/usr/sbin/biolatency").exists(),
@@ -104,6 +110,11 @@ impl Tracer {
             Tracer::HostprobeDisk => {
                 let mut c = Command::new(root().join("target/release/hostprobe"));
                 c.args(["run", "--output", "json", "--interval", "1s", "--probes", "disk"]);
+                c
+            }
+            Tracer::HostprobeTcp => {
+                let mut c = Command::new(root().join("target/release/hostprobe"));
+                c.args(["run", "--output", "json", "--interval", "1s", "--probes", "tcp"]);
                 c
             }
             Tracer::Biolatency => Command::new("/usr/sbin/biolatency"),
@@ -220,6 +231,12 @@ fn time_getppid(calls: u64) -> Result<f64> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.tcp_only {
+        let mut md = String::new();
+        tcp_bench(args.rounds)?.write(&mut md)?;
+        println!("{md}");
+        return Ok(());
+    }
     if args.switch_only {
         let mut md = String::new();
         switch_bench(args.rounds)?.write(&mut md)?;
@@ -262,6 +279,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let disk = disk_bench(args.rounds)?;
     let switches = switch_bench(args.rounds)?;
+    let tcp = tcp_bench(args.rounds)?;
 
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
@@ -324,6 +342,7 @@ pub fn run(args: Args) -> Result<()> {
 
     disk.write(&mut md)?;
     switches.write(&mut md)?;
+    tcp.write(&mut md)?;
 
     println!("{md}");
     if !args.no_write {
@@ -690,6 +709,96 @@ impl SwitchBench {
         for (t, m, ratio, s) in &self.rows {
             let raw: Vec<String> = s.iter().map(|v| format!("{v:.0}")).collect();
             writeln!(md, "| {} | {m:.0} | {:+.1}% | {} |", t.name(), (ratio - 1.0) * 100.0, raw.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Round trips per second of the one-byte loopback request/response, both
+/// ends on CPU 1.
+fn tcp_rr() -> Result<f64> {
+    let out = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(root().join("target/release/workload"))
+        .args(["tcp-rr", "3000"])
+        .output()
+        .context("running the request/response loop")?;
+    if !out.status.success() {
+        bail!("request/response loop failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().context("parsing round trips per second")
+}
+
+/// Gbit/s of a 3 s `iperf3` transfer over loopback to the server on `port`.
+fn iperf3(port: u16) -> Result<f64> {
+    let out = Command::new("iperf3")
+        .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-t", "3", "-J"])
+        .output()
+        .context("running iperf3 (cargo xtask setup --bench installs it)")?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing iperf3 -J output")?;
+    if let Some(e) = json["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    json["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).context("no throughput in iperf3 output")
+}
+
+struct TcpBench {
+    rr: Vec<(Tracer, f64, f64, Vec<f64>)>,
+    bulk: Vec<(Tracer, f64, f64, Vec<f64>)>,
+    rounds: usize,
+}
+
+fn tcp_bench(rounds: usize) -> Result<TcpBench> {
+    const PORT: u16 = 5299;
+    let tracers = [Tracer::Nothing, Tracer::HostprobeTcp];
+    let rr = rotate("TCP request/response", rounds, &tracers, |t| {
+        let child = t.start()?;
+        let r = tcp_rr();
+        stop(child);
+        r
+    })?;
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-p", &PORT.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s (cargo xtask setup --bench installs it)")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let bulk = rotate("TCP bulk (iperf3)", rounds, &tracers, |t| {
+        let child = t.start()?;
+        let r = iperf3(PORT);
+        stop(child);
+        r
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    Ok(TcpBench { rr: paired(&tracers, rr), bulk: paired(&tracers, bulk?), rounds })
+}
+
+impl TcpBench {
+    fn write(&self, md: &mut String) -> Result<()> {
+        writeln!(md, "\n## TCP probe: request/response and bulk throughput\n")?;
+        writeln!(
+            md,
+            "Request/response: a client and an echo server (two threads of one process, both \
+             pinned to CPU 1) bounce one byte over loopback TCP with TCP_NODELAY for 3 s; every \
+             round trip is two sends, two receives and two segments in. Bulk: `iperf3 -c \
+             127.0.0.1 -t 3` against `iperf3 -s`. {} rounds, order rotated; the ratio column is \
+             the median of per-round ratios to the baseline (for request/response, latency per \
+             request is the inverse of the rate).\n",
+            self.rounds
+        )?;
+        writeln!(md, "| attached | round trips/s (median) | vs nothing | samples |")?;
+        writeln!(md, "|---|---|---|---|")?;
+        for (t, m, ratio, s) in &self.rr {
+            let raw: Vec<String> = s.iter().map(|v| format!("{v:.0}")).collect();
+            writeln!(md, "| {} | {m:.0} | {:+.1}% | {} |", t.name(), (ratio - 1.0) * 100.0, raw.join(", "))?;
+        }
+        writeln!(md, "\n| attached | iperf3 Gbit/s (median) | vs nothing | samples |")?;
+        writeln!(md, "|---|---|---|---|")?;
+        for (t, m, ratio, s) in &self.bulk {
+            let raw: Vec<String> = s.iter().map(|v| format!("{v:.2}")).collect();
+            writeln!(md, "| {} | {m:.2} | {:+.1}% | {} |", t.name(), (ratio - 1.0) * 100.0, raw.join(", "))?;
         }
         Ok(())
     }

@@ -10,11 +10,12 @@ use crate::{run, step};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests use: fio (the disk probe's ground truth) and
-/// iproute2 (network namespaces, tc, ss for the TCP probe).
-const TEST_PACKAGES: &[&str] = &["fio", "iproute2"];
-/// Debian packages `cargo xtask bench` compares against.
-const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools", "fio"];
+/// Debian packages the tests use: fio (the disk probe's ground truth),
+/// iproute2 (network namespaces, tc, ss and nstat for the TCP probe), nftables
+/// (packet loss for the retransmit test) and ethtool (offloads off there).
+const TEST_PACKAGES: &[&str] = &["fio", "iproute2", "nftables", "ethtool"];
+/// Debian packages `cargo xtask bench` compares against or loads with.
+const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools", "fio", "iperf3"];
 
 pub fn all(bench: bool) -> Result<()> {
     nightly()?;

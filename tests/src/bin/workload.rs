@@ -42,6 +42,9 @@
 //! ```text
 //! workload time-getppid N       N getppid(); prints the mean ns per call
 //! workload busy SECS            several syscalls then a 5 ms sleep, in a loop, for SECS
+//! workload tcp-rr MS            a client and an echo server (threads) bounce one
+//!                               byte over loopback TCP (TCP_NODELAY) for MS ms;
+//!                               prints round trips per second
 //! workload pingpong MS          (waits for stdin) two processes bounce a byte over
 //!                               pipes for MS ms; prints round trips per second
 //! ```
@@ -80,6 +83,36 @@ fn openat_missing() {
 /// Round trips per second of one byte between this process and a child over
 /// two pipes, for `ms` milliseconds: two context switches per round trip
 /// when both run on one CPU.
+/// Round trips per second of a one-byte request/response over loopback TCP.
+fn tcp_rr(ms: u64) -> f64 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_nodelay(true).expect("nodelay");
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).is_ok() {
+            if s.write_all(&b).is_err() {
+                break;
+            }
+        }
+    });
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    c.set_nodelay(true).expect("nodelay");
+    let (start, mut n, mut b) = (std::time::Instant::now(), 0u64, [1u8; 1]);
+    let end = Duration::from_millis(ms);
+    while n % 64 != 0 || start.elapsed() < end {
+        c.write_all(&b).expect("write");
+        c.read_exact(&mut b).expect("read");
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    drop(c);
+    server.join().expect("server");
+    rate
+}
+
 fn pingpong(ms: u64) -> f64 {
     let (mut ab, mut ba) = ([0i32; 2], [0i32; 2]);
     // SAFETY: pipe() fills the two-element arrays.
@@ -228,6 +261,10 @@ fn main() {
                 getppid();
             }
             println!("{:.2}", t.elapsed().as_nanos() as f64 / n as f64);
+            return;
+        }
+        Some("tcp-rr") => {
+            println!("{:.0}", tcp_rr(arg(&args, 2)));
             return;
         }
         Some("pingpong") => {
