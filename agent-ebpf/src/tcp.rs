@@ -192,15 +192,13 @@ fn length(ctx: &RawTracePointContext, sent: bool) -> i32 {
     let sk: u64 = ctx.arg(0);
     let ret: u64 = ctx.arg(1);
     let ret = ret as i32;
-    if !is_tcp(sk) {
-        return 0;
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
+    // Only TCP sockets are in the map: a hit needs no protocol check.
     let c = match TCP_CONNS.get_ptr_mut(&sk) {
         Some(c) => c,
         None => {
             // A socket from before the probe attached: adopt it.
-            if ret <= 0 || !traced(pid_tgid) {
+            if ret <= 0 || !is_tcp(sk) || !traced(pid_tgid) {
                 return 0;
             }
             count(Counter::Adopted);
@@ -248,9 +246,9 @@ pub fn tcp_rtt(ctx: RawTracePointContext) -> i32 {
     let Some(c) = TCP_CONNS.get_ptr_mut(&sk) else {
         return 0;
     };
-    let srtt_us = u64::from(read::<u32>(sk, global!(OFFSETS).srtt_us) >> 3);
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    let srtt_us = u64::from(read::<u32>(sk, global!(OFFSETS).srtt_us) >> 3);
     // SAFETY: a value of this map; the bucket takes an atomic add.
     unsafe {
         (*c).srtt_us = srtt_us;

@@ -162,18 +162,20 @@ fn tcp_table(r: &Report, rows: usize, out: &mut String) {
     }
     list.sort_by_key(|(p, t)| (std::cmp::Reverse(t.bytes_sent + t.bytes_received), p.pid));
     out.push_str(&format!(
-        "\n{:>8} {:<16} {:<28} {:<12} {:>9} {:>9} {:>8} {:>8} {:>7}\n",
-        "PID", "COMM", "REMOTE", "STATE", "TX MB/s", "RX MB/s", "RTT", "RTT p99", "RETRANS"
+        "\n{:>8} {:<16} {:<28} {:<12} {:>5} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7}\n",
+        "PID", "COMM", "REMOTE", "STATE", "CONNS", "TX MB/s", "RX MB/s", "CONNECT", "RTT", "RTT p99", "RETRANS"
     ));
     for (p, t) in list.into_iter().take(rows.min(10)) {
         out.push_str(&format!(
-            "{:>8} {:<16} {:<28} {:<12} {:>9} {:>9} {:>8} {:>8} {:>7}\n",
+            "{:>8} {:<16} {:<28} {:<12} {:>5} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7}\n",
             p.pid,
             p.meta.comm,
             t.remote,
             t.failed.unwrap_or(t.state),
+            t.connections,
             mb_per_s(t.bytes_sent, r.interval_ns),
             mb_per_s(t.bytes_received, r.interval_ns),
+            t.connect_p50_us.map_or_else(|| "-".to_string(), |us| duration(us * 1_000)),
             duration(t.rtt_last_us * 1_000),
             duration(t.rtt_p99_us * 1_000),
             t.retransmits
