@@ -48,6 +48,16 @@ pub enum Command {
     ///
     /// Example: hostprobe offcpu --pid 1234 --duration 10s --svg out.svg
     Offcpu(OffcpuArgs),
+    /// Receive reports from agents (`hostprobe run --collector`), keep a
+    /// window of them, and answer fleet queries.
+    ///
+    /// Example: hostprobe collector --listen 0.0.0.0:7700 --tls-cert c.pem --tls-key k.pem --token-file t
+    Collector(crate::collector::CollectorArgs),
+    /// Ask a collector about the fleet: the top processes across all hosts
+    /// by syscall time, disk p99, off-CPU time, or TCP RTT to an endpoint.
+    ///
+    /// Example: hostprobe query --collector https://c:7700 --ca-file ca.pem --by disk
+    Query(crate::collector::QueryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +106,8 @@ pub struct RunArgs {
     pub probes: Vec<&'static str>,
     #[command(flatten)]
     pub filters: FilterArgs,
+    #[command(flatten)]
+    pub export: crate::export::ExportArgs,
 }
 
 fn parse_probe(s: &str) -> Result<&'static str, String> {
@@ -135,7 +147,7 @@ pub enum OutputFormat {
     Json,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 1s, 2m)"))?;
     if d.is_zero() {
         return Err("must be more than zero".into());

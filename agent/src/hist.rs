@@ -33,6 +33,13 @@ impl Histogram {
         h
     }
 
+    /// Adds `count` to bucket `i` (which must be in range); fails rather
+    /// than overflow.
+    pub fn add(&mut self, i: usize, count: u64) -> Result<(), ()> {
+        self.buckets[i] = self.buckets[i].checked_add(count).ok_or(())?;
+        Ok(())
+    }
+
     pub fn record(&mut self, ns: u64) {
         self.buckets[agent_common::hist::bucket(ns)] += 1;
     }

@@ -37,6 +37,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => hostprobe::check::run(&args),
         Command::Offcpu(args) => hostprobe::stacks::run(&args),
+        Command::Collector(args) => report(hostprobe::collector::run(&args)),
+        Command::Query(args) => report(hostprobe::collector::query_cmd(&args)),
         Command::Run(args) => match hostprobe::run::run(args) {
             Ok(code) => code,
             Err(e) => {
@@ -44,5 +46,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// An error as one line on stderr, and exit status 1.
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hostprobe: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

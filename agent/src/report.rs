@@ -27,6 +27,9 @@ pub struct Report {
     pub time: String,
     /// Measured length of the interval.
     pub interval_ns: u64,
+    /// End of the interval, ns since the Unix epoch (for exporters).
+    #[serde(skip)]
+    pub end_unix_ns: i64,
     pub host: String,
     /// The top processes by time spent in syscalls, largest first.
     pub processes: Vec<ProcessReport>,
@@ -105,6 +108,11 @@ pub struct TcpReport {
     pub bytes_received: u64,
     /// Connections in this item (1 for an open connection).
     pub connections: u64,
+    /// RTT samples and handshake times (for exporters).
+    #[serde(skip)]
+    pub rtt: Dist,
+    #[serde(skip)]
+    pub connect: Dist,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -221,6 +229,8 @@ impl TcpItem {
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
             connections: self.connections,
+            rtt: self.rtt,
+            connect: self.connect,
         }
     }
 }
@@ -272,6 +282,9 @@ pub struct OffcpuReport {
     pub sleep_ns: u64,
     /// Episodes off the CPU (leaving it to running again).
     pub offcpu: DistReport,
+    /// Run-queue waits (for exporters; JSON has the percentiles above).
+    #[serde(skip)]
+    pub runqueue: DistReport,
     /// Time asleep (S or D) per syscall the threads slept in, most first.
     pub sleep_by_syscall: Vec<SleepReport>,
 }
@@ -300,6 +313,7 @@ impl From<&crate::probes::offcpu::OffcpuData> for OffcpuReport {
             blocked_io_ns: d.blocked_ns,
             sleep_ns: d.sleep_ns,
             offcpu: (&d.offcpu).into(),
+            runqueue: rq,
             sleep_by_syscall,
         }
     }
@@ -481,9 +495,11 @@ pub fn build(
         OtherReport { processes: rest.len() as u64, syscall_total, syscalls }
     });
 
+    let now = std::time::SystemTime::now();
     Report {
-        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        time: humantime::format_rfc3339_millis(now).to_string(),
         interval_ns,
+        end_unix_ns: now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64),
         host: host.to_string(),
         processes,
         other,

@@ -54,19 +54,30 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("starting the collection thread")?;
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let export = args.export;
     rt.block_on(async move {
+        let exporter = if export.client.collectors.is_empty() {
+            None
+        } else {
+            Some(crate::export::Exporter::start(&export)?)
+        };
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut stopping = false;
         loop {
             tokio::select! {
                 r = report_rx.recv() => match r {
-                    Some(report) => if let Err(e) = sink.emit(&report) {
-                        if e.kind() == std::io::ErrorKind::BrokenPipe {
-                            let _ = stop_tx.send(());
-                            break;
+                    Some(report) => {
+                        if let Some(x) = &exporter {
+                            x.push(&report);
                         }
-                        return Err(anyhow::Error::new(e).context("writing output"));
-                    },
+                        if let Err(e) = sink.emit(&report) {
+                            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                                let _ = stop_tx.send(());
+                                break;
+                            }
+                            return Err(anyhow::Error::new(e).context("writing output"));
+                        }
+                    }
                     None => break,
                 },
                 _ = tokio::signal::ctrl_c(), if !stopping => {
@@ -80,6 +91,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     let _ = stop_tx.send(());
                 }
             }
+        }
+        if let Some(x) = &exporter {
+            x.flush(Duration::from_secs(5)).await;
         }
         anyhow::Ok(())
     })?;

@@ -1,0 +1,628 @@
+//! `hostprobe collector`: receives agents' report streams
+//! (`proto/hostprobe/v1`), deduplicates them by (agent, epoch, sequence),
+//! keeps a bounded recent window per agent (and, with `--data-dir`, a
+//! journal it replays at start), and answers fleet queries with histograms
+//! merged exactly across hosts. `hostprobe query` is its client.
+//!
+//! Defences, each refused with a clear gRPC status and logged, without
+//! disturbing other agents: bearer token and (m)TLS, a message size limit,
+//! malformed protobuf, reports from the future or far past, a per-agent
+//! rate limit, and a cap on the number of agents (memory is bounded by it
+//! times the per-agent window).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use prost::Message as _;
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::{codec::CompressionEncoding, Request, Response, Status, Streaming};
+
+use crate::{
+    hist::Histogram,
+    wire::{
+        self,
+        pb::{self, collector_server::CollectorServer, query_request::By},
+    },
+};
+
+#[derive(Debug, clap::Args)]
+pub struct CollectorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7700", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Server certificate (PEM); with --tls-key. Without them, --plaintext is required.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve without TLS (reports and tokens in clear).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub plaintext: bool,
+    /// File holding the bearer token agents must present (or set HOSTPROBE_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Keep a journal of accepted reports here; replayed at start, so that
+    /// a restart loses nothing acknowledged and still drops duplicates.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Reports kept per agent for queries (at 1 s intervals, 300 = 5 minutes).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=100_000), value_name = "N")]
+    pub window: u32,
+    /// Agents accepted at once; past it new agents are refused.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_agents: u32,
+    /// Largest message accepted (e.g. 4M).
+    #[arg(long, default_value = "4M", value_parser = crate::export::parse_size, value_name = "SIZE")]
+    pub max_message: u64,
+    /// Sustained reports per second per agent (bursts up to --burst, for
+    /// catching up after an outage).
+    #[arg(long, default_value_t = 50.0, value_name = "N")]
+    pub rate: f64,
+    #[arg(long, default_value_t = 2_000.0, value_name = "N")]
+    pub burst: f64,
+    /// Refuse reports older than this (by their interval's end).
+    #[arg(long, default_value = "24h", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    pub max_age: Duration,
+    /// Refuse reports whose interval ends further than this in the future.
+    #[arg(long, default_value = "5m", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    pub max_future: Duration,
+}
+
+/// One agent as the collector knows it.
+struct AgentState {
+    /// Highest sequence stored, per epoch (a few recent epochs).
+    acked: VecDeque<(u64, u64)>,
+    window: VecDeque<Arc<pb::Report>>,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl AgentState {
+    fn new(burst: f64) -> Self {
+        Self { acked: VecDeque::new(), window: VecDeque::new(), tokens: burst, refilled: Instant::now() }
+    }
+
+    fn acked(&self, epoch: u64) -> u64 {
+        self.acked.iter().find(|(e, _)| *e == epoch).map_or(0, |(_, s)| *s)
+    }
+
+    fn set_acked(&mut self, epoch: u64, seq: u64) {
+        match self.acked.iter_mut().find(|(e, _)| *e == epoch) {
+            Some(a) => a.1 = seq,
+            None => {
+                self.acked.push_back((epoch, seq));
+                if self.acked.len() > 8 {
+                    self.acked.pop_front();
+                }
+            }
+        }
+    }
+}
+
+struct Store {
+    agents: HashMap<String, AgentState>,
+    journal: Option<Journal>,
+    rejected: u64,
+}
+
+struct Limits {
+    window: usize,
+    max_agents: usize,
+    rate: f64,
+    burst: f64,
+    max_age: Duration,
+    max_future: Duration,
+}
+
+#[derive(Clone)]
+pub struct Service {
+    store: Arc<Mutex<Store>>,
+    limits: Arc<Limits>,
+}
+
+enum Verdict {
+    Stored,
+    Duplicate,
+}
+
+impl Service {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks, deduplicates and stores one report.
+    fn accept(&self, r: pb::Report) -> Result<(u64, u64, Verdict), Status> {
+        let agent = r.agent.as_ref().ok_or_else(|| Status::invalid_argument("report without agent identity"))?;
+        if agent.agent_id.is_empty() || agent.agent_id.len() > 128 {
+            return Err(Status::invalid_argument("agent_id must be 1 to 128 bytes"));
+        }
+        if r.sequence == 0 {
+            return Err(Status::invalid_argument("sequence numbers start at 1"));
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+        let end = r.interval_end_unix_ns;
+        if end > now + self.limits.max_future.as_nanos() as i64 {
+            return Err(Status::invalid_argument(format!(
+                "report {} ends {:.0} s in the future: is the agent's clock right?",
+                r.sequence,
+                (end - now) as f64 / 1e9
+            )));
+        }
+        if end < now - self.limits.max_age.as_nanos() as i64 {
+            return Err(Status::invalid_argument(format!(
+                "report {} is older than --max-age ({:?})",
+                r.sequence, self.limits.max_age
+            )));
+        }
+        validate(&r).map_err(|e| Status::invalid_argument(format!("report {}: {e}", r.sequence)))?;
+        let (id, epoch, seq) = (agent.agent_id.clone(), agent.epoch, r.sequence);
+        let mut store = self.lock();
+        let known = store.agents.len();
+        if !store.agents.contains_key(&id) && known >= self.limits.max_agents {
+            return Err(Status::resource_exhausted(format!(
+                "this collector is at its cap of {} agents (--max-agents)",
+                self.limits.max_agents
+            )));
+        }
+        let state = store.agents.entry(id.clone()).or_insert_with(|| AgentState::new(self.limits.burst));
+        // Token bucket: sustained --rate, bursts up to --burst.
+        let t = Instant::now();
+        state.tokens =
+            (state.tokens + t.duration_since(state.refilled).as_secs_f64() * self.limits.rate).min(self.limits.burst);
+        state.refilled = t;
+        if state.tokens < 1.0 {
+            return Err(Status::resource_exhausted(format!(
+                "agent {id} sends more than {} reports/s (--rate); slow down",
+                self.limits.rate
+            )));
+        }
+        state.tokens -= 1.0;
+        if seq <= state.acked(epoch) {
+            return Ok((epoch, seq, Verdict::Duplicate));
+        }
+        state.set_acked(epoch, seq);
+        let r = Arc::new(r);
+        state.window.push_back(r.clone());
+        while state.window.len() > self.limits.window {
+            state.window.pop_front();
+        }
+        if let Some(j) = &mut store.journal {
+            j.append(&r).map_err(|e| Status::unavailable(format!("journal write failed: {e:#}")))?;
+        }
+        Ok((epoch, seq, Verdict::Stored))
+    }
+
+    fn reject(&self, peer: &str, s: &Status) {
+        self.lock().rejected += 1;
+        log::warn!("rejected {peer}: {:?}: {}", s.code(), s.message());
+    }
+}
+
+/// What a decoder cannot check: the histograms' layout and ranges.
+fn validate(r: &pb::Report) -> Result<(), String> {
+    let hist = |h: &Option<pb::Histogram>| h.as_ref().map_or(Ok(()), |h| wire::from_wire(h).map(|_| ()));
+    for p in r.processes.iter().chain(&r.other) {
+        for s in &p.syscalls {
+            hist(&s.latency)?;
+        }
+        for d in &p.disk {
+            hist(&d.queue)?;
+            hist(&d.service)?;
+            hist(&d.total)?;
+        }
+        if let Some(o) = &p.offcpu {
+            hist(&o.runqueue)?;
+            hist(&o.offcpu)?;
+        }
+        for t in &p.tcp {
+            hist(&t.rtt)?;
+            hist(&t.connect)?;
+        }
+    }
+    Ok(())
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<pb::Ack, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::collector_server::Collector for Service {
+    type StreamStream = AckStream;
+
+    async fn stream(&self, request: Request<Streaming<pb::Report>>) -> Result<Response<AckStream>, Status> {
+        let peer = request.remote_addr().map_or_else(|| "a client".to_string(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let mut agent = String::new();
+            loop {
+                let msg = match inbound.next().await {
+                    None => break,
+                    Some(Ok(m)) => m,
+                    Some(Err(s)) if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Cancelled => {
+                        // The peer went away (reset, dropped connection).
+                        log::info!("{peer} {agent}: disconnected ({})", s.message());
+                        break;
+                    }
+                    Some(Err(s)) => {
+                        // Malformed protobuf, an oversized message.
+                        let s = Status::new(s.code(), format!("bad message: {}", s.message()));
+                        svc.reject(&format!("{peer} {agent}"), &s);
+                        let _ = tx.send(Err(s)).await;
+                        break;
+                    }
+                };
+                if agent.is_empty() {
+                    if let Some(a) = &msg.agent {
+                        agent = format!("(agent {})", a.agent_id);
+                        log::info!("{peer}: agent {} ({}) streaming", a.agent_id, a.host_name);
+                    }
+                }
+                match svc.accept(msg) {
+                    Ok((epoch, sequence, _)) => {
+                        if tx.send(Ok(pb::Ack { epoch, sequence })).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(s) => {
+                        svc.reject(&format!("{peer} {agent}"), &s);
+                        let _ = tx.send(Err(s)).await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
+        let q = request.into_inner();
+        let store = self.lock();
+        Ok(Response::new(query(&store, &q)))
+    }
+}
+
+/// Per process name, figures merged over every agent's reports in the window.
+#[derive(Default)]
+struct Row {
+    exe: String,
+    agents: std::collections::BTreeSet<String>,
+    hist: Histogram,
+    max_ns: u64,
+    total_ns: u64,
+}
+
+fn query(store: &Store, q: &pb::QueryRequest) -> pb::QueryResponse {
+    let by = By::try_from(q.by).unwrap_or(By::Syscalls);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    let since = if q.window_seconds == 0 { i64::MIN } else { now - i64::from(q.window_seconds) * 1_000_000_000 };
+    let mut rows: HashMap<String, Row> = HashMap::new();
+    let mut reports = 0;
+    for (id, agent) in &store.agents {
+        for r in agent.window.iter().filter(|r| r.interval_end_unix_ns >= since) {
+            reports += 1;
+            for p in r.processes.iter().filter(|p| q.comm.is_empty() || p.comm == q.comm) {
+                let mut add = |h: &Option<pb::Histogram>, total: u64| {
+                    let Some(h) = h else { return };
+                    let Ok(parsed) = wire::from_wire(h) else { return };
+                    let row = rows.entry(p.comm.clone()).or_default();
+                    if row.exe.is_empty() {
+                        row.exe = p.exe.clone();
+                    }
+                    row.agents.insert(id.clone());
+                    row.hist.merge(&parsed);
+                    row.max_ns = row.max_ns.max(h.max_ns);
+                    row.total_ns += total;
+                };
+                match by {
+                    By::Syscalls | By::Unspecified => p.syscalls.iter().for_each(|s| add(&s.latency, s.total_ns)),
+                    By::DiskP99 => p.disk.iter().for_each(|d| add(&d.total, 0)),
+                    By::Offcpu => {
+                        if let Some(o) = &p.offcpu {
+                            add(&o.offcpu, o.runqueue_ns + o.blocked_io_ns + o.sleep_ns);
+                        }
+                    }
+                    By::TcpRtt => p
+                        .tcp
+                        .iter()
+                        .filter(|t| q.endpoint.is_empty() || t.remote == q.endpoint)
+                        .for_each(|t| add(&t.rtt, 0)),
+                }
+            }
+        }
+    }
+    let mut out: Vec<pb::QueryRow> = rows
+        .into_iter()
+        .filter(|(_, r)| r.hist.count() > 0)
+        .map(|(comm, r)| pb::QueryRow {
+            comm,
+            exe: r.exe,
+            agents: r.agents.into_iter().collect(),
+            count: r.hist.count(),
+            total_ns: r.total_ns,
+            p50_ns: r.hist.quantile(0.5, r.max_ns).unwrap_or(0),
+            p99_ns: r.hist.quantile(0.99, r.max_ns).unwrap_or(0),
+            histogram: Some(wire::histogram(&r.hist, r.max_ns)),
+        })
+        .collect();
+    match by {
+        By::DiskP99 | By::TcpRtt => out.sort_by(|a, b| b.p99_ns.cmp(&a.p99_ns).then(a.comm.cmp(&b.comm))),
+        _ => out.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.comm.cmp(&b.comm))),
+    }
+    out.truncate(if q.limit == 0 { 10 } else { q.limit as usize });
+    pb::QueryResponse { rows: out, agents: store.agents.len() as u32, reports }
+}
+
+/// Accepted reports, length-delimited protobuf, appended before each ack.
+struct Journal {
+    file: std::fs::File,
+    path: PathBuf,
+    bytes: u64,
+    max_bytes: u64,
+}
+
+impl Journal {
+    fn append(&mut self, r: &pb::Report) -> anyhow::Result<()> {
+        let buf = r.encode_length_delimited_to_vec();
+        self.file.write_all(&buf)?;
+        self.bytes += buf.len() as u64;
+        Ok(())
+    }
+}
+
+/// Opens (creating) the journal in `dir` and replays it into `store`.
+fn open_journal(dir: &Path, store: &mut Store, limits: &Limits) -> anyhow::Result<Journal> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating --data-dir {}", dir.display()))?;
+    let path = dir.join("journal.pb");
+    let data = match std::fs::read(&path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut buf = data.as_slice();
+    let mut good = 0usize;
+    let mut replayed = 0u64;
+    while !buf.is_empty() {
+        match pb::Report::decode_length_delimited(&mut buf) {
+            Ok(r) => {
+                good = data.len() - buf.len();
+                replayed += 1;
+                let Some(a) = r.agent.clone() else { continue };
+                let state = store.agents.entry(a.agent_id).or_insert_with(|| AgentState::new(limits.burst));
+                if r.sequence > state.acked(a.epoch) {
+                    state.set_acked(a.epoch, r.sequence);
+                }
+                state.window.push_back(Arc::new(r));
+                while state.window.len() > limits.window {
+                    state.window.pop_front();
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    if good < data.len() {
+        log::warn!("journal {}: {} bytes of a partial last write dropped", path.display(), data.len() - good);
+        file.set_len(good as u64)?;
+    }
+    if replayed > 0 {
+        log::info!("journal: replayed {replayed} reports from {} agents", store.agents.len());
+    }
+    // Compaction rewrites the windows once the journal outgrows them well.
+    let max_bytes = (good as u64).max(256 << 20);
+    Ok(Journal { file, path, bytes: good as u64, max_bytes })
+}
+
+fn compact(store: &mut Store) -> anyhow::Result<()> {
+    let Some(j) = &store.journal else { return Ok(()) };
+    if j.bytes < j.max_bytes {
+        return Ok(());
+    }
+    let tmp = j.path.with_extension("tmp");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    let mut bytes = 0u64;
+    for a in store.agents.values() {
+        for r in &a.window {
+            let buf = r.encode_length_delimited_to_vec();
+            out.write_all(&buf)?;
+            bytes += buf.len() as u64;
+        }
+    }
+    out.into_inner()?.sync_all()?;
+    let path = j.path.clone();
+    std::fs::rename(&tmp, &path)?;
+    let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+    store.journal = Some(Journal { file, path, bytes, max_bytes: (bytes * 2).max(256 << 20) });
+    Ok(())
+}
+
+pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
+    if args.tls_cert.is_none() && !args.plaintext {
+        anyhow::bail!("give --tls-cert and --tls-key, or --plaintext to serve without TLS");
+    }
+    let token = match &args.token_file {
+        Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?),
+        None => std::env::var("HOSTPROBE_TOKEN").ok(),
+    }
+    .map(|t| t.trim().to_string())
+    .filter(|t| !t.is_empty());
+    let limits = Limits {
+        window: args.window as usize,
+        max_agents: args.max_agents as usize,
+        rate: args.rate,
+        burst: args.burst,
+        max_age: args.max_age,
+        max_future: args.max_future,
+    };
+    let mut store = Store { agents: HashMap::new(), journal: None, rejected: 0 };
+    if let Some(dir) = &args.data_dir {
+        store.journal = Some(open_journal(dir, &mut store, &limits)?);
+    }
+    let svc = Service { store: Arc::new(Mutex::new(store)), limits: Arc::new(limits) };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            let mut tls = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+            if let Some(ca) = &args.client_ca {
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+            }
+            server = server.tls_config(tls).context("TLS configuration")?;
+        }
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        health.set_serving::<CollectorServer<Service>>().await;
+        let check = move |req: Request<()>| -> Result<Request<()>, Status> {
+            let Some(want) = &token else { return Ok(req) };
+            let got = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let want = format!("Bearer {want}");
+            // Constant time in the token's length.
+            let same = got.len() == want.len() && got.bytes().zip(want.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
+            if same {
+                Ok(req)
+            } else {
+                Err(Status::unauthenticated("missing or wrong bearer token"))
+            }
+        };
+        let collector = CollectorServer::new(svc.clone())
+            .max_decoding_message_size(args.max_message as usize)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip);
+        let collector = tonic::service::interceptor::InterceptedService::new(collector, check);
+        // Journal compaction, once a minute.
+        let compacting = svc.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                if let Err(e) = compact(&mut compacting.lock()) {
+                    log::warn!("journal compaction failed: {e:#}");
+                }
+            }
+        });
+        log::info!(
+            "collector listening on {} ({})",
+            args.listen,
+            if args.tls_cert.is_some() { "TLS" } else { "plaintext" }
+        );
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            log::info!("shutting down");
+        };
+        server
+            .add_service(health_svc)
+            .add_service(collector)
+            .serve_with_shutdown(args.listen, shutdown)
+            .await
+            .with_context(|| format!("serving on {}", args.listen))?;
+        let store = svc.lock();
+        log::info!("stopped: {} agents known, {} streams rejected", store.agents.len(), store.rejected);
+        anyhow::Ok(())
+    })
+}
+
+/// `hostprobe query`.
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub client: crate::export::ClientArgs,
+    /// What to rank processes by.
+    #[arg(long, value_enum, default_value_t = QueryBy::Syscalls)]
+    pub by: QueryBy,
+    /// TCP: only connections to this remote (address:port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub endpoint: Option<String>,
+    /// Only processes with this name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only reports of the last DURATION (default: the collector's window).
+    #[arg(long, value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    pub window: Option<Duration>,
+    #[arg(long, default_value_t = 10)]
+    pub limit: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum QueryBy {
+    /// Time in syscalls; the merged syscall latency histogram.
+    Syscalls,
+    /// p99 of disk I/O latency (queue to completion).
+    Disk,
+    /// Time off the CPU.
+    Offcpu,
+    /// p99 of TCP smoothed RTT (with --endpoint: to that remote).
+    TcpRtt,
+}
+
+pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
+    let url = args.client.collectors.first().context("--collector URL is required")?.clone();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let channel = crate::export::channel(&url, &args.client).await?;
+        let mut client = pb::collector_client::CollectorClient::new(channel);
+        let mut req = Request::new(pb::QueryRequest {
+            by: match args.by {
+                QueryBy::Syscalls => By::Syscalls,
+                QueryBy::Disk => By::DiskP99,
+                QueryBy::Offcpu => By::Offcpu,
+                QueryBy::TcpRtt => By::TcpRtt,
+            } as i32,
+            limit: args.limit,
+            endpoint: args.endpoint.clone().unwrap_or_default(),
+            comm: args.comm.clone().unwrap_or_default(),
+            window_seconds: args.window.map_or(0, |w| w.as_secs().max(1) as u32),
+        });
+        if let Some(t) = crate::export::token(&args.client)? {
+            req.metadata_mut().insert("authorization", t);
+        }
+        let resp =
+            client.query(req).await.map_err(|s| anyhow::anyhow!("{}", crate::export::status_message(&s)))?.into_inner();
+        if args.json {
+            let rows: Vec<serde_json::Value> = resp
+                .rows
+                .iter()
+                .map(|r| {
+                    serde_json::json!({"comm": r.comm, "exe": r.exe, "agents": r.agents, "count": r.count,
+                        "total_ns": r.total_ns, "p50_ns": r.p50_ns, "p99_ns": r.p99_ns})
+                })
+                .collect();
+            println!("{}", serde_json::json!({"agents": resp.agents, "reports": resp.reports, "rows": rows}));
+            return Ok(());
+        }
+        println!("{} agents, {} reports in the window", resp.agents, resp.reports);
+        println!("{:<16} {:>6} {:>12} {:>10} {:>10} {:>10}", "COMM", "AGENTS", "COUNT", "TOTAL", "p50", "p99");
+        for r in &resp.rows {
+            println!(
+                "{:<16} {:>6} {:>12} {:>10} {:>10} {:>10}",
+                r.comm,
+                r.agents.len(),
+                r.count,
+                crate::output::duration(r.total_ns),
+                crate::output::duration(r.p50_ns),
+                crate::output::duration(r.p99_ns)
+            );
+        }
+        Ok(())
+    })
+}

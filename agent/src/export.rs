@@ -1,0 +1,511 @@
+//! `hostprobe run --collector URL`: streams every interval's report to a
+//! collector over gRPC (`proto/hostprobe/v1`), reliably: reports wait in a
+//! bounded queue (and, with `--spool-dir`, on disk) until the collector
+//! acknowledges them, are resent after a reconnect, and a drop forced by a
+//! cap is counted, logged and reported, never silent.
+
+use std::{
+    collections::VecDeque,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use prost::Message as _;
+use tokio::sync::Notify;
+use tonic::{
+    codec::CompressionEncoding,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+
+use crate::wire::pb::{self, collector_client::CollectorClient};
+
+/// How to reach collectors: shared by `run --collector` and `query`.
+#[derive(Debug, Clone, clap::Args, Default)]
+pub struct ClientArgs {
+    /// Collector address, https://host:port (repeat or separate with commas
+    /// for failover, tried in turn). http:// only with --plaintext.
+    #[arg(long = "collector", value_name = "URL", value_delimiter = ',')]
+    pub collectors: Vec<String>,
+    /// Allow http:// collector addresses (no TLS: reports and the token
+    /// travel in clear).
+    #[arg(long)]
+    pub plaintext: bool,
+    /// CA certificate(s) (PEM) to verify the collector with, instead of the
+    /// system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for collectors that require mTLS; with --client-key.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// File holding the bearer token the collector expects (or set HOSTPROBE_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `run`'s export flags.
+#[derive(Debug, Clone, clap::Args, Default)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// This agent's id (default: derived from /etc/machine-id, stable across restarts).
+    #[arg(long, value_name = "ID")]
+    pub agent_id: Option<String>,
+    /// Reports kept in memory while the collector is unreachable; past it
+    /// the oldest are dropped (counted, logged and reported).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
+    pub queue: u32,
+    /// Keep unacknowledged reports here too, so they survive a long outage
+    /// and an agent restart.
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Size cap of --spool-dir (e.g. 500M, 2G); past it the oldest reports go.
+    #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "SIZE")]
+    pub spool_max: u64,
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.trim().char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (s, 1),
+        Some((i, _)) => {
+            let mult = match s[i..].to_ascii_uppercase().as_str() {
+                "K" | "KB" | "KIB" => 1 << 10,
+                "M" | "MB" | "MIB" => 1 << 20,
+                "G" | "GB" | "GIB" => 1 << 30,
+                other => return Err(format!("unknown size unit {other:?}: use K, M or G, e.g. 500M")),
+            };
+            (&s[..i], mult)
+        }
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size, e.g. 500M or 2G"))?;
+    n.checked_mul(mult).filter(|n| *n > 0).ok_or_else(|| format!("{s:?}: out of range"))
+}
+
+/// A gRPC channel to `url`, with TLS unless plaintext is allowed and asked
+/// for; HTTP/2 keepalive notices a dead peer.
+pub async fn channel(url: &str, args: &ClientArgs) -> anyhow::Result<Channel> {
+    let mut ep = Endpoint::from_shared(url.to_string()).with_context(|| format!("bad collector address {url:?}"))?;
+    match url.split("://").next() {
+        Some("https") => {
+            let mut tls = ClientTlsConfig::new();
+            match &args.ca_file {
+                Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read(ca)?)),
+                None => tls = tls.with_enabled_roots(),
+            }
+            if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            ep = ep.tls_config(tls).context("TLS configuration")?;
+        }
+        Some("http") if args.plaintext => {}
+        Some("http") => bail!("{url} is plaintext (http://): use https://, or pass --plaintext to send reports unencrypted"),
+        _ => bail!("bad collector address {url:?}: expected https://host:port"),
+    }
+    let ep = ep
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    ep.connect().await.map_err(|e| anyhow::anyhow!("{}", transport_error(url, &e)))
+}
+
+fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+}
+
+/// A transport error's causes on one line, with a hint where one helps.
+fn transport_error(url: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    let lower = s.to_lowercase();
+    if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("unknown ca") {
+        s.push_str(" (TLS: is --ca-file the CA that signed the collector's certificate, and does the collector accept our --client-cert?)");
+    } else if lower.contains("refused") {
+        s.push_str(" (is the collector running and listening there?)");
+    } else if url.starts_with("http://") {
+        s.push_str(" (the collector may require TLS: use https://)");
+    }
+    s
+}
+
+/// The bearer token: --token-file, else HOSTPROBE_TOKEN.
+pub fn token(args: &ClientArgs) -> anyhow::Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> {
+    let raw = match &args.token_file {
+        Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?),
+        None => std::env::var("HOSTPROBE_TOKEN").ok(),
+    };
+    match raw.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
+        Some(t) => Ok(Some(format!("Bearer {t}").parse().context("the token must be printable ASCII")?)),
+        None => Ok(None),
+    }
+}
+
+/// A gRPC status from the collector, said for a person: what it means and
+/// what to do.
+pub fn status_message(s: &tonic::Status) -> String {
+    use tonic::Code;
+    let what = match s.code() {
+        Code::Unauthenticated => "the collector refused our credentials; check --token-file or HOSTPROBE_TOKEN",
+        Code::PermissionDenied => "the collector does not allow this agent",
+        Code::ResourceExhausted => "the collector is over a limit (rate, agents, or size); backing off",
+        Code::InvalidArgument => "the collector rejected a report",
+        Code::Unavailable => "the collector is unavailable",
+        Code::Unimplemented => "that is not a hostprobe collector (no hostprobe.v1.Collector service)",
+        _ => "the collector failed the stream",
+    };
+    format!("{what} ({:?}: {})", s.code(), s.message())
+}
+
+/// Who this agent is, on every report.
+pub fn identity(agent_id: Option<&str>, epoch: u64) -> pb::AgentIdentity {
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
+    let agent_id = agent_id.map(str::to_string).unwrap_or_else(|| {
+        // Hashed: /etc/machine-id is not to be shown as it is.
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ("hostprobe-agent", read("/etc/machine-id")).hash(&mut h);
+        format!("hp-{:016x}", h.finish())
+    });
+    pb::AgentIdentity {
+        agent_id,
+        host_name: read("/proc/sys/kernel/hostname"),
+        boot_id: read("/proc/sys/kernel/random/boot_id"),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        epoch,
+    }
+}
+
+/// Reports not yet acknowledged, in sequence order, mirrored in the spool.
+struct Queue {
+    reports: VecDeque<pb::Report>,
+    cap: usize,
+    next_seq: u64,
+    epoch: u64,
+    dropped: u64,
+    spool: Option<Spool>,
+}
+
+impl Queue {
+    fn drop_oldest(&mut self, why: &str) {
+        if let Some(r) = self.reports.pop_front() {
+            self.dropped += 1;
+            if let Some(s) = &mut self.spool {
+                s.remove(r.sequence);
+            }
+            log::warn!(
+                "dropped report {} ({why}); {} dropped so far: the collector has been unreachable too long",
+                r.sequence,
+                self.dropped
+            );
+        }
+    }
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    changed: Notify,
+    identity: pb::AgentIdentity,
+    /// Set at exit: end the stream cleanly once everything is acknowledged.
+    closing: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The first queued report at or after `seq`.
+    fn at_or_after(&self, seq: u64) -> Option<pb::Report> {
+        let q = self.lock();
+        let first = q.reports.front()?.sequence;
+        let i = seq.saturating_sub(first) as usize;
+        q.reports.get(i).cloned()
+    }
+
+    fn ack(&self, epoch: u64, seq: u64) {
+        let mut q = self.lock();
+        if epoch != q.epoch {
+            return;
+        }
+        while q.reports.front().is_some_and(|r| r.sequence <= seq) {
+            let r = q.reports.pop_front().expect("checked");
+            if let Some(s) = &mut q.spool {
+                s.remove(r.sequence);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lock().reports.len()
+    }
+}
+
+/// The agent side of the stream.
+pub struct Exporter {
+    shared: Arc<Shared>,
+}
+
+impl Exporter {
+    /// Loads the spool (if any) and starts the sender on the current tokio
+    /// runtime.
+    pub fn start(args: &ExportArgs) -> anyhow::Result<Self> {
+        let client = args.client.clone();
+        for url in &client.collectors {
+            if url.starts_with("http://") && !client.plaintext {
+                bail!("--collector {url} is plaintext (http://): use https://, or add --plaintext to send reports unencrypted");
+            }
+        }
+        token(&client)?;
+        let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let (spool, epoch, next_seq, reports) = match &args.spool_dir {
+            Some(dir) => {
+                let (spool, epoch, next, reports) = Spool::open(dir, args.spool_max, now_ns)?;
+                (Some(spool), epoch, next, reports)
+            }
+            None => (None, now_ns, 1, VecDeque::new()),
+        };
+        if !reports.is_empty() {
+            log::info!("spool: {} unacknowledged reports from before, to send first", reports.len());
+        }
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue { reports, cap: args.queue as usize, next_seq, epoch, dropped: 0, spool }),
+            changed: Notify::new(),
+            identity: identity(args.agent_id.as_deref(), epoch),
+            closing: std::sync::atomic::AtomicBool::new(false),
+        });
+        tokio::spawn(sender(shared.clone(), client));
+        Ok(Self { shared })
+    }
+
+    /// Queues an interval's report (and spools it); never blocks on the network.
+    pub fn push(&self, report: &crate::report::Report) {
+        let mut r = crate::wire::report(report);
+        r.agent = Some(self.shared.identity.clone());
+        {
+            let mut q = self.shared.lock();
+            r.sequence = q.next_seq;
+            q.next_seq += 1;
+            r.dropped_reports = q.dropped;
+            while q.reports.len() >= q.cap {
+                q.drop_oldest("memory queue full (--queue)");
+            }
+            if let Some(s) = &mut q.spool {
+                if let Err(e) = s.add(&r, r.sequence + 1) {
+                    log::warn!("spool: {e:#}; this report is in memory only");
+                }
+            }
+            while q.spool.as_ref().is_some_and(|s| s.over_cap()) && q.reports.len() > 1 {
+                q.drop_oldest("spool full (--spool-max)");
+            }
+            q.reports.push_back(r);
+        }
+        self.shared.changed.notify_one();
+    }
+
+    /// Waits up to `limit` for the queue to drain (at shutdown).
+    pub async fn flush(&self, limit: Duration) {
+        let end = tokio::time::Instant::now() + limit;
+        while self.shared.len() > 0 && tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Half-close the stream, and give the collector a moment to see it.
+        self.shared.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared.changed.notify_one();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let left = self.shared.len();
+        if left > 0 {
+            let spooled = self.shared.lock().spool.is_some();
+            log::warn!(
+                "{left} reports not acknowledged at exit{}",
+                if spooled { "; they stay in the spool and go first at the next start" } else { " and lost (use --spool-dir to keep them)" }
+            );
+        }
+    }
+}
+
+/// Connects, streams, and reconnects with capped exponential backoff and
+/// jitter, trying the collectors in turn.
+async fn sender(shared: Arc<Shared>, args: ClientArgs) {
+    let mut failures = 0u32;
+    let mut outage_since: Option<std::time::Instant> = None;
+    for url in args.collectors.iter().cycle() {
+        match session(url, &shared, &args, &mut outage_since).await {
+            Ok(()) if shared.closing.load(std::sync::atomic::Ordering::Relaxed) => return,
+            Ok(()) => failures = 0,
+            Err(e) => {
+                outage_since.get_or_insert_with(std::time::Instant::now);
+                failures = failures.saturating_add(1);
+                let cap = Duration::from_secs(30);
+                let base = Duration::from_millis(250).saturating_mul(1 << failures.min(8)).min(cap);
+                // Full jitter over the upper half: agents that lost the same
+                // collector do not come back in step.
+                let delay = base.mul_f64(0.5 + fastrand::f64() * 0.5);
+                log::warn!("collector {url}: {e:#}; {} reports queued; retrying in {delay:.1?}", shared.len());
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// One stream to one collector, until it fails.
+async fn session(
+    url: &str,
+    shared: &Shared,
+    args: &ClientArgs,
+    outage_since: &mut Option<std::time::Instant>,
+) -> anyhow::Result<()> {
+    let channel = channel(url, args).await?;
+    let token = token(args)?;
+    let mut client = CollectorClient::new(channel)
+        .send_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Gzip);
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::Report>(32);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(t) = token {
+        request.metadata_mut().insert("authorization", t);
+    }
+    let mut acks = client.stream(request).await.map_err(|s| anyhow::anyhow!("{}", status_message(&s)))?.into_inner();
+    let backlog = shared.len();
+    match outage_since.take() {
+        Some(t) => log::info!(
+            "collector {url}: connected after an outage of {:.1?}; catching up on {backlog} queued reports",
+            t.elapsed()
+        ),
+        None => log::info!("collector {url}: connected"),
+    }
+    let mut catching_up = backlog > 1;
+    let mut next = 0u64;
+    let mut tx = Some(tx);
+    loop {
+        let pending = shared.at_or_after(next);
+        if pending.is_none() && shared.closing.load(std::sync::atomic::Ordering::Relaxed) {
+            tx = None; // end of stream: the collector ends its side
+        }
+        tokio::select! {
+            ack = acks.message() => match ack {
+                Ok(Some(a)) => {
+                    shared.ack(a.epoch, a.sequence);
+                    if catching_up && shared.len() == 0 {
+                        catching_up = false;
+                        log::info!("collector {url}: caught up (all queued reports acknowledged)");
+                    }
+                }
+                Ok(None) if tx.is_none() => return Ok(()),
+                Ok(None) => bail!("the collector closed the stream"),
+                Err(s) => bail!("{}", status_message(&s)),
+            },
+            permit = async { tx.as_ref().expect("checked").reserve().await }, if pending.is_some() && tx.is_some() => {
+                let r = pending.expect("checked");
+                next = r.sequence + 1;
+                permit.context("the stream closed")?.send(r);
+            }
+            _ = shared.changed.notified(), if pending.is_none() && tx.is_some() => {}
+        }
+    }
+}
+
+/// Reports on disk: one file per report (`<sequence>.pb`), and `state`
+/// (epoch and next sequence) so that numbering survives a restart.
+struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// (sequence, bytes) of the files, oldest first.
+    files: VecDeque<(u64, u64)>,
+    bytes: u64,
+}
+
+impl Spool {
+    fn open(dir: &Path, max_bytes: u64, now_ns: u64) -> anyhow::Result<(Spool, u64, u64, VecDeque<pb::Report>)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating --spool-dir {}", dir.display()))?;
+        let state = dir.join("state");
+        let (epoch, mut next) = match std::fs::read_to_string(&state) {
+            Ok(s) => {
+                let mut it = s.split_whitespace().map(|v| v.parse::<u64>());
+                match (it.next(), it.next()) {
+                    (Some(Ok(e)), Some(Ok(n))) => (e, n),
+                    _ => bail!("{} is not a hostprobe spool state file; move it away to start afresh", state.display()),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (now_ns, 1),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", state.display())),
+        };
+        let mut seqs: Vec<u64> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading --spool-dir {}", dir.display()))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".pb")?.parse().ok())
+            .collect();
+        seqs.sort_unstable();
+        let mut spool = Spool { dir: dir.to_path_buf(), max_bytes, files: VecDeque::new(), bytes: 0 };
+        let mut reports = VecDeque::new();
+        for seq in seqs {
+            let path = spool.path(seq);
+            let decoded = std::fs::read(&path).ok().and_then(|b| pb::Report::decode(b.as_slice()).ok().map(|r| (r, b.len())));
+            match decoded {
+                Some((r, len)) if r.sequence == seq && r.agent.as_ref().is_some_and(|a| a.epoch == epoch) => {
+                    spool.files.push_back((seq, len as u64));
+                    spool.bytes += len as u64;
+                    next = next.max(seq + 1);
+                    reports.push_back(r);
+                }
+                _ => {
+                    log::warn!("spool: {} is unreadable or from another epoch; removed", path.display());
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        spool.write_state(epoch, next)?;
+        Ok((spool, epoch, next, reports))
+    }
+
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}.pb"))
+    }
+
+    fn write_state(&self, epoch: u64, next: u64) -> anyhow::Result<()> {
+        let tmp = self.dir.join("state.tmp");
+        std::fs::write(&tmp, format!("{epoch} {next}\n")).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, self.dir.join("state")).context("replacing the spool state")
+    }
+
+    fn add(&mut self, r: &pb::Report, next: u64) -> anyhow::Result<()> {
+        let bytes = r.encode_to_vec();
+        let path = self.path(r.sequence);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        self.files.push_back((r.sequence, bytes.len() as u64));
+        self.bytes += bytes.len() as u64;
+        self.write_state(r.agent.as_ref().map_or(0, |a| a.epoch), next)
+    }
+
+    fn over_cap(&self) -> bool {
+        self.bytes > self.max_bytes
+    }
+
+    fn remove(&mut self, seq: u64) {
+        while self.files.front().is_some_and(|(s, _)| *s <= seq) {
+            let (s, len) = self.files.pop_front().expect("checked");
+            self.bytes -= len;
+            let _ = std::fs::remove_file(self.path(s));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("500M"), Ok(500 << 20));
+        assert_eq!(super::parse_size("2G"), Ok(2 << 30));
+        assert_eq!(super::parse_size("4096"), Ok(4096));
+        assert!(super::parse_size("5X").unwrap_err().contains("unit"));
+        assert!(super::parse_size("0").is_err());
+    }
+}

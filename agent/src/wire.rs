@@ -1,0 +1,143 @@
+//! The wire form of a report (`proto/hostprobe/v1`): generated types, and
+//! the conversions between them and the agent's own.
+
+use crate::{hist::Histogram, report};
+
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("hostprobe.v1");
+}
+
+/// `Histogram.layout` of the shared layout (agent-common/src/hist.rs).
+pub const LAYOUT: u32 = 1;
+
+pub fn histogram(h: &Histogram, max_ns: u64) -> pb::Histogram {
+    let (bucket, count) = h.nonzero().map(|(i, c)| (i as u32, c)).unzip();
+    pb::Histogram { layout: LAYOUT, bucket, count, max_ns }
+}
+
+/// Our histogram from the wire; an error names what is wrong with it.
+pub fn from_wire(h: &pb::Histogram) -> Result<Histogram, String> {
+    if h.layout != LAYOUT {
+        return Err(format!("histogram layout {} (this collector knows layout {LAYOUT})", h.layout));
+    }
+    if h.bucket.len() != h.count.len() {
+        return Err(format!("histogram with {} buckets but {} counts", h.bucket.len(), h.count.len()));
+    }
+    let mut out = Histogram::default();
+    for (b, c) in h.bucket.iter().zip(&h.count) {
+        if *b as usize >= agent_common::hist::BUCKETS {
+            return Err(format!("histogram bucket {b} out of range"));
+        }
+        out.add(*b as usize, *c).map_err(|()| "histogram count overflows".to_string())?;
+    }
+    Ok(out)
+}
+
+fn latency(name: &str, nr: u32, l: &report::Latency) -> pb::SyscallStats {
+    pb::SyscallStats {
+        name: name.to_string(),
+        nr,
+        count: l.count,
+        errors: l.errors,
+        total_ns: l.total_ns,
+        missed_starts: l.missed_starts,
+        latency: Some(histogram(&l.hist, l.max_ns)),
+    }
+}
+
+fn dist(d: &report::DistReport) -> Option<pb::Histogram> {
+    Some(histogram(&d.hist, d.max_ns))
+}
+
+fn disk(d: &report::DiskReport) -> pb::DiskStats {
+    pb::DiskStats {
+        device: d.device.clone(),
+        op: d.op.to_string(),
+        count: d.count,
+        bytes: d.bytes,
+        errors: d.errors,
+        queue: dist(&d.queue),
+        service: dist(&d.service),
+        total: dist(&d.total),
+    }
+}
+
+fn process(p: &report::ProcessReport) -> pb::Process {
+    pb::Process {
+        pid: p.pid,
+        comm: p.meta.comm.clone(),
+        exe: p.meta.exe.clone().unwrap_or_default(),
+        cgroup: p.meta.cgroup.clone().unwrap_or_default(),
+        container_id: p.meta.container_id.clone().unwrap_or_default(),
+        cmdline: p.meta.cmdline.clone().unwrap_or_default(),
+        exited: p.exited,
+        merged: 1,
+        syscalls: p.syscalls.iter().map(|s| latency(&s.name, s.nr, &s.latency)).collect(),
+        disk: p.disk.iter().map(disk).collect(),
+        offcpu: p.offcpu.as_ref().map(|o| pb::OffcpuStats {
+            on_cpu_ns: o.on_cpu_ns,
+            runqueue_ns: o.runqueue_ns,
+            blocked_io_ns: o.blocked_io_ns,
+            sleep_ns: o.sleep_ns,
+            runqueue: dist(&o.runqueue),
+            offcpu: dist(&o.offcpu),
+            sleep_by_syscall: o
+                .sleep_by_syscall
+                .iter()
+                .map(|s| pb::SleepBySyscall { name: s.name.clone(), ns: s.ns, count: s.count })
+                .collect(),
+        }),
+        tcp: p
+            .tcp
+            .iter()
+            .map(|t| pb::TcpStats {
+                remote: t.remote.clone(),
+                local: t.local.clone(),
+                state: t.state.to_string(),
+                direction: t.direction.to_string(),
+                rtt: Some(histogram(&t.rtt.hist, t.rtt.max_ns)),
+                rtt_last_us: t.rtt_last_us,
+                connect: Some(histogram(&t.connect.hist, t.connect.max_ns)),
+                refused: t.refused,
+                timeouts: t.timeouts,
+                retransmits: t.retransmits,
+                resets: t.resets,
+                bytes_sent: t.bytes_sent,
+                bytes_received: t.bytes_received,
+                connections: t.connections,
+            })
+            .collect(),
+    }
+}
+
+/// An interval's report on the wire (identity and sequence are the
+/// exporter's to fill in).
+pub fn report(r: &report::Report) -> pb::Report {
+    let end = r.end_unix_ns;
+    pb::Report {
+        agent: None,
+        sequence: 0,
+        interval_start_unix_ns: end - r.interval_ns as i64,
+        interval_end_unix_ns: end,
+        processes: r.processes.iter().map(process).collect(),
+        other: r.other.as_ref().map(|o| pb::Process {
+            comm: "other".into(),
+            merged: o.processes,
+            syscalls: o.syscalls.iter().map(|s| latency(&s.name, s.nr, &s.latency)).collect(),
+            ..Default::default()
+        }),
+        devices: r.devices.iter().map(disk).collect(),
+        probes: r
+            .probes
+            .iter()
+            .map(|p| pb::ProbeHealth {
+                name: p.name.to_string(),
+                active: p.active,
+                error: p.error.clone().unwrap_or_default(),
+                lost: p.lost,
+            })
+            .collect(),
+        dropped_reports: 0,
+    }
+}
