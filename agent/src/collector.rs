@@ -257,7 +257,11 @@ impl pb::collector_server::Collector for Service {
                     }
                     Some(Err(s)) => {
                         // Malformed protobuf, an oversized message.
-                        let s = Status::new(s.code(), format!("bad message: {}", s.message()));
+                        let code = match s.code() {
+                            tonic::Code::Internal if s.message().contains("decode") => tonic::Code::InvalidArgument,
+                            c => c,
+                        };
+                        let s = Status::new(code, format!("bad message: {}", s.message()));
                         svc.reject(&format!("{peer} {agent}"), &s);
                         let _ = tx.send(Err(s)).await;
                         break;

@@ -161,7 +161,20 @@ pub fn status_message(s: &tonic::Status) -> String {
         Code::Unimplemented => "that is not a hostprobe collector (no hostprobe.v1.Collector service)",
         _ => "the collector failed the stream",
     };
-    format!("{what} ({:?}: {})", s.code(), s.message())
+    let mut detail = s.message().to_string();
+    let mut cur = std::error::Error::source(s);
+    while let Some(c) = cur {
+        detail.push_str(": ");
+        detail.push_str(&c.to_string());
+        cur = c.source();
+    }
+    let lower = detail.to_lowercase();
+    let hint = if lower.contains("certificate") || lower.contains("alert") || lower.contains("tls") {
+        " (TLS: is --ca-file the CA that signed the collector's certificate, and does the collector trust our --client-cert?)"
+    } else {
+        ""
+    };
+    format!("{what} ({:?}: {detail}){hint}", s.code())
 }
 
 /// Who this agent is, on every report.
@@ -372,7 +385,18 @@ async fn session(
     if let Some(t) = token {
         request.metadata_mut().insert("authorization", t);
     }
-    let mut acks = client.stream(request).await.map_err(|s| anyhow::anyhow!("{}", status_message(&s)))?.into_inner();
+    let mut acks = client
+        .stream(request)
+        .await
+        .map_err(|s| {
+            let hint = if url.starts_with("http://") && s.code() == tonic::Code::Unknown {
+                " (the collector may require TLS: use https://)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("{}{hint}", status_message(&s))
+        })?
+        .into_inner();
     let backlog = shared.len();
     match outage_since.take() {
         Some(t) => log::info!(

@@ -132,13 +132,20 @@ impl Agent {
 
     /// Stops the agent with SIGTERM (it reports its last interval first) and
     /// returns every report it printed.
-    pub fn stop(mut self) -> Vec<Value> {
+    pub fn stop(self) -> Vec<Value> {
+        self.stop_logged().0
+    }
+
+    /// [`Agent::stop`], also returning everything it logged.
+    pub fn stop_logged(mut self) -> (Vec<Value>, String) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         while self.next_report(Duration::from_secs(10)).is_some() {}
         let status = self.child.wait().expect("wait hostprobe");
         assert!(status.success(), "hostprobe exited with {status}; stderr:\n{}", self.stderr());
-        std::mem::take(&mut self.reports)
+        // The stderr reader has seen the end of the pipe once it is closed.
+        std::thread::sleep(Duration::from_millis(50));
+        (std::mem::take(&mut self.reports), self.stderr())
     }
 }
 

@@ -1,0 +1,437 @@
+//! Streaming to a collector: the real agent (probes in the kernel) and the
+//! real `hostprobe collector` as processes, killed and restarted as the
+//! tests say; what arrived is read back from the collector's own journal.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use hostprobe::wire::pb;
+use hostprobe_tests::{hostprobe, process_reports, Agent, Workload};
+use prost::Message as _;
+
+/// A `hostprobe collector` process.
+struct Collector {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Collector {
+    fn start(port: u16, args: &[&str]) -> Collector {
+        let mut child = hostprobe()
+            .args(["collector", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn collector");
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let c = Collector { child, log };
+        c.wait_for("collector listening", Duration::from_secs(20));
+        c
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn wait_for(&self, text: &str, limit: Duration) {
+        let end = Instant::now() + limit;
+        while !self.log().contains(text) {
+            assert!(Instant::now() < end, "collector did not log {text:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no goodbye, as in a crash.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("hostprobe-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// (epoch, sequence) of every report of `agent` in the collector's journal,
+/// in journal order.
+fn journal(dir: &Path, agent: &str) -> Vec<(u64, u64)> {
+    let data = std::fs::read(dir.join("journal.pb")).expect("journal");
+    let mut buf = data.as_slice();
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let r = pb::Report::decode_length_delimited(&mut buf).expect("journal entry");
+        let a = r.agent.expect("identity");
+        if a.agent_id == agent {
+            out.push((a.epoch, r.sequence));
+        }
+    }
+    out
+}
+
+/// Asserts the journal holds sequences 1..=n of one epoch, each once, in order.
+fn assert_exactly_once(dir: &Path, agent: &str, n: usize) {
+    let got = journal(dir, agent);
+    let epochs: std::collections::BTreeSet<u64> = got.iter().map(|(e, _)| *e).collect();
+    assert_eq!(epochs.len(), 1, "one epoch: {epochs:?}");
+    let seqs: Vec<u64> = got.iter().map(|(_, s)| *s).collect();
+    let want: Vec<u64> = (1..=n as u64).collect();
+    assert_eq!(seqs, want, "every report exactly once, in order ({n} printed by the agent)");
+}
+
+/// Reads the agent's output until its log says `text`.
+fn until_logged(agent: &mut Agent, text: &str, limit: Duration) {
+    let end = Instant::now() + limit;
+    while !agent.stderr().contains(text) {
+        assert!(Instant::now() < end, "agent did not log {text:?}; stderr:\n{}", agent.stderr());
+        agent.run_for(Duration::from_millis(100));
+    }
+}
+
+fn agent_args<'a>(url: &'a str, id: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--probes", "syscall", "--collector", url, "--agent-id", id];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn a_collector_outage_loses_nothing_and_duplicates_nothing() {
+    let data = TempDir::new("outage");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let collector = Collector::start(port, &["--plaintext", "--data-dir", data.path()]);
+    let mut agent = Agent::start(&agent_args(&url, "outage", &["--plaintext"]));
+    agent.run_for(Duration::from_secs(2));
+    collector.kill();
+    agent.run_for(Duration::from_secs(20));
+    let collector = Collector::start(port, &["--plaintext", "--data-dir", data.path()]);
+    until_logged(&mut agent, "caught up", Duration::from_secs(60));
+    agent.run_for(Duration::from_secs(1));
+    let (reports, log) = agent.stop_logged();
+    let n = reports.len();
+    drop(collector);
+    assert!(log.contains("retrying in"), "the outage is logged: {log}");
+    assert!(log.contains("connected after an outage"), "the reconnection is logged: {log}");
+    assert!(n > 100, "{n} reports at 200 ms over ~25 s");
+    assert_exactly_once(&data.0, "outage", n);
+}
+
+#[test]
+fn with_a_spool_an_agent_restart_during_the_outage_loses_nothing() {
+    let data = TempDir::new("spool-collector");
+    let spool = TempDir::new("spool-agent");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let collector = Collector::start(port, &["--plaintext", "--data-dir", data.path()]);
+    let args = agent_args(&url, "spooled", &["--plaintext", "--spool-dir", spool.path()]);
+    let mut first = Agent::start(&args);
+    first.run_for(Duration::from_secs(2));
+    collector.kill();
+    first.run_for(Duration::from_secs(3));
+    let (reports, first_log) = first.stop_logged();
+    let n1 = reports.len();
+    assert!(first_log.contains("stay in the spool"), "{first_log}");
+    let mut second = Agent::start(&args);
+    assert!(second.stderr().contains("unacknowledged reports from before"), "{}", second.stderr());
+    second.run_for(Duration::from_secs(3));
+    let collector = Collector::start(port, &["--plaintext", "--data-dir", data.path()]);
+    until_logged(&mut second, "caught up", Duration::from_secs(60));
+    let n2 = second.stop().len();
+    drop(collector);
+    assert_exactly_once(&data.0, "spooled", n1 + n2);
+    let left: Vec<_> = std::fs::read_dir(&spool.0).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert!(left.iter().all(|f| f == "state"), "the spool is empty once all is acknowledged: {left:?}");
+}
+
+/// PEM files of a test PKI: a CA, a server certificate for 127.0.0.1, a
+/// client certificate from the CA, and one from a CA nobody trusts.
+struct Pki {
+    dir: TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = TempDir::new("pki");
+        let write = |name: &str, pem: String| std::fs::write(dir.0.join(name), pem).unwrap();
+        let ca = |cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let leaf = |names: Vec<String>, issuer: &Issuer<'_, KeyPair>, prefix: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names).unwrap().signed_by(&key, issuer).unwrap();
+            write(&format!("{prefix}.pem"), cert.pem());
+            write(&format!("{prefix}.key"), key.serialize_pem());
+        };
+        let (ca_pem, issuer) = ca("hostprobe test CA");
+        write("ca.pem", ca_pem);
+        leaf(vec!["127.0.0.1".into(), "localhost".into()], &issuer, "server");
+        leaf(vec!["agent".into()], &issuer, "client");
+        let (_, rogue) = ca("someone else's CA");
+        leaf(vec!["agent".into()], &rogue, "rogue");
+        write("token", "s3cret-token\n".into());
+        write("wrong-token", "not-the-token\n".into());
+        Pki { dir }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.0.join(name).to_str().unwrap().to_string()
+    }
+}
+
+/// Runs an agent for 3 s; returns its stderr.
+fn agent_for_a_while(args: &[&str]) -> String {
+    let out = hostprobe()
+        .args(["run", "--output", "json", "--interval", "200ms", "--duration", "3s"])
+        .args(args)
+        .output()
+        .expect("run agent");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn tls_token_and_client_certificates_are_enforced_with_clear_messages() {
+    let pki = Pki::new();
+    let data = TempDir::new("tls");
+    let port = free_port();
+    let (ca, cert, key, token) = (pki.file("ca.pem"), pki.file("server.pem"), pki.file("server.key"), pki.file("token"));
+    let collector = Collector::start(
+        port,
+        &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca, "--token-file", &token, "--data-dir", data.path()],
+    );
+    let url = format!("https://127.0.0.1:{port}");
+    let (client_cert, client_key) = (pki.file("client.pem"), pki.file("client.key"));
+    let good = ["--ca-file", ca.as_str(), "--client-cert", client_cert.as_str(), "--client-key", client_key.as_str()];
+
+    // The well-configured agent gets through.
+    let mut args = agent_args(&url, "tls-good", &good);
+    args.extend(["--token-file", token.as_str()]);
+    let log = agent_for_a_while(&args);
+    assert!(log.contains("connected"), "{log}");
+    assert!(!journal(&data.0, "tls-good").is_empty(), "reports arrived over mTLS");
+
+    // A wrong token.
+    let wrong = pki.file("wrong-token");
+    let mut args = agent_args(&url, "tls-wrong-token", &good);
+    args.extend(["--token-file", wrong.as_str()]);
+    let log = agent_for_a_while(&args);
+    assert!(log.contains("refused our credentials"), "wrong token: {log}");
+
+    // No TLS at all.
+    let plain = format!("http://127.0.0.1:{port}");
+    let log = agent_for_a_while(&agent_args(&plain, "tls-none", &["--plaintext", "--token-file", &token]));
+    assert!(log.contains("may require TLS"), "plaintext to a TLS collector: {log}");
+
+    // A client certificate from a CA the collector does not trust.
+    let (rogue_cert, rogue_key) = (pki.file("rogue.pem"), pki.file("rogue.key"));
+    let mut args =
+        agent_args(&url, "tls-rogue", &["--ca-file", &ca, "--client-cert", &rogue_cert, "--client-key", &rogue_key]);
+    args.extend(["--token-file", token.as_str()]);
+    let log = agent_for_a_while(&args);
+    assert!(log.contains("TLS"), "untrusted client certificate: {log}");
+
+    for refused in ["tls-wrong-token", "tls-none", "tls-rogue"] {
+        assert!(journal(&data.0, refused).is_empty(), "{refused} got reports in");
+    }
+    drop(collector);
+}
+
+/// A codec that sends bytes as they are: for messages no honest client
+/// would send.
+#[derive(Clone, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let v = bytes::Buf::chunk(src).to_vec();
+        bytes::Buf::advance(src, v.len());
+        Ok(Some(v))
+    }
+}
+
+/// Sends `messages` on one Stream call; the status the collector ends it with.
+async fn hostile_stream(url: &str, messages: Vec<Vec<u8>>) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/hostprobe.v1.Collector/Stream");
+    let request = tonic::Request::new(tokio_stream::iter(messages));
+    let response = match grpc.streaming(request, path, Raw).await {
+        Ok(r) => r,
+        Err(s) => return s,
+    };
+    let mut acks = response.into_inner();
+    loop {
+        match acks.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the collector accepted the whole stream"),
+            Err(s) => return s,
+        }
+    }
+}
+
+fn valid_report(agent: &str, seq: u64) -> Vec<u8> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    pb::Report {
+        agent: Some(pb::AgentIdentity { agent_id: agent.into(), epoch: 1, ..Default::default() }),
+        sequence: seq,
+        interval_start_unix_ns: now - 1_000_000_000,
+        interval_end_unix_ns: now,
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn hostile_input_is_refused_and_a_good_agent_loses_nothing() {
+    let data = TempDir::new("hostile");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut collector =
+        Collector::start(port, &["--plaintext", "--data-dir", data.path(), "--max-message", "1M", "--burst", "500"]);
+    let mut agent = Agent::start(&agent_args(&url, "well-behaved", &["--plaintext"]));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    let malformed = rt.block_on(hostile_stream(&url, vec![vec![0xff; 64]]));
+    eprintln!("malformed: {malformed:?}");
+    assert_eq!(malformed.code(), tonic::Code::InvalidArgument, "{malformed:?}");
+    let oversized = rt.block_on(hostile_stream(&url, vec![vec![0x0a; 2 << 20]]));
+    eprintln!("oversized: {oversized:?}");
+    assert!(
+        matches!(oversized.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
+        "{oversized:?}"
+    );
+    let flood = rt.block_on(hostile_stream(&url, (1..=5_000).map(|s| valid_report("flooder", s)).collect()));
+    eprintln!("flood: {flood:?}");
+    assert_eq!(flood.code(), tonic::Code::ResourceExhausted, "{flood:?}");
+    let future = {
+        let mut r = pb::Report::decode(valid_report("time-traveller", 1).as_slice()).unwrap();
+        r.interval_end_unix_ns += 3_600_000_000_000;
+        rt.block_on(hostile_stream(&url, vec![r.encode_to_vec()]))
+    };
+    assert_eq!(future.code(), tonic::Code::InvalidArgument, "{future:?}");
+
+    agent.run_for(Duration::from_secs(1));
+    let n = agent.stop().len();
+    assert!(collector.alive(), "the collector is still up");
+    let log = collector.log();
+    assert!(log.matches("rejected").count() >= 4, "each rejection is logged: {log}");
+    assert_exactly_once(&data.0, "well-behaved", n);
+    let flooded = journal(&data.0, "flooder").len();
+    assert!((400..=600).contains(&flooded), "the flood was cut at the burst: {flooded} stored");
+}
+
+#[test]
+fn query_merges_one_process_seen_by_two_agents_exactly() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let collector = Collector::start(port, &["--plaintext"]);
+    let mut workload = Workload::spawn(&["getppid", "20000"]);
+    let pid = workload.pid().to_string();
+    let mut a1 = Agent::start(&agent_args(&url, "agent-one", &["--plaintext", "--pid", &pid]));
+    let mut a2 = Agent::start(&agent_args(&url, "agent-two", &["--plaintext", "--pid", &pid]));
+    workload.go();
+    workload.wait();
+    a1.run_for(Duration::from_millis(600));
+    a2.run_for(Duration::from_millis(600));
+    let (r1, r2) = (a1.stop(), a2.stop());
+    let count = |reports: &[serde_json::Value]| -> u64 {
+        process_reports(reports, pid.parse().unwrap())
+            .iter()
+            .map(|p| p["syscall_total"]["count"].as_u64().unwrap())
+            .sum()
+    };
+    let (c1, c2) = (count(&r1), count(&r2));
+    assert!(c1 >= 20_000 && c2 >= 20_000, "each agent saw the workload: {c1}, {c2}");
+
+    let out = hostprobe()
+        .args(["query", "--collector", &url, "--plaintext", "--comm", "workload", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &v["rows"][0];
+    assert_eq!(row["comm"], "workload", "{v}");
+    assert_eq!(row["agents"], serde_json::json!(["agent-one", "agent-two"]), "{v}");
+    assert_eq!(row["count"].as_u64().unwrap(), c1 + c2, "merged exactly: {v}");
+
+    let table = hostprobe().args(["query", "--collector", &url, "--plaintext"]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("workload") && table.contains("COMM"), "{table}");
+    drop(collector);
+}
