@@ -1,14 +1,14 @@
 //! `hostprobe collector`: receives agents' report streams
 //! (`proto/hostprobe/v1`), deduplicates them by (agent, epoch, sequence),
-//! keeps a bounded recent window per agent (and, with `--data-dir`, a
-//! journal it replays at start), and answers fleet queries with histograms
+//! keeps a recent window per agent, stored encoded, bounded in time and in
+//! total memory (and, with `--data-dir`, a journal it replays at start), and answers fleet queries with histograms
 //! merged exactly across hosts. `hostprobe query` is its client.
 //!
 //! Defences, each refused with a clear gRPC status and logged, without
 //! disturbing other agents: bearer token and (m)TLS, a message size limit,
 //! malformed protobuf, reports from the future or far past, a per-agent
-//! rate limit, and a cap on the number of agents (memory is bounded by it
-//! times the per-agent window).
+//! rate limit, a cap on the number of agents, and a cap on the memory the
+//! windows take (the oldest reports go first).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -56,9 +56,13 @@ pub struct CollectorArgs {
     /// a restart loses nothing acknowledged and still drops duplicates.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Reports kept per agent for queries (at 1 s intervals, 300 = 5 minutes).
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=100_000), value_name = "N")]
-    pub window: u32,
+    /// How long reports are kept for queries.
+    #[arg(long, default_value = "5m", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    pub retention: Duration,
+    /// Memory for kept reports (encoded) over all agents; past it the
+    /// oldest go first.
+    #[arg(long, default_value = "1G", value_parser = crate::export::parse_size, value_name = "SIZE")]
+    pub max_memory: u64,
     /// Agents accepted at once; past it new agents are refused.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub max_agents: u32,
@@ -83,7 +87,8 @@ pub struct CollectorArgs {
 struct AgentState {
     /// Highest sequence stored, per epoch (a few recent epochs).
     acked: VecDeque<(u64, u64)>,
-    window: VecDeque<Arc<pb::Report>>,
+    /// Reports kept, oldest first, as received (encoded).
+    window: VecDeque<Stored>,
     tokens: f64,
     refilled: Instant,
 }
@@ -110,14 +115,49 @@ impl AgentState {
     }
 }
 
+struct Stored {
+    end_ns: i64,
+    bytes: Vec<u8>,
+}
+
 struct Store {
     agents: HashMap<String, AgentState>,
+    /// (agent, size) of every kept report in arrival order: each agent's
+    /// entries are in the order of its window, so evicting from the front
+    /// here is evicting from the front there.
+    order: VecDeque<(String, usize)>,
+    bytes: usize,
     journal: Option<Journal>,
     rejected: u64,
 }
 
+impl Store {
+    fn keep(&mut self, id: &str, r: &pb::Report, bytes: Vec<u8>, limits: &Limits) {
+        let Some(agent) = self.agents.get_mut(id) else { return };
+        self.bytes += bytes.len();
+        self.order.push_back((id.to_string(), bytes.len()));
+        agent.window.push_back(Stored { end_ns: r.interval_end_unix_ns, bytes });
+        let oldest = unix_ns() - limits.retention.as_nanos() as i64;
+        while let Some((id, len)) = self.order.front() {
+            let agent = self.agents.get_mut(id).expect("agents are never removed");
+            let old = agent.window.front().is_some_and(|s| s.end_ns < oldest);
+            if self.bytes <= limits.max_memory && !old {
+                break;
+            }
+            agent.window.pop_front();
+            self.bytes -= len;
+            self.order.pop_front();
+        }
+    }
+}
+
+fn unix_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
 struct Limits {
-    window: usize,
+    retention: Duration,
+    max_memory: usize,
     max_agents: usize,
     rate: f64,
     burst: f64,
@@ -191,15 +231,12 @@ impl Service {
         if seq <= state.acked(epoch) {
             return Ok((epoch, seq, Verdict::Duplicate));
         }
-        state.set_acked(epoch, seq);
-        let r = Arc::new(r);
-        state.window.push_back(r.clone());
-        while state.window.len() > self.limits.window {
-            state.window.pop_front();
-        }
+        let bytes = r.encode_to_vec();
         if let Some(j) = &mut store.journal {
-            j.append(&r).map_err(|e| Status::unavailable(format!("journal write failed: {e:#}")))?;
+            j.append(&bytes).map_err(|e| Status::unavailable(format!("journal write failed: {e:#}")))?;
         }
+        store.agents.get_mut(&id).expect("inserted above").set_acked(epoch, seq);
+        store.keep(&id, &r, bytes, &self.limits);
         Ok((epoch, seq, Verdict::Stored))
     }
 
@@ -211,7 +248,7 @@ impl Service {
 
 /// What a decoder cannot check: the histograms' layout and ranges.
 fn validate(r: &pb::Report) -> Result<(), String> {
-    let hist = |h: &Option<pb::Histogram>| h.as_ref().map_or(Ok(()), |h| wire::from_wire(h).map(|_| ()));
+    let hist = |h: &Option<pb::Histogram>| h.as_ref().map_or(Ok(()), wire::check);
     for p in r.processes.iter().chain(&r.other) {
         for s in &p.syscalls {
             hist(&s.latency)?;
@@ -314,7 +351,8 @@ fn query(store: &Store, q: &pb::QueryRequest) -> pb::QueryResponse {
     let mut rows: HashMap<String, Row> = HashMap::new();
     let mut reports = 0;
     for (id, agent) in &store.agents {
-        for r in agent.window.iter().filter(|r| r.interval_end_unix_ns >= since) {
+        for stored in agent.window.iter().filter(|r| r.end_ns >= since) {
+            let Ok(r) = pb::Report::decode(stored.bytes.as_slice()) else { continue };
             reports += 1;
             for p in r.processes.iter().filter(|p| q.comm.is_empty() || p.comm == q.comm) {
                 let mut add = |h: &Option<pb::Histogram>, total: u64| {
@@ -377,8 +415,11 @@ struct Journal {
 }
 
 impl Journal {
-    fn append(&mut self, r: &pb::Report) -> anyhow::Result<()> {
-        let buf = r.encode_length_delimited_to_vec();
+    /// Appends one encoded report, length-delimited, in one write.
+    fn append(&mut self, encoded: &[u8]) -> anyhow::Result<()> {
+        let mut buf = Vec::with_capacity(encoded.len() + 10);
+        prost::encoding::encode_varint(encoded.len() as u64, &mut buf);
+        buf.extend_from_slice(encoded);
         self.file.write_all(&buf)?;
         self.bytes += buf.len() as u64;
         Ok(())
@@ -403,14 +444,12 @@ fn open_journal(dir: &Path, store: &mut Store, limits: &Limits) -> anyhow::Resul
                 good = data.len() - buf.len();
                 replayed += 1;
                 let Some(a) = r.agent.clone() else { continue };
-                let state = store.agents.entry(a.agent_id).or_insert_with(|| AgentState::new(limits.burst));
+                let state = store.agents.entry(a.agent_id.clone()).or_insert_with(|| AgentState::new(limits.burst));
                 if r.sequence > state.acked(a.epoch) {
                     state.set_acked(a.epoch, r.sequence);
                 }
-                state.window.push_back(Arc::new(r));
-                while state.window.len() > limits.window {
-                    state.window.pop_front();
-                }
+                let bytes = r.encode_to_vec();
+                store.keep(&a.agent_id, &r, bytes, limits);
             }
             Err(_) => break,
         }
@@ -438,9 +477,11 @@ fn compact(store: &mut Store) -> anyhow::Result<()> {
     let mut bytes = 0u64;
     for a in store.agents.values() {
         for r in &a.window {
-            let buf = r.encode_length_delimited_to_vec();
+            let mut buf = Vec::with_capacity(10);
+            prost::encoding::encode_varint(r.bytes.len() as u64, &mut buf);
             out.write_all(&buf)?;
-            bytes += buf.len() as u64;
+            out.write_all(&r.bytes)?;
+            bytes += (buf.len() + r.bytes.len()) as u64;
         }
     }
     out.into_inner()?.sync_all()?;
@@ -462,14 +503,16 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
     .map(|t| t.trim().to_string())
     .filter(|t| !t.is_empty());
     let limits = Limits {
-        window: args.window as usize,
+        retention: args.retention,
+        max_memory: usize::try_from(args.max_memory).unwrap_or(usize::MAX),
         max_agents: args.max_agents as usize,
         rate: args.rate,
         burst: args.burst,
         max_age: args.max_age,
         max_future: args.max_future,
     };
-    let mut store = Store { agents: HashMap::new(), journal: None, rejected: 0 };
+    raise_fd_limit();
+    let mut store = Store { agents: HashMap::new(), order: VecDeque::new(), bytes: 0, journal: None, rejected: 0 };
     if let Some(dir) = &args.data_dir {
         store.journal = Some(open_journal(dir, &mut store, &limits)?);
     }
@@ -543,6 +586,18 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
     })
 }
 
+/// One connection per agent: raise the soft open-files limit to the hard one.
+pub fn raise_fd_limit() {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
 /// `hostprobe query`.
 #[derive(Debug, clap::Args)]
 pub struct QueryArgs {
@@ -557,9 +612,9 @@ pub struct QueryArgs {
     /// Only processes with this name.
     #[arg(long)]
     pub comm: Option<String>,
-    /// Only reports of the last DURATION (default: the collector's window).
-    #[arg(long, value_parser = crate::cli::parse_duration, value_name = "DURATION")]
-    pub window: Option<Duration>,
+    /// Only reports of the last DURATION ("0s": all the collector keeps).
+    #[arg(long, default_value = "1m", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    pub window: Duration,
     #[arg(long, default_value_t = 10)]
     pub limit: u32,
     /// Print JSON instead of a table.
@@ -595,7 +650,7 @@ pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
             limit: args.limit,
             endpoint: args.endpoint.clone().unwrap_or_default(),
             comm: args.comm.clone().unwrap_or_default(),
-            window_seconds: args.window.map_or(0, |w| w.as_secs().max(1) as u32),
+            window_seconds: if args.window.is_zero() { 0 } else { args.window.as_secs().max(1) as u32 },
         });
         if let Some(t) = crate::export::token(&args.client)? {
             req.metadata_mut().insert("authorization", t);

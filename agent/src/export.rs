@@ -23,6 +23,7 @@ use crate::wire::pb::{self, collector_client::CollectorClient};
 
 /// How to reach collectors: shared by `run --collector` and `query`.
 #[derive(Debug, Clone, clap::Args, Default)]
+#[command(next_help_heading = "Collector connection")]
 pub struct ClientArgs {
     /// Collector address, https://host:port (repeat or separate with commas
     /// for failover, tried in turn). http:// only with --plaintext.
@@ -48,6 +49,7 @@ pub struct ClientArgs {
 
 /// `run`'s export flags.
 #[derive(Debug, Clone, clap::Args, Default)]
+#[command(next_help_heading = "Streaming to a collector")]
 pub struct ExportArgs {
     #[command(flatten)]
     pub client: ClientArgs,

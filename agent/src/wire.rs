@@ -16,14 +16,24 @@ pub fn histogram(h: &Histogram, max_ns: u64) -> pb::Histogram {
     pb::Histogram { layout: LAYOUT, bucket, count, max_ns }
 }
 
-/// Our histogram from the wire; an error names what is wrong with it.
-pub fn from_wire(h: &pb::Histogram) -> Result<Histogram, String> {
+/// Checks a histogram from the wire without building it (cheap enough for
+/// every histogram of every report); the error names what is wrong.
+pub fn check(h: &pb::Histogram) -> Result<(), String> {
     if h.layout != LAYOUT {
         return Err(format!("histogram layout {} (this collector knows layout {LAYOUT})", h.layout));
     }
     if h.bucket.len() != h.count.len() {
         return Err(format!("histogram with {} buckets but {} counts", h.bucket.len(), h.count.len()));
     }
+    if let Some(b) = h.bucket.iter().find(|b| **b as usize >= agent_common::hist::BUCKETS) {
+        return Err(format!("histogram bucket {b} out of range"));
+    }
+    Ok(())
+}
+
+/// Our histogram from the wire; an error names what is wrong with it.
+pub fn from_wire(h: &pb::Histogram) -> Result<Histogram, String> {
+    check(h)?;
     let mut out = Histogram::default();
     for (b, c) in h.bucket.iter().zip(&h.count) {
         if *b as usize >= agent_common::hist::BUCKETS {

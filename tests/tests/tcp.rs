@@ -166,7 +166,7 @@ fn rtt_agrees_with_ss_through_a_queue() {
     say(&mut client, "go\n");
     assert_eq!(read_line(&mut client), "sent");
     std::thread::sleep(Duration::from_millis(1500)); // the backlog drains, the last acks arrive
-    let ss = net.run(&net.a, &["ss", "-tin", "dst", "10.231.0.2:5001"]);
+    let ss_us = ss_rtt_us(&net, &net.a, "10.231.0.2:5001");
     agent.run_for(Duration::from_millis(600));
     let pid = client.id();
     say(&mut client, "end\n");
@@ -174,19 +174,12 @@ fn rtt_agrees_with_ss_through_a_queue() {
     output(server);
     let reports = agent.stop();
 
-    let ss_rtt_us = ss
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("rtt:"))
-        .and_then(|v| v.split('/').next())
-        .and_then(|ms| ms.parse::<f64>().ok())
-        .map(|ms| ms * 1000.0)
-        .unwrap_or_else(|| panic!("no rtt in ss output: {ss}"));
     let items = tcp_items(&reports, pid);
     let last = items.iter().rev().find(|i| i["bytes_sent"].as_u64().is_some()).expect("client connection");
     let ours = last["rtt_last_us"].as_f64().unwrap();
-    eprintln!("rtt: agent {ours} us, ss {ss_rtt_us} us");
-    assert!(ss_rtt_us > 2_000.0, "the queue did not build: ss rtt {ss_rtt_us} us");
-    assert!((ours - ss_rtt_us).abs() <= (0.2 * ss_rtt_us).max(1_000.0), "agent {ours} us vs ss {ss_rtt_us} us");
+    eprintln!("rtt: agent {ours} us, ss {ss_us} us");
+    assert!(ss_us > 2_000.0, "the queue did not build: ss rtt {ss_us} us");
+    assert!((ours - ss_us).abs() <= (0.2 * ss_us).max(1_000.0), "agent {ours} us vs ss {ss_us} us");
     assert!(items.iter().any(|i| i["rtt_p99_us"].as_u64() > Some(1_000)), "{items:?}");
 }
 /// Runs `clients` short connections from namespace a to `ports` ports of

@@ -43,6 +43,9 @@ pub struct Args {
     /// Only the TCP measurement (implies --no-write).
     #[arg(long)]
     tcp_only: bool,
+    /// Only the collector measurement (implies --no-write).
+    #[arg(long)]
+    collector_only: bool,
 }
 
 const BPFTRACE_SCRIPT: &str = "tracepoint:raw_syscalls:sys_enter { @start[tid] = nsecs; } \
@@ -231,6 +234,12 @@ fn time_getppid(calls: u64) -> Result<f64> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if args.collector_only {
+        let mut md = String::new();
+        collector_bench(args.rounds)?.write(&mut md)?;
+        println!("{md}");
+        return Ok(());
+    }
     if args.tcp_only {
         let mut md = String::new();
         tcp_bench(args.rounds)?.write(&mut md)?;
@@ -250,7 +259,7 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     if args.agent_only {
-        let c = agent_cost(args.processes, args.seconds)?;
+        let c = agent_cost(args.processes, args.seconds, &[])?;
         println!(
             "agent CPU per interval {:.1} ms, peak RSS {:.1} MiB, {} entries, {} intervals",
             c.cpu_ms_per_interval, c.rss_mib, c.entries, c.intervals
@@ -275,11 +284,12 @@ pub fn run(args: Args) -> Result<()> {
     let kernel = kernel_cost(args.calls)?;
 
     step(&format!("agent cost: {} busy processes for {} s", args.processes, args.seconds));
-    let cost = agent_cost(args.processes, args.seconds)?;
+    let cost = agent_cost(args.processes, args.seconds, &[])?;
 
     let disk = disk_bench(args.rounds)?;
     let switches = switch_bench(args.rounds)?;
     let tcp = tcp_bench(args.rounds)?;
+    let collector = collector_bench(args.rounds)?;
 
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
@@ -343,6 +353,7 @@ pub fn run(args: Args) -> Result<()> {
     disk.write(&mut md)?;
     switches.write(&mut md)?;
     tcp.write(&mut md)?;
+    collector.write(&mut md)?;
 
     println!("{md}");
     if !args.no_write {
@@ -354,12 +365,15 @@ pub fn run(args: Args) -> Result<()> {
 
 struct AgentCost {
     cpu_ms_per_interval: f64,
+    /// CPU of the agent's main thread (output and export; collection runs
+    /// on its own thread), from its schedstat (ns resolution).
+    main_thread_ms_per_interval: f64,
     rss_mib: f64,
     entries: u64,
     intervals: usize,
 }
 
-fn agent_cost(processes: usize, seconds: u64) -> Result<AgentCost> {
+fn agent_cost(processes: usize, seconds: u64, extra: &[&str]) -> Result<AgentCost> {
     let workload = root().join("target/release/workload");
     let busy_for = (seconds + 6).to_string();
     let mut busy = Vec::with_capacity(processes);
@@ -370,6 +384,7 @@ fn agent_cost(processes: usize, seconds: u64) -> Result<AgentCost> {
     let mut agent = Command::new(root().join("target/release/hostprobe"))
         .args(["run", "--output", "json", "--interval", "1s", "--top", "20"])
         .args(["--duration", &format!("{seconds}s")])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
@@ -395,17 +410,20 @@ fn agent_cost(processes: usize, seconds: u64) -> Result<AgentCost> {
         // utime and stime: fields 14 and 15 of stat, 12th and 13th after the comm.
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     };
-    let mut first: Option<(usize, u64)> = None;
-    let mut last: Option<(usize, u64)> = None;
+    let main_ns = || -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat")).ok()?.split_whitespace().next()?.parse().ok()
+    };
+    let mut first: Option<(usize, u64, u64)> = None;
+    let mut last: Option<(usize, u64, u64)> = None;
     let mut hwm_kib = 0u64;
     while started.elapsed() < Duration::from_secs(seconds + 5) {
         let n = seen.load(std::sync::atomic::Ordering::SeqCst);
-        if let Some(t) = ticks() {
+        if let (Some(t), Some(m)) = (ticks(), main_ns()) {
             if n >= 1 && first.is_none() {
-                first = Some((n, t));
+                first = Some((n, t, m));
             }
             if n >= 1 {
-                last = Some((n, t));
+                last = Some((n, t, m));
             }
         }
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
@@ -425,7 +443,7 @@ fn agent_cost(processes: usize, seconds: u64) -> Result<AgentCost> {
         let _ = b.wait();
     }
     let entries = lines.last().and_then(|l| serde_json_entries(l)).unwrap_or(0);
-    let (Some((n0, t0)), Some((n1, t1))) = (first, last) else {
+    let (Some((n0, t0, m0)), Some((n1, t1, m1))) = (first, last) else {
         bail!("the agent printed no reports");
     };
     let intervals = n1.saturating_sub(n0);
@@ -437,6 +455,7 @@ fn agent_cost(processes: usize, seconds: u64) -> Result<AgentCost> {
     let cpu_ms = cpu_ticks as f64 * 10.0;
     Ok(AgentCost {
         cpu_ms_per_interval: cpu_ms / intervals as f64,
+        main_thread_ms_per_interval: (m1 - m0) as f64 / 1e6 / intervals as f64,
         rss_mib: hwm_kib as f64 / 1024.0,
         entries,
         intervals,
@@ -800,6 +819,135 @@ impl TcpBench {
             let raw: Vec<String> = s.iter().map(|v| format!("{v:.2}")).collect();
             writeln!(md, "| {} | {m:.2} | {:+.1}% | {} |", t.name(), (ratio - 1.0) * 100.0, raw.join(", "))?;
         }
+        Ok(())
+    }
+}
+
+/// A `hostprobe collector` on a free loopback port, killed on drop.
+struct CollectorProcess {
+    child: Child,
+    url: String,
+}
+
+impl CollectorProcess {
+    fn start() -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(root().join("target/release/hostprobe"))
+            .args(["collector", "--plaintext", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the collector")?;
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > end {
+                bail!("the collector did not start listening");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, url: format!("http://127.0.0.1:{port}") })
+    }
+
+    /// (user + system CPU seconds, peak RSS MiB) so far.
+    fn usage(&self) -> (f64, f64) {
+        let pid = self.child.id();
+        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| {
+            let f: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+            Some((f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64 / 100.0)
+        });
+        let hwm = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        });
+        (cpu.unwrap_or(0.0), hwm.unwrap_or(0.0) / 1024.0)
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct CollectorBench {
+    agents: u32,
+    processes: u32,
+    seconds: u64,
+    load: serde_json::Value,
+    cpu_cores: f64,
+    rss_mib: f64,
+    /// Main-thread ms per interval without and with --collector, per round.
+    export: Vec<(f64, f64)>,
+}
+
+fn collector_bench(rounds: usize) -> Result<CollectorBench> {
+    let (agents, processes, seconds) = (1_000u32, 50u32, 20u64);
+    step(&format!("collector ingest: {agents} synthetic agents x {processes} processes, 1 report/s each, {seconds} s"));
+    let collector = CollectorProcess::start()?;
+    let (cpu0, _) = collector.usage();
+    let started = Instant::now();
+    let out = Command::new(root().join("target/release/loadgen"))
+        .args([&collector.url, &agents.to_string(), &processes.to_string(), &seconds.to_string()])
+        .output()
+        .context("running the load generator")?;
+    if !out.status.success() {
+        bail!("load generator failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (cpu1, rss_mib) = collector.usage();
+    let load: serde_json::Value = serde_json::from_slice(&out.stdout).context("load generator output")?;
+    drop(collector);
+
+    // Agent side: the main thread (output and export) with and without a
+    // collector to stream to, alternating.
+    let collector = CollectorProcess::start()?;
+    let mut export = Vec::new();
+    for round in 0..rounds.min(3) {
+        step(&format!("agent export cost: round {}/{}", round + 1, rounds.min(3)));
+        let without = agent_cost(100, 10, &[])?.main_thread_ms_per_interval;
+        let with = agent_cost(100, 10, &["--collector", &collector.url, "--plaintext"])?.main_thread_ms_per_interval;
+        export.push((without, with));
+    }
+    Ok(CollectorBench { agents, processes, seconds, load, cpu_cores: (cpu1 - cpu0) / wall, rss_mib, export })
+}
+
+impl CollectorBench {
+    fn write(&self, md: &mut String) -> Result<()> {
+        writeln!(md, "\n## Collector ingest and agent export\n")?;
+        writeln!(
+            md,
+            "`loadgen` (tests/src/bin/loadgen.rs) opens {} gRPC streams to a `hostprobe collector \
+             --plaintext` on loopback, one per synthetic agent, and sends one report per agent per \
+             second for {} s, spread over each second, gzip-compressed as the agent sends them; each \
+             report has {} processes (12 syscall histograms, a disk item, off-CPU figures, two TCP \
+             connections each). The load generator runs on the same 2 cores. Collector CPU is \
+             user + system time from `/proc/<pid>/stat` over the run's wall time, memory its `VmHWM`.\n",
+            self.agents, self.seconds, self.processes
+        )?;
+        let sent = self.load["sent"].as_u64().unwrap_or(0);
+        let acked = self.load["acked"].as_u64().unwrap_or(0);
+        let elapsed = self.load["elapsed_s"].as_f64().unwrap_or(0.0);
+        writeln!(md, "| measure | value |")?;
+        writeln!(md, "|---|---|")?;
+        writeln!(md, "| reports sent / acknowledged | {sent} / {acked} |")?;
+        writeln!(md, "| report size (protobuf, before gzip) | {} KiB |", self.load["report_bytes"].as_u64().unwrap_or(0) / 1024)?;
+        writeln!(md, "| ingest rate | {:.0} reports/s |", acked as f64 / elapsed.max(1e-9))?;
+        writeln!(md, "| collector CPU | {:.2} cores of 2 |", self.cpu_cores)?;
+        writeln!(md, "| collector peak RSS | {:.0} MiB (reports kept encoded; `--max-memory` 1 GiB by default) |", self.rss_mib)?;
+        writeln!(
+            md,
+            "\nAgent side: `hostprobe run --output json --interval 1s` among 100 busy processes for 10 s, \
+             without and with `--collector` (alternating); CPU of the agent's main thread, which \
+             writes the output and runs the exporter (conversion, protobuf, gzip, HTTP/2), from its \
+             `schedstat` (ns resolution). The difference is the export cost per interval.\n"
+        )?;
+        writeln!(md, "| round | main thread ms/interval, no collector | with --collector | export cost |")?;
+        writeln!(md, "|---|---|---|---|")?;
+        for (i, (a, b)) in self.export.iter().enumerate() {
+            writeln!(md, "| {} | {a:.3} | {b:.3} | {:+.3} ms |", i + 1, b - a)?;
+        }
+        let mut d: Vec<f64> = self.export.iter().map(|(a, b)| b - a).collect();
+        writeln!(md, "\nMedian export cost: {:.3} ms of CPU per interval.", median(&mut d))?;
         Ok(())
     }
 }
