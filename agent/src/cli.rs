@@ -108,6 +108,15 @@ pub struct RunArgs {
     pub filters: FilterArgs,
     #[command(flatten)]
     pub export: crate::export::ExportArgs,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (off by default).
+    #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
+    pub prometheus_listen: Option<std::net::SocketAddr>,
+    /// Process names exported as series of their own; the rest are summed
+    /// as `other` (pids are never labels: they churn).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N", help_heading = "Metrics")]
+    pub metrics_max_processes: u32,
+    #[command(flatten)]
+    pub otlp: crate::otlp::OtlpArgs,
 }
 
 fn parse_probe(s: &str) -> Result<&'static str, String> {

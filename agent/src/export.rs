@@ -19,7 +19,7 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-use crate::wire::pb::{self, collector_client::CollectorClient};
+use crate::wire::pb;
 
 /// How to reach collectors: shared by `run --collector` and `query`.
 #[derive(Debug, Clone, clap::Args, Default)]
@@ -198,9 +198,16 @@ pub fn identity(agent_id: Option<&str>, epoch: u64) -> pb::AgentIdentity {
     }
 }
 
+/// A report encoded once: the queue, the spool and the stream share the bytes.
+#[derive(Clone)]
+struct Encoded {
+    sequence: u64,
+    bytes: bytes::Bytes,
+}
+
 /// Reports not yet acknowledged, in sequence order, mirrored in the spool.
 struct Queue {
-    reports: VecDeque<pb::Report>,
+    reports: VecDeque<Encoded>,
     cap: usize,
     next_seq: u64,
     epoch: u64,
@@ -230,6 +237,9 @@ struct Shared {
     identity: pb::AgentIdentity,
     /// Set at exit: end the stream cleanly once everything is acknowledged.
     closing: std::sync::atomic::AtomicBool,
+    /// Failed sessions, and when the last one failed (Unix seconds).
+    errors: std::sync::atomic::AtomicU64,
+    last_error_unix: std::sync::atomic::AtomicI64,
 }
 
 impl Shared {
@@ -238,7 +248,7 @@ impl Shared {
     }
 
     /// The first queued report at or after `seq`.
-    fn at_or_after(&self, seq: u64) -> Option<pb::Report> {
+    fn at_or_after(&self, seq: u64) -> Option<Encoded> {
         let q = self.lock();
         let first = q.reports.front()?.sequence;
         let i = seq.saturating_sub(first) as usize;
@@ -295,6 +305,8 @@ impl Exporter {
             changed: Notify::new(),
             identity: identity(args.agent_id.as_deref(), epoch),
             closing: std::sync::atomic::AtomicBool::new(false),
+            errors: std::sync::atomic::AtomicU64::new(0),
+            last_error_unix: std::sync::atomic::AtomicI64::new(0),
         });
         tokio::spawn(sender(shared.clone(), client));
         Ok(Self { shared })
@@ -312,17 +324,25 @@ impl Exporter {
             while q.reports.len() >= q.cap {
                 q.drop_oldest("memory queue full (--queue)");
             }
+            let bytes = bytes::Bytes::from(r.encode_to_vec());
             if let Some(s) = &mut q.spool {
-                if let Err(e) = s.add(&r, r.sequence + 1) {
+                if let Err(e) = s.add(r.sequence, &bytes, r.agent.as_ref().map_or(0, |a| a.epoch), r.sequence + 1) {
                     log::warn!("spool: {e:#}; this report is in memory only");
                 }
             }
-            while q.spool.as_ref().is_some_and(|s| s.over_cap()) && q.reports.len() > 1 {
+            while q.spool.as_ref().is_some_and(|s| s.over_cap()) && !q.reports.is_empty() {
                 q.drop_oldest("spool full (--spool-max)");
             }
-            q.reports.push_back(r);
+            q.reports.push_back(Encoded { sequence: r.sequence, bytes });
         }
         self.shared.changed.notify_one();
+    }
+
+    /// (queue length, failed sessions, when the last failed) for health metrics.
+    pub fn health(&self) -> (Option<u64>, u64, Option<i64>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.shared.last_error_unix.load(Relaxed);
+        (Some(self.shared.len() as u64), self.shared.errors.load(Relaxed), (last > 0).then_some(last))
     }
 
     /// Waits up to `limit` for the queue to drain (at shutdown).
@@ -357,6 +377,10 @@ async fn sender(shared: Arc<Shared>, args: ClientArgs) {
             Ok(()) => failures = 0,
             Err(e) => {
                 outage_since.get_or_insert_with(std::time::Instant::now);
+                shared.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared
+                    .last_error_unix
+                    .store(crate::metrics::now_unix_ns() / 1_000_000_000, std::sync::atomic::Ordering::Relaxed);
                 failures = failures.saturating_add(1);
                 let cap = Duration::from_secs(30);
                 let base = Duration::from_millis(250).saturating_mul(1 << failures.min(8)).min(cap);
@@ -379,16 +403,21 @@ async fn session(
 ) -> anyhow::Result<()> {
     let channel = channel(url, args).await?;
     let token = token(args)?;
-    let mut client = CollectorClient::new(channel)
+    // The generated client would take messages to encode; ours are encoded
+    // already (once, at push), so the call is made with a codec that sends
+    // bytes as they are.
+    let mut client = tonic::client::Grpc::new(channel)
         .send_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Gzip);
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::Report>(32);
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(32);
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     if let Some(t) = token {
         request.metadata_mut().insert("authorization", t);
     }
+    client.ready().await.map_err(|e| anyhow::anyhow!("{}", transport_error(url, &e)))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/hostprobe.v1.Collector/Stream");
     let mut acks = client
-        .stream(request)
+        .streaming(request, path, EncodedCodec)
         .await
         .map_err(|s| {
             let hint = if url.starts_with("http://") && s.code() == tonic::Code::Unknown {
@@ -431,7 +460,7 @@ async fn session(
             permit = async { tx.as_ref().expect("checked").reserve().await }, if pending.is_some() && tx.is_some() => {
                 let r = pending.expect("checked");
                 next = r.sequence + 1;
-                permit.context("the stream closed")?.send(r);
+                permit.context("the stream closed")?.send(r.bytes);
             }
             _ = shared.changed.notified(), if pending.is_none() && tx.is_some() => {}
         }
@@ -449,7 +478,7 @@ struct Spool {
 }
 
 impl Spool {
-    fn open(dir: &Path, max_bytes: u64, now_ns: u64) -> anyhow::Result<(Spool, u64, u64, VecDeque<pb::Report>)> {
+    fn open(dir: &Path, max_bytes: u64, now_ns: u64) -> anyhow::Result<(Spool, u64, u64, VecDeque<Encoded>)> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating --spool-dir {}", dir.display()))?;
         let state = dir.join("state");
         let (epoch, mut next) = match std::fs::read_to_string(&state) {
@@ -472,13 +501,14 @@ impl Spool {
         let mut reports = VecDeque::new();
         for seq in seqs {
             let path = spool.path(seq);
-            let decoded = std::fs::read(&path).ok().and_then(|b| pb::Report::decode(b.as_slice()).ok().map(|r| (r, b.len())));
-            match decoded {
-                Some((r, len)) if r.sequence == seq && r.agent.as_ref().is_some_and(|a| a.epoch == epoch) => {
-                    spool.files.push_back((seq, len as u64));
-                    spool.bytes += len as u64;
+            let bytes = std::fs::read(&path).ok();
+            let decoded = bytes.as_deref().and_then(|b| pb::Report::decode(b).ok());
+            match (decoded, bytes) {
+                (Some(r), Some(bytes)) if r.sequence == seq && r.agent.as_ref().is_some_and(|a| a.epoch == epoch) => {
+                    spool.files.push_back((seq, bytes.len() as u64));
+                    spool.bytes += bytes.len() as u64;
                     next = next.max(seq + 1);
-                    reports.push_back(r);
+                    reports.push_back(Encoded { sequence: seq, bytes: bytes.into() });
                 }
                 _ => {
                     log::warn!("spool: {} is unreadable or from another epoch; removed", path.display());
@@ -500,15 +530,14 @@ impl Spool {
         std::fs::rename(&tmp, self.dir.join("state")).context("replacing the spool state")
     }
 
-    fn add(&mut self, r: &pb::Report, next: u64) -> anyhow::Result<()> {
-        let bytes = r.encode_to_vec();
-        let path = self.path(r.sequence);
+    fn add(&mut self, sequence: u64, bytes: &[u8], epoch: u64, next: u64) -> anyhow::Result<()> {
+        let path = self.path(sequence);
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        self.files.push_back((r.sequence, bytes.len() as u64));
+        self.files.push_back((sequence, bytes.len() as u64));
         self.bytes += bytes.len() as u64;
-        self.write_state(r.agent.as_ref().map_or(0, |a| a.epoch), next)
+        self.write_state(epoch, next)
     }
 
     fn over_cap(&self) -> bool {
@@ -521,6 +550,40 @@ impl Spool {
             self.bytes -= len;
             let _ = std::fs::remove_file(self.path(s));
         }
+    }
+}
+
+/// Sends reports encoded already; decodes acknowledgements.
+#[derive(Clone, Copy)]
+struct EncodedCodec;
+
+impl tonic::codec::Codec for EncodedCodec {
+    type Encode = bytes::Bytes;
+    type Decode = pb::Ack;
+    type Encoder = EncodedCodec;
+    type Decoder = EncodedCodec;
+    fn encoder(&mut self) -> EncodedCodec {
+        *self
+    }
+    fn decoder(&mut self) -> EncodedCodec {
+        *self
+    }
+}
+
+impl tonic::codec::Encoder for EncodedCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: bytes::Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for EncodedCodec {
+    type Item = pb::Ack;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<pb::Ack>, tonic::Status> {
+        pb::Ack::decode(src).map(Some).map_err(|e| tonic::Status::internal(format!("bad acknowledgement: {e}")))
     }
 }
 

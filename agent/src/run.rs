@@ -55,11 +55,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let export = args.export;
+    let metrics = (args.prometheus_listen.is_some() || args.otlp.otlp_endpoint.is_some())
+        .then(|| std::sync::Arc::new(std::sync::Mutex::new(crate::metrics::Metrics::new(args.metrics_max_processes as usize))));
+    let prometheus_listen = args.prometheus_listen;
+    let otlp_args = args.otlp;
     rt.block_on(async move {
         let exporter = if export.client.collectors.is_empty() {
             None
         } else {
             Some(crate::export::Exporter::start(&export)?)
+        };
+        if let (Some(addr), Some(m)) = (prometheus_listen, &metrics) {
+            crate::prom::serve(addr, m.clone()).await?;
+        }
+        let mut otlp = match &otlp_args.otlp_endpoint {
+            Some(url) => Some(crate::otlp::Exporter::start(&otlp_args, &export.client, url.clone())?),
+            None => None,
         };
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut stopping = false;
@@ -69,6 +80,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     Some(report) => {
                         if let Some(x) = &exporter {
                             x.push(&report);
+                        }
+                        if let Some(m) = &metrics {
+                            let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+                            m.add(&report);
+                            if let Some(x) = &exporter {
+                                (m.health.export_queue, m.health.export_errors, m.health.export_last_error_unix) = x.health();
+                            }
+                            if let Some(o) = &mut otlp {
+                                o.export(&m, report.end_unix_ns);
+                            }
                         }
                         if let Err(e) = sink.emit(&report) {
                             if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -94,6 +115,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         if let Some(x) = &exporter {
             x.flush(Duration::from_secs(5)).await;
+        }
+        if let Some(o) = &otlp {
+            o.flush(Duration::from_secs(5)).await;
         }
         anyhow::Ok(())
     })?;

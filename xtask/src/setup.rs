@@ -12,8 +12,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests use: fio (the disk probe's ground truth),
 /// iproute2 (network namespaces, tc, ss and nstat for the TCP probe), nftables
-/// (packet loss for the retransmit test) and ethtool (offloads off there).
-const TEST_PACKAGES: &[&str] = &["fio", "iproute2", "nftables", "ethtool"];
+/// (packet loss for the retransmit test), ethtool (offloads off there) and
+/// prometheus (a real server scraping the agent, and promtool).
+const TEST_PACKAGES: &[&str] = &["fio", "iproute2", "nftables", "ethtool", "prometheus"];
 /// Debian packages `cargo xtask bench` compares against or loads with.
 const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools", "fio", "iperf3"];
 
@@ -22,6 +23,7 @@ pub fn all(bench: bool) -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     debian_packages(TEST_PACKAGES)?;
+    otlp_venv()?;
     if bench {
         debian_packages(BENCH_PACKAGES)?;
     }
@@ -93,6 +95,39 @@ fn bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", &prefix))?;
     if output(Command::new("bpf-linker").arg("--version")).is_none() {
         bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
+}
+
+/// Python packages of the OTLP test receiver (tests/otlp_receiver.py): the
+/// official generated classes and grpcio, in a virtual environment.
+const OTLP_PYTHON: &[&str] = &["opentelemetry-proto", "grpcio"];
+
+/// Where that environment lives (the tests look for it there too).
+pub fn otlp_venv_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/hostprobe/otlp-venv")
+}
+
+/// Creates the OTLP receiver's virtual environment unless it works already.
+fn otlp_venv() -> Result<()> {
+    let dir = otlp_venv_dir();
+    let python = dir.join("bin/python");
+    let works = |p: &std::path::Path| {
+        output(Command::new(p).args([
+            "-c",
+            "import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc",
+        ]))
+        .is_some()
+    };
+    if works(&python) {
+        return Ok(());
+    }
+    step(&format!("creating the OTLP test receiver's Python environment: {}", dir.display()));
+    run(Command::new("python3").arg("-m").arg("venv").arg(&dir))?;
+    run(Command::new(dir.join("bin/pip")).args(["install", "--quiet"]).args(OTLP_PYTHON))?;
+    if !works(&python) {
+        bail!("{} cannot import grpc and opentelemetry.proto after installing them", python.display());
     }
     Ok(())
 }

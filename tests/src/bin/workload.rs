@@ -11,6 +11,8 @@
 //!                               duration (ns, measured here) as a JSON array
 //! workload openat-missing N     N openat() of a path that does not exist (ENOENT)
 //! workload churn N              N short-lived children (/bin/true), one after another
+//! workload churn-named N        N short-lived forked children, each with its own
+//!                               name (c0, c1, ...), one after another
 //! workload steady N MS          N rounds of getppid() + nanosleep(MS ms)
 //! workload dio DEV R W          R reads then W writes of 4 KiB with O_DIRECT at
 //!                               distinct 4 KiB-aligned offsets of DEV
@@ -311,6 +313,27 @@ fn main() {
             for _ in 0..arg(&args, 2) {
                 let ok = std::process::Command::new("/bin/true").status().map(|s| s.success());
                 assert!(matches!(ok, Ok(true)), "/bin/true failed: {ok:?}");
+            }
+        }
+        Some("churn-named") => {
+            for i in 0..arg(&args, 2) {
+                // SAFETY: the child only renames itself, makes a syscall and
+                // exits, without touching the parent's state.
+                unsafe {
+                    match libc::fork() {
+                        0 => {
+                            let name = std::ffi::CString::new(format!("c{i}")).expect("name");
+                            libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+                            libc::syscall(libc::SYS_getppid);
+                            libc::_exit(0);
+                        }
+                        pid if pid > 0 => {
+                            let mut status = 0;
+                            libc::waitpid(pid, &mut status, 0);
+                        }
+                        _ => panic!("fork failed"),
+                    }
+                }
             }
         }
         Some("dio") => {

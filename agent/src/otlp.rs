@@ -1,0 +1,439 @@
+//! `--otlp-endpoint URL`: the metrics of [`crate::metrics`] to an
+//! OpenTelemetry collector over OTLP/gRPC (messages and client from the
+//! `opentelemetry-proto` crate), every interval.
+//!
+//! Latency distributions are OTLP histograms with explicit bounds that are
+//! our layout's bucket edges, all of them, so nothing is re-bucketed.
+//! Temporality by flag: cumulative (default; each group's start time is when
+//! its series began, and changes when the agent restarts or the group was
+//! evicted) or delta (differences between exports, contiguous in time).
+//! Failed exports are retried with backoff on the codes the OTLP
+//! specification calls retryable; cumulative data needs only the latest
+//! state to be delivered (nothing lost, nothing counted twice), delta data
+//! keeps a bounded queue of unsent requests.
+
+use std::{collections::VecDeque, time::Duration};
+
+use opentelemetry_proto::tonic::{
+    collector::metrics::v1::{metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest},
+    common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue},
+    metrics::v1::{
+        metric::Data, number_data_point, AggregationTemporality, Histogram as OtlpHistogram, HistogramDataPoint,
+        Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    },
+    resource::v1::Resource,
+};
+use tonic::{codec::CompressionEncoding, metadata::MetadataMap, Code};
+
+use crate::metrics::{CumHist, Group, GroupKey, Metrics};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Temporality {
+    #[default]
+    Cumulative,
+    Delta,
+}
+
+#[derive(Debug, Clone, clap::Args, Default)]
+#[command(next_help_heading = "OpenTelemetry (OTLP/gRPC) export")]
+pub struct OtlpArgs {
+    /// OTLP/gRPC endpoint, e.g. https://otel-collector:4317 (http:// with
+    /// --plaintext). TLS settings are --ca-file/--client-cert/--client-key.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Header sent with every export, e.g. `api-key=SECRET` (repeatable).
+    #[arg(long = "otlp-header", value_name = "KEY=VALUE", value_parser = parse_header)]
+    pub otlp_headers: Vec<(String, String)>,
+    /// cumulative (default): totals since each series began; delta:
+    /// changes since the last export.
+    #[arg(long, value_enum, default_value_t = Temporality::Cumulative)]
+    pub otlp_temporality: Temporality,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))?;
+    let key = k.trim().to_ascii_lowercase();
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(format!("{k:?} is not a valid header name"));
+    }
+    Ok((key, v.trim().to_string()))
+}
+
+fn kv(key: &str, v: any_value::Value) -> KeyValue {
+    KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+}
+
+fn s(key: &str, v: &str) -> KeyValue {
+    kv(key, any_value::Value::StringValue(v.to_string()))
+}
+
+/// A group's attributes, after the semantic conventions.
+fn attributes(k: &GroupKey, g: &Group) -> Vec<KeyValue> {
+    let mut a = vec![s("process.executable.name", &k.process)];
+    if !g.exe.is_empty() {
+        a.push(s("process.executable.path", &g.exe));
+    }
+    if let Some(pid) = g.pid {
+        a.push(kv("process.pid", any_value::Value::IntValue(i64::from(pid))));
+    }
+    if !k.container_id.is_empty() {
+        a.push(s("container.id", &k.container_id));
+    }
+    a
+}
+
+/// Our layout's bucket edges in seconds: OTLP's explicit bounds.
+fn bounds() -> Vec<f64> {
+    (0..agent_common::hist::BUCKETS - 1).map(|b| agent_common::hist::upper_bound(b) as f64 / 1e9).collect()
+}
+
+/// What one export says: per metric, data points.
+struct Builder {
+    temporality: Temporality,
+    time: u64,
+    sums: Vec<(&'static str, &'static str, &'static str, Vec<NumberDataPoint>)>,
+    hists: Vec<(&'static str, &'static str, Vec<HistogramDataPoint>)>,
+}
+
+impl Builder {
+    fn sum(&mut self, name: &'static str, unit: &'static str, help: &'static str, attrs: Vec<KeyValue>, start: u64, v: u64) {
+        self.sum_value(name, unit, help, attrs, start, number_data_point::Value::AsInt(v as i64));
+    }
+
+    fn sum_value(
+        &mut self,
+        name: &'static str,
+        unit: &'static str,
+        help: &'static str,
+        attrs: Vec<KeyValue>,
+        start: u64,
+        value: number_data_point::Value,
+    ) {
+        let point = NumberDataPoint {
+            attributes: attrs,
+            start_time_unix_nano: start,
+            time_unix_nano: self.time,
+            value: Some(value),
+            ..Default::default()
+        };
+        match self.sums.iter_mut().find(|m| m.0 == name) {
+            Some(m) => m.3.push(point),
+            None => self.sums.push((name, unit, help, vec![point])),
+        }
+    }
+
+    fn hist(&mut self, name: &'static str, help: &'static str, attrs: Vec<KeyValue>, start: u64, h: &CumHist) {
+        if h.hist.count() == 0 {
+            return;
+        }
+        let point = HistogramDataPoint {
+            attributes: attrs,
+            start_time_unix_nano: start,
+            time_unix_nano: self.time,
+            count: h.hist.count(),
+            sum: Some(h.sum_ns / 1e9),
+            bucket_counts: h.hist.buckets().to_vec(),
+            explicit_bounds: bounds(),
+            ..Default::default()
+        };
+        match self.hists.iter_mut().find(|m| m.0 == name) {
+            Some(m) => m.2.push(point),
+            None => self.hists.push((name, help, vec![point])),
+        }
+    }
+
+    fn metrics(self) -> Vec<Metric> {
+        let t = match self.temporality {
+            Temporality::Cumulative => AggregationTemporality::Cumulative,
+            Temporality::Delta => AggregationTemporality::Delta,
+        } as i32;
+        let mut out: Vec<Metric> = self
+            .sums
+            .into_iter()
+            .map(|(name, unit, help, points)| Metric {
+                name: name.into(),
+                unit: unit.into(),
+                description: help.into(),
+                data: Some(Data::Sum(Sum { data_points: points, aggregation_temporality: t, is_monotonic: true })),
+                ..Default::default()
+            })
+            .collect();
+        out.extend(self.hists.into_iter().map(|(name, help, points)| Metric {
+            name: name.into(),
+            unit: "s".into(),
+            description: help.into(),
+            data: Some(Data::Histogram(OtlpHistogram { data_points: points, aggregation_temporality: t })),
+            ..Default::default()
+        }));
+        out
+    }
+}
+
+/// `now` less `before` for every counter and bucket (delta temporality).
+fn minus(now: &Group, before: Option<&Group>) -> Group {
+    let Some(b) = before else { return now.clone() };
+    let mut d = now.clone();
+    for (name, v) in d.syscalls.iter_mut() {
+        if let Some(p) = b.syscalls.get(name) {
+            v.0 -= p.0.min(v.0);
+            v.1 -= p.1.min(v.1);
+        }
+    }
+    let sub = |a: &mut CumHist, p: &CumHist| {
+        let mut h = crate::hist::Histogram::default();
+        for (i, (x, y)) in a.hist.buckets().iter().zip(p.hist.buckets().iter()).enumerate() {
+            let _ = h.add(i, x - y.min(x));
+        }
+        a.hist = h;
+        a.sum_ns = (a.sum_ns - p.sum_ns).max(0.0);
+    };
+    sub(&mut d.syscall_latency, &b.syscall_latency);
+    sub(&mut d.tcp_rtt, &b.tcp_rtt);
+    for (k, v) in d.disk.iter_mut() {
+        if let Some(p) = b.disk.get(k) {
+            v.count -= p.count.min(v.count);
+            v.bytes -= p.bytes.min(v.bytes);
+            v.errors -= p.errors.min(v.errors);
+            sub(&mut v.latency, &p.latency);
+        }
+    }
+    d.on_cpu_ns -= b.on_cpu_ns.min(d.on_cpu_ns);
+    d.runqueue_ns -= b.runqueue_ns.min(d.runqueue_ns);
+    d.blocked_io_ns -= b.blocked_io_ns.min(d.blocked_io_ns);
+    d.sleep_ns -= b.sleep_ns.min(d.sleep_ns);
+    d.tcp_bytes_sent -= b.tcp_bytes_sent.min(d.tcp_bytes_sent);
+    d.tcp_bytes_received -= b.tcp_bytes_received.min(d.tcp_bytes_received);
+    d.tcp_retransmits -= b.tcp_retransmits.min(d.tcp_retransmits);
+    d.tcp_connections -= b.tcp_connections.min(d.tcp_connections);
+    d
+}
+
+/// The export request for the metrics' current state.
+pub struct Exporter {
+    temporality: Temporality,
+    /// Delta: each group as of the last export, and when that was.
+    last: std::collections::BTreeMap<GroupKey, Group>,
+    last_time: u64,
+    resource: Resource,
+    tx: tokio::sync::watch::Sender<u64>,
+    queue: std::sync::Arc<std::sync::Mutex<VecDeque<ExportMetricsServiceRequest>>>,
+}
+
+impl Exporter {
+    pub fn start(args: &OtlpArgs, client: &crate::export::ClientArgs, url: String) -> anyhow::Result<Self> {
+        if url.starts_with("http://") && !client.plaintext {
+            anyhow::bail!("--otlp-endpoint {url} is plaintext (http://): use https://, or add --plaintext");
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+        let resource = Resource {
+            attributes: vec![
+                s("service.name", "hostprobe"),
+                s("service.version", env!("CARGO_PKG_VERSION")),
+                s("host.name", &host),
+            ],
+            ..Default::default()
+        };
+        let mut headers = MetadataMap::new();
+        for (k, v) in &args.otlp_headers {
+            let key: tonic::metadata::MetadataKey<tonic::metadata::Ascii> =
+                k.parse().map_err(|_| anyhow::anyhow!("--otlp-header {k}: not a valid header name"))?;
+            headers.insert(key, v.parse().map_err(|_| anyhow::anyhow!("--otlp-header {k}: the value must be printable ASCII"))?);
+        }
+        let (tx, rx) = tokio::sync::watch::channel(0u64);
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        tokio::spawn(sender(url, client.clone(), headers, queue.clone(), rx));
+        Ok(Self {
+            temporality: args.otlp_temporality,
+            last: Default::default(),
+            last_time: crate::metrics::now_unix_ns() as u64,
+            resource,
+            tx,
+            queue,
+        })
+    }
+
+    /// Builds this interval's request and hands it to the sender.
+    pub fn export(&mut self, m: &Metrics, time_unix_ns: i64) {
+        let time = time_unix_ns as u64;
+        let mut b = Builder { temporality: self.temporality, time, sums: Vec::new(), hists: Vec::new() };
+        for (k, g) in m.all() {
+            let (g, start) = match self.temporality {
+                Temporality::Cumulative => (g.clone(), g.start_unix_ns as u64),
+                Temporality::Delta => {
+                    let d = minus(g, self.last.get(&k));
+                    // A group new since the last export starts at its own start.
+                    let start = if self.last.contains_key(&k) { self.last_time } else { (g.start_unix_ns as u64).max(self.last_time) };
+                    self.last.insert(k.clone(), g.clone());
+                    (d, start)
+                }
+            };
+            let a = attributes(&k, &g);
+            for (name, (calls, errors)) in &g.syscalls {
+                let mut attrs = a.clone();
+                attrs.push(s("hostprobe.syscall", name));
+                b.sum("hostprobe.syscalls", "{call}", "Syscalls completed.", attrs.clone(), start, *calls);
+                b.sum("hostprobe.syscall.errors", "{call}", "Syscalls that returned an error.", attrs, start, *errors);
+            }
+            b.hist("hostprobe.syscall.duration", "Syscall latency, all syscalls of the process.", a.clone(), start, &g.syscall_latency);
+            for ((dev, op), d) in &g.disk {
+                let mut attrs = a.clone();
+                attrs.push(s("disk.io.direction", op));
+                attrs.push(s("system.device", dev));
+                b.sum("hostprobe.disk.ios", "{request}", "Block I/O requests completed.", attrs.clone(), start, d.count);
+                b.sum("hostprobe.disk.io", "By", "Bytes of block I/O completed.", attrs.clone(), start, d.bytes);
+                b.hist("hostprobe.disk.io.duration", "Block I/O latency, queued to completed.", attrs, start, &d.latency);
+            }
+            if g.on_cpu_ns + g.runqueue_ns + g.blocked_io_ns + g.sleep_ns > 0 {
+                for (state, ns) in
+                    [("on_cpu", g.on_cpu_ns), ("runqueue", g.runqueue_ns), ("blocked_io", g.blocked_io_ns), ("sleep", g.sleep_ns)]
+                {
+                    let mut attrs = a.clone();
+                    attrs.push(s("hostprobe.thread.state", state));
+                    let secs = number_data_point::Value::AsDouble(ns as f64 / 1e9);
+                    b.sum_value("hostprobe.thread.time", "s", "Thread time by state.", attrs, start, secs);
+                }
+            }
+            if g.tcp_bytes_sent + g.tcp_bytes_received + g.tcp_connections > 0 {
+                let mut sent = a.clone();
+                sent.push(s("network.io.direction", "transmit"));
+                let mut recv = a.clone();
+                recv.push(s("network.io.direction", "receive"));
+                b.sum("hostprobe.tcp.io", "By", "TCP bytes.", sent, start, g.tcp_bytes_sent);
+                b.sum("hostprobe.tcp.io", "By", "TCP bytes.", recv, start, g.tcp_bytes_received);
+                b.sum("hostprobe.tcp.retransmits", "{segment}", "TCP segments retransmitted.", a.clone(), start, g.tcp_retransmits);
+            }
+            b.hist("hostprobe.tcp.rtt", "TCP smoothed RTT samples.", a, start, &g.tcp_rtt);
+        }
+        self.last_time = time;
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(self.resource.clone()),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "hostprobe".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    metrics: b.metrics(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        match self.temporality {
+            // The latest cumulative state says everything the older ones did.
+            Temporality::Cumulative => q.clear(),
+            Temporality::Delta => {
+                while q.len() >= DELTA_QUEUE {
+                    q.pop_front();
+                    log::warn!("OTLP: the endpoint has been failing too long; dropped the oldest delta export");
+                }
+            }
+        }
+        q.push_back(request);
+        drop(q);
+        self.tx.send_modify(|n| *n += 1);
+    }
+}
+
+impl Exporter {
+    /// Waits up to `limit` for the last export to be accepted (at exit).
+    pub async fn flush(&self, limit: Duration) {
+        let end = tokio::time::Instant::now() + limit;
+        let left = || self.queue.lock().unwrap_or_else(|p| p.into_inner()).len();
+        while left() > 0 && tokio::time::Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if left() > 0 {
+            log::warn!("OTLP: {} exports not accepted at exit", left());
+        }
+    }
+}
+
+/// Delta exports kept while the endpoint fails (at 1 s, 10 minutes).
+const DELTA_QUEUE: usize = 600;
+
+/// The OTLP specification's retryable codes (RESOURCE_EXHAUSTED only with
+/// retry information, which servers send when they mean "later").
+fn retryable(s: &tonic::Status) -> bool {
+    match s.code() {
+        Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::Unavailable | Code::DataLoss => {
+            true
+        }
+        Code::ResourceExhausted => s.metadata().get_bin("grpc-status-details-bin").is_some(),
+        _ => false,
+    }
+}
+
+async fn sender(
+    url: String,
+    client_args: crate::export::ClientArgs,
+    headers: MetadataMap,
+    queue: std::sync::Arc<std::sync::Mutex<VecDeque<ExportMetricsServiceRequest>>>,
+    mut wake: tokio::sync::watch::Receiver<u64>,
+) {
+    let mut client = None;
+    let mut failures = 0u32;
+    loop {
+        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).front().cloned();
+        let Some(request) = next else {
+            if wake.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        if client.is_none() {
+            match crate::export::channel(&url, &client_args).await {
+                Ok(ch) => {
+                    client = Some(
+                        MetricsServiceClient::new(ch)
+                            .send_compressed(CompressionEncoding::Gzip)
+                            .accept_compressed(CompressionEncoding::Gzip),
+                    )
+                }
+                Err(e) => {
+                    failures += 1;
+                    backoff(&url, &format!("{e:#}"), failures).await;
+                    continue;
+                }
+            }
+        }
+        let mut req = tonic::Request::new(request);
+        *req.metadata_mut() = headers.clone();
+        req.set_timeout(Duration::from_secs(10));
+        match client.as_mut().expect("connected").export(req).await {
+            Ok(resp) => {
+                if failures > 0 {
+                    log::info!("OTLP {url}: export accepted again after {failures} failed attempts");
+                }
+                failures = 0;
+                if let Some(p) = resp.into_inner().partial_success {
+                    if p.rejected_data_points > 0 {
+                        log::warn!("OTLP {url}: {} data points rejected: {}", p.rejected_data_points, p.error_message);
+                    }
+                }
+                queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            }
+            Err(s) if retryable(&s) => {
+                failures += 1;
+                backoff(&url, &format!("{:?}: {}", s.code(), s.message()), failures).await;
+            }
+            Err(s) => {
+                log::error!(
+                    "OTLP {url}: export refused ({:?}: {}); dropped it (not retryable; check --otlp-header and the endpoint)",
+                    s.code(),
+                    s.message()
+                );
+                queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+            }
+        }
+    }
+}
+
+async fn backoff(url: &str, why: &str, failures: u32) {
+    let base = Duration::from_millis(250).saturating_mul(1 << failures.min(7)).min(Duration::from_secs(30));
+    let delay = base.mul_f64(0.5 + fastrand::f64() * 0.5);
+    log::warn!("OTLP {url}: export failed ({why}); retrying in {delay:.1?}");
+    tokio::time::sleep(delay).await;
+}

@@ -1,0 +1,184 @@
+//! OTLP/gRPC export, received by a Python receiver built on the official
+//! generated classes (PyPI opentelemetry-proto + grpcio; `cargo xtask setup`
+//! makes the environment): attributes, histograms, exact counts,
+//! temporality and start times, and retries while the receiver refuses.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use hostprobe_tests::{Agent, Workload};
+use serde_json::Value;
+
+struct Receiver {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Receiver {
+    fn start(name: &str, unavailable_s: f64) -> Receiver {
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        let python = PathBuf::from(home).join(".cache/hostprobe/otlp-venv/bin/python");
+        assert!(python.exists(), "{} is missing: run `cargo xtask setup`", python.display());
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("otlp_receiver.py");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let out = std::env::temp_dir().join(format!("hostprobe-otlp-{name}-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&out);
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(["--port", &port.to_string(), "--out", out.to_str().unwrap()])
+            .args(["--unavailable", &unavailable_s.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the OTLP receiver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "listening");
+        Receiver { child, port, out }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every request received, in order.
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn refused(&self) -> u64 {
+        std::fs::read_to_string(self.out.with_extension("jsonl.refused")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out);
+        let _ = std::fs::remove_file(self.out.with_extension("jsonl.refused"));
+    }
+}
+
+fn attr<'a>(attrs: &'a Value, key: &str) -> Option<&'a Value> {
+    attrs.as_array()?.iter().find(|a| a["key"] == key).map(|a| &a["value"])
+}
+
+/// The data points of metric `name` in one request.
+fn points<'a>(request: &'a Value, name: &str) -> Vec<(&'a Value, &'a str)> {
+    let mut out = Vec::new();
+    for rm in request["resourceMetrics"].as_array().into_iter().flatten() {
+        for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
+            for m in sm["metrics"].as_array().into_iter().flatten().filter(|m| m["name"] == name) {
+                for kind in ["sum", "histogram"] {
+                    let t = m[kind]["aggregationTemporality"].as_str().unwrap_or("");
+                    for p in m[kind]["dataPoints"].as_array().into_iter().flatten() {
+                        out.push((p, t));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn num(v: &Value) -> u64 {
+    v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_u64()).unwrap_or(0)
+}
+
+/// (value, start, time, temporality) of the workload's getppid count, request by request.
+fn getppid_series(requests: &[Value], pid: u32) -> Vec<(u64, u64, u64, String)> {
+    requests
+        .iter()
+        .flat_map(|r| points(r, "hostprobe.syscalls"))
+        .filter(|(p, _)| {
+            attr(&p["attributes"], "process.executable.name").and_then(|v| v["stringValue"].as_str()) == Some("workload")
+                && attr(&p["attributes"], "hostprobe.syscall").and_then(|v| v["stringValue"].as_str()) == Some("getppid")
+        })
+        .map(|(p, t)| {
+            assert_eq!(
+                attr(&p["attributes"], "process.pid").map(|v| num(&v["intValue"])),
+                Some(u64::from(pid)),
+                "process.pid on {p}"
+            );
+            (num(&p["asInt"]), num(&p["startTimeUnixNano"]), num(&p["timeUnixNano"]), t.to_string())
+        })
+        .collect()
+}
+
+/// Runs a 5,000-getppid workload under an agent exporting to `receiver`.
+fn export(receiver: &Receiver, extra: &[&str]) -> (u32, String) {
+    let mut workload = Workload::spawn(&["getppid", "5000"]);
+    let pid = workload.pid();
+    let pid_s = pid.to_string();
+    let url = receiver.url();
+    let mut args = vec!["--probes", "syscall", "--pid", &pid_s, "--otlp-endpoint", &url, "--plaintext"];
+    args.extend_from_slice(extra);
+    let mut agent = Agent::start(&args);
+    workload.go();
+    workload.wait();
+    agent.run_for(Duration::from_secs(2));
+    (pid, agent.stop_logged().1)
+}
+
+#[test]
+fn cumulative_export_has_exact_counts_attributes_and_a_fixed_start() {
+    let receiver = Receiver::start("cumulative", 0.0);
+    let (pid, _) = export(&receiver, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let requests = receiver.requests();
+    assert!(requests.len() >= 3, "{} requests", requests.len());
+    let resource = &requests[0]["resourceMetrics"][0]["resource"]["attributes"];
+    assert_eq!(attr(resource, "service.name").unwrap()["stringValue"], "hostprobe");
+    assert!(attr(resource, "host.name").unwrap()["stringValue"].as_str().is_some_and(|h| !h.is_empty()));
+
+    let series = getppid_series(&requests, pid);
+    assert!(!series.is_empty(), "no getppid data point for the workload");
+    assert!(series.iter().all(|s| s.3 == "AGGREGATION_TEMPORALITY_CUMULATIVE"), "{series:?}");
+    assert_eq!(series.last().unwrap().0, 5_000, "the final cumulative count is exact: {series:?}");
+    assert!(series.windows(2).all(|w| w[0].0 <= w[1].0), "cumulative never goes down: {series:?}");
+    let start = series[0].1;
+    assert!(series.iter().all(|s| s.1 == start && s.1 < s.2), "one start time, before every point: {series:?}");
+
+    // Histograms: our bucket edges exactly, and counts that add up.
+    let last = requests.last().unwrap();
+    let hists = points(last, "hostprobe.syscall.duration");
+    assert!(!hists.is_empty());
+    for (h, _) in hists {
+        let buckets: Vec<u64> = h["bucketCounts"].as_array().unwrap().iter().map(num).collect();
+        assert_eq!(buckets.len(), 258);
+        assert_eq!(h["explicitBounds"].as_array().unwrap().len(), 257);
+        assert_eq!(buckets.iter().sum::<u64>(), num(&h["count"]), "bucket counts sum to the count");
+    }
+}
+
+#[test]
+fn delta_export_is_contiguous_and_adds_up_exactly() {
+    let receiver = Receiver::start("delta", 0.0);
+    let (pid, _) = export(&receiver, &["--otlp-temporality", "delta"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let series = getppid_series(&receiver.requests(), pid);
+    assert!(series.iter().all(|s| s.3 == "AGGREGATION_TEMPORALITY_DELTA"), "{series:?}");
+    assert_eq!(series.iter().map(|s| s.0).sum::<u64>(), 5_000, "deltas add up exactly: {series:?}");
+    assert!(series.windows(2).all(|w| w[1].1 == w[0].2), "each delta starts where the last ended: {series:?}");
+}
+
+#[test]
+fn an_unavailable_receiver_loses_and_duplicates_nothing() {
+    let receiver = Receiver::start("unavailable", 3.0);
+    let (pid, log) = export(&receiver, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(receiver.refused() > 0, "the receiver refused nothing");
+    assert!(log.contains("retrying in"), "the agent logs its retries: {log}");
+    let series = getppid_series(&receiver.requests(), pid);
+    assert_eq!(series.last().map(|s| s.0), Some(5_000), "nothing lost: {series:?}");
+    assert!(series.iter().all(|s| s.0 <= 5_000), "nothing counted twice: {series:?}");
+}
