@@ -81,6 +81,18 @@ pub struct CollectorArgs {
     /// Refuse reports whose interval ends further than this in the future.
     #[arg(long, default_value = "5m", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
     pub max_future: Duration,
+    /// Serve fleet-wide Prometheus metrics here (labels: host, process, container_id).
+    #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
+    pub prometheus_listen: Option<SocketAddr>,
+    /// (host, process name) groups exported; the rest are summed as `other`.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N", help_heading = "Metrics")]
+    pub metrics_max_processes: u32,
+    /// Forward the fleet's metrics to this OTLP/gRPC endpoint (an
+    /// OpenTelemetry Collector, and through it any backend) every --otlp-interval.
+    #[command(flatten)]
+    pub otlp: crate::otlp::OtlpArgs,
+    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration, value_name = "DURATION", help_heading = "OpenTelemetry (OTLP/gRPC) export")]
+    pub otlp_interval: Duration,
 }
 
 /// One agent as the collector knows it.
@@ -169,6 +181,8 @@ struct Limits {
 pub struct Service {
     store: Arc<Mutex<Store>>,
     limits: Arc<Limits>,
+    /// Fleet-wide metrics, when exported.
+    metrics: Option<Arc<Mutex<crate::metrics::Metrics>>>,
 }
 
 enum Verdict {
@@ -237,6 +251,11 @@ impl Service {
         }
         store.agents.get_mut(&id).expect("inserted above").set_acked(epoch, seq);
         store.keep(&id, &r, bytes, &self.limits);
+        drop(store);
+        if let Some(m) = &self.metrics {
+            let host = r.agent.as_ref().map_or("", |a| a.host_name.as_str());
+            m.lock().unwrap_or_else(|p| p.into_inner()).add_wire(host, &r);
+        }
         Ok((epoch, seq, Verdict::Stored))
     }
 
@@ -516,7 +535,9 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.data_dir {
         store.journal = Some(open_journal(dir, &mut store, &limits)?);
     }
-    let svc = Service { store: Arc::new(Mutex::new(store)), limits: Arc::new(limits) };
+    let metrics = (args.prometheus_listen.is_some() || args.otlp.otlp_endpoint.is_some())
+        .then(|| Arc::new(Mutex::new(crate::metrics::Metrics::new(args.metrics_max_processes as usize))));
+    let svc = Service { store: Arc::new(Mutex::new(store)), limits: Arc::new(limits), metrics: metrics.clone() };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let mut server = tonic::transport::Server::builder()
@@ -560,6 +581,24 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
                 }
             }
         });
+        if let (Some(addr), Some(m)) = (args.prometheus_listen, &metrics) {
+            crate::prom::serve(addr, m.clone()).await?;
+        }
+        if let (Some(url), Some(m)) = (&args.otlp.otlp_endpoint, &metrics) {
+            // The scheme is the ask: http:// forwards in clear.
+            let client = crate::export::ClientArgs { plaintext: url.starts_with("http://"), ..Default::default() };
+            let mut otlp = crate::otlp::Exporter::start(&args.otlp, &client, url.clone(), "hostprobe-collector")?;
+            let (m, every) = (m.clone(), args.otlp_interval);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let m = m.lock().unwrap_or_else(|p| p.into_inner());
+                    otlp.export(&m, crate::metrics::now_unix_ns());
+                }
+            });
+        }
         log::info!(
             "collector listening on {} ({})",
             args.listen,

@@ -15,6 +15,8 @@ pub const IDLE_EVICT: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GroupKey {
+    /// The agent's host (on a collector; empty on an agent).
+    pub host: String,
     /// Process name (comm), or `other`.
     pub process: String,
     /// Container id, or empty.
@@ -124,24 +126,11 @@ impl Metrics {
         self.reports += 1;
         for p in &r.processes {
             let key = GroupKey {
+                host: String::new(),
                 process: p.meta.comm.clone(),
                 container_id: p.meta.container_id.clone().unwrap_or_default(),
             };
-            let group = if self.groups.contains_key(&key) || self.groups.len() < self.max_groups {
-                let g = self.groups.entry(key).or_insert_with(|| Group { start_unix_ns: began, ..Default::default() });
-                g.pid = match g.pid {
-                    None if g.syscalls.is_empty() && g.disk.is_empty() && g.on_cpu_ns == 0 => Some(p.pid),
-                    Some(pid) if pid == p.pid => Some(pid),
-                    _ => None,
-                };
-                if g.exe.is_empty() {
-                    g.exe = p.meta.exe.clone().unwrap_or_default();
-                }
-                g
-            } else {
-                &mut self.other
-            };
-            group.last_seen_unix_ns = now;
+            let group = self.group(key, p.pid, p.meta.exe.as_deref().unwrap_or(""), began, now);
             for s in &p.syscalls {
                 let e = group.syscalls.entry(s.name.clone()).or_default();
                 e.0 += s.latency.count;
@@ -180,18 +169,97 @@ impl Metrics {
                 self.other.syscall_latency.add(&s.latency.hist, Some(s.latency.total_ns));
             }
         }
-        let idle = now - IDLE_EVICT.as_nanos() as i64;
-        self.groups.retain(|_, g| g.last_seen_unix_ns >= idle);
+        self.evict(now);
         for p in &r.probes {
             *self.health.lost.entry(p.name.to_string()).or_default() += p.lost;
         }
         self.health.probes = r.probes.clone();
     }
 
+    /// The group of `key`, created while there is room, else `other`.
+    fn group(&mut self, key: GroupKey, pid: u32, exe: &str, began: i64, now: i64) -> &mut Group {
+        let group = if self.groups.contains_key(&key) || self.groups.len() < self.max_groups {
+            let g = self.groups.entry(key).or_insert_with(|| Group { start_unix_ns: began, ..Default::default() });
+            g.pid = match g.pid {
+                None if g.last_seen_unix_ns == 0 => Some(pid),
+                Some(p) if p == pid => Some(p),
+                _ => None,
+            };
+            if g.exe.is_empty() {
+                g.exe = exe.to_string();
+            }
+            g
+        } else {
+            &mut self.other
+        };
+        group.last_seen_unix_ns = now;
+        group
+    }
+
+    fn evict(&mut self, now: i64) {
+        let idle = now - IDLE_EVICT.as_nanos() as i64;
+        self.groups.retain(|_, g| g.last_seen_unix_ns >= idle);
+    }
+
+    /// Folds in a report received from agent host `host` (a collector's
+    /// fleet-wide metrics). Histograms that do not parse are skipped (the
+    /// collector checked them on receipt).
+    pub fn add_wire(&mut self, host: &str, r: &crate::wire::pb::Report) {
+        use crate::wire::from_wire;
+        let now = r.interval_end_unix_ns;
+        let began = r.interval_start_unix_ns;
+        self.reports += 1;
+        let hist = |h: &Option<crate::wire::pb::Histogram>| h.as_ref().and_then(|h| from_wire(h).ok());
+        for p in r.processes.iter().chain(&r.other) {
+            let key = GroupKey { host: host.to_string(), process: p.comm.clone(), container_id: p.container_id.clone() };
+            let group = if p.merged > 1 || p.pid == 0 {
+                self.other.last_seen_unix_ns = now;
+                &mut self.other
+            } else {
+                self.group(key, p.pid, &p.exe, began, now)
+            };
+            for sc in &p.syscalls {
+                let e = group.syscalls.entry(sc.name.clone()).or_default();
+                e.0 += sc.count;
+                e.1 += sc.errors;
+                if let Some(h) = hist(&sc.latency) {
+                    group.syscall_latency.add(&h, Some(sc.total_ns));
+                }
+            }
+            for d in &p.disk {
+                let e = group.disk.entry((d.device.clone(), d.op.clone())).or_default();
+                e.count += d.count;
+                e.bytes += d.bytes;
+                e.errors += d.errors;
+                if let Some(h) = hist(&d.total) {
+                    e.latency.add(&h, None);
+                }
+            }
+            if let Some(o) = &p.offcpu {
+                group.on_cpu_ns += o.on_cpu_ns;
+                group.runqueue_ns += o.runqueue_ns;
+                group.blocked_io_ns += o.blocked_io_ns;
+                group.sleep_ns += o.sleep_ns;
+            }
+            for t in &p.tcp {
+                group.tcp_bytes_sent += t.bytes_sent;
+                group.tcp_bytes_received += t.bytes_received;
+                group.tcp_retransmits += t.retransmits;
+                if t.state == "CLOSED" {
+                    group.tcp_connections += t.connections;
+                }
+                if let Some(h) = hist(&t.rtt) {
+                    group.tcp_rtt.add(&h, None);
+                }
+            }
+        }
+        self.evict(now);
+    }
+
     /// Every group, `other` last.
     pub fn all(&self) -> impl Iterator<Item = (GroupKey, &Group)> {
         self.groups.iter().map(|(k, g)| (k.clone(), g)).chain(std::iter::once((
-            GroupKey { process: "other".into(), container_id: String::new() },
+            GroupKey { host: String::new(), process: "other".into(), container_id: String::new() },
             &self.other,
         )))
     }

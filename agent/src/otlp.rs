@@ -48,6 +48,9 @@ pub struct OtlpArgs {
     /// changes since the last export.
     #[arg(long, value_enum, default_value_t = Temporality::Cumulative)]
     pub otlp_temporality: Temporality,
+    /// CA certificate(s) (PEM) for the OTLP endpoint (default: --ca-file, or the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_ca_file: Option<std::path::PathBuf>,
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -70,6 +73,9 @@ fn s(key: &str, v: &str) -> KeyValue {
 /// A group's attributes, after the semantic conventions.
 fn attributes(k: &GroupKey, g: &Group) -> Vec<KeyValue> {
     let mut a = vec![s("process.executable.name", &k.process)];
+    if !k.host.is_empty() {
+        a.push(s("host.name", &k.host));
+    }
     if !g.exe.is_empty() {
         a.push(s("process.executable.path", &g.exe));
     }
@@ -220,14 +226,21 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    pub fn start(args: &OtlpArgs, client: &crate::export::ClientArgs, url: String) -> anyhow::Result<Self> {
+    /// `service` names the exporter in the resource (`hostprobe`, or
+    /// `hostprobe-collector`).
+    pub fn start(
+        args: &OtlpArgs,
+        client: &crate::export::ClientArgs,
+        url: String,
+        service: &str,
+    ) -> anyhow::Result<Self> {
         if url.starts_with("http://") && !client.plaintext {
             anyhow::bail!("--otlp-endpoint {url} is plaintext (http://): use https://, or add --plaintext");
         }
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
         let resource = Resource {
             attributes: vec![
-                s("service.name", "hostprobe"),
+                s("service.name", service),
                 s("service.version", env!("CARGO_PKG_VERSION")),
                 s("host.name", &host),
             ],
@@ -241,7 +254,11 @@ impl Exporter {
         }
         let (tx, rx) = tokio::sync::watch::channel(0u64);
         let queue = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
-        tokio::spawn(sender(url, client.clone(), headers, queue.clone(), rx));
+        let mut client = client.clone();
+        if args.otlp_ca_file.is_some() {
+            client.ca_file = args.otlp_ca_file.clone();
+        }
+        tokio::spawn(sender(url, client, headers, queue.clone(), rx));
         Ok(Self {
             temporality: args.otlp_temporality,
             last: Default::default(),

@@ -92,8 +92,14 @@ impl Collector for View {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let groups: Vec<_> = m.all().collect();
+        // A collector's groups carry the agent's host.
+        let fleet = m.groups.keys().any(|k| !k.host.is_empty());
         let base = |k: &crate::metrics::GroupKey| -> Labels {
-            vec![("process", k.process.clone()), ("container_id", k.container_id.clone())]
+            let mut l = vec![("process", k.process.clone()), ("container_id", k.container_id.clone())];
+            if fleet {
+                l.insert(0, ("host", k.host.clone()));
+            }
+            l
         };
         let with = |k: &crate::metrics::GroupKey, extra: &[(&'static str, String)]| {
             let mut l = base(k);

@@ -69,7 +69,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             crate::prom::serve(addr, m.clone()).await?;
         }
         let mut otlp = match &otlp_args.otlp_endpoint {
-            Some(url) => Some(crate::otlp::Exporter::start(&otlp_args, &export.client, url.clone())?),
+            Some(url) => Some(crate::otlp::Exporter::start(&otlp_args, &export.client, url.clone(), "hostprobe")?),
             None => None,
         };
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

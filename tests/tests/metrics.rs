@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hostprobe_tests::{Agent, Workload};
+use hostprobe_tests::{hostprobe, Agent, Workload};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -103,13 +103,57 @@ fn promtool_check(body: &str) {
     assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
 }
 
+/// A `hostprobe collector --plaintext` with extra flags, killed on drop.
+pub struct CollectorProcess {
+    child: Child,
+    pub url: String,
+}
+
+impl CollectorProcess {
+    pub fn start(extra: &[&str]) -> CollectorProcess {
+        let port = free_port();
+        let child = hostprobe()
+            .args(["collector", "--plaintext", "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn collector");
+        let end = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "the collector did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        CollectorProcess { child, url: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn prometheus_scrapes_the_exact_syscall_count() {
     let port = free_port();
+    let collector_metrics = free_port();
+    let collector = CollectorProcess::start(&["--prometheus-listen", &format!("127.0.0.1:{collector_metrics}")]);
     let mut workload = Workload::spawn(&["getppid", "5000"]);
     let pid = workload.pid().to_string();
     let listen = format!("127.0.0.1:{port}");
-    let mut agent = Agent::start(&["--probes", "syscall", "--pid", &pid, "--prometheus-listen", &listen]);
+    let mut agent = Agent::start(&[
+        "--probes",
+        "syscall",
+        "--pid",
+        &pid,
+        "--prometheus-listen",
+        &listen,
+        "--collector",
+        &collector.url,
+        "--plaintext",
+    ]);
     let prometheus = Prometheus::start(port);
     workload.go();
     workload.wait();
@@ -134,6 +178,17 @@ fn prometheus_scrapes_the_exact_syscall_count() {
     assert!(body.contains("hostprobe_probe_active{probe=\"syscall\"} 1"), "{body}");
     promtool_check(&body);
     drop(agent);
+
+    // The collector's fleet-wide endpoint: the same count, under the agent's host.
+    let (status, body) = http_get(collector_metrics, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("hostprobe_syscalls_total{") && l.contains("process=\"workload\"") && l.contains("syscall=\"getppid\""))
+        .unwrap_or_else(|| panic!("no workload getppid series at the collector: {body}"));
+    assert!(line.contains("host=\""), "{line}");
+    assert!(line.ends_with(" 5000"), "exact at the collector too: {line}");
+    promtool_check(&body);
 }
 
 #[test]

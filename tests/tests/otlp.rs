@@ -182,3 +182,37 @@ fn an_unavailable_receiver_loses_and_duplicates_nothing() {
     assert_eq!(series.last().map(|s| s.0), Some(5_000), "nothing lost: {series:?}");
     assert!(series.iter().all(|s| s.0 <= 5_000), "nothing counted twice: {series:?}");
 }
+
+#[test]
+fn the_collector_forwards_the_fleet_to_otlp() {
+    let receiver = Receiver::start("forward", 0.0);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut collector = Command::new(hostprobe_tests::hostprobe_bin())
+        .args(["collector", "--plaintext", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--otlp-endpoint", &receiver.url(), "--otlp-interval", "500ms"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("http://127.0.0.1:{port}");
+    let mut workload = Workload::spawn(&["getppid", "5000"]);
+    let pid = workload.pid();
+    let pid_s = pid.to_string();
+    let mut agent = Agent::start(&["--probes", "syscall", "--pid", &pid_s, "--collector", &url, "--plaintext"]);
+    workload.go();
+    workload.wait();
+    agent.run_for(Duration::from_secs(1));
+    agent.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = collector.kill();
+    let _ = collector.wait();
+    let requests = receiver.requests();
+    let series = getppid_series(&requests, pid);
+    assert_eq!(series.last().map(|s| s.0), Some(5_000), "forwarded exactly: {series:?}");
+    let service = attr(&requests[0]["resourceMetrics"][0]["resource"]["attributes"], "service.name").unwrap().clone();
+    assert_eq!(service["stringValue"], "hostprobe-collector");
+    let point = points(requests.last().unwrap(), "hostprobe.syscalls")[0].0.clone();
+    assert!(attr(&point["attributes"], "host.name").is_some(), "each point names its agent's host: {point}");
+}
