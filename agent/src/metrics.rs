@@ -67,6 +67,10 @@ pub struct Group {
     /// resource attributes; Prometheus never labels by pid).
     pub exe: String,
     pub pid: Option<u32>,
+    /// The Kubernetes pod, when the cgroup names one.
+    pub pod_uid: Option<String>,
+    /// Only with `--cmdline`.
+    pub cmdline: Option<String>,
     /// Per syscall name: (calls, errors).
     pub syscalls: BTreeMap<String, (u64, u64)>,
     pub syscall_latency: CumHist,
@@ -131,6 +135,12 @@ impl Metrics {
                 container_id: p.meta.container_id.clone().unwrap_or_default(),
             };
             let group = self.group(key, p.pid, p.meta.exe.as_deref().unwrap_or(""), began, now);
+            if group.pod_uid.is_none() {
+                group.pod_uid = p.meta.cgroup.as_deref().and_then(crate::procinfo::pod_uid);
+            }
+            if group.pid.is_some() && p.meta.cmdline.is_some() {
+                group.cmdline.clone_from(&p.meta.cmdline);
+            }
             for s in &p.syscalls {
                 let e = group.syscalls.entry(s.name.clone()).or_default();
                 e.0 += s.latency.count;
@@ -218,6 +228,9 @@ impl Metrics {
             } else {
                 self.group(key, p.pid, &p.exe, began, now)
             };
+            if group.pod_uid.is_none() {
+                group.pod_uid = crate::procinfo::pod_uid(&p.cgroup);
+            }
             for sc in &p.syscalls {
                 let e = group.syscalls.entry(sc.name.clone()).or_default();
                 e.0 += sc.count;

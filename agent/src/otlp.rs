@@ -85,6 +85,12 @@ fn attributes(k: &GroupKey, g: &Group) -> Vec<KeyValue> {
     if !k.container_id.is_empty() {
         a.push(s("container.id", &k.container_id));
     }
+    if let Some(uid) = &g.pod_uid {
+        a.push(s("k8s.pod.uid", uid));
+    }
+    if let Some(c) = &g.cmdline {
+        a.push(s("process.command_line", c));
+    }
     a
 }
 

@@ -79,9 +79,35 @@ pub fn container_id(cgroup: &str) -> Option<String> {
     })
 }
 
+/// The Kubernetes pod uid in a cgroup v2 path, when there is one: the
+/// cgroupfs driver's `/kubepods/<qos>/pod<uid>/...` or the systemd driver's
+/// `kubepods-<qos>-pod<uid with _ for ->.slice`.
+pub fn pod_uid(cgroup: &str) -> Option<String> {
+    if !cgroup.contains("kubepods") {
+        return None;
+    }
+    cgroup.split('/').rev().find_map(|part| {
+        let part = part.strip_suffix(".slice").unwrap_or(part);
+        let uid = part.rsplit('-').next()?.strip_prefix("pod")?.replace('_', "-");
+        (uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(uid)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_uids_of_both_cgroup_drivers() {
+        let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let systemd = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
+            uid.replace('-', "_")
+        );
+        assert_eq!(pod_uid(&systemd).as_deref(), Some(uid));
+        assert_eq!(pod_uid(&format!("/kubepods/besteffort/pod{uid}/{ID}")).as_deref(), Some(uid));
+        assert_eq!(pod_uid("/system.slice/docker-abc.scope"), None);
+    }
 
     const ID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899";
 

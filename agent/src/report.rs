@@ -39,6 +39,10 @@ pub struct Report {
     /// Block I/O per device and operation, over all processes (including
     /// requests whose submitter was not seen).
     pub devices: Vec<DiskReport>,
+    /// TCP connections no process was seen using (yet): accepted by the
+    /// kernel, never read or written since the probe attached.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tcp_unknown_owner: Vec<TcpReport>,
     pub probes: Vec<ProbeStatus>,
 }
 
@@ -459,6 +463,9 @@ pub fn build(
             per_device.entry(*k).or_default().merge(d);
         }
     }
+    // TCP connections whose owner was never seen (accepted in softirq and
+    // not yet read or written by a process): reported apart, not guessed.
+    let tcp_unknown_owner = interval.processes.get(&0).map(|p| tcp_list(&p.tcp)).unwrap_or_default();
     interval.processes.remove(&0);
     let mut ranked: Vec<(u32, ProcessData)> = interval.processes.into_iter().collect();
     ranked.sort_by_key(|(pid, p)| (Reverse(rank(p)), *pid));
@@ -504,6 +511,7 @@ pub fn build(
         processes,
         other,
         devices: disk_list(&per_device, devices),
+        tcp_unknown_owner,
         probes,
     }
 }

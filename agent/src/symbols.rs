@@ -103,6 +103,12 @@ impl Symbolizer {
             let path = PathBuf::from(format!("/proc/{pid}/root{}", f[5]));
             maps.push(Mapping { start, end, offset, path });
         }
+        // Symbol tables now, while /proc/<pid>/root still leads to the
+        // files: a process that exits before the end of a recording is
+        // still symbolized.
+        for m in &maps {
+            self.elves.entry(m.path.clone()).or_insert_with(|| Elf::load(&m.path));
+        }
         if !maps.is_empty() {
             self.maps.insert(pid, maps);
         }

@@ -335,3 +335,29 @@ fn retransmits_match_the_kernel_count() {
     assert!(kernel > 0, "nothing was retransmitted: the drop rule did not work");
     assert_eq!(ours, kernel, "retransmitted segments: agent vs the kernel's TcpRetransSegs");
 }
+
+#[test]
+fn a_connection_no_process_touched_is_reported_as_unknown_owner() {
+    // The server accepts and closes without a read or a write: the kernel
+    // made the connection in softirq and no process context ever named its
+    // owner. It must be reported apart, not given to some process.
+    let net = NetPair::new();
+    let mut agent = Agent::start(&["--probes", "tcp"]);
+    let mut server = net.spawn(&net.b, &["tcp-accept-drop", "10.231.0.2", "5003"]);
+    say(&mut server, "go\n");
+    assert_eq!(read_line(&mut server), "listening");
+    let mut client = net.spawn(&net.a, &["tcp-connect", "10.231.0.2", "5003"]);
+    say(&mut client, "go\n");
+    let server_pid = server.id();
+    output(client);
+    assert_eq!(output(server), "dropped");
+    agent.run_for(Duration::from_millis(600));
+    let reports = agent.stop();
+    let unknown: Vec<&Value> = reports
+        .iter()
+        .flat_map(|r| r["tcp_unknown_owner"].as_array().into_iter().flatten())
+        .filter(|i| i["direction"] == "accept")
+        .collect();
+    assert!(!unknown.is_empty(), "the accepted connection is reported as unknown owner");
+    assert!(tcp_items(&reports, server_pid).is_empty(), "and not given to the server process");
+}

@@ -34,6 +34,8 @@
 //! workload tcp-client IP PORT S  connects, sends S bytes, shuts down its
 //!                               sending side, reads to EOF; prints what it got
 //!                               (or "refused")
+//! workload tcp-accept-drop IP PORT prints "listening", accepts
+//!                               one connection and closes it unread; prints "dropped"
 //! workload tcp-connect IP PORT  connects, prints how long connect() took (us), closes
 //! workload tcp-bulk IP PORT S   connects, sends S bytes, prints "sent", waits for
 //!                               a line on stdin, then finishes like tcp-client
@@ -404,6 +406,15 @@ fn main() {
                 s.shutdown(std::net::Shutdown::Write).expect("shutdown");
                 s.read_to_end(&mut Vec::new()).expect("read");
             }
+        }
+        Some("tcp-accept-drop") => {
+            let ip: std::net::IpAddr = args[2].parse().expect("address");
+            let listener = std::net::TcpListener::bind((ip, arg(&args, 3) as u16)).expect("bind");
+            println!("listening");
+            let (s, _) = listener.accept().expect("accept");
+            drop(s);
+            println!("dropped");
+            return;
         }
         Some("tcp-connect") => {
             let ip: std::net::IpAddr = args[2].parse().expect("address");
