@@ -88,7 +88,10 @@ pub fn pod_uid(cgroup: &str) -> Option<String> {
     }
     cgroup.split('/').rev().find_map(|part| {
         let part = part.strip_suffix(".slice").unwrap_or(part);
-        let uid = part.rsplit('-').next()?.strip_prefix("pod")?.replace('_', "-");
+        let uid = match part.strip_prefix("pod") {
+            Some(u) => u.to_string(),
+            None => part.rsplit_once("-pod")?.1.replace('_', "-"),
+        };
         (uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(uid)
     })
 }
