@@ -25,24 +25,17 @@ struct View(Arc<Mutex<Metrics>>);
 
 type Labels = Vec<(&'static str, String)>;
 
-fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels, u64)]) -> std::fmt::Result {
+/// A counter family; values are counts (u64) or seconds (f64).
+fn counter<N>(e: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels, N)]) -> std::fmt::Result
+where
+    N: prometheus_client::encoding::EncodeCounterValue + Clone + std::fmt::Debug,
+{
     if rows.is_empty() {
         return Ok(());
     }
     let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in rows {
-        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-fn counter_f64(e: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels, f64)]) -> std::fmt::Result {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in rows {
-        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+        ConstCounter::new(v.clone()).encode(m.encode_family(labels)?)?;
     }
     Ok(())
 }
@@ -144,7 +137,7 @@ impl Collector for View {
                 }
             }
         }
-        counter_f64(&mut e, "hostprobe_thread_time_seconds", "Thread time by state: on a CPU, waiting for one, blocked (D), asleep.", &cpu)?;
+        counter(&mut e, "hostprobe_thread_time_seconds", "Thread time by state: on a CPU, waiting for one, blocked (D), asleep.", &cpu)?;
 
         let pick = |f: fn(&crate::metrics::Group) -> u64| -> Vec<(Labels, u64)> {
             groups.iter().filter(|(_, g)| g.tcp_bytes_sent + g.tcp_bytes_received + g.tcp_connections > 0).map(|(k, g)| (base(k), f(g))).collect()
