@@ -11,14 +11,18 @@ use crate::probes::{CgroupFilter, Options};
 #[command(
     name = "hostprobe",
     version,
-    about = "Per-process syscall latency, measured in the kernel with eBPF",
-    long_about = "hostprobe measures, per process, how many syscalls each process makes, how many \
-fail, and how long they take (p50/p90/p99/max), with eBPF programs on the kernel's raw \
-tracepoints. No application changes, no restarts.\n\n\
+    about = "Per-process syscall latency, disk I/O, off-CPU time and TCP, measured in the kernel with eBPF",
+    long_about = "hostprobe measures, per process and without touching applications: syscall counts, \
+errors and latency; disk I/O with queue and service time; where threads wait off the CPU (run queue, \
+disk, locks, timers); and TCP connections (bytes, RTT, connect latency, retransmits). It aggregates in \
+the kernel, shows a live view or JSON, streams to a `hostprobe collector`, and serves Prometheus and \
+OTLP metrics.\n\n\
 Start with `hostprobe check` to see what this host supports, then `hostprobe run`.",
     after_help = "Examples:\n  hostprobe run                          live view of the busiest processes\n  \
 hostprobe run --pid 1234 --interval 5s  one process, every 5 s\n  \
 hostprobe run --output json --duration 1m > out.jsonl\n  \
+hostprobe run --prometheus-listen 127.0.0.1:9464 --collector https://c:7700 --ca-file ca.pem\n  \
+hostprobe offcpu --pid 1234 --svg wait.svg  where one process waits, as a flame graph\n  \
 hostprobe check                        what works on this host, and how to fix what does not"
 )]
 pub struct Cli {
@@ -101,7 +105,7 @@ pub struct RunArgs {
     /// 1.1 KiB each); new pairs past it are counted as lost, not recorded.
     #[arg(long, value_parser = clap::value_parser!(u32).range(64..=4_194_304), value_name = "N")]
     pub max_entries: Option<u32>,
-    /// Probes to run (comma-separated): syscall, disk, offcpu. Default: all.
+    /// Probes to run (comma-separated): syscall, disk, offcpu, tcp. Default: all.
     #[arg(long, value_delimiter = ',', value_parser = parse_probe, value_name = "NAME")]
     pub probes: Vec<&'static str>,
     #[command(flatten)]

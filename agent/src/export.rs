@@ -40,6 +40,7 @@ pub struct ClientArgs {
     /// Client certificate (PEM), for collectors that require mTLS; with --client-key.
     #[arg(long, value_name = "FILE", requires = "client_key")]
     pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
     #[arg(long, value_name = "FILE", requires = "client_cert")]
     pub client_key: Option<PathBuf>,
     /// File holding the bearer token the collector expects (or set HOSTPROBE_TOKEN).
