@@ -86,7 +86,8 @@ impl Agent {
     }
 }
 
-fn hostname() -> String {
+/// This host's name (the kernel's).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()

@@ -149,7 +149,7 @@ impl Store {
         self.bytes += bytes.len();
         self.order.push_back((id.to_string(), bytes.len()));
         agent.window.push_back(Stored { end_ns: r.interval_end_unix_ns, bytes });
-        let oldest = unix_ns() - limits.retention.as_nanos() as i64;
+        let oldest = crate::metrics::now_unix_ns() - limits.retention.as_nanos() as i64;
         while let Some((id, len)) = self.order.front() {
             let agent = self.agents.get_mut(id).expect("agents are never removed");
             let old = agent.window.front().is_some_and(|s| s.end_ns < oldest);
@@ -163,9 +163,6 @@ impl Store {
     }
 }
 
-fn unix_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
-}
 
 struct Limits {
     retention: Duration,
@@ -185,18 +182,14 @@ pub struct Service {
     metrics: Option<Arc<Mutex<crate::metrics::Metrics>>>,
 }
 
-enum Verdict {
-    Stored,
-    Duplicate,
-}
-
 impl Service {
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Checks, deduplicates and stores one report.
-    fn accept(&self, r: pb::Report) -> Result<(u64, u64, Verdict), Status> {
+    /// Checks, deduplicates and stores one report; (epoch, sequence) to
+    /// acknowledge (a duplicate is acknowledged again, not stored).
+    fn accept(&self, r: pb::Report) -> Result<(u64, u64), Status> {
         let agent = r.agent.as_ref().ok_or_else(|| Status::invalid_argument("report without agent identity"))?;
         if agent.agent_id.is_empty() || agent.agent_id.len() > 128 {
             return Err(Status::invalid_argument("agent_id must be 1 to 128 bytes"));
@@ -204,7 +197,7 @@ impl Service {
         if r.sequence == 0 {
             return Err(Status::invalid_argument("sequence numbers start at 1"));
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+        let now = crate::metrics::now_unix_ns();
         let end = r.interval_end_unix_ns;
         if end > now + self.limits.max_future.as_nanos() as i64 {
             return Err(Status::invalid_argument(format!(
@@ -243,7 +236,7 @@ impl Service {
         }
         state.tokens -= 1.0;
         if seq <= state.acked(epoch) {
-            return Ok((epoch, seq, Verdict::Duplicate));
+            return Ok((epoch, seq));
         }
         let bytes = r.encode_to_vec();
         if let Some(j) = &mut store.journal {
@@ -256,7 +249,7 @@ impl Service {
             let host = r.agent.as_ref().map_or("", |a| a.host_name.as_str());
             m.lock().unwrap_or_else(|p| p.into_inner()).add_wire(host, &r);
         }
-        Ok((epoch, seq, Verdict::Stored))
+        Ok((epoch, seq))
     }
 
     fn reject(&self, peer: &str, s: &Status) {
@@ -330,7 +323,7 @@ impl pb::collector_server::Collector for Service {
                     }
                 }
                 match svc.accept(msg) {
-                    Ok((epoch, sequence, _)) => {
+                    Ok((epoch, sequence)) => {
                         if tx.send(Ok(pb::Ack { epoch, sequence })).await.is_err() {
                             break;
                         }
@@ -365,7 +358,7 @@ struct Row {
 
 fn query(store: &Store, q: &pb::QueryRequest) -> pb::QueryResponse {
     let by = By::try_from(q.by).unwrap_or(By::Syscalls);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    let now = crate::metrics::now_unix_ns();
     let since = if q.window_seconds == 0 { i64::MIN } else { now - i64::from(q.window_seconds) * 1_000_000_000 };
     let mut rows: HashMap<String, Row> = HashMap::new();
     let mut reports = 0;

@@ -192,7 +192,7 @@ pub fn identity(agent_id: Option<&str>, epoch: u64) -> pb::AgentIdentity {
     });
     pb::AgentIdentity {
         agent_id,
-        host_name: read("/proc/sys/kernel/hostname"),
+        host_name: crate::agent::hostname(),
         boot_id: read("/proc/sys/kernel/random/boot_id"),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         epoch,
@@ -290,7 +290,7 @@ impl Exporter {
             }
         }
         token(&client)?;
-        let now_ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        let now_ns = crate::metrics::now_unix_ns().max(1) as u64;
         let (spool, epoch, next_seq, reports) = match &args.spool_dir {
             Some(dir) => {
                 let (spool, epoch, next, reports) = Spool::open(dir, args.spool_max, now_ns)?;

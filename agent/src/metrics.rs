@@ -87,6 +87,49 @@ pub struct Group {
     pub tcp_rtt: CumHist,
 }
 
+/// One interval's figures into a group: shared by the agent's reports and
+/// the wire reports a collector folds in.
+impl Group {
+    fn add_syscall(&mut self, name: &str, count: u64, errors: u64, total_ns: u64, latency: Option<&Histogram>) {
+        let e = self.syscalls.entry(name.to_string()).or_default();
+        e.0 += count;
+        e.1 += errors;
+        if let Some(h) = latency {
+            self.syscall_latency.add(h, Some(total_ns));
+        }
+    }
+
+    fn add_disk(&mut self, device: &str, op: &str, count: u64, bytes: u64, errors: u64, total: Option<&Histogram>) {
+        let e = self.disk.entry((device.to_string(), op.to_string())).or_default();
+        e.count += count;
+        e.bytes += bytes;
+        e.errors += errors;
+        if let Some(h) = total {
+            e.latency.add(h, None);
+        }
+    }
+
+    fn add_thread_time(&mut self, on_cpu_ns: u64, runqueue_ns: u64, blocked_io_ns: u64, sleep_ns: u64) {
+        self.on_cpu_ns += on_cpu_ns;
+        self.runqueue_ns += runqueue_ns;
+        self.blocked_io_ns += blocked_io_ns;
+        self.sleep_ns += sleep_ns;
+    }
+
+    /// A TCP item; `connections` count once closed (state `CLOSED`).
+    fn add_tcp(&mut self, state: &str, connections: u64, sent: u64, received: u64, retransmits: u64, rtt: Option<&Histogram>) {
+        self.tcp_bytes_sent += sent;
+        self.tcp_bytes_received += received;
+        self.tcp_retransmits += retransmits;
+        if state == "CLOSED" {
+            self.tcp_connections += connections;
+        }
+        if let Some(h) = rtt {
+            self.tcp_rtt.add(h, None);
+        }
+    }
+}
+
 /// The agent's own health, as of the last interval.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
@@ -142,41 +185,24 @@ impl Metrics {
                 group.cmdline.clone_from(&p.meta.cmdline);
             }
             for s in &p.syscalls {
-                let e = group.syscalls.entry(s.name.clone()).or_default();
-                e.0 += s.latency.count;
-                e.1 += s.latency.errors;
-                group.syscall_latency.add(&s.latency.hist, Some(s.latency.total_ns));
+                let l = &s.latency;
+                group.add_syscall(&s.name, l.count, l.errors, l.total_ns, Some(&l.hist));
             }
             for d in &p.disk {
-                let e = group.disk.entry((d.device.clone(), d.op.to_string())).or_default();
-                e.count += d.count;
-                e.bytes += d.bytes;
-                e.errors += d.errors;
-                e.latency.add(&d.total.hist, None);
+                group.add_disk(&d.device, d.op, d.count, d.bytes, d.errors, Some(&d.total.hist));
             }
             if let Some(o) = &p.offcpu {
-                group.on_cpu_ns += o.on_cpu_ns;
-                group.runqueue_ns += o.runqueue_ns;
-                group.blocked_io_ns += o.blocked_io_ns;
-                group.sleep_ns += o.sleep_ns;
+                group.add_thread_time(o.on_cpu_ns, o.runqueue_ns, o.blocked_io_ns, o.sleep_ns);
             }
             for t in &p.tcp {
-                group.tcp_bytes_sent += t.bytes_sent;
-                group.tcp_bytes_received += t.bytes_received;
-                group.tcp_retransmits += t.retransmits;
-                if t.state == "CLOSED" {
-                    group.tcp_connections += t.connections;
-                }
-                group.tcp_rtt.add(&t.rtt.hist, None);
+                group.add_tcp(t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, Some(&t.rtt.hist));
             }
         }
         if let Some(o) = &r.other {
             self.other.last_seen_unix_ns = now;
             for s in &o.syscalls {
-                let e = self.other.syscalls.entry(s.name.clone()).or_default();
-                e.0 += s.latency.count;
-                e.1 += s.latency.errors;
-                self.other.syscall_latency.add(&s.latency.hist, Some(s.latency.total_ns));
+                let l = &s.latency;
+                self.other.add_syscall(&s.name, l.count, l.errors, l.total_ns, Some(&l.hist));
             }
         }
         self.evict(now);
@@ -232,38 +258,16 @@ impl Metrics {
                 group.pod_uid = crate::procinfo::pod_uid(&p.cgroup);
             }
             for sc in &p.syscalls {
-                let e = group.syscalls.entry(sc.name.clone()).or_default();
-                e.0 += sc.count;
-                e.1 += sc.errors;
-                if let Some(h) = hist(&sc.latency) {
-                    group.syscall_latency.add(&h, Some(sc.total_ns));
-                }
+                group.add_syscall(&sc.name, sc.count, sc.errors, sc.total_ns, hist(&sc.latency).as_ref());
             }
             for d in &p.disk {
-                let e = group.disk.entry((d.device.clone(), d.op.clone())).or_default();
-                e.count += d.count;
-                e.bytes += d.bytes;
-                e.errors += d.errors;
-                if let Some(h) = hist(&d.total) {
-                    e.latency.add(&h, None);
-                }
+                group.add_disk(&d.device, &d.op, d.count, d.bytes, d.errors, hist(&d.total).as_ref());
             }
             if let Some(o) = &p.offcpu {
-                group.on_cpu_ns += o.on_cpu_ns;
-                group.runqueue_ns += o.runqueue_ns;
-                group.blocked_io_ns += o.blocked_io_ns;
-                group.sleep_ns += o.sleep_ns;
+                group.add_thread_time(o.on_cpu_ns, o.runqueue_ns, o.blocked_io_ns, o.sleep_ns);
             }
             for t in &p.tcp {
-                group.tcp_bytes_sent += t.bytes_sent;
-                group.tcp_bytes_received += t.bytes_received;
-                group.tcp_retransmits += t.retransmits;
-                if t.state == "CLOSED" {
-                    group.tcp_connections += t.connections;
-                }
-                if let Some(h) = hist(&t.rtt) {
-                    group.tcp_rtt.add(&h, None);
-                }
+                group.add_tcp(&t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, hist(&t.rtt).as_ref());
             }
         }
         self.evict(now);

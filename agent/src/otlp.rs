@@ -243,7 +243,7 @@ impl Exporter {
         if url.starts_with("http://") && !client.plaintext {
             anyhow::bail!("--otlp-endpoint {url} is plaintext (http://): use https://, or add --plaintext");
         }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+        let host = crate::agent::hostname();
         let resource = Resource {
             attributes: vec![
                 s("service.name", service),

@@ -358,3 +358,96 @@ pub fn device_items<'a>(reports: &'a [Value], device: &str, op: &str) -> Vec<&'a
         .filter(|d| d["device"] == device && d["op"] == op)
         .collect()
 }
+
+/// A `hostprobe collector` process.
+pub struct Collector {
+    child: Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    port: u16,
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Collector {
+    /// `hostprobe collector --listen 127.0.0.1:PORT ARGS`, once it listens.
+    pub fn start(port: u16, args: &[&str]) -> Collector {
+        let mut child = hostprobe()
+            .args(["collector", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn collector");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let c = Collector { child, log, port };
+        c.wait_for("collector listening", Duration::from_secs(20));
+        c
+    }
+
+    /// Its address, for `--collector` (plaintext).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn wait_for(&self, text: &str, limit: Duration) {
+        let end = Instant::now() + limit;
+        while !self.log().contains(text) {
+            assert!(Instant::now() < end, "collector did not log {text:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no goodbye, as in a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("hostprobe-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

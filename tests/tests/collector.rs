@@ -3,100 +3,13 @@
 //! tests say; what arrived is read back from the collector's own journal.
 
 use std::{
-    io::{BufRead, BufReader},
-    path::{Path, PathBuf},
-    process::{Child, Stdio},
-    sync::{Arc, Mutex},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use hostprobe::wire::pb;
-use hostprobe_tests::{hostprobe, process_reports, Agent, Workload};
+use hostprobe_tests::{free_port, hostprobe, process_reports, Agent, Collector, TempDir, Workload};
 use prost::Message as _;
-
-/// A `hostprobe collector` process.
-struct Collector {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Collector {
-    fn start(port: u16, args: &[&str]) -> Collector {
-        let mut child = hostprobe()
-            .args(["collector", "--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn collector");
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        let c = Collector { child, log };
-        c.wait_for("collector listening", Duration::from_secs(20));
-        c
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_for(&self, text: &str, limit: Duration) {
-        let end = Instant::now() + limit;
-        while !self.log().contains(text) {
-            assert!(Instant::now() < end, "collector did not log {text:?}; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGKILL: no goodbye, as in a crash.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("hostprobe-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// (epoch, sequence) of every report of `agent` in the collector's journal,
 /// in journal order.
@@ -346,7 +259,7 @@ async fn hostile_stream(url: &str, messages: Vec<Vec<u8>>) -> tonic::Status {
 }
 
 fn valid_report(agent: &str, seq: u64) -> Vec<u8> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let now = hostprobe::metrics::now_unix_ns();
     pb::Report {
         agent: Some(pb::AgentIdentity { agent_id: agent.into(), epoch: 1, ..Default::default() }),
         sequence: seq,

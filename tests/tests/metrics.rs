@@ -8,11 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hostprobe_tests::{hostprobe, Agent, Workload};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use hostprobe_tests::{free_port, Agent, Collector, Workload};
 
 /// GET over HTTP/1.0: (status line, body).
 fn http_get(port: u16, path: &str) -> (String, String) {
@@ -103,43 +99,11 @@ fn promtool_check(body: &str) {
     assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
 }
 
-/// A `hostprobe collector --plaintext` with extra flags, killed on drop.
-pub struct CollectorProcess {
-    child: Child,
-    pub url: String,
-}
-
-impl CollectorProcess {
-    pub fn start(extra: &[&str]) -> CollectorProcess {
-        let port = free_port();
-        let child = hostprobe()
-            .args(["collector", "--plaintext", "--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn collector");
-        let end = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "the collector did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        CollectorProcess { child, url: format!("http://127.0.0.1:{port}") }
-    }
-}
-
-impl Drop for CollectorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn prometheus_scrapes_the_exact_syscall_count() {
     let port = free_port();
     let collector_metrics = free_port();
-    let collector = CollectorProcess::start(&["--prometheus-listen", &format!("127.0.0.1:{collector_metrics}")]);
+    let collector = Collector::start(free_port(), &["--plaintext", "--prometheus-listen", &format!("127.0.0.1:{collector_metrics}")]);
     let mut workload = Workload::spawn(&["getppid", "5000"]);
     let pid = workload.pid().to_string();
     let listen = format!("127.0.0.1:{port}");
@@ -151,7 +115,7 @@ fn prometheus_scrapes_the_exact_syscall_count() {
         "--prometheus-listen",
         &listen,
         "--collector",
-        &collector.url,
+        &collector.url(),
         "--plaintext",
     ]);
     let prometheus = Prometheus::start(port);

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use hostprobe_tests::{Agent, Workload};
+use hostprobe_tests::{free_port, Agent, Collector, Workload};
 use serde_json::Value;
 
 struct Receiver {
@@ -25,7 +25,7 @@ impl Receiver {
         let python = PathBuf::from(home).join(".cache/hostprobe/otlp-venv/bin/python");
         assert!(python.exists(), "{} is missing: run `cargo xtask setup`", python.display());
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("otlp_receiver.py");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let out = std::env::temp_dir().join(format!("hostprobe-otlp-{name}-{}.jsonl", std::process::id()));
         let _ = std::fs::remove_file(&out);
         let mut child = Command::new(python)
@@ -186,17 +186,11 @@ fn an_unavailable_receiver_loses_and_duplicates_nothing() {
 #[test]
 fn the_collector_forwards_the_fleet_to_otlp() {
     let receiver = Receiver::start("forward", 0.0);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut collector = Command::new(hostprobe_tests::hostprobe_bin())
-        .args(["collector", "--plaintext", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--otlp-endpoint", &receiver.url(), "--otlp-interval", "500ms"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let url = format!("http://127.0.0.1:{port}");
+    let collector = Collector::start(
+        free_port(),
+        &["--plaintext", "--otlp-endpoint", &receiver.url(), "--otlp-interval", "500ms"],
+    );
+    let url = collector.url();
     let mut workload = Workload::spawn(&["getppid", "5000"]);
     let pid = workload.pid();
     let pid_s = pid.to_string();
@@ -206,8 +200,7 @@ fn the_collector_forwards_the_fleet_to_otlp() {
     agent.run_for(Duration::from_secs(1));
     agent.stop();
     std::thread::sleep(Duration::from_millis(1500));
-    let _ = collector.kill();
-    let _ = collector.wait();
+    collector.kill();
     let requests = receiver.requests();
     let series = getppid_series(&requests, pid);
     assert_eq!(series.last().map(|s| s.0), Some(5_000), "forwarded exactly: {series:?}");

@@ -107,7 +107,7 @@ async fn main() {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             for seq in 1..=seconds {
                 tick.tick().await;
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+                let now = hostprobe::metrics::now_unix_ns();
                 let report = pb::Report {
                     agent: Some(pb::AgentIdentity { agent_id: format!("synthetic-{a}"), epoch: 1, ..Default::default() }),
                     sequence: seq,
