@@ -106,23 +106,37 @@ impl Histogram {
     }
 }
 
-/// Latencies of one interval: histogram and largest value.
+/// Latencies of one interval: histogram, largest value and exact sum (the
+/// mean, `sum_ns / count`, is what `iostat` calls await).
 #[derive(Debug, Clone, Default)]
 pub struct Dist {
     pub hist: Histogram,
     pub max_ns: u64,
+    /// Exact sum of the interval's values, where the probe keeps one
+    /// (kernel running sums differenced like the histogram).
+    pub sum_ns: u64,
 }
 
 impl Dist {
-    pub fn between(now: &[u32; BUCKETS], before: &[u32; BUCKETS], max_now: u64, max_before: u64) -> Self {
+    /// The interval between two reads of a kernel histogram with its running
+    /// maximum and running sum.
+    pub fn between(
+        now: &[u32; BUCKETS],
+        before: &[u32; BUCKETS],
+        max_now: u64,
+        max_before: u64,
+        sum_now: u64,
+        sum_before: u64,
+    ) -> Self {
         let hist = Histogram::delta_u32(now, before);
         let max_ns = hist.interval_max(max_now, max_before);
-        Self { hist, max_ns }
+        Self { hist, max_ns, sum_ns: sum_now.wrapping_sub(sum_before) }
     }
 
     pub fn merge(&mut self, o: &Dist) {
         self.hist.merge(&o.hist);
         self.max_ns = self.max_ns.max(o.max_ns);
+        self.sum_ns += o.sum_ns;
     }
 }
 

@@ -51,13 +51,13 @@ pub struct DiskData {
 
 impl DiskData {
     fn between(now: &Stats, before: &Stats) -> Self {
-        let service = Dist::between(&now.service, &before.service, now.service_max_ns, before.service_max_ns);
+        let service = Dist::between(&now.service, &before.service, now.service_max_ns, before.service_max_ns, 0, 0);
         Self {
             count: service.hist.count(),
             bytes: now.bytes.wrapping_sub(before.bytes),
             errors: now.errors.wrapping_sub(before.errors),
-            queue: Dist::between(&now.queue, &before.queue, now.queue_max_ns, before.queue_max_ns),
-            total: Dist::between(&now.total, &before.total, now.total_max_ns, before.total_max_ns),
+            queue: Dist::between(&now.queue, &before.queue, now.queue_max_ns, before.queue_max_ns, 0, 0),
+            total: Dist::between(&now.total, &before.total, now.total_max_ns, before.total_max_ns, 0, 0),
             service,
         }
     }

@@ -175,8 +175,24 @@ impl Probe for OffcpuProbe {
                 runqueue_ns: v.runqueue_ns.wrapping_sub(prev.runqueue_ns),
                 blocked_ns: v.blocked_ns.wrapping_sub(prev.blocked_ns),
                 sleep_ns: v.sleep_ns.wrapping_sub(prev.sleep_ns),
-                runqueue: Dist::between(&v.runqueue, &prev.runqueue, v.runqueue_max_ns, prev.runqueue_max_ns),
-                offcpu: Dist::between(&v.offcpu, &prev.offcpu, v.offcpu_max_ns, prev.offcpu_max_ns),
+                runqueue: Dist::between(
+                    &v.runqueue,
+                    &prev.runqueue,
+                    v.runqueue_max_ns,
+                    prev.runqueue_max_ns,
+                    v.runqueue_ns,
+                    prev.runqueue_ns,
+                ),
+                // An episode off the CPU is its sleep (blocked or not) and
+                // then its wait in the run queue, all charged as it ends.
+                offcpu: Dist::between(
+                    &v.offcpu,
+                    &prev.offcpu,
+                    v.offcpu_max_ns,
+                    prev.offcpu_max_ns,
+                    v.runqueue_ns.wrapping_add(v.blocked_ns).wrapping_add(v.sleep_ns),
+                    prev.runqueue_ns.wrapping_add(prev.blocked_ns).wrapping_add(prev.sleep_ns),
+                ),
                 sleep_by_syscall: BTreeMap::new(),
             };
             *prev = *v;

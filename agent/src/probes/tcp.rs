@@ -114,7 +114,7 @@ fn report(
     }
     // The kernel keeps no RTT maximum: the top of the highest non-empty
     // bucket stands for it.
-    let rtt = Dist::between(&c.rtt, &prev.rtt, u64::MAX, u64::MAX);
+    let rtt = Dist::between(&c.rtt, &prev.rtt, u64::MAX, u64::MAX, 0, 0);
     let d = ConnData {
         local: addr(c.family, &c.saddr, c.sport),
         remote: addr(c.family, &c.daddr, c.dport),
