@@ -1,191 +1,281 @@
-//! Block I/O latency per process, device and operation, on the classic
-//! block tracepoints: their records carry device, sector and rwbs as
-//! documented fields (read as `agent_common::disk::Record`), where raw
-//! tracepoints would need `struct request` offsets from BTF.
+//! Block I/O latency per process, device and operation, on the block raw
+//! tracepoints: raw ones, because a classic tracepoint's program is skipped
+//! whenever another BPF program is running on the CPU (a completion in an
+//! interrupt over a traced syscall), and exact counts need every event.
+//! Fields are read through the `struct request` the events pass, at offsets
+//! userspace took from this kernel's BTF (see `agent_common::disk`).
 //!
-//! `block_bio_queue` runs in the submitter's context: it records who and
-//! when under the bio's (device, sector). `block_rq_issue` stamps the issue
-//! time on the request with that (device, sector); `block_rq_complete`
-//! accounts queue, service and total time to the submitter. Bios merged into
-//! a queued request drop their own record.
+//! `block_bio_queue` notes when the current thread submitted its bio;
+//! `block_split` notes the piece a bio too large for the device was split
+//! into. `block_io_start` runs in the submitter's context for each request
+//! made (each piece of a split bio included): it records who, which device
+//! and operation, and when the bio was submitted, under the request's
+//! address. `block_rq_issue` stamps the issue time, `block_rq_complete`
+//! accounts the request.
 #![no_std]
 #![no_main]
 
 use agent_common::{
-    disk::{Counter, Key, Op, Record, Req, ReqKey, Stats, COUNTERS, DEFAULT_MAX_STATS, MAX_INFLIGHT},
+    disk::{
+        Counter, Key, Offsets, Op, Req, Stats, Submit, COUNTERS, DEFAULT_MAX_STATS, MAX_INFLIGHT, MAX_SUBMITS, REQ_OP_FLUSH,
+        REQ_OP_MASK,
+    },
     hist,
 };
-use agent_ebpf::atomic_add;
+use agent_ebpf::{atomic_add, global};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray},
-    programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{map, raw_tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::RawTracePointContext,
 };
 
 agent_ebpf::filters!(DISK_PIDS);
+agent_ebpf::counters!(DISK_COUNTERS, Counter, COUNTERS);
+
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    rq_q: 0,
+    rq_cmd_flags: 0,
+    rq_data_len: 0,
+    rq_bio: 0,
+    q_disk: 0,
+    disk_major: 0,
+    disk_first_minor: 0,
+    req_preflush: 0,
+};
 
 #[map]
 static DISK_STATS: HashMap<Key, Stats> = HashMap::with_max_entries(DEFAULT_MAX_STATS, 0);
 #[map]
-static DISK_INFLIGHT: HashMap<ReqKey, Req> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
-agent_ebpf::counters!(DISK_COUNTERS, Counter, COUNTERS);
+static DISK_INFLIGHT: HashMap<u64, Req> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
+#[map]
+static DISK_SUBMITS: LruHashMap<u32, Submit> = LruHashMap::with_max_entries(MAX_SUBMITS, 0);
 #[map]
 static DISK_ZERO: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 
-/// The record's fixed fields, in one read.
+/// A `T` at byte `off` of kernel object `base` (zero if unreadable).
 #[inline(always)]
-fn record(ctx: &TracePointContext) -> Option<Record> {
-    // SAFETY: a read of the tracepoint record through bpf_probe_read_kernel.
-    unsafe { ctx.read_at::<Record>(0) }.ok()
+fn read<T: Copy + Default>(base: u64, off: u32) -> T {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel((base as usize).wrapping_add(off as usize) as *const T) }.unwrap_or_default()
 }
 
-/// (device, sector) of a record. Requests without data (flushes) have no
-/// position, and the kernel reports 0 or -1 for it from one event to the
-/// next: they all use the key sector `u64::MAX`.
 #[inline(always)]
-fn req_key(r: &Record) -> ReqKey {
-    let sector = if r.nr_sector == 0 { u64::MAX } else { r.sector };
-    ReqKey { dev: r.dev, _pad: 0, sector }
+fn now() -> u64 {
+    // SAFETY: a helper call without arguments.
+    unsafe { bpf_ktime_get_ns() }
 }
 
-#[tracepoint(category = "block", name = "block_bio_queue")]
-pub fn disk_bio_queue(ctx: TracePointContext) -> u32 {
+/// The request's disk as a kernel `dev_t` (major << 20 | minor), as the
+/// block tracepoints and `/proc/diskstats` name it.
+#[inline(always)]
+fn dev_of(rq: u64, o: &Offsets) -> u32 {
+    let q: u64 = read(rq, o.rq_q);
+    let disk: u64 = read(q, o.q_disk);
+    if disk == 0 {
+        return 0;
+    }
+    let major: u32 = read(disk, o.disk_major);
+    let minor: u32 = read(disk, o.disk_first_minor);
+    major << 20 | minor
+}
+
+#[raw_tracepoint(tracepoint = "block_bio_queue")]
+pub fn disk_bio_queue(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !traced(pid_tgid) {
         return 0;
     }
-    let Some(r) = record(&ctx) else {
+    let submit = Submit { bio: ctx.arg(0), split: 0, queued_ns: now() };
+    let _ = DISK_SUBMITS.insert(&(pid_tgid as u32), &submit, 0);
+    0
+}
+
+/// A bio larger than the device takes was cut: the piece (argument 0) is
+/// made into a request now, the rest is submitted again without a new
+/// `block_bio_queue`, under its old address.
+#[raw_tracepoint(tracepoint = "block_split")]
+pub fn disk_split(ctx: RawTracePointContext) -> i32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(s) = DISK_SUBMITS.get_ptr_mut(&tid) {
+        // SAFETY: a value of this map, keyed by the current thread.
+        unsafe { (*s).split = ctx.arg(0) };
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "block_io_start")]
+pub fn disk_io_start(ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
         return 0;
+    }
+    let rq: u64 = ctx.arg(0);
+    let o = global!(OFFSETS);
+    let t = now();
+    // Timed from the bio's submission when this request holds the bio (or
+    // the piece of it) the thread submitted last.
+    let bio: u64 = read(rq, o.rq_bio);
+    let queued_ns = match DISK_SUBMITS.get_ptr(&(pid_tgid as u32)) {
+        // SAFETY: a value of this map.
+        Some(s) if bio != 0 && unsafe { (*s).bio == bio || (*s).split == bio } => unsafe { (*s).queued_ns },
+        _ => {
+            count(Counter::BioNotSeen);
+            t
+        }
     };
-    let key = req_key(&r);
-    // SAFETY: a helper call without arguments.
+    let flags: u32 = read(rq, o.rq_cmd_flags);
+    let len: u32 = read(rq, o.rq_data_len);
     let req = Req {
-        queued_ns: unsafe { bpf_ktime_get_ns() },
+        queued_ns,
         issued_ns: 0,
+        bytes: 0,
         tgid: (pid_tgid >> 32) as u32,
+        dev: dev_of(rq, &o),
+        op: Op::from_flags(flags, len, o.req_preflush) as u32,
         _pad: 0,
     };
-    if DISK_INFLIGHT.insert(&key, &req, 0).is_err() {
+    if DISK_INFLIGHT.get_ptr(&rq).is_some() {
+        count(Counter::Replaced);
+    }
+    if DISK_INFLIGHT.insert(&rq, &req, 0).is_err() {
         count(Counter::InflightFull);
     }
     0
 }
 
-/// A bio joined a request already queued: it will not be issued on its own.
-#[tracepoint(category = "block", name = "block_bio_backmerge")]
-pub fn disk_bio_backmerge(ctx: TracePointContext) -> u32 {
-    merged(&ctx)
-}
-
-#[tracepoint(category = "block", name = "block_bio_frontmerge")]
-pub fn disk_bio_frontmerge(ctx: TracePointContext) -> u32 {
-    // The request now starts at this bio's sector, so its record stays:
-    // the request is timed from this (later) bio.
-    let _ = ctx;
-    count(Counter::BioMerged);
-    0
-}
-
-#[inline(always)]
-fn merged(ctx: &TracePointContext) -> u32 {
-    if let Some(r) = record(ctx) {
-        if DISK_INFLIGHT.remove(&req_key(&r)).is_ok() {
-            count(Counter::BioMerged);
-        }
-    }
-    0
-}
-
-#[tracepoint(category = "block", name = "block_rq_issue")]
-pub fn disk_rq_issue(ctx: TracePointContext) -> u32 {
-    let Some(r) = record(&ctx) else {
-        return 0;
-    };
-    let key = req_key(&r);
-    // SAFETY: a helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(req) = DISK_INFLIGHT.get_ptr_mut(&key) {
-        // SAFETY: a value of this map; requests with one key do not race.
-        unsafe { (*req).issued_ns = now };
+#[raw_tracepoint(tracepoint = "block_rq_issue")]
+pub fn disk_rq_issue(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(0);
+    let t = now();
+    if let Some(req) = DISK_INFLIGHT.get_ptr_mut(&rq) {
+        // SAFETY: a value of this map; one request is issued on one CPU at a
+        // time.
+        unsafe { (*req).issued_ns = t };
         return 0;
     }
-    // Not seen queued. With a filter set it is someone else's request.
+    // Not seen made. With a filter set it is someone else's request (or a
+    // device flush, which has no owner to filter by).
     if filtering() {
         return 0;
     }
-    let req = Req { queued_ns: 0, issued_ns: now, tgid: 0, _pad: 0 };
-    if DISK_INFLIGHT.insert(&key, &req, 0).is_err() {
+    let o = global!(OFFSETS);
+    let flags: u32 = read(rq, o.rq_cmd_flags);
+    let op = if flags & REQ_OP_MASK == REQ_OP_FLUSH {
+        Op::DeviceFlush
+    } else {
+        Op::from_flags(flags, read(rq, o.rq_data_len), o.req_preflush)
+    };
+    let req = Req { queued_ns: 0, issued_ns: t, bytes: 0, tgid: 0, dev: dev_of(rq, &o), op: op as u32, _pad: 0 };
+    if DISK_INFLIGHT.insert(&rq, &req, 0).is_err() {
         count(Counter::InflightFull);
     }
     0
 }
 
-#[tracepoint(category = "block", name = "block_rq_requeue")]
-pub fn disk_rq_requeue(_ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "block_rq_requeue")]
+pub fn disk_rq_requeue(_ctx: RawTracePointContext) -> i32 {
     count(Counter::Requeued);
     0
 }
 
-#[tracepoint(category = "block", name = "block_rq_complete")]
-pub fn disk_rq_complete(ctx: TracePointContext) -> u32 {
-    let Some(r) = record(&ctx) else {
+/// Request argument 0 was merged into another and will be freed without a
+/// completion of its own.
+#[raw_tracepoint(tracepoint = "block_rq_merge")]
+pub fn disk_rq_merge(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(0);
+    if DISK_INFLIGHT.remove(&rq).is_ok() {
+        count(Counter::RequestMerged);
+    }
+    0
+}
+
+/// A bio joined a request already queued: it will not be made into one.
+#[raw_tracepoint(tracepoint = "block_bio_backmerge")]
+pub fn disk_bio_backmerge(_ctx: RawTracePointContext) -> i32 {
+    count(Counter::BioMerged);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "block_bio_frontmerge")]
+pub fn disk_bio_frontmerge(_ctx: RawTracePointContext) -> i32 {
+    count(Counter::BioMerged);
+    0
+}
+
+/// `block_rq_complete(struct request *rq, blk_status_t error, unsigned int
+/// nr_bytes)`: raised for each part of a request that completes, before the
+/// request's remaining length is reduced.
+#[raw_tracepoint(tracepoint = "block_rq_complete")]
+pub fn disk_rq_complete(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(0);
+    let error = ctx.arg::<u64>(1) as u8;
+    let nr_bytes = ctx.arg::<u64>(2) as u32;
+    let Some(reqp) = DISK_INFLIGHT.get_ptr_mut(&rq) else {
+        count(Counter::Untracked);
         return 0;
     };
-    let key = req_key(&r);
-    let Some(reqp) = DISK_INFLIGHT.get_ptr(&key) else {
+    let remaining: u32 = read(rq, global!(OFFSETS).rq_data_len);
+    if nr_bytes < remaining {
+        count(Counter::Partial);
+        // SAFETY: a value of this map; one request completes on one CPU.
+        unsafe { (*reqp).bytes += u64::from(nr_bytes) };
         return 0;
-    };
+    }
     // SAFETY: a value of this map.
     let req = unsafe { *reqp };
-    let _ = DISK_INFLIGHT.remove(&key);
-    if req.issued_ns == 0 {
-        count(Counter::IssueNotSeen);
-        return 0;
-    }
-    // SAFETY: a helper call without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let (nr_sector, error, op) = (r.nr_sector, r.error, Op::from_rwbs(&r.rwbs));
+    let _ = DISK_INFLIGHT.remove(&rq);
+    let t = now();
     if req.queued_ns == 0 {
         count(Counter::StartNotSeen);
+    } else if req.issued_ns == 0 && req.op != Op::Flush as u32 {
+        count(Counter::IssueNotSeen);
     }
-    let k = Key { tgid: req.tgid, dev: key.dev, op: op as u32, _pad: 0 };
+    let k = Key { tgid: req.tgid, dev: req.dev, op: req.op, _pad: 0 };
     let Some(stats) = entry(&k) else {
         return 0;
     };
-    let service = now.saturating_sub(req.issued_ns);
     // SAFETY: `stats` points into a map value; other CPUs only add atomically
     // (the maxima tolerate a lost race).
     unsafe {
-        atomic_add(&raw mut (*stats).bytes, u64::from(nr_sector) * 512);
+        atomic_add(&raw mut (*stats).count, 1);
+        atomic_add(&raw mut (*stats).bytes, req.bytes + u64::from(nr_bytes));
         if error != 0 {
             atomic_add(&raw mut (*stats).errors, 1);
         }
-        if let Some(b) = (*stats).service.get_mut(hist::bucket(service)) {
-            atomic_add(b as *mut u32, 1);
-        }
-        if service > (*stats).service_max_ns {
-            (*stats).service_max_ns = service;
+        if req.issued_ns != 0 {
+            let service = t.saturating_sub(req.issued_ns);
+            add(&mut (*stats).service, &mut (*stats).service_max_ns, &raw mut (*stats).service_sum_ns, service);
+            if req.queued_ns != 0 {
+                let queue = req.issued_ns.saturating_sub(req.queued_ns);
+                add(&mut (*stats).queue, &mut (*stats).queue_max_ns, &raw mut (*stats).queue_sum_ns, queue);
+            }
         }
         if req.queued_ns != 0 {
-            let queue = req.issued_ns.saturating_sub(req.queued_ns);
-            let total = now.saturating_sub(req.queued_ns);
-            if let Some(b) = (*stats).queue.get_mut(hist::bucket(queue)) {
-                atomic_add(b as *mut u32, 1);
-            }
-            if let Some(b) = (*stats).total.get_mut(hist::bucket(total)) {
-                atomic_add(b as *mut u32, 1);
-            }
-            if queue > (*stats).queue_max_ns {
-                (*stats).queue_max_ns = queue;
-            }
-            if total > (*stats).total_max_ns {
-                (*stats).total_max_ns = total;
-            }
+            let total = t.saturating_sub(req.queued_ns);
+            add(&mut (*stats).total, &mut (*stats).total_max_ns, &raw mut (*stats).total_sum_ns, total);
         }
     }
     0
+}
+
+/// One value into a histogram, its maximum and its sum.
+///
+/// # Safety
+/// All three point into one value of `DISK_STATS`.
+#[inline(always)]
+unsafe fn add(h: &mut [u32; hist::BUCKETS], max: &mut u64, sum: *mut u64, ns: u64) {
+    if let Some(b) = h.get_mut(hist::bucket(ns)) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { atomic_add(b as *mut u32, 1) };
+    }
+    if ns > *max {
+        *max = ns;
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { atomic_add(sum, ns) };
 }
 
 #[inline(always)]
@@ -193,9 +283,7 @@ fn entry(key: &Key) -> Option<*mut Stats> {
     if let Some(p) = DISK_STATS.get_ptr_mut(key) {
         return Some(p);
     }
-    let Some(zero) = DISK_ZERO.get_ptr(0) else {
-        return None;
-    };
+    let zero = DISK_ZERO.get_ptr(0)?;
     // SAFETY: a map value never written to, so all zeroes.
     let _ = DISK_STATS.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64);
     let p = DISK_STATS.get_ptr_mut(key);

@@ -267,9 +267,39 @@ fn declared_fields(probe: &'static str, category: &str, event: &str) -> Result<V
 /// fields a tracepoint record does not carry; the eBPF side reads them with
 /// bpf_probe_read_kernel at the offset it is given.
 pub fn kernel_offset(probe: &'static str, ty: &str, path: &str) -> Result<u32, ProbeError> {
-    static VMLINUX: std::sync::OnceLock<Result<btfparse::TypeInformation, String>> = std::sync::OnceLock::new();
     let config = |detail: String| ProbeError::Config { probe, detail };
-    let btf = VMLINUX
+    let btf = vmlinux().map_err(config)?;
+    let id = btf.id_of(ty).ok_or_else(|| config(format!("this kernel's BTF has no type {ty}")))?;
+    match btf.offset_of(id, path) {
+        Ok((_, btfparse::Offset::ByteOffset(at))) => Ok(at),
+        Ok((_, other)) => Err(config(format!("{ty}.{path} is a bit field ({other:?}); hostprobe reads whole bytes"))),
+        Err(e) => Err(config(format!("{ty}.{path} not found in this kernel's BTF: {e:?}"))),
+    }
+}
+
+/// The value of enumerator `name` of kernel enum `ty`, from the kernel's
+/// BTF: for flag bits and operation codes a program tests.
+pub fn kernel_enum_value(probe: &'static str, ty: &str, name: &str) -> Result<i64, ProbeError> {
+    let config = |detail: String| ProbeError::Config { probe, detail };
+    let btf = vmlinux().map_err(config)?;
+    let id = btf.id_of(ty).ok_or_else(|| config(format!("this kernel's BTF has no type {ty}")))?;
+    let Some(btfparse::TypeVariant::Enum(e)) = btf.from_id(id) else {
+        return Err(config(format!("{ty} is not an enum in this kernel's BTF")));
+    };
+    e.named_value_list()
+        .iter()
+        .find(|v| v.name == name)
+        .map(|v| match v.value {
+            btfparse::Integer32Value::Signed(v) => i64::from(v),
+            btfparse::Integer32Value::Unsigned(v) => i64::from(v),
+        })
+        .ok_or_else(|| config(format!("enum {ty} has no {name} in this kernel's BTF")))
+}
+
+/// The kernel's BTF, parsed once.
+fn vmlinux() -> Result<&'static btfparse::TypeInformation, String> {
+    static VMLINUX: std::sync::OnceLock<Result<btfparse::TypeInformation, String>> = std::sync::OnceLock::new();
+    VMLINUX
         .get_or_init(|| {
             let bytes = std::fs::read(BTF_VMLINUX).map_err(|e| {
                 format!("cannot read {BTF_VMLINUX} ({e}): the kernel was built without CONFIG_DEBUG_INFO_BTF")
@@ -277,13 +307,7 @@ pub fn kernel_offset(probe: &'static str, ty: &str, path: &str) -> Result<u32, P
             btfparse::TypeInformation::new(&BtfBytes(bytes)).map_err(|e| format!("cannot parse {BTF_VMLINUX}: {e:?}"))
         })
         .as_ref()
-        .map_err(|e| config(e.clone()))?;
-    let id = btf.id_of(ty).ok_or_else(|| config(format!("this kernel's BTF has no type {ty}")))?;
-    match btf.offset_of(id, path) {
-        Ok((_, btfparse::Offset::ByteOffset(at))) => Ok(at),
-        Ok((_, other)) => Err(config(format!("{ty}.{path} is a bit field ({other:?}); hostprobe reads whole bytes"))),
-        Err(e) => Err(config(format!("{ty}.{path} not found in this kernel's BTF: {e:?}"))),
-    }
+        .map_err(Clone::clone)
 }
 
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -504,6 +528,10 @@ mod tests {
         let segs = super::kernel_offset("test", "tcp_skb_cb", "tcp_gso_segs").unwrap();
         eprintln!("tcp_gso_segs at {segs}");
         assert!(segs < 48);
+        // Operation codes fixed since 4.10.
+        assert_eq!(super::kernel_enum_value("test", "req_op", "REQ_OP_WRITE").unwrap(), 1);
+        assert!(super::kernel_enum_value("test", "req_flag_bits", "__REQ_PREFLUSH").unwrap() > 8);
+        assert!(super::kernel_enum_value("test", "req_op", "NO_SUCH").is_err());
         let e = super::kernel_offset("test", "sk_buff", "no_such_field").unwrap_err().to_string();
         assert!(e.contains("sk_buff.no_such_field"), "{e}");
     }

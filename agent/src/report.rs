@@ -457,12 +457,7 @@ pub fn build(
 ) -> Report {
     // Device totals over every process, and the requests nobody was seen
     // submitting (pid 0), which belong to no process.
-    let mut per_device = BTreeMap::<(u32, Op), DiskData>::new();
-    for p in interval.processes.values() {
-        for (k, d) in &p.disk {
-            per_device.entry(*k).or_default().merge(d);
-        }
-    }
+    let per_device = crate::probes::disk::device_totals(interval.processes.values().map(|p| &p.disk));
     // TCP connections whose owner was never seen (accepted in softirq and
     // not yet read or written by a process): reported apart, not guessed.
     let tcp_unknown_owner = interval.processes.get(&0).map(|p| tcp_list(&p.tcp)).unwrap_or_default();

@@ -2,7 +2,7 @@
 //! to the block tracepoints, and turns its cumulative per-(process, device,
 //! operation) counters into per-interval figures.
 
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 
 use agent_common::disk::{self as common, Counter, Key, Op, Stats};
 use aya::{
@@ -17,22 +17,61 @@ pub const NAME: &str = "disk";
 
 pub const SPEC: Spec = Spec {
     name: NAME,
-    about: "block I/O per process, device and operation: queue, service and total latency (block tracepoints)",
+    about: "block I/O per process, device and operation: queue, service and total latency, split and flush requests included (block raw tracepoints)",
     load: |opts| Ok(Box::new(DiskProbe::load(opts)?)),
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/disk"));
 
-/// Programs and their tracepoints, in attach order: completion and issue
-/// first, so no request is recorded that nothing will consume.
-const PROGRAMS: [(&str, &str); 6] = [
+/// Programs and their raw tracepoints, in attach order: completion, merge
+/// and issue first, so no request is recorded that nothing will consume.
+const PROGRAMS: [(&str, &str); 9] = [
     ("disk_rq_complete", "block_rq_complete"),
+    ("disk_rq_merge", "block_rq_merge"),
     ("disk_rq_requeue", "block_rq_requeue"),
     ("disk_rq_issue", "block_rq_issue"),
     ("disk_bio_backmerge", "block_bio_backmerge"),
     ("disk_bio_frontmerge", "block_bio_frontmerge"),
+    ("disk_io_start", "block_io_start"),
+    ("disk_split", "block_split"),
     ("disk_bio_queue", "block_bio_queue"),
 ];
+
+/// The kernel struct offsets and flag values the programs use, from BTF.
+fn offsets() -> Result<common::Offsets, ProbeError> {
+    let at = |ty, path| ebpf::kernel_offset(NAME, ty, path);
+    // The operation codes the programs compare with are fixed since 4.10:
+    // refuse a kernel where they moved rather than misfile every request.
+    for (name, want) in [
+        ("REQ_OP_READ", common::REQ_OP_READ),
+        ("REQ_OP_WRITE", common::REQ_OP_WRITE),
+        ("REQ_OP_FLUSH", common::REQ_OP_FLUSH),
+        ("REQ_OP_DISCARD", common::REQ_OP_DISCARD),
+    ] {
+        let v = ebpf::kernel_enum_value(NAME, "req_op", name)?;
+        if v != i64::from(want) {
+            return Err(ProbeError::Config {
+                probe: NAME,
+                detail: format!("{name} is {v} on this kernel, hostprobe expects {want}; please report this with the kernel version"),
+            });
+        }
+    }
+    let preflush = ebpf::kernel_enum_value(NAME, "req_flag_bits", "__REQ_PREFLUSH")?;
+    let req_preflush = u32::try_from(preflush).ok().and_then(|b| 1u32.checked_shl(b)).ok_or_else(|| ProbeError::Config {
+        probe: NAME,
+        detail: format!("__REQ_PREFLUSH is bit {preflush} on this kernel, outside the 32-bit request flags"),
+    })?;
+    Ok(common::Offsets {
+        rq_q: at("request", "q")?,
+        rq_cmd_flags: at("request", "cmd_flags")?,
+        rq_data_len: at("request", "__data_len")?,
+        rq_bio: at("request", "bio")?,
+        q_disk: at("request_queue", "disk")?,
+        disk_major: at("gendisk", "major")?,
+        disk_first_minor: at("gendisk", "first_minor")?,
+        req_preflush,
+    })
+}
 
 /// One process's I/O to one device with one operation over one interval.
 #[derive(Debug, Clone, Default)]
@@ -41,24 +80,27 @@ pub struct DiskData {
     pub count: u64,
     pub bytes: u64,
     pub errors: u64,
-    /// Bio queued to issue; only requests whose start was seen.
+    /// Bio submitted to issue; requests seen made and issued.
     pub queue: Dist,
-    /// Issue to completion.
+    /// Issue to completion; requests seen issued.
     pub service: Dist,
-    /// Queue + service; only requests whose start was seen.
+    /// Bio submitted to completion; requests seen made.
     pub total: Dist,
 }
 
 impl DiskData {
     fn between(now: &Stats, before: &Stats) -> Self {
-        let service = Dist::between(&now.service, &before.service, now.service_max_ns, before.service_max_ns, 0, 0);
+        let dist = |h: fn(&Stats) -> (&[u32; agent_common::hist::BUCKETS], u64, u64)| {
+            let ((hn, mn, sn), (hb, mb, sb)) = (h(now), h(before));
+            Dist::between(hn, hb, mn, mb, sn, sb)
+        };
         Self {
-            count: service.hist.count(),
+            count: now.count.wrapping_sub(before.count),
             bytes: now.bytes.wrapping_sub(before.bytes),
             errors: now.errors.wrapping_sub(before.errors),
-            queue: Dist::between(&now.queue, &before.queue, now.queue_max_ns, before.queue_max_ns, 0, 0),
-            total: Dist::between(&now.total, &before.total, now.total_max_ns, before.total_max_ns, 0, 0),
-            service,
+            queue: dist(|s| (&s.queue, s.queue_max_ns, s.queue_sum_ns)),
+            service: dist(|s| (&s.service, s.service_max_ns, s.service_sum_ns)),
+            total: dist(|s| (&s.total, s.total_max_ns, s.total_sum_ns)),
         }
     }
 
@@ -72,16 +114,37 @@ impl DiskData {
     }
 }
 
+/// Per-device totals of an interval, as the device saw them: every
+/// process's requests (and those whose submitter was not seen), except that
+/// flushes are the flushes the device ran, not the flush requests processes
+/// made (the block layer serves concurrent flush requests with one flush).
+pub fn device_totals<'a>(
+    processes: impl Iterator<Item = &'a BTreeMap<(u32, Op), DiskData>>,
+) -> BTreeMap<(u32, Op), DiskData> {
+    let mut out = BTreeMap::<(u32, Op), DiskData>::new();
+    for disk in processes {
+        for ((dev, op), d) in disk {
+            let op = match op {
+                Op::Flush => continue,
+                Op::DeviceFlush => Op::Flush,
+                op => *op,
+            };
+            out.entry((*dev, op)).or_default().merge(d);
+        }
+    }
+    out
+}
+
 pub struct DiskProbe {
     /// Owns the programs and their links: dropping it detaches everything.
     bpf: Ebpf,
     stats: HashMap<MapData, Key, Stats>,
     stats_reader: ebpf::BatchReader<Key, Stats>,
-    inflight: HashMap<MapData, common::ReqKey, common::Req>,
-    inflight_reader: ebpf::BatchReader<common::ReqKey, common::Req>,
-    /// Intervals collected, and stale in-flight entries swept so far.
-    intervals: u64,
+    inflight: HashMap<MapData, u64, common::Req>,
+    inflight_reader: ebpf::BatchReader<u64, common::Req>,
+    /// Stale in-flight records swept so far, and at the last report.
     swept: u64,
+    swept_reported: u64,
     counters: super::Counters,
     prev: StdHashMap<Key, Stats>,
     status: ProbeStatus,
@@ -93,28 +156,19 @@ fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {
 
 impl DiskProbe {
     pub fn load(opts: &Options) -> Result<Self, ProbeError> {
-        // The programs read the records as `common::Record`: check that this
-        // kernel lays them out so. Bio events share dev, sector and
-        // nr_sector (the programs read nothing else of them); issue has no
-        // error field.
-        for event in ["block_rq_complete", "block_rq_issue", "block_bio_queue", "block_bio_backmerge"] {
-            let unread: &[&str] = match event {
-                "block_rq_complete" => &[],
-                "block_rq_issue" => &["error"],
-                _ => &["error", "rwbs"],
-            };
-            let fields: Vec<(&str, u32)> =
-                common::RECORD_FIELDS.into_iter().filter(|(name, _)| !unread.contains(name)).collect();
-            ebpf::expect_fields(NAME, "block", event, &fields)?;
+        for (_, tracepoint) in PROGRAMS {
+            ebpf::expect_event(NAME, "block", tracepoint, &[])?;
         }
+        let offsets = offsets()?;
 
         let filters = FilterGlobals::new(opts);
         let mut loader = EbpfLoader::new();
         filters.apply(&mut loader);
+        loader.override_global(common::GLOBAL_OFFSETS, &offsets, true);
         let mut bpf = ebpf::load(NAME, OBJECT, &mut loader)?;
         super::fill_pids(&mut bpf, NAME, common::MAP_PIDS, &opts.pids)?;
         for (program, tracepoint) in PROGRAMS {
-            ebpf::attach_tracepoint(&mut bpf, NAME, program, "block", tracepoint)?;
+            ebpf::attach_raw_tracepoint(&mut bpf, NAME, program, tracepoint)?;
         }
 
         let maps = ebpf::map_sizes(&bpf);
@@ -125,51 +179,60 @@ impl DiskProbe {
         let inflight = take(common::MAP_INFLIGHT)?;
         let inflight_reader = ebpf::BatchReader::new(&inflight).map_err(|e| map_err("DISK_INFLIGHT", e))?;
         let inflight = HashMap::try_from(inflight).map_err(|e| map_err("DISK_INFLIGHT", e))?;
-        let counters = super::Counters::new(NAME, common::MAP_COUNTERS, take(common::MAP_COUNTERS)?, Counter::ALL.iter().map(|c| (c.name(), c.is_error())).collect())?;
+        let counters = super::Counters::new(
+            NAME,
+            common::MAP_COUNTERS,
+            take(common::MAP_COUNTERS)?,
+            Counter::ALL.iter().map(|c| (c.name(), c.is_error())).collect(),
+        )?;
         Ok(Self {
             bpf,
             stats,
             stats_reader,
             inflight,
             inflight_reader,
-            intervals: 0,
             swept: 0,
+            swept_reported: 0,
             counters,
             prev: StdHashMap::new(),
             status: ProbeStatus::active(NAME, maps),
         })
     }
 
-}
-
-/// Intervals between sweeps of the in-flight map.
-const SWEEP_EVERY: u64 = 10;
-/// A request in flight this long lost its completion (no device takes a
-/// minute; the block layer times requests out long before).
-const STALE_NS: u64 = 60_000_000_000;
-
-impl DiskProbe {
-    /// Deletes in-flight entries whose completion will never come (a bio
-    /// split, or merged from the front, leaves its first record behind).
-    fn sweep(&mut self) -> Result<(), ProbeError> {
-        // bpf_ktime_get_ns is CLOCK_MONOTONIC.
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime fills the timespec we pass.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-        let stale: Vec<common::ReqKey> = self
+    /// Deletes in-flight records older than [`STALE_NS`] at `now`
+    /// (CLOCK_MONOTONIC ns, the clock of `bpf_ktime_get_ns`): requests whose
+    /// completion will not come to us (lost to a full map or to the kernel
+    /// freeing a request without completing it). Returns how many went.
+    fn sweep(&mut self, now: u64) -> Result<u64, ProbeError> {
+        let stale: Vec<u64> = self
             .inflight_reader
             .read()
             .map_err(|e| ProbeError::Read { probe: NAME, map: "DISK_INFLIGHT", detail: e.to_string() })?
             .filter(|(_, r)| now.saturating_sub(r.queued_ns.max(r.issued_ns)) > STALE_NS)
             .map(|(k, _)| *k)
             .collect();
+        let mut swept = 0;
         for k in &stale {
-            let _ = self.inflight.remove(k);
+            // Gone already: it completed between the read and now.
+            if self.inflight.remove(k).is_ok() {
+                swept += 1;
+            }
         }
-        self.swept += stale.len() as u64;
-        Ok(())
+        self.swept += swept;
+        Ok(swept)
     }
+}
+
+/// A request in flight this long lost its completion: the block layer times
+/// requests out after 30 s (SCSI retries a few times), and a record is
+/// reused anyway when its request is.
+const STALE_NS: u64 = 300_000_000_000;
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Probe for DiskProbe {
@@ -202,11 +265,13 @@ impl Probe for DiskProbe {
         }
         entries -= super::reclaim(&mut self.prev, &mut self.stats, &dead, |k| k.tgid);
         self.status.set_entries(common::MAP_STATS, entries);
-        if self.intervals.is_multiple_of(SWEEP_EVERY) {
-            self.sweep()?;
-        }
-        self.intervals += 1;
-        self.counters.read(&self.bpf, &mut self.status)
+        self.sweep(monotonic_ns())?;
+        self.counters.read(&self.bpf, &mut self.status)?;
+        let swept = self.swept - self.swept_reported;
+        self.swept_reported = self.swept;
+        self.status.counters.insert("stale_swept", swept);
+        self.status.lost += swept;
+        Ok(())
     }
 
     fn status(&self) -> ProbeStatus {
@@ -231,5 +296,33 @@ impl DeviceNames {
                     .unwrap_or_else(|| format!("{major}:{minor}"))
             })
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sweep on the real kernel map: a record older than the limit goes
+    /// and is counted, a fresh one stays. Needs root (loads the probe).
+    #[test]
+    fn stale_in_flight_records_are_swept_and_counted() {
+        crate::ebpf::ensure_tracefs().expect("tracefs");
+        let mut p = DiskProbe::load(&Options::default()).expect("load the disk probe (as root)");
+        let now = monotonic_ns();
+        let rec = |at: u64| common::Req { queued_ns: at, issued_ns: 0, bytes: 0, tgid: 1, dev: 0, op: 0, _pad: 0 };
+        // Addresses no kernel request has (not kernel space).
+        let (old, fresh) = (0x1000u64, 0x2000u64);
+        p.inflight.insert(old, rec(now - STALE_NS - 1_000_000_000), 0).unwrap();
+        p.inflight.insert(fresh, rec(now), 0).unwrap();
+        p.collect(&mut Interval::default()).unwrap();
+        assert!(p.inflight.get(&old, 0).is_err(), "the stale record is still there");
+        assert!(p.inflight.get(&fresh, 0).is_ok(), "the fresh record was swept");
+        let status = p.status();
+        assert_eq!(status.counters.get("stale_swept"), Some(&1), "{:?}", status.counters);
+        assert!(status.lost >= 1);
+        // Counted once: the next interval sweeps nothing.
+        p.collect(&mut Interval::default()).unwrap();
+        assert_eq!(p.status().counters.get("stale_swept"), Some(&0));
     }
 }
