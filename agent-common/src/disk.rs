@@ -149,7 +149,8 @@ pub struct Req {
     pub dev: u32,
     /// [`Op`].
     pub op: u32,
-    pub _pad: u32,
+    /// Its length when made (or issued, if not seen made).
+    pub len: u32,
 }
 const _: () = assert!(core::mem::size_of::<Req>() == 40);
 
@@ -247,9 +248,15 @@ pub enum Counter {
     /// Records overwritten because the kernel reused their request before
     /// its completion was seen.
     Replaced = 10,
+    /// Requests accounted at `block_io_done` because their
+    /// `block_rq_complete` program did not run: the kernel skips a raw
+    /// tracepoint's program, without counting it, when the same program is
+    /// already running on the CPU (a completion in a hard interrupt over a
+    /// completion in a softirq).
+    CompleteSkipped = 11,
 }
 
-pub const COUNTERS: u32 = 11;
+pub const COUNTERS: u32 = 12;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -264,6 +271,7 @@ impl Counter {
         Counter::Untracked,
         Counter::Partial,
         Counter::Replaced,
+        Counter::CompleteSkipped,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -279,6 +287,7 @@ impl Counter {
             Counter::Untracked => "untracked_completions",
             Counter::Partial => "partial_completions",
             Counter::Replaced => "record_replaced",
+            Counter::CompleteSkipped => "completion_seen_late",
         }
     }
 

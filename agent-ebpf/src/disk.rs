@@ -135,10 +135,14 @@ pub fn disk_io_start(ctx: RawTracePointContext) -> i32 {
         tgid: (pid_tgid >> 32) as u32,
         dev: dev_of(rq, &o),
         op: Op::from_flags(flags, len, o.req_preflush) as u32,
-        _pad: 0,
+        len,
     };
-    if DISK_INFLIGHT.get_ptr(&rq).is_some() {
+    if let Some(old) = DISK_INFLIGHT.get_ptr(&rq) {
         count(Counter::Replaced);
+        let od = unsafe { (*old).dev };
+        if od >> 20 == 7 { count(Counter::Partial); } // DEBUG
+        if od != req.dev { count(Counter::IssueNotSeen); } // DEBUG
+        if unsafe { (*old).bytes } != 0 { count(Counter::BioNotSeen); } // DEBUG
     }
     if DISK_INFLIGHT.insert(&rq, &req, 0).is_err() {
         count(Counter::InflightFull);
@@ -163,12 +167,13 @@ pub fn disk_rq_issue(ctx: RawTracePointContext) -> i32 {
     }
     let o = global!(OFFSETS);
     let flags: u32 = read(rq, o.rq_cmd_flags);
+    let len: u32 = read(rq, o.rq_data_len);
     let op = if flags & REQ_OP_MASK == REQ_OP_FLUSH {
         Op::DeviceFlush
     } else {
-        Op::from_flags(flags, read(rq, o.rq_data_len), o.req_preflush)
+        Op::from_flags(flags, len, o.req_preflush)
     };
-    let req = Req { queued_ns: 0, issued_ns: t, bytes: 0, tgid: 0, dev: dev_of(rq, &o), op: op as u32, _pad: 0 };
+    let req = Req { queued_ns: 0, issued_ns: t, bytes: 0, tgid: 0, dev: dev_of(rq, &o), op: op as u32, len };
     if DISK_INFLIGHT.insert(&rq, &req, 0).is_err() {
         count(Counter::InflightFull);
     }
@@ -227,6 +232,31 @@ pub fn disk_rq_complete(ctx: RawTracePointContext) -> i32 {
     // SAFETY: a value of this map.
     let req = unsafe { *reqp };
     let _ = DISK_INFLIGHT.remove(&rq);
+    account(&req, req.bytes + u64::from(nr_bytes), error != 0);
+    0
+}
+
+/// `block_io_done(struct request *rq)`: the end of a request, right after
+/// its last `block_rq_complete`. A record still here means that completion's
+/// program was skipped (see [`Counter::CompleteSkipped`]): the request ends
+/// now, with the length it was made with.
+#[raw_tracepoint(tracepoint = "block_io_done")]
+pub fn disk_io_done(ctx: RawTracePointContext) -> i32 {
+    let rq: u64 = ctx.arg(0);
+    let Some(reqp) = DISK_INFLIGHT.get_ptr(&rq) else {
+        return 0;
+    };
+    // SAFETY: a value of this map.
+    let req = unsafe { *reqp };
+    let _ = DISK_INFLIGHT.remove(&rq);
+    count(Counter::CompleteSkipped);
+    account(&req, u64::from(req.len), false);
+    0
+}
+
+/// Accounts a request that ended now.
+#[inline(always)]
+fn account(req: &Req, bytes: u64, failed: bool) {
     let t = now();
     if req.queued_ns == 0 {
         count(Counter::StartNotSeen);
@@ -235,14 +265,14 @@ pub fn disk_rq_complete(ctx: RawTracePointContext) -> i32 {
     }
     let k = Key { tgid: req.tgid, dev: req.dev, op: req.op, _pad: 0 };
     let Some(stats) = entry(&k) else {
-        return 0;
+        return;
     };
     // SAFETY: `stats` points into a map value; other CPUs only add atomically
     // (the maxima tolerate a lost race).
     unsafe {
         atomic_add(&raw mut (*stats).count, 1);
-        atomic_add(&raw mut (*stats).bytes, req.bytes + u64::from(nr_bytes));
-        if error != 0 {
+        atomic_add(&raw mut (*stats).bytes, bytes);
+        if failed {
             atomic_add(&raw mut (*stats).errors, 1);
         }
         if req.issued_ns != 0 {
@@ -258,7 +288,6 @@ pub fn disk_rq_complete(ctx: RawTracePointContext) -> i32 {
             add(&mut (*stats).total, &mut (*stats).total_max_ns, &raw mut (*stats).total_sum_ns, total);
         }
     }
-    0
 }
 
 /// One value into a histogram, its maximum and its sum.

@@ -25,7 +25,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/di
 
 /// Programs and their raw tracepoints, in attach order: completion, merge
 /// and issue first, so no request is recorded that nothing will consume.
-const PROGRAMS: [(&str, &str); 9] = [
+const PROGRAMS: [(&str, &str); 10] = [
+    ("disk_io_done", "block_io_done"),
     ("disk_rq_complete", "block_rq_complete"),
     ("disk_rq_merge", "block_rq_merge"),
     ("disk_rq_requeue", "block_rq_requeue"),
@@ -310,7 +311,7 @@ mod tests {
         crate::ebpf::ensure_tracefs().expect("tracefs");
         let mut p = DiskProbe::load(&Options::default()).expect("load the disk probe (as root)");
         let now = monotonic_ns();
-        let rec = |at: u64| common::Req { queued_ns: at, issued_ns: 0, bytes: 0, tgid: 1, dev: 0, op: 0, _pad: 0 };
+        let rec = |at: u64| common::Req { queued_ns: at, issued_ns: 0, bytes: 0, tgid: 1, dev: 0, op: 0, len: 0 };
         // Addresses no kernel request has (not kernel space).
         let (old, fresh) = (0x1000u64, 0x2000u64);
         p.inflight.insert(old, rec(now - STALE_NS - 1_000_000_000), 0).unwrap();
