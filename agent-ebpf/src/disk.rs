@@ -41,6 +41,10 @@ static OFFSETS: Offsets = Offsets {
     rq_data_len: 0,
     rq_bio: 0,
     q_disk: 0,
+    bio_bdev: 0,
+    bio_opf: 0,
+    bio_size: 0,
+    bdev_disk: 0,
     disk_major: 0,
     disk_first_minor: 0,
     req_preflush: 0,
@@ -73,7 +77,12 @@ fn now() -> u64 {
 #[inline(always)]
 fn dev_of(rq: u64, o: &Offsets) -> u32 {
     let q: u64 = read(rq, o.rq_q);
-    let disk: u64 = read(q, o.q_disk);
+    disk_dev(read(q, o.q_disk), o)
+}
+
+/// A `struct gendisk`'s `dev_t`.
+#[inline(always)]
+fn disk_dev(disk: u64, o: &Offsets) -> u32 {
     if disk == 0 {
         return 0;
     }
@@ -131,19 +140,15 @@ pub fn disk_io_start(ctx: RawTracePointContext) -> i32 {
     let req = Req {
         queued_ns,
         issued_ns: 0,
-        bytes: 0,
         tgid: (pid_tgid >> 32) as u32,
         dev: dev_of(rq, &o),
         op: Op::from_flags(flags, len, o.req_preflush) as u32,
         len,
     };
-    if let Some(old) = DISK_INFLIGHT.get_ptr(&rq) {
-        count(Counter::Replaced);
-        let od = unsafe { (*old).dev };
-        if od >> 20 == 7 { count(Counter::Partial); } // DEBUG
-        if od != req.dev { count(Counter::IssueNotSeen); } // DEBUG
-        if unsafe { (*old).bytes } != 0 { count(Counter::BioNotSeen); } // DEBUG
+    if DISK_INFLIGHT.get_ptr(&rq).is_some() {
+        count(Counter::CompletionNotSeen);
     }
+    made(&req);
     if DISK_INFLIGHT.insert(&rq, &req, 0).is_err() {
         count(Counter::InflightFull);
     }
@@ -173,7 +178,8 @@ pub fn disk_rq_issue(ctx: RawTracePointContext) -> i32 {
     } else {
         Op::from_flags(flags, len, o.req_preflush)
     };
-    let req = Req { queued_ns: 0, issued_ns: t, bytes: 0, tgid: 0, dev: dev_of(rq, &o), op: op as u32, len };
+    let req = Req { queued_ns: 0, issued_ns: t, tgid: 0, dev: dev_of(rq, &o), op: op as u32, len };
+    made(&req);
     if DISK_INFLIGHT.insert(&rq, &req, 0).is_err() {
         count(Counter::InflightFull);
     }
@@ -191,22 +197,52 @@ pub fn disk_rq_requeue(_ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "block_rq_merge")]
 pub fn disk_rq_merge(ctx: RawTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
-    if DISK_INFLIGHT.remove(&rq).is_ok() {
-        count(Counter::RequestMerged);
+    let Some(reqp) = DISK_INFLIGHT.get_ptr(&rq) else {
+        return 0;
+    };
+    // SAFETY: a value of this map.
+    let req = unsafe { *reqp };
+    let _ = DISK_INFLIGHT.remove(&rq);
+    count(Counter::RequestMerged);
+    // Its bytes now complete with the other request, but it is no longer a
+    // request of its own (as /proc/diskstats counts them).
+    let k = Key { tgid: req.tgid, dev: req.dev, op: req.op, _pad: 0 };
+    if let Some(stats) = DISK_STATS.get_ptr_mut(&k) {
+        // SAFETY: a value of this map; other CPUs only add atomically.
+        unsafe { atomic_add(&raw mut (*stats).count, u64::MAX) };
     }
     0
 }
 
-/// A bio joined a request already queued: it will not be made into one.
+/// A bio joined a request already made (in its submitter's context): its
+/// bytes are its submitter's, the request stays its maker's.
 #[raw_tracepoint(tracepoint = "block_bio_backmerge")]
-pub fn disk_bio_backmerge(_ctx: RawTracePointContext) -> i32 {
-    count(Counter::BioMerged);
-    0
+pub fn disk_bio_backmerge(ctx: RawTracePointContext) -> i32 {
+    bio_merged(ctx.arg(0))
 }
 
 #[raw_tracepoint(tracepoint = "block_bio_frontmerge")]
-pub fn disk_bio_frontmerge(_ctx: RawTracePointContext) -> i32 {
+pub fn disk_bio_frontmerge(ctx: RawTracePointContext) -> i32 {
+    bio_merged(ctx.arg(0))
+}
+
+#[inline(always)]
+fn bio_merged(bio: u64) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !traced(pid_tgid) {
+        return 0;
+    }
     count(Counter::BioMerged);
+    let o = global!(OFFSETS);
+    let bdev: u64 = read(bio, o.bio_bdev);
+    let flags: u32 = read(bio, o.bio_opf);
+    let size: u32 = read(bio, o.bio_size);
+    let dev = disk_dev(read(bdev, o.bdev_disk), &o);
+    let k = Key { tgid: (pid_tgid >> 32) as u32, dev, op: Op::from_flags(flags, size, o.req_preflush) as u32, _pad: 0 };
+    if let Some(stats) = entry(&k) {
+        // SAFETY: a value of this map; other CPUs only add atomically.
+        unsafe { atomic_add(&raw mut (*stats).bytes, u64::from(size)) };
+    }
     0
 }
 
@@ -218,45 +254,41 @@ pub fn disk_rq_complete(ctx: RawTracePointContext) -> i32 {
     let rq: u64 = ctx.arg(0);
     let error = ctx.arg::<u64>(1) as u8;
     let nr_bytes = ctx.arg::<u64>(2) as u32;
-    let Some(reqp) = DISK_INFLIGHT.get_ptr_mut(&rq) else {
+    let Some(reqp) = DISK_INFLIGHT.get_ptr(&rq) else {
         count(Counter::Untracked);
         return 0;
     };
     let remaining: u32 = read(rq, global!(OFFSETS).rq_data_len);
     if nr_bytes < remaining {
+        // Timed when its last part completes.
         count(Counter::Partial);
-        // SAFETY: a value of this map; one request completes on one CPU.
-        unsafe { (*reqp).bytes += u64::from(nr_bytes) };
         return 0;
     }
     // SAFETY: a value of this map.
     let req = unsafe { *reqp };
     let _ = DISK_INFLIGHT.remove(&rq);
-    account(&req, req.bytes + u64::from(nr_bytes), error != 0);
+    account(&req, error != 0);
     0
 }
 
-/// `block_io_done(struct request *rq)`: the end of a request, right after
-/// its last `block_rq_complete`. A record still here means that completion's
-/// program was skipped (see [`Counter::CompleteSkipped`]): the request ends
-/// now, with the length it was made with.
-#[raw_tracepoint(tracepoint = "block_io_done")]
-pub fn disk_io_done(ctx: RawTracePointContext) -> i32 {
-    let rq: u64 = ctx.arg(0);
-    let Some(reqp) = DISK_INFLIGHT.get_ptr(&rq) else {
-        return 0;
-    };
-    // SAFETY: a value of this map.
-    let req = unsafe { *reqp };
-    let _ = DISK_INFLIGHT.remove(&rq);
-    count(Counter::CompleteSkipped);
-    account(&req, u64::from(req.len), false);
-    0
-}
-
-/// Accounts a request that ended now.
+/// Counts a request where it is made (in its submitter's context, where
+/// no program is ever skipped): requests and bytes stay exact even when a
+/// completion's program does not run.
 #[inline(always)]
-fn account(req: &Req, bytes: u64, failed: bool) {
+fn made(req: &Req) {
+    let k = Key { tgid: req.tgid, dev: req.dev, op: req.op, _pad: 0 };
+    if let Some(stats) = entry(&k) {
+        // SAFETY: a value of this map; other CPUs only add atomically.
+        unsafe {
+            atomic_add(&raw mut (*stats).count, 1);
+            atomic_add(&raw mut (*stats).bytes, u64::from(req.len));
+        }
+    }
+}
+
+/// Times a request that ended now.
+#[inline(always)]
+fn account(req: &Req, failed: bool) {
     let t = now();
     if req.queued_ns == 0 {
         count(Counter::StartNotSeen);
@@ -270,8 +302,6 @@ fn account(req: &Req, bytes: u64, failed: bool) {
     // SAFETY: `stats` points into a map value; other CPUs only add atomically
     // (the maxima tolerate a lost race).
     unsafe {
-        atomic_add(&raw mut (*stats).count, 1);
-        atomic_add(&raw mut (*stats).bytes, bytes);
         if failed {
             atomic_add(&raw mut (*stats).errors, 1);
         }

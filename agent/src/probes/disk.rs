@@ -25,8 +25,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/di
 
 /// Programs and their raw tracepoints, in attach order: completion, merge
 /// and issue first, so no request is recorded that nothing will consume.
-const PROGRAMS: [(&str, &str); 10] = [
-    ("disk_io_done", "block_io_done"),
+const PROGRAMS: [(&str, &str); 9] = [
     ("disk_rq_complete", "block_rq_complete"),
     ("disk_rq_merge", "block_rq_merge"),
     ("disk_rq_requeue", "block_rq_requeue"),
@@ -68,6 +67,10 @@ fn offsets() -> Result<common::Offsets, ProbeError> {
         rq_data_len: at("request", "__data_len")?,
         rq_bio: at("request", "bio")?,
         q_disk: at("request_queue", "disk")?,
+        bio_bdev: at("bio", "bi_bdev")?,
+        bio_opf: at("bio", "bi_opf")?,
+        bio_size: at("bio", "bi_iter.bi_size")?,
+        bdev_disk: at("block_device", "bd_disk")?,
         disk_major: at("gendisk", "major")?,
         disk_first_minor: at("gendisk", "first_minor")?,
         req_preflush,
@@ -96,7 +99,9 @@ impl DiskData {
             Dist::between(hn, hb, mn, mb, sn, sb)
         };
         Self {
-            count: now.count.wrapping_sub(before.count),
+            // A request merged away after the read that counted it is
+            // taken back: clamp that (rare) case rather than wrap.
+            count: now.count.checked_sub(before.count).unwrap_or(0),
             bytes: now.bytes.wrapping_sub(before.bytes),
             errors: now.errors.wrapping_sub(before.errors),
             queue: dist(|s| (&s.queue, s.queue_max_ns, s.queue_sum_ns)),
@@ -311,7 +316,7 @@ mod tests {
         crate::ebpf::ensure_tracefs().expect("tracefs");
         let mut p = DiskProbe::load(&Options::default()).expect("load the disk probe (as root)");
         let now = monotonic_ns();
-        let rec = |at: u64| common::Req { queued_ns: at, issued_ns: 0, bytes: 0, tgid: 1, dev: 0, op: 0, len: 0 };
+        let rec = |at: u64| common::Req { queued_ns: at, issued_ns: 0, tgid: 1, dev: 0, op: 0, len: 0 };
         // Addresses no kernel request has (not kernel space).
         let (old, fresh) = (0x1000u64, 0x2000u64);
         p.inflight.insert(old, rec(now - STALE_NS - 1_000_000_000), 0).unwrap();
