@@ -187,8 +187,13 @@ const _: () = assert!(core::mem::size_of::<Key>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stats {
-    /// Completed requests.
+    /// I/Os made: requests (each piece of a split bio is one), and bios
+    /// merged into a request already made.
     pub count: u64,
+    /// Of those, how many joined another request: bios merged into one, and
+    /// requests merged into another. `count - merged` is what
+    /// `/proc/diskstats` counts.
+    pub merged: u64,
     pub bytes: u64,
     /// Requests that completed with an error.
     pub errors: u64,
@@ -205,11 +210,12 @@ pub struct Stats {
     /// Submission to completion; requests seen made.
     pub total: [u32; hist::BUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<Stats>() == 72 + 12 * hist::BUCKETS);
+const _: () = assert!(core::mem::size_of::<Stats>() == 80 + 12 * hist::BUCKETS);
 
 impl Stats {
     pub const ZERO: Stats = Stats {
         count: 0,
+        merged: 0,
         bytes: 0,
         errors: 0,
         queue_max_ns: 0,

@@ -204,18 +204,18 @@ pub fn disk_rq_merge(ctx: RawTracePointContext) -> i32 {
     let req = unsafe { *reqp };
     let _ = DISK_INFLIGHT.remove(&rq);
     count(Counter::RequestMerged);
-    // Its bytes now complete with the other request, but it is no longer a
-    // request of its own (as /proc/diskstats counts them).
+    // Its bytes now complete with the other request: still an I/O its maker
+    // made, no longer a request of its own.
     let k = Key { tgid: req.tgid, dev: req.dev, op: req.op, _pad: 0 };
     if let Some(stats) = DISK_STATS.get_ptr_mut(&k) {
         // SAFETY: a value of this map; other CPUs only add atomically.
-        unsafe { atomic_add(&raw mut (*stats).count, u64::MAX) };
+        unsafe { atomic_add(&raw mut (*stats).merged, 1) };
     }
     0
 }
 
-/// A bio joined a request already made (in its submitter's context): its
-/// bytes are its submitter's, the request stays its maker's.
+/// A bio joined a request already made (in its submitter's context): an
+/// I/O of its submitter's, merged, whose bytes the request carries.
 #[raw_tracepoint(tracepoint = "block_bio_backmerge")]
 pub fn disk_bio_backmerge(ctx: RawTracePointContext) -> i32 {
     bio_merged(ctx.arg(0))
@@ -241,7 +241,11 @@ fn bio_merged(bio: u64) -> i32 {
     let k = Key { tgid: (pid_tgid >> 32) as u32, dev, op: Op::from_flags(flags, size, o.req_preflush) as u32, _pad: 0 };
     if let Some(stats) = entry(&k) {
         // SAFETY: a value of this map; other CPUs only add atomically.
-        unsafe { atomic_add(&raw mut (*stats).bytes, u64::from(size)) };
+        unsafe {
+            atomic_add(&raw mut (*stats).count, 1);
+            atomic_add(&raw mut (*stats).merged, 1);
+            atomic_add(&raw mut (*stats).bytes, u64::from(size));
+        }
     }
     0
 }

@@ -451,3 +451,41 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// One device's line of /proc/diskstats: the kernel's own block accounting.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskStats {
+    pub reads: u64,
+    pub read_sectors: u64,
+    pub read_ms: u64,
+    pub writes: u64,
+    pub write_sectors: u64,
+    pub flushes: u64,
+}
+
+impl LoopDevice {
+    pub fn stats(&self) -> DiskStats {
+        let stats = std::fs::read_to_string("/proc/diskstats").expect("read /proc/diskstats");
+        let line = stats
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(2) == Some(&self.name()))
+            .unwrap_or_else(|| panic!("{} not in /proc/diskstats", self.name()));
+        let n = |i: usize| line.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
+        DiskStats { reads: n(3), read_sectors: n(5), read_ms: n(6), writes: n(7), write_sectors: n(9), flushes: n(18) }
+    }
+}
+
+impl std::ops::Sub for DiskStats {
+    type Output = DiskStats;
+    fn sub(self, b: DiskStats) -> DiskStats {
+        DiskStats {
+            reads: self.reads - b.reads,
+            read_sectors: self.read_sectors - b.read_sectors,
+            read_ms: self.read_ms - b.read_ms,
+            writes: self.writes - b.writes,
+            write_sectors: self.write_sectors - b.write_sectors,
+            flushes: self.flushes - b.flushes,
+        }
+    }
+}

@@ -80,8 +80,11 @@ fn offsets() -> Result<common::Offsets, ProbeError> {
 /// One process's I/O to one device with one operation over one interval.
 #[derive(Debug, Clone, Default)]
 pub struct DiskData {
-    /// Completed requests.
+    /// I/Os made: requests, and bios merged into a request already made.
     pub count: u64,
+    /// Of `count`, those that joined another request (`count - merged` is
+    /// what `/proc/diskstats` counts).
+    pub merged: u64,
     pub bytes: u64,
     pub errors: u64,
     /// Bio submitted to issue; requests seen made and issued.
@@ -99,9 +102,8 @@ impl DiskData {
             Dist::between(hn, hb, mn, mb, sn, sb)
         };
         Self {
-            // A request merged away after the read that counted it is
-            // taken back: clamp that (rare) case rather than wrap.
-            count: now.count.checked_sub(before.count).unwrap_or(0),
+            count: now.count.wrapping_sub(before.count),
+            merged: now.merged.wrapping_sub(before.merged),
             bytes: now.bytes.wrapping_sub(before.bytes),
             errors: now.errors.wrapping_sub(before.errors),
             queue: dist(|s| (&s.queue, s.queue_max_ns, s.queue_sum_ns)),
@@ -112,6 +114,7 @@ impl DiskData {
 
     pub fn merge(&mut self, o: &DiskData) {
         self.count += o.count;
+        self.merged += o.merged;
         self.bytes += o.bytes;
         self.errors += o.errors;
         self.queue.merge(&o.queue);
@@ -120,23 +123,28 @@ impl DiskData {
     }
 }
 
-/// Per-device totals of an interval, as the device saw them: every
-/// process's requests (and those whose submitter was not seen), except that
-/// flushes are the flushes the device ran, not the flush requests processes
-/// made (the block layer serves concurrent flush requests with one flush).
+/// Per-device totals of an interval, counted as `/proc/diskstats` counts
+/// them: requests (`count` less `merged` of every process, and of those
+/// whose submitter was not seen), with flushes as the flushes the device ran
+/// (the block layer serves concurrent flush requests with one), and each
+/// process's flush request (an empty write) counted in `write` (its latency
+/// stays under the process's `flush`).
 pub fn device_totals<'a>(
     processes: impl Iterator<Item = &'a BTreeMap<(u32, Op), DiskData>>,
 ) -> BTreeMap<(u32, Op), DiskData> {
     let mut out = BTreeMap::<(u32, Op), DiskData>::new();
     for disk in processes {
         for ((dev, op), d) in disk {
-            let op = match op {
-                Op::Flush => continue,
-                Op::DeviceFlush => Op::Flush,
-                op => *op,
-            };
-            out.entry((*dev, op)).or_default().merge(d);
+            match op {
+                Op::Flush => out.entry((*dev, Op::Write)).or_default().count += d.count - d.merged,
+                Op::DeviceFlush => out.entry((*dev, Op::Flush)).or_default().merge(d),
+                op => out.entry((*dev, *op)).or_default().merge(d),
+            }
         }
+    }
+    for d in out.values_mut() {
+        d.count -= d.merged;
+        d.merged = 0;
     }
     out
 }

@@ -173,7 +173,7 @@ fn pingpong(ms: u64) -> f64 {
 
 /// `reads` then `writes` 4 KiB O_DIRECT transfers, each at its own offset
 /// (so the block layer has nothing to merge).
-fn direct_io(dev: &str, reads: u64, writes: u64) {
+fn direct_io(dev: &str, reads: u64, writes: u64, io: usize) {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     const BLOCK: usize = 4096;
     let f = std::fs::OpenOptions::new()
@@ -182,12 +182,12 @@ fn direct_io(dev: &str, reads: u64, writes: u64) {
         .custom_flags(libc::O_DIRECT)
         .open(dev)
         .unwrap_or_else(|e| panic!("open {dev} with O_DIRECT: {e}"));
-    let layout = std::alloc::Layout::from_size_align(BLOCK, BLOCK).expect("layout");
+    let layout = std::alloc::Layout::from_size_align(io, BLOCK).expect("layout");
     // SAFETY: a non-zero-sized layout; freed below.
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
     assert!(!ptr.is_null());
-    // SAFETY: ptr is valid for BLOCK bytes and aligned for O_DIRECT.
-    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, BLOCK) };
+    // SAFETY: ptr is valid for `io` bytes and aligned for O_DIRECT.
+    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, io) };
     let size = f.metadata().map(|m| m.len()).unwrap_or(0);
     let blocks = if size > 0 { size / BLOCK as u64 } else {
         // Block devices report 0 length through metadata: ask the device.
@@ -196,9 +196,11 @@ fn direct_io(dev: &str, reads: u64, writes: u64) {
         unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), 0x80081272, &mut bytes) };
         bytes / BLOCK as u64
     };
-    assert!(blocks >= reads + writes, "device too small");
-    // Spread over the device with a stride coprime to its size.
-    let at = |i: u64| (i * 7919 % blocks) * BLOCK as u64;
+    // I/O of `io` bytes at `io`-aligned places, spread over the device with
+    // a stride coprime to the number of places.
+    let places = blocks / (io / BLOCK) as u64;
+    assert!(places >= reads + writes, "device too small");
+    let at = |i: u64| (i * 7919 % places) * io as u64;
     for i in 0..reads {
         f.read_exact_at(buf, at(i)).expect("direct read");
     }
@@ -340,7 +342,42 @@ fn main() {
         }
         Some("dio") => {
             let dev = args.get(2).expect("device");
-            direct_io(dev, arg(&args, 3), arg(&args, 4));
+            direct_io(dev, arg(&args, 3), arg(&args, 4), opt_arg(&args, 5, 4096) as usize);
+        }
+        Some("fsync-loop") => {
+            // N times: one 4 KiB O_DIRECT write to its own block, then fsync
+            // (one flush request each: no page cache to write back).
+            use std::os::unix::fs::{FileExt, OpenOptionsExt};
+            let (dev, block, n) = (args.get(2).expect("device"), arg(&args, 3), arg(&args, 4));
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(dev)
+                .unwrap_or_else(|e| panic!("open {dev}: {e}"));
+            let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("layout");
+            // SAFETY: a non-zero-sized layout, never freed (the process ends).
+            let buf = unsafe { std::slice::from_raw_parts(std::alloc::alloc_zeroed(layout), 4096) };
+            for _ in 0..n {
+                f.write_all_at(buf, block * 4096).expect("direct write");
+                f.sync_all().expect("fsync");
+            }
+        }
+        Some("dio-same") => {
+            // N direct 4 KiB reads of the device's first 16 blocks, in turn:
+            // several of these at once read the same sectors concurrently.
+            use std::os::unix::fs::{FileExt, OpenOptionsExt};
+            let (dev, n) = (args.get(2).expect("device"), arg(&args, 3));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(dev)
+                .unwrap_or_else(|e| panic!("open {dev}: {e}"));
+            let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("layout");
+            // SAFETY: a non-zero-sized layout, never freed (the process ends).
+            let buf = unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc_zeroed(layout), 4096) };
+            for i in 0..n {
+                f.read_exact_at(buf, (i % 16) * 4096).expect("direct read");
+            }
         }
         Some("fsync") => {
             use std::io::Write as _;
