@@ -26,6 +26,9 @@ const TOP: &str = "5";
 const BLOCK: u64 = 64 << 10;
 /// Each process's part of the device: room for its writes, then a gap.
 const REGION: u64 = 512 << 10;
+/// The loop device's size.
+const DEVICE_MIB: u64 = 64;
+const _: () = assert!(PROCS * REGION <= DEVICE_MIB << 20);
 
 /// What process `i` is told to do: (64 KiB writes, bytes sent, sleep ms).
 fn plan(i: u64) -> (u64, u64, u64) {
@@ -92,8 +95,7 @@ fn top_cut_conserves_disk_tcp_and_sleep_in_json_prometheus_and_otlp() {
         }
     }
     let _cleanup = Remove(cgroup.clone());
-    let dev = LoopDevice::new(64);
-    assert!(PROCS * REGION <= 64 << 20);
+    let dev = LoopDevice::new(DEVICE_MIB);
     std::thread::sleep(Duration::from_millis(200)); // let any probing of the new device finish
 
     // The TCP peer: outside the cgroup, so only the workloads' side counts.
