@@ -426,7 +426,9 @@ async fn sender(
         let mut req = tonic::Request::new(request);
         *req.metadata_mut() = headers.clone();
         req.set_timeout(Duration::from_secs(10));
-        match client.as_mut().expect("connected").export(req).await {
+        // Connected just above; without a client, go round and connect.
+        let Some(c) = client.as_mut() else { continue };
+        match c.export(req).await {
             Ok(resp) => {
                 if failures > 0 {
                     log::info!("OTLP {url}: export accepted again after {failures} failed attempts");
