@@ -168,6 +168,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A query window: any duration, and `0s` for everything the collector keeps.
+pub fn parse_window(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, or 0s for everything kept)"))
+}
+
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(10) {
@@ -250,6 +255,18 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn query_window_zero_means_everything() {
+        let Command::Query(q) = parse(&["query", "--collector", "http://c:7700", "--window", "0s"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert!(q.window.is_zero());
+        let Command::Query(q) = parse(&["query", "--collector", "http://c:7700"]).unwrap().command else { panic!() };
+        assert_eq!(q.window, Duration::from_secs(60));
+        assert!(parse(&["query", "--window", "soon"]).is_err());
     }
 
     #[test]

@@ -279,6 +279,10 @@ fn validate(r: &pb::Report) -> Result<(), String> {
             hist(&t.connect)?;
         }
     }
+    for t in &r.tcp_unknown_owner {
+        hist(&t.rtt)?;
+        hist(&t.connect)?;
+    }
     Ok(())
 }
 
@@ -354,6 +358,9 @@ struct Row {
     hist: Histogram,
     max_ns: u64,
     total_ns: u64,
+    /// Whether `total_ns` is the exact sum of `hist`: every contribution
+    /// came with one.
+    sum_unknown: bool,
 }
 
 fn query(store: &Store, q: &pb::QueryRequest) -> pb::QueryResponse {
@@ -367,7 +374,8 @@ fn query(store: &Store, q: &pb::QueryRequest) -> pb::QueryResponse {
             let Ok(r) = pb::Report::decode(stored.bytes.as_slice()) else { continue };
             reports += 1;
             for p in r.processes.iter().filter(|p| q.comm.is_empty() || p.comm == q.comm) {
-                let mut add = |h: &Option<pb::Histogram>, total: u64| {
+                // `total`: the exact sum of the histogram's values, if known.
+                let mut add = |h: &Option<pb::Histogram>, total: Option<u64>| {
                     let Some(h) = h else { return };
                     let Ok(parsed) = wire::from_wire(h) else { return };
                     let row = rows.entry(p.comm.clone()).or_default();
@@ -377,21 +385,22 @@ fn query(store: &Store, q: &pb::QueryRequest) -> pb::QueryResponse {
                     row.agents.insert(id.clone());
                     row.hist.merge(&parsed);
                     row.max_ns = row.max_ns.max(h.max_ns);
-                    row.total_ns += total;
+                    row.total_ns += total.unwrap_or(0);
+                    row.sum_unknown |= total.is_none();
                 };
                 match by {
-                    By::Syscalls | By::Unspecified => p.syscalls.iter().for_each(|s| add(&s.latency, s.total_ns)),
-                    By::DiskP99 => p.disk.iter().for_each(|d| add(&d.total, 0)),
+                    By::Syscalls | By::Unspecified => p.syscalls.iter().for_each(|s| add(&s.latency, Some(s.total_ns))),
+                    By::DiskP99 => p.disk.iter().for_each(|d| add(&d.total, d.total.as_ref().and_then(|h| h.sum_ns))),
                     By::Offcpu => {
                         if let Some(o) = &p.offcpu {
-                            add(&o.offcpu, o.runqueue_ns + o.blocked_io_ns + o.sleep_ns);
+                            add(&o.offcpu, Some(o.runqueue_ns + o.blocked_io_ns + o.sleep_ns));
                         }
                     }
                     By::TcpRtt => p
                         .tcp
                         .iter()
                         .filter(|t| q.endpoint.is_empty() || t.remote == q.endpoint)
-                        .for_each(|t| add(&t.rtt, 0)),
+                        .for_each(|t| add(&t.rtt, t.rtt.as_ref().and_then(|h| h.sum_ns))),
                 }
             }
         }
@@ -407,7 +416,7 @@ fn query(store: &Store, q: &pb::QueryRequest) -> pb::QueryResponse {
             total_ns: r.total_ns,
             p50_ns: r.hist.quantile(0.5, r.max_ns).unwrap_or(0),
             p99_ns: r.hist.quantile(0.99, r.max_ns).unwrap_or(0),
-            histogram: Some(wire::histogram(&r.hist, r.max_ns)),
+            histogram: Some(wire::histogram(&r.hist, r.max_ns, (!r.sum_unknown).then_some(r.total_ns))),
         })
         .collect();
     match by {
@@ -645,7 +654,7 @@ pub struct QueryArgs {
     #[arg(long)]
     pub comm: Option<String>,
     /// Only reports of the last DURATION ("0s": all the collector keeps).
-    #[arg(long, default_value = "1m", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "1m", value_parser = crate::cli::parse_window, value_name = "DURATION")]
     pub window: Duration,
     #[arg(long, default_value_t = 10)]
     pub limit: u32,

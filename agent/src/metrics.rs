@@ -8,7 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::{hist::Histogram, probes::ProbeStatus, report::Report};
+use crate::{
+    hist::Histogram,
+    probes::ProbeStatus,
+    report::{DiskReport, OffcpuReport, Report, SyscallReport, TcpReport},
+};
 
 /// A group unseen this long is forgotten.
 pub const IDLE_EVICT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -23,29 +27,35 @@ pub struct GroupKey {
     pub container_id: String,
 }
 
+/// Process name of the group that holds TCP connections no process was
+/// seen using (the report's `tcp_unknown_owner`). Longer than any comm (the
+/// kernel keeps 15 bytes), so no process can be named so.
+pub const UNKNOWN_OWNER: &str = "tcp_unknown_owner";
+
 /// A latency distribution, cumulative: bucket counts in the shared layout
-/// and the sum of the values (exact where the probe keeps one, else
-/// estimated from bucket midpoints).
+/// and the exact sum of the values, when every interval added came with one.
 #[derive(Debug, Clone, Default)]
 pub struct CumHist {
     pub hist: Histogram,
-    pub sum_ns: f64,
+    pub sum_ns: u64,
+    /// An interval came without its sum (TCP RTT samples, whose sum the
+    /// probe does not keep; reports of agents older than sums): exporters
+    /// then publish no sum, rather than a wrong one.
+    pub sum_unknown: bool,
 }
 
 impl CumHist {
-    fn add(&mut self, h: &Histogram, exact_sum_ns: Option<u64>) {
+    fn add(&mut self, h: &Histogram, sum_ns: Option<u64>) {
         self.hist.merge(h);
-        self.sum_ns += match exact_sum_ns {
-            Some(s) => s as f64,
-            None => h
-                .nonzero()
-                .map(|(b, c)| {
-                    let lo = agent_common::hist::lower_bound(b) as f64;
-                    let hi = agent_common::hist::upper_bound(b).min(1 << 40) as f64;
-                    (lo + hi) / 2.0 * c as f64
-                })
-                .sum(),
-        };
+        match sum_ns {
+            Some(s) => self.sum_ns = self.sum_ns.saturating_add(s),
+            None => self.sum_unknown |= h.count() > 0,
+        }
+    }
+
+    /// The sum in seconds, when known.
+    pub fn sum_seconds(&self) -> Option<f64> {
+        (!self.sum_unknown).then(|| self.sum_ns as f64 / 1e9)
     }
 }
 
@@ -99,13 +109,22 @@ impl Group {
         }
     }
 
-    fn add_disk(&mut self, device: &str, op: &str, count: u64, bytes: u64, errors: u64, total: Option<&Histogram>) {
+    /// `total`: the queued-to-completed latencies and their sum, if known.
+    fn add_disk(
+        &mut self,
+        device: &str,
+        op: &str,
+        count: u64,
+        bytes: u64,
+        errors: u64,
+        total: Option<(&Histogram, Option<u64>)>,
+    ) {
         let e = self.disk.entry((device.to_string(), op.to_string())).or_default();
         e.count += count;
         e.bytes += bytes;
         e.errors += errors;
-        if let Some(h) = total {
-            e.latency.add(h, None);
+        if let Some((h, sum_ns)) = total {
+            e.latency.add(h, sum_ns);
         }
     }
 
@@ -117,15 +136,57 @@ impl Group {
     }
 
     /// A TCP item; `connections` count once closed (state `CLOSED`).
-    fn add_tcp(&mut self, state: &str, connections: u64, sent: u64, received: u64, retransmits: u64, rtt: Option<&Histogram>) {
+    /// `rtt`: the RTT samples and their sum, if known.
+    fn add_tcp(
+        &mut self,
+        state: &str,
+        connections: u64,
+        sent: u64,
+        received: u64,
+        retransmits: u64,
+        rtt: Option<(&Histogram, Option<u64>)>,
+    ) {
         self.tcp_bytes_sent += sent;
         self.tcp_bytes_received += received;
         self.tcp_retransmits += retransmits;
         if state == "CLOSED" {
             self.tcp_connections += connections;
         }
-        if let Some(h) = rtt {
-            self.tcp_rtt.add(h, None);
+        if let Some((h, sum_ns)) = rtt {
+            self.tcp_rtt.add(h, sum_ns);
+        }
+    }
+
+    /// Everything a process (or `other`) of a report adds.
+    fn add_report(&mut self, syscalls: &[SyscallReport], disk: &[DiskReport], offcpu: Option<&OffcpuReport>, tcp: &[TcpReport]) {
+        for s in syscalls {
+            let l = &s.latency;
+            self.add_syscall(&s.name, l.count, l.errors, l.total_ns, Some(&l.hist));
+        }
+        for d in disk {
+            self.add_disk(&d.device, d.op, d.count, d.bytes, d.errors, Some((&d.total.hist, Some(d.total.sum_ns))));
+        }
+        if let Some(o) = offcpu {
+            self.add_thread_time(o.on_cpu_ns, o.runqueue_ns, o.blocked_io_ns, o.sleep_ns);
+        }
+        self.add_tcp_reports(tcp);
+    }
+
+    fn add_tcp_reports(&mut self, tcp: &[TcpReport]) {
+        for t in tcp {
+            // The TCP probe keeps no sum of RTT samples.
+            let rtt = Some((&t.rtt.hist, None));
+            self.add_tcp(t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, rtt);
+        }
+    }
+
+    /// The wire form of [`Group::add_tcp_reports`]; histograms that do not
+    /// parse are skipped (the collector checked them on receipt).
+    fn add_tcp_wire(&mut self, tcp: &[crate::wire::pb::TcpStats]) {
+        for t in tcp {
+            let rtt = t.rtt.as_ref().and_then(|h| Some((crate::wire::from_wire(h).ok()?, h.sum_ns)));
+            let rtt = rtt.as_ref().map(|(h, sum)| (h, *sum));
+            self.add_tcp(&t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, rtt);
         }
     }
 }
@@ -146,6 +207,9 @@ pub struct Health {
 pub struct Metrics {
     pub groups: BTreeMap<GroupKey, Group>,
     pub other: Group,
+    /// TCP connections no process was seen using, per agent host (one, `""`,
+    /// on an agent): apart from `other`, since they belong to no process.
+    pub unknown_owner: BTreeMap<String, Group>,
     pub health: Health,
     pub max_groups: usize,
     /// When the agent started counting (the `other` group's start).
@@ -184,26 +248,16 @@ impl Metrics {
             if group.pid.is_some() && p.meta.cmdline.is_some() {
                 group.cmdline.clone_from(&p.meta.cmdline);
             }
-            for s in &p.syscalls {
-                let l = &s.latency;
-                group.add_syscall(&s.name, l.count, l.errors, l.total_ns, Some(&l.hist));
-            }
-            for d in &p.disk {
-                group.add_disk(&d.device, d.op, d.count, d.bytes, d.errors, Some(&d.total.hist));
-            }
-            if let Some(o) = &p.offcpu {
-                group.add_thread_time(o.on_cpu_ns, o.runqueue_ns, o.blocked_io_ns, o.sleep_ns);
-            }
-            for t in &p.tcp {
-                group.add_tcp(t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, Some(&t.rtt.hist));
-            }
+            group.add_report(&p.syscalls, &p.disk, p.offcpu.as_ref(), &p.tcp);
         }
+        // Below the --top cut: every probe's figures, so the host's totals
+        // hold whatever --top is.
         if let Some(o) = &r.other {
             self.other.last_seen_unix_ns = now;
-            for s in &o.syscalls {
-                let l = &s.latency;
-                self.other.add_syscall(&s.name, l.count, l.errors, l.total_ns, Some(&l.hist));
-            }
+            self.other.add_report(&o.syscalls, &o.disk, o.offcpu.as_ref(), &o.tcp);
+        }
+        if !r.tcp_unknown_owner.is_empty() {
+            self.unknown_owner(String::new(), began, now).add_tcp_reports(&r.tcp_unknown_owner);
         }
         self.evict(now);
         for p in &r.probes {
@@ -232,9 +286,17 @@ impl Metrics {
         group
     }
 
+    /// The unknown-owner group of agent host `host`.
+    fn unknown_owner(&mut self, host: String, began: i64, now: i64) -> &mut Group {
+        let g = self.unknown_owner.entry(host).or_insert_with(|| Group { start_unix_ns: began, ..Default::default() });
+        g.last_seen_unix_ns = now;
+        g
+    }
+
     fn evict(&mut self, now: i64) {
         let idle = now - IDLE_EVICT.as_nanos() as i64;
         self.groups.retain(|_, g| g.last_seen_unix_ns >= idle);
+        self.unknown_owner.retain(|_, g| g.last_seen_unix_ns >= idle);
     }
 
     /// Folds in a report received from agent host `host` (a collector's
@@ -261,24 +323,34 @@ impl Metrics {
                 group.add_syscall(&sc.name, sc.count, sc.errors, sc.total_ns, hist(&sc.latency).as_ref());
             }
             for d in &p.disk {
-                group.add_disk(&d.device, &d.op, d.count, d.bytes, d.errors, hist(&d.total).as_ref());
+                let total = hist(&d.total);
+                let sum_ns = d.total.as_ref().and_then(|h| h.sum_ns);
+                group.add_disk(&d.device, &d.op, d.count, d.bytes, d.errors, total.as_ref().map(|h| (h, sum_ns)));
             }
             if let Some(o) = &p.offcpu {
                 group.add_thread_time(o.on_cpu_ns, o.runqueue_ns, o.blocked_io_ns, o.sleep_ns);
             }
-            for t in &p.tcp {
-                group.add_tcp(&t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, hist(&t.rtt).as_ref());
-            }
+            group.add_tcp_wire(&p.tcp);
+        }
+        if !r.tcp_unknown_owner.is_empty() {
+            self.unknown_owner(host.to_string(), began, now).add_tcp_wire(&r.tcp_unknown_owner);
         }
         self.evict(now);
     }
 
-    /// Every group, `other` last.
+    /// Every group, then `other`, then the unknown-owner groups.
     pub fn all(&self) -> impl Iterator<Item = (GroupKey, &Group)> {
-        self.groups.iter().map(|(k, g)| (k.clone(), g)).chain(std::iter::once((
-            GroupKey { host: String::new(), process: "other".into(), container_id: String::new() },
-            &self.other,
-        )))
+        let unknown = self.unknown_owner.iter().map(|(host, g)| {
+            (GroupKey { host: host.clone(), process: UNKNOWN_OWNER.into(), container_id: String::new() }, g)
+        });
+        self.groups
+            .iter()
+            .map(|(k, g)| (k.clone(), g))
+            .chain(std::iter::once((
+                GroupKey { host: String::new(), process: "other".into(), container_id: String::new() },
+                &self.other,
+            )))
+            .chain(unknown)
     }
 }
 
@@ -304,8 +376,69 @@ pub fn octave_buckets(h: &Histogram) -> Vec<(f64, u64)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::{
+        probes::disk::DeviceNames,
+        procinfo::ProcCache,
+        report::{build, tests::every_probe},
+    };
+
+    /// The report of [`every_probe`]`(10)` with the top 3 shown.
+    pub(crate) fn report() -> Report {
+        build(every_probe(10), 3, &mut ProcCache::new(false), &mut DeviceNames::default(), 1_000_000_000, "h", vec![])
+    }
+
+    /// Host totals over every group: (disk bytes, disk latency sum, TCP
+    /// sent, TCP received, sleep ns, syscalls).
+    fn totals(m: &Metrics) -> (u64, u64, u64, u64, u64, u64) {
+        let mut t = (0, 0, 0, 0, 0, 0);
+        for (_, g) in m.all() {
+            t.0 += g.disk.values().map(|d| d.bytes).sum::<u64>();
+            t.1 += g.disk.values().map(|d| d.latency.sum_ns).sum::<u64>();
+            t.2 += g.tcp_bytes_sent;
+            t.3 += g.tcp_bytes_received;
+            t.4 += g.sleep_ns;
+            t.5 += g.syscalls.values().map(|s| s.0).sum::<u64>();
+        }
+        t
+    }
+
+    /// What [`every_probe`]`(10)` adds up to (k = 1..=10).
+    fn expected() -> (u64, u64, u64, u64, u64, u64) {
+        let k = 1..=10u64;
+        (4096 * 55, k.map(|k| 51_000 * k * k).sum(), 1_000 * 55, 500 * 55, 20_000_000 * 55, 100)
+    }
+
+    #[test]
+    fn host_totals_do_not_depend_on_the_top_cut_or_the_group_cap() {
+        let r = report();
+        assert_eq!(r.other.as_ref().map(|o| o.processes), Some(7));
+        // Two groups for three processes shown: the third goes to `other` too.
+        let mut m = Metrics::new(2);
+        m.add(&r);
+        assert_eq!(totals(&m), expected());
+        let unknown: Vec<_> = m.all().filter(|(k, _)| k.process == UNKNOWN_OWNER).collect();
+        assert_eq!(unknown.len(), 1, "the unknown owner's connections are a group of their own");
+        assert_eq!(unknown[0].1.tcp_connections, 1);
+        assert!(m.other.disk.values().all(|d| !d.latency.sum_unknown), "disk sums are exact");
+        assert!(m.other.tcp_rtt.sum_unknown && m.other.tcp_rtt.sum_seconds().is_none(), "no RTT sum is made up");
+    }
+
+    #[test]
+    fn the_stream_carries_the_same_host_totals() {
+        let wire = crate::wire::report(&report());
+        let decoded = <crate::wire::pb::Report as prost::Message>::decode(prost::Message::encode_to_vec(&wire).as_slice()).unwrap();
+        assert_eq!(decoded.tcp_unknown_owner.len(), 1);
+        let other = decoded.other.as_ref().unwrap();
+        assert!(!other.disk.is_empty() && other.offcpu.is_some() && !other.tcp.is_empty(), "{other:?}");
+        assert!(other.tcp.iter().all(|t| t.rtt.as_ref().is_some_and(|h| h.sum_ns.is_none())), "no RTT sum on the wire");
+        assert!(other.disk.iter().all(|d| d.total.as_ref().is_some_and(|h| h.sum_ns.is_some())));
+        let mut m = Metrics::new(2);
+        m.add_wire("h1", &decoded);
+        assert_eq!(totals(&m), expected());
+        assert!(m.all().any(|(k, _)| k.process == UNKNOWN_OWNER && k.host == "h1"));
+    }
 
     #[test]
     fn octave_buckets_are_cumulative_at_powers_of_two() {

@@ -143,7 +143,8 @@ impl Builder {
             start_time_unix_nano: start,
             time_unix_nano: self.time,
             count: h.hist.count(),
-            sum: Some(h.sum_ns / 1e9),
+            // Absent where not known (TCP RTT): OTLP's sum is optional.
+            sum: h.sum_seconds(),
             bucket_counts: h.hist.buckets().to_vec(),
             explicit_bounds: bounds(),
             ..Default::default()
@@ -197,7 +198,7 @@ fn minus(now: &Group, before: Option<&Group>) -> Group {
             let _ = h.add(i, x - y.min(x));
         }
         a.hist = h;
-        a.sum_ns = (a.sum_ns - p.sum_ns).max(0.0);
+        a.sum_ns = a.sum_ns.saturating_sub(p.sum_ns);
     };
     sub(&mut d.syscall_latency, &b.syscall_latency);
     sub(&mut d.tcp_rtt, &b.tcp_rtt);
@@ -425,7 +426,9 @@ async fn sender(
         let mut req = tonic::Request::new(request);
         *req.metadata_mut() = headers.clone();
         req.set_timeout(Duration::from_secs(10));
-        match client.as_mut().expect("connected").export(req).await {
+        // Connected just above; without a client, go round and connect.
+        let Some(c) = client.as_mut() else { continue };
+        match c.export(req).await {
             Ok(resp) => {
                 if failures > 0 {
                     log::info!("OTLP {url}: export accepted again after {failures} failed attempts");
@@ -459,4 +462,84 @@ async fn backoff(url: &str, why: &str, failures: u32) {
     let delay = base.mul_f64(0.5 + fastrand::f64() * 0.5);
     log::warn!("OTLP {url}: export failed ({why}); retrying in {delay:.1?}");
     tokio::time::sleep(delay).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An exporter whose requests stay in its queue (no sender runs).
+    fn exporter(temporality: Temporality) -> Exporter {
+        Exporter {
+            temporality,
+            last: Default::default(),
+            last_time: 0,
+            resource: Resource::default(),
+            tx: tokio::sync::watch::channel(0u64).0,
+            queue: Default::default(),
+        }
+    }
+
+    fn points<'a>(r: &'a ExportMetricsServiceRequest, name: &str) -> Vec<&'a Data> {
+        r.resource_metrics[0].scope_metrics[0].metrics.iter().filter(|m| m.name == name).filter_map(|m| m.data.as_ref()).collect()
+    }
+
+    fn int_total(r: &ExportMetricsServiceRequest, name: &str) -> i64 {
+        points(r, name)
+            .into_iter()
+            .flat_map(|d| match d {
+                Data::Sum(s) => s.data_points.iter().collect::<Vec<_>>(),
+                _ => Vec::new(),
+            })
+            .map(|p| match p.value {
+                Some(number_data_point::Value::AsInt(v)) => v,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    fn hist_points<'a>(r: &'a ExportMetricsServiceRequest, name: &str) -> Vec<&'a HistogramDataPoint> {
+        points(r, name)
+            .into_iter()
+            .flat_map(|d| match d {
+                Data::Histogram(h) => h.data_points.iter().collect::<Vec<_>>(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn other_unknown_owner_and_exact_sums_are_exported() {
+        let mut m = Metrics::new(2);
+        m.add(&crate::metrics::tests::report());
+        for temporality in [Temporality::Cumulative, Temporality::Delta] {
+            let mut e = exporter(temporality);
+            e.export(&m, 2_000_000_000);
+            let q = e.queue.lock().unwrap();
+            let r = q.back().unwrap();
+            assert_eq!(int_total(r, "hostprobe.disk.io"), 4096 * 55, "{temporality:?}");
+            assert_eq!(int_total(r, "hostprobe.tcp.io"), 55_000 + 27_500);
+            let disk = hist_points(r, "hostprobe.disk.io.duration");
+            let sum: u64 = (1..=10u64).map(|k| 51_000 * k * k).sum();
+            let got: f64 = disk.iter().map(|p| p.sum.unwrap()).sum();
+            assert!((got - sum as f64 / 1e9).abs() < 1e-12, "exact disk latency sum: {got}");
+            let rtt = hist_points(r, "hostprobe.tcp.rtt");
+            assert!(!rtt.is_empty() && rtt.iter().all(|p| p.sum.is_none()), "no made-up RTT sum");
+            let owners: Vec<&str> = points(r, "hostprobe.tcp.io")
+                .into_iter()
+                .flat_map(|d| match d {
+                    Data::Sum(s) => s.data_points.iter().collect::<Vec<_>>(),
+                    _ => Vec::new(),
+                })
+                .flat_map(|p| &p.attributes)
+                .filter(|a| a.key == "process.executable.name")
+                .filter_map(|a| match a.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(s) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert!(owners.contains(&crate::metrics::UNKNOWN_OWNER), "{owners:?}");
+            assert!(owners.contains(&"other"), "{owners:?}");
+        }
+    }
 }

@@ -71,8 +71,11 @@ fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels,
                 (*le, c)
             })
             .collect();
+        // prometheus-client always writes `_sum`: an unknown sum goes out as
+        // NaN and `serve` drops that line (a histogram may lack `_sum`; a
+        // wrong one would mislead every mean computed from it).
         m.encode_family(labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-            h.sum_ns / 1e9,
+            h.sum_seconds().unwrap_or(f64::NAN),
             count,
             &per,
             None,
@@ -147,7 +150,12 @@ impl Collector for View {
         counter(&mut e, "hostprobe_tcp_retransmits", "TCP segments retransmitted.", &pick(|g| g.tcp_retransmits))?;
         counter(&mut e, "hostprobe_tcp_connections_closed", "TCP connections closed.", &pick(|g| g.tcp_connections))?;
         let rtt: Vec<_> = groups.iter().map(|(k, g)| (base(k), &g.tcp_rtt)).collect();
-        histogram(&mut e, "hostprobe_tcp_rtt_seconds", "TCP smoothed RTT samples (at most one per 10 ms per connection).", &rtt)?;
+        histogram(
+            &mut e,
+            "hostprobe_tcp_rtt_seconds",
+            "TCP smoothed RTT samples (at most one per 10 ms per connection); no _sum: the probe keeps none.",
+            &rtt,
+        )?;
 
         // The agent's own health.
         let h = &m.health;
@@ -181,14 +189,40 @@ impl Collector for View {
     }
 }
 
+/// The exposition without the `_sum` lines of histograms whose sum is not
+/// known (written as NaN by [`histogram`]).
+fn drop_unknown_sums(body: String) -> String {
+    if !body.contains("_sum") {
+        return body;
+    }
+    let unknown = |l: &str| l.ends_with(" NaN") && l.split(['{', ' ']).next().is_some_and(|n| n.ends_with("_sum"));
+    let mut out = String::with_capacity(body.len());
+    for line in body.lines().filter(|l| !unknown(l)) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn registry(metrics: Arc<Mutex<Metrics>>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(View(metrics)));
+    registry
+}
+
+/// The metrics in the Prometheus text format (what `GET /metrics` serves).
+fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut body = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut body, registry)?;
+    Ok(drop_unknown_sums(body))
+}
+
 /// Serves `/metrics` on `addr` until the runtime stops.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Mutex<Metrics>>) -> anyhow::Result<()> {
     use http_body_util::Full;
     use hyper::{body::Bytes, service::service_fn, Response, StatusCode};
 
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(View(metrics)));
-    let registry = Arc::new(registry);
+    let registry = Arc::new(registry(metrics));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("--prometheus-listen {addr}: cannot listen there"))?;
@@ -201,19 +235,19 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Mutex<Metrics>>) -> anyhow::Re
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let registry = registry.clone();
                     async move {
-                        let mut body = String::new();
-                        let resp = if req.uri().path() != "/metrics" {
-                            Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from("see /metrics\n")))
-                        } else if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut body, &registry) {
-                            Response::builder()
-                                .status(StatusCode::INTERNAL_SERVER_ERROR)
-                                .body(Full::new(Bytes::from(format!("encoding failed: {e}\n"))))
-                        } else {
-                            Response::builder()
+                        if req.uri().path() != "/metrics" {
+                            return Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from("see /metrics\n")));
+                        }
+                        match render(&registry) {
+                            Ok(body) => Response::builder()
                                 .header("content-type", prometheus_client::encoding::prometheus_text::CONTENT_TYPE)
-                                .body(Full::new(Bytes::from(body)))
-                        };
-                        resp
+                                .body(Full::new(Bytes::from(body))),
+                            Err(e) => Response::builder()
+                                .status(StatusCode::INTERNAL_SERVER_ERROR)
+                                .body(Full::new(Bytes::from(format!("encoding failed: {e}\n")))),
+                        }
                     }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
@@ -222,4 +256,42 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Mutex<Metrics>>) -> anyhow::Re
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(m: Metrics) -> String {
+        render(&registry(Arc::new(Mutex::new(m)))).unwrap()
+    }
+
+    fn total(body: &str, family: &str) -> f64 {
+        body.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    }
+
+    #[test]
+    fn other_unknown_owner_and_exact_sums_are_exported() {
+        let mut m = Metrics::new(2);
+        m.add(&crate::metrics::tests::report());
+        let body = scrape(m);
+        assert_eq!(total(&body, "hostprobe_disk_bytes_total"), (4096 * 55) as f64, "{body}");
+        assert_eq!(total(&body, "hostprobe_tcp_sent_bytes_total"), 55_000.0);
+        assert!(total(&body, "hostprobe_thread_time_seconds_total") > 0.0);
+        let sum: u64 = (1..=10u64).map(|k| 51_000 * k * k).sum();
+        assert!((total(&body, "hostprobe_disk_io_duration_seconds_sum") - sum as f64 / 1e9).abs() < 1e-12, "{body}");
+        assert!(body.contains("hostprobe_tcp_connections_closed_total{process=\"tcp_unknown_owner\",container_id=\"\"} 1"), "{body}");
+        assert!(body.contains("hostprobe_tcp_rtt_seconds_count{"), "{body}");
+        assert!(!body.contains("hostprobe_tcp_rtt_seconds_sum"), "no made-up RTT sum: {body}");
+        assert!(!body.contains("NaN"), "{body}");
+    }
+
+    #[test]
+    fn only_unknown_sums_are_dropped() {
+        let body = "a_sum{x=\"1\"} NaN\na_sum{x=\"2\"} 1.5\na_count{x=\"1\"} 3\nb_total NaN\nc_sum NaN\n".to_string();
+        assert_eq!(drop_unknown_sums(body), "a_sum{x=\"2\"} 1.5\na_count{x=\"1\"} 3\nb_total NaN\n");
+    }
 }

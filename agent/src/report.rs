@@ -14,6 +14,7 @@ use crate::{
     hist::{Dist, Histogram},
     probes::{
         disk::{DeviceNames, DiskData},
+        offcpu::OffcpuData,
         syscall::SyscallData,
         Interval, ProbeStatus, ProcessData,
     },
@@ -33,7 +34,8 @@ pub struct Report {
     pub host: String,
     /// The top processes by time spent in syscalls, largest first.
     pub processes: Vec<ProcessReport>,
-    /// Everything below the top, merged.
+    /// Everything below the top, merged: every probe's figures, so that
+    /// `processes` plus `other` are the host's totals whatever `--top` is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub other: Option<OtherReport>,
     /// Block I/O per device and operation, over all processes (including
@@ -112,7 +114,9 @@ pub struct TcpReport {
     pub bytes_received: u64,
     /// Connections in this item (1 for an open connection).
     pub connections: u64,
-    /// RTT samples and handshake times (for exporters).
+    /// RTT samples and handshake times (for exporters). The RTT's
+    /// `sum_ns` is not known (the kernel keeps only the samples' histogram)
+    /// and is never exported; the handshake times' sum is exact.
     #[serde(skip)]
     pub rtt: Dist,
     #[serde(skip)]
@@ -189,6 +193,7 @@ impl TcpItem {
         if let Some(ns) = c.connect_ns {
             self.connect.hist.record(ns);
             self.connect.max_ns = self.connect.max_ns.max(ns);
+            self.connect.sum_ns += ns;
         }
         self.failed = c.failed;
         self.refused += u64::from(c.failed == Some("refused"));
@@ -328,14 +333,20 @@ impl From<&crate::probes::offcpu::OffcpuData> for OffcpuReport {
 pub struct DiskReport {
     pub device: String,
     pub op: &'static str,
+    /// I/Os made: requests (each piece of a split bio is one) and bios that
+    /// joined a request already made. In `devices`: requests, as
+    /// `/proc/diskstats` counts them.
     pub count: u64,
+    /// Of `count`, the I/Os that joined another request (absent when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub merged: u64,
     pub bytes: u64,
     pub errors: u64,
-    /// Bio queued to issued to the driver (requests whose start was seen).
+    /// Bio submitted to issued to the driver (requests seen made and issued).
     pub queue: DistReport,
-    /// Issued to completed (every request).
+    /// Issued to completed (requests seen issued).
     pub service: DistReport,
-    /// Queued to completed (requests whose start was seen).
+    /// Bio submitted to completed (requests seen made).
     pub total: DistReport,
 }
 
@@ -346,6 +357,9 @@ pub struct DistReport {
     pub p90_ns: u64,
     pub p99_ns: u64,
     pub max_ns: u64,
+    /// Exact sum of the values: `sum_ns / count` is the mean (what `iostat`
+    /// calls await).
+    pub sum_ns: u64,
     #[serde(skip)]
     pub hist: Histogram,
 }
@@ -353,7 +367,31 @@ pub struct DistReport {
 impl From<&Dist> for DistReport {
     fn from(d: &Dist) -> Self {
         let q = |q| d.hist.quantile(q, d.max_ns).unwrap_or(0);
-        Self { count: d.hist.count(), p50_ns: q(0.5), p90_ns: q(0.9), p99_ns: q(0.99), max_ns: d.max_ns, hist: d.hist.clone() }
+        Self {
+            count: d.hist.count(),
+            p50_ns: q(0.5),
+            p90_ns: q(0.9),
+            p99_ns: q(0.99),
+            max_ns: d.max_ns,
+            sum_ns: d.sum_ns,
+            hist: d.hist.clone(),
+        }
+    }
+}
+
+/// Adds `o` to `into`: times and per-syscall sleep summed, histograms
+/// bucket by bucket (for `other`).
+fn merge_offcpu(into: &mut OffcpuData, o: &OffcpuData) {
+    into.on_cpu_ns += o.on_cpu_ns;
+    into.runqueue_ns += o.runqueue_ns;
+    into.blocked_ns += o.blocked_ns;
+    into.sleep_ns += o.sleep_ns;
+    into.runqueue.merge(&o.runqueue);
+    into.offcpu.merge(&o.offcpu);
+    for (nr, (ns, count)) in &o.sleep_by_syscall {
+        let e = into.sleep_by_syscall.entry(*nr).or_default();
+        e.0 += ns;
+        e.1 += count;
     }
 }
 
@@ -363,6 +401,7 @@ fn disk_list(data: &BTreeMap<(u32, Op), DiskData>, names: &mut DeviceNames) -> V
             device: names.name(*dev),
             op: op.name(),
             count: d.count,
+            merged: d.merged,
             bytes: d.bytes,
             errors: d.errors,
             queue: (&d.queue).into(),
@@ -372,12 +411,24 @@ fn disk_list(data: &BTreeMap<(u32, Op), DiskData>, names: &mut DeviceNames) -> V
         .collect()
 }
 
+/// The processes below the `--top` cut, merged: the same figures as a
+/// process's, so that host totals never depend on `--top`.
 #[derive(Debug, Serialize)]
 pub struct OtherReport {
     /// How many processes are merged here.
     pub processes: u64,
     pub syscall_total: Latency,
     pub syscalls: Vec<SyscallReport>,
+    /// Their block I/O per device and operation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub disk: Vec<DiskReport>,
+    /// Their thread time, summed (absent without the offcpu probe).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offcpu: Option<OffcpuReport>,
+    /// Their TCP connections, itemized as one process's would be (at most
+    /// [`TCP_ITEMS`] plus `other`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<TcpReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -393,11 +444,14 @@ pub struct SyscallReport {
 pub struct Latency {
     pub count: u64,
     pub errors: u64,
+    /// Sum of the latencies.
     pub total_ns: u64,
     pub p50_ns: u64,
     pub p90_ns: u64,
     pub p99_ns: u64,
     pub max_ns: u64,
+    /// The same as `total_ns`, under the name every latency object uses.
+    pub sum_ns: u64,
     /// Returns whose start the probe did not see (it attached while the call
     /// was in progress, or lost it): not in `count` or the latencies.
     pub missed_starts: u64,
@@ -417,6 +471,7 @@ impl From<&SyscallData> for Latency {
             p90_ns: q(0.9),
             p99_ns: q(0.99),
             max_ns: d.max_ns,
+            sum_ns: d.total_ns,
             missed_starts: d.missed_starts,
             hist: d.hist.clone(),
         }
@@ -465,6 +520,7 @@ pub fn build(
     let mut ranked: Vec<(u32, ProcessData)> = interval.processes.into_iter().collect();
     ranked.sort_by_key(|(pid, p)| (Reverse(rank(p)), *pid));
     let rest = if ranked.len() > top { ranked.split_off(top) } else { Vec::new() };
+    let rest_len = rest.len();
 
     let mut live = std::collections::HashSet::new();
     let processes = ranked
@@ -487,14 +543,31 @@ pub fn build(
     procs.retain(&live);
 
     let other = (!rest.is_empty()).then(|| {
-        let mut merged = std::collections::BTreeMap::<u32, SyscallData>::new();
-        for (_, p) in &rest {
+        let mut merged = BTreeMap::<u32, SyscallData>::new();
+        let mut disk = BTreeMap::<(u32, Op), DiskData>::new();
+        let mut offcpu: Option<OffcpuData> = None;
+        let mut tcp = Vec::new();
+        for (_, p) in rest {
             for (nr, d) in &p.syscalls {
                 merged.entry(*nr).or_default().merge(d);
             }
+            for (k, d) in &p.disk {
+                disk.entry(*k).or_default().merge(d);
+            }
+            if let Some(o) = &p.offcpu {
+                merge_offcpu(offcpu.get_or_insert_with(Default::default), o);
+            }
+            tcp.extend(p.tcp);
         }
         let (syscall_total, syscalls) = syscall_list(&merged);
-        OtherReport { processes: rest.len() as u64, syscall_total, syscalls }
+        OtherReport {
+            processes: rest_len as u64,
+            syscall_total,
+            syscalls,
+            disk: disk_list(&disk, devices),
+            offcpu: offcpu.as_ref().map(Into::into),
+            tcp: tcp_list(&tcp),
+        }
     });
 
     let now = std::time::SystemTime::now();
@@ -512,8 +585,132 @@ pub fn build(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::probes::{offcpu::OffcpuData, tcp::ConnData};
+
+    /// A distribution of `n` values of `ns` each, with its exact sum.
+    fn dist(n: u64, ns: u64) -> Dist {
+        let mut d = Dist { max_ns: ns, sum_ns: n * ns, ..Default::default() };
+        (0..n).for_each(|_| d.hist.record(ns));
+        d
+    }
+
+    /// `n` processes (pids that cannot exist) with figures from every probe,
+    /// each different; plus one TCP connection with no known owner (pid 0).
+    pub(crate) fn every_probe(n: u32) -> Interval {
+        let mut interval = Interval::default();
+        for i in 0..n {
+            let k = u64::from(i) + 1;
+            let p = interval.processes.entry(4_000_000 + i).or_default();
+            p.kernel_comm = Some(format!("p{i}"));
+            p.syscalls.insert(0, data(10, 1_000 * k));
+            // Device 7:0 (a loop device's dev_t in the kernel's encoding).
+            let disk = DiskData {
+                count: k,
+                bytes: 4096 * k,
+                errors: 0,
+                queue: dist(k, 1_000),
+                service: dist(k, 50_000 * k),
+                total: dist(k, 51_000 * k),
+            };
+            p.disk.insert((7 << 20, Op::Write), disk);
+            p.offcpu = Some(OffcpuData {
+                on_cpu_ns: 1_000 * k,
+                runqueue_ns: 2_000 * k,
+                blocked_ns: 3_000 * k,
+                sleep_ns: 20_000_000 * k,
+                runqueue: dist(1, 2_000 * k),
+                offcpu: dist(2, 10_001_500 * k),
+                sleep_by_syscall: [(35, (20_000_000 * k, 1))].into_iter().collect(),
+            });
+            p.tcp.push(conn(1_000 * k, 500 * k, i % 2 == 0));
+        }
+        interval.processes.entry(0).or_default().tcp.push(conn(0, 0, true));
+        interval
+    }
+
+    fn conn(sent: u64, received: u64, closed: bool) -> ConnData {
+        ConnData {
+            local: Some("127.0.0.1:40000".parse().unwrap()),
+            remote: Some("127.0.0.1:80".parse().unwrap()),
+            state: if closed { 7 } else { 1 },
+            active: true,
+            connect_ns: Some(30_000),
+            failed: None,
+            closed,
+            bytes_sent: sent,
+            bytes_received: received,
+            retransmits: 1,
+            resets: 0,
+            rtt: dist(3, 40_000),
+            rtt_last_us: 40,
+        }
+    }
+
+    #[test]
+    fn other_carries_every_probe_exactly() {
+        let all = every_probe(10);
+        let r = build(every_probe(10), 3, &mut ProcCache::new(false), &mut DeviceNames::default(), 1_000_000_000, "h", vec![]);
+        let other = r.other.as_ref().expect("other");
+        assert_eq!(other.processes, 7);
+        let procs = || all.processes.iter().filter(|(pid, _)| **pid != 0).map(|(_, p)| p);
+
+        // Disk: counts, bytes and every histogram and sum, bucket by bucket.
+        let shown_disk: Vec<&DiskReport> = r.processes.iter().flat_map(|p| &p.disk).chain(&other.disk).collect();
+        let want = procs().flat_map(|p| p.disk.values()).fold(DiskData::default(), |mut a, d| {
+            a.merge(d);
+            a
+        });
+        assert_eq!(shown_disk.iter().map(|d| d.count).sum::<u64>(), want.count);
+        assert_eq!(shown_disk.iter().map(|d| d.bytes).sum::<u64>(), want.bytes);
+        let mut total = Histogram::default();
+        shown_disk.iter().for_each(|d| total.merge(&d.total.hist));
+        assert_eq!(total, want.total.hist, "histograms merged bucket by bucket");
+        assert_eq!(shown_disk.iter().map(|d| d.total.sum_ns).sum::<u64>(), want.total.sum_ns);
+        assert_eq!(r.devices.len(), 1);
+        assert_eq!((r.devices[0].count, r.devices[0].bytes), (want.count, want.bytes), "devices[] agree");
+
+        // Off-CPU: times, per-syscall sleep, histograms.
+        let shown_off: Vec<&OffcpuReport> =
+            r.processes.iter().filter_map(|p| p.offcpu.as_ref()).chain(other.offcpu.as_ref()).collect();
+        let sum = |f: fn(&OffcpuData) -> u64| procs().filter_map(|p| p.offcpu.as_ref()).map(f).sum::<u64>();
+        assert_eq!(shown_off.iter().map(|o| o.sleep_ns).sum::<u64>(), sum(|o| o.sleep_ns));
+        assert_eq!(shown_off.iter().map(|o| o.on_cpu_ns).sum::<u64>(), sum(|o| o.on_cpu_ns));
+        assert_eq!(shown_off.iter().map(|o| o.runqueue_ns).sum::<u64>(), sum(|o| o.runqueue_ns));
+        assert_eq!(shown_off.iter().map(|o| o.blocked_io_ns).sum::<u64>(), sum(|o| o.blocked_ns));
+        assert_eq!(shown_off.iter().map(|o| o.offcpu.count).sum::<u64>(), 20);
+        assert_eq!(shown_off.iter().map(|o| o.offcpu.sum_ns).sum::<u64>(), sum(|o| o.offcpu.sum_ns));
+        let nanosleep: u64 = shown_off.iter().flat_map(|o| &o.sleep_by_syscall).filter(|s| s.name == "nanosleep").map(|s| s.ns).sum();
+        assert_eq!(nanosleep, sum(|o| o.sleep_ns));
+
+        // TCP: bytes and connections; the unknown owner's apart.
+        let shown_tcp: Vec<&TcpReport> = r.processes.iter().flat_map(|p| &p.tcp).chain(&other.tcp).collect();
+        let tcp = |f: fn(&ConnData) -> u64| procs().flat_map(|p| &p.tcp).map(f).sum::<u64>();
+        assert_eq!(shown_tcp.iter().map(|t| t.bytes_sent).sum::<u64>(), tcp(|c| c.bytes_sent));
+        assert_eq!(shown_tcp.iter().map(|t| t.bytes_received).sum::<u64>(), tcp(|c| c.bytes_received));
+        assert_eq!(shown_tcp.iter().map(|t| t.connections).sum::<u64>(), 10);
+        assert_eq!(shown_tcp.iter().map(|t| t.connect.sum_ns).sum::<u64>(), 10 * 30_000, "handshake sums are exact");
+        assert_eq!(r.tcp_unknown_owner.len(), 1);
+    }
+
+    #[test]
+    fn every_latency_object_has_its_sum_in_json() {
+        let r = build(every_probe(4), 2, &mut ProcCache::new(false), &mut DeviceNames::default(), 1_000_000_000, "h", vec![]);
+        let v = serde_json::to_value(&r).unwrap();
+        let d = &v["other"]["disk"][0];
+        // Shown: the two with the most syscall time (k = 4, 3); other: k = 1, 2.
+        assert_eq!(d["total"]["sum_ns"], 51_000 + 51_000 * 2 * 2, "{d}");
+        assert_eq!(d["queue"]["sum_ns"], 1_000 * (1 + 2), "{d}");
+        let p = &v["processes"][0];
+        assert_eq!(p["syscall_total"]["sum_ns"], p["syscall_total"]["total_ns"]);
+        assert_eq!(p["syscalls"][0]["sum_ns"], p["syscalls"][0]["total_ns"]);
+        assert_eq!(p["offcpu"]["offcpu"]["sum_ns"], 2 * 10_001_500 * 4, "{p}");
+        assert_eq!(v["other"]["syscall_total"]["sum_ns"], v["other"]["syscall_total"]["total_ns"]);
+        assert!(v["other"]["offcpu"]["sleep_ns"].as_u64().unwrap() > 0);
+        // One open connection, and one closed folded into its endpoint's item.
+        assert_eq!(v["other"]["tcp"].as_array().unwrap().len(), 2, "{}", v["other"]);
+    }
 
     fn data(count: u64, ns_each: u64) -> SyscallData {
         let mut d = SyscallData { count, total_ns: count * ns_each, max_ns: ns_each, ..Default::default() };

@@ -11,9 +11,11 @@ pub mod pb {
 /// `Histogram.layout` of the shared layout (agent-common/src/hist.rs).
 pub const LAYOUT: u32 = 1;
 
-pub fn histogram(h: &Histogram, max_ns: u64) -> pb::Histogram {
+/// A histogram on the wire; `sum_ns` is `None` where the probe keeps no
+/// exact sum (receivers then publish none rather than a guess).
+pub fn histogram(h: &Histogram, max_ns: u64, sum_ns: Option<u64>) -> pb::Histogram {
     let (bucket, count) = h.nonzero().map(|(i, c)| (i as u32, c)).unzip();
-    pb::Histogram { layout: LAYOUT, bucket, count, max_ns }
+    pb::Histogram { layout: LAYOUT, bucket, count, max_ns, sum_ns }
 }
 
 /// Checks a histogram from the wire without building it (cheap enough for
@@ -52,12 +54,12 @@ fn latency(name: &str, nr: u32, l: &report::Latency) -> pb::SyscallStats {
         errors: l.errors,
         total_ns: l.total_ns,
         missed_starts: l.missed_starts,
-        latency: Some(histogram(&l.hist, l.max_ns)),
+        latency: Some(histogram(&l.hist, l.max_ns, Some(l.sum_ns))),
     }
 }
 
 fn dist(d: &report::DistReport) -> Option<pb::Histogram> {
-    Some(histogram(&d.hist, d.max_ns))
+    Some(histogram(&d.hist, d.max_ns, Some(d.sum_ns)))
 }
 
 fn disk(d: &report::DiskReport) -> pb::DiskStats {
@@ -85,39 +87,44 @@ fn process(p: &report::ProcessReport) -> pb::Process {
         merged: 1,
         syscalls: p.syscalls.iter().map(|s| latency(&s.name, s.nr, &s.latency)).collect(),
         disk: p.disk.iter().map(disk).collect(),
-        offcpu: p.offcpu.as_ref().map(|o| pb::OffcpuStats {
-            on_cpu_ns: o.on_cpu_ns,
-            runqueue_ns: o.runqueue_ns,
-            blocked_io_ns: o.blocked_io_ns,
-            sleep_ns: o.sleep_ns,
-            runqueue: dist(&o.runqueue),
-            offcpu: dist(&o.offcpu),
-            sleep_by_syscall: o
-                .sleep_by_syscall
-                .iter()
-                .map(|s| pb::SleepBySyscall { name: s.name.clone(), ns: s.ns, count: s.count })
-                .collect(),
-        }),
-        tcp: p
-            .tcp
+        offcpu: p.offcpu.as_ref().map(offcpu),
+        tcp: p.tcp.iter().map(tcp).collect(),
+    }
+}
+
+fn offcpu(o: &report::OffcpuReport) -> pb::OffcpuStats {
+    pb::OffcpuStats {
+        on_cpu_ns: o.on_cpu_ns,
+        runqueue_ns: o.runqueue_ns,
+        blocked_io_ns: o.blocked_io_ns,
+        sleep_ns: o.sleep_ns,
+        runqueue: dist(&o.runqueue),
+        offcpu: dist(&o.offcpu),
+        sleep_by_syscall: o
+            .sleep_by_syscall
             .iter()
-            .map(|t| pb::TcpStats {
-                remote: t.remote.clone(),
-                local: t.local.clone(),
-                state: t.state.to_string(),
-                direction: t.direction.to_string(),
-                rtt: Some(histogram(&t.rtt.hist, t.rtt.max_ns)),
-                rtt_last_us: t.rtt_last_us,
-                connect: Some(histogram(&t.connect.hist, t.connect.max_ns)),
-                refused: t.refused,
-                timeouts: t.timeouts,
-                retransmits: t.retransmits,
-                resets: t.resets,
-                bytes_sent: t.bytes_sent,
-                bytes_received: t.bytes_received,
-                connections: t.connections,
-            })
+            .map(|s| pb::SleepBySyscall { name: s.name.clone(), ns: s.ns, count: s.count })
             .collect(),
+    }
+}
+
+fn tcp(t: &report::TcpReport) -> pb::TcpStats {
+    pb::TcpStats {
+        remote: t.remote.clone(),
+        local: t.local.clone(),
+        state: t.state.to_string(),
+        direction: t.direction.to_string(),
+        // The TCP probe keeps no sum of RTT samples: none is sent.
+        rtt: Some(histogram(&t.rtt.hist, t.rtt.max_ns, None)),
+        rtt_last_us: t.rtt_last_us,
+        connect: Some(histogram(&t.connect.hist, t.connect.max_ns, Some(t.connect.sum_ns))),
+        refused: t.refused,
+        timeouts: t.timeouts,
+        retransmits: t.retransmits,
+        resets: t.resets,
+        bytes_sent: t.bytes_sent,
+        bytes_received: t.bytes_received,
+        connections: t.connections,
     }
 }
 
@@ -135,6 +142,9 @@ pub fn report(r: &report::Report) -> pb::Report {
             comm: "other".into(),
             merged: o.processes,
             syscalls: o.syscalls.iter().map(|s| latency(&s.name, s.nr, &s.latency)).collect(),
+            disk: o.disk.iter().map(disk).collect(),
+            offcpu: o.offcpu.as_ref().map(offcpu),
+            tcp: o.tcp.iter().map(tcp).collect(),
             ..Default::default()
         }),
         devices: r.devices.iter().map(disk).collect(),
@@ -149,5 +159,6 @@ pub fn report(r: &report::Report) -> pb::Report {
             })
             .collect(),
         dropped_reports: 0,
+        tcp_unknown_owner: r.tcp_unknown_owner.iter().map(tcp).collect(),
     }
 }

@@ -489,3 +489,194 @@ impl std::ops::Sub for DiskStats {
         }
     }
 }
+
+/// GET over HTTP/1.0 from a loopback port: (status line, body).
+pub fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A Prometheus server (Debian's) scraping `127.0.0.1:target` every second;
+/// killed on drop.
+pub struct Prometheus {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    pub fn start(target: u16) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("hostprobe-prometheus-{}-{}", std::process::id(), unique()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: hostprobe\n    \
+                 static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (cargo xtask setup installs Debian's prometheus)");
+        let p = Prometheus { child, port, dir };
+        let end = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            || !http_get(port, "/-/ready").0.contains("200")
+        {
+            assert!(Instant::now() < end, "prometheus did not become ready");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        p
+    }
+
+    /// The value of an instant PromQL query with one result, if any.
+    pub fn query(&self, promql: &str) -> Option<f64> {
+        let (_, body) = http_get(self.port, &format!("/api/v1/query?query={}", url_encode(promql)));
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `promtool check metrics` must find nothing wrong with `body`.
+pub fn promtool_check(body: &str) {
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package)");
+    p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
+}
+
+/// The Python OTLP/gRPC receiver (`otlp_receiver.py`, on the official
+/// generated classes; `cargo xtask setup` makes its environment), writing
+/// every request it accepts as a JSON line.
+pub struct OtlpReceiver {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl OtlpReceiver {
+    /// Starts one that answers UNAVAILABLE for its first `unavailable_s` seconds.
+    pub fn start(name: &str, unavailable_s: f64) -> OtlpReceiver {
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        let python = PathBuf::from(home).join(".cache/hostprobe/otlp-venv/bin/python");
+        assert!(python.exists(), "{} is missing: run `cargo xtask setup`", python.display());
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("otlp_receiver.py");
+        let port = free_port();
+        let out = std::env::temp_dir().join(format!("hostprobe-otlp-{name}-{}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&out);
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(["--port", &port.to_string(), "--out", out.to_str().unwrap()])
+            .args(["--unavailable", &unavailable_s.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the OTLP receiver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "listening");
+        OtlpReceiver { child, port, out }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every request received, in order.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// How many exports it refused (while unavailable).
+    pub fn refused(&self) -> u64 {
+        std::fs::read_to_string(self.out.with_extension("jsonl.refused"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.out);
+        let _ = std::fs::remove_file(self.out.with_extension("jsonl.refused"));
+    }
+}
+
+/// The value of attribute `key` in an OTLP attribute list (protobuf JSON).
+pub fn otlp_attr<'a>(attrs: &'a Value, key: &str) -> Option<&'a Value> {
+    attrs.as_array()?.iter().find(|a| a["key"] == key).map(|a| &a["value"])
+}
+
+/// The string attribute `key` of an OTLP data point.
+pub fn otlp_str<'a>(point: &'a Value, key: &str) -> Option<&'a str> {
+    otlp_attr(&point["attributes"], key)?["stringValue"].as_str()
+}
+
+/// The data points of metric `name` in one OTLP request, with their
+/// temporality.
+pub fn otlp_points<'a>(request: &'a Value, name: &str) -> Vec<(&'a Value, &'a str)> {
+    let mut out = Vec::new();
+    for rm in request["resourceMetrics"].as_array().into_iter().flatten() {
+        for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
+            for m in sm["metrics"].as_array().into_iter().flatten().filter(|m| m["name"] == name) {
+                for kind in ["sum", "histogram"] {
+                    let t = m[kind]["aggregationTemporality"].as_str().unwrap_or("");
+                    for p in m[kind]["dataPoints"].as_array().into_iter().flatten() {
+                        out.push((p, t));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An integer in protobuf JSON (64-bit integers are strings there).
+pub fn otlp_num(v: &Value) -> u64 {
+    v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_u64()).unwrap_or(0)
+}

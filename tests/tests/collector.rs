@@ -348,3 +348,73 @@ fn query_merges_one_process_seen_by_two_agents_exactly() {
     assert!(table.contains("workload") && table.contains("COMM"), "{table}");
     drop(collector);
 }
+
+/// A report of `count` calls of one syscall by a process named `comm`,
+/// ending `age` ago.
+fn aged_report(agent: &str, seq: u64, comm: &str, count: u64, age: Duration) -> pb::Report {
+    let end = hostprobe::metrics::now_unix_ns() - age.as_nanos() as i64;
+    pb::Report {
+        agent: Some(pb::AgentIdentity { agent_id: agent.into(), epoch: 1, ..Default::default() }),
+        sequence: seq,
+        interval_start_unix_ns: end - 1_000_000_000,
+        interval_end_unix_ns: end,
+        processes: vec![pb::Process {
+            pid: 4242,
+            comm: comm.into(),
+            merged: 1,
+            syscalls: vec![pb::SyscallStats {
+                name: "getppid".into(),
+                nr: 110,
+                count,
+                total_ns: count * 1_000,
+                latency: Some(pb::Histogram {
+                    layout: 1,
+                    bucket: vec![57],
+                    count: vec![count],
+                    max_ns: 1_000,
+                    sum_ns: Some(count * 1_000),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// `hostprobe query --json` with `args`: (reports in the window, count of the first row).
+fn query_json(url: &str, args: &[&str]) -> (u64, u64) {
+    let out = hostprobe().args(["query", "--collector", url, "--plaintext", "--json"]).args(args).output().unwrap();
+    assert!(out.status.success(), "query {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (v["reports"].as_u64().unwrap(), v["rows"][0]["count"].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn query_window_zero_means_everything_the_collector_keeps() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let collector = Collector::start(port, &["--plaintext", "--retention", "10m"]);
+    // One report from 3 minutes ago (outside a 1 m window, inside the
+    // retention) and one from now.
+    let reports = vec![
+        aged_report("window-agent", 1, "oldtimer", 7, Duration::from_secs(180)),
+        aged_report("window-agent", 2, "oldtimer", 5, Duration::ZERO),
+    ];
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let acked = rt.block_on(async {
+        let mut client = pb::collector_client::CollectorClient::connect(url.clone()).await.unwrap();
+        let mut acks = client.stream(tokio_stream::iter(reports)).await.unwrap().into_inner();
+        let mut n = 0;
+        while n < 2 {
+            acks.message().await.unwrap().expect("an ack for each report");
+            n += 1;
+        }
+        n
+    });
+    assert_eq!(acked, 2);
+
+    assert_eq!(query_json(&url, &["--comm", "oldtimer", "--window", "1m"]), (1, 5), "the last minute");
+    assert_eq!(query_json(&url, &["--comm", "oldtimer", "--window", "0s"]), (2, 12), "everything kept");
+    drop(collector);
+}

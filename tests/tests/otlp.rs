@@ -3,96 +3,13 @@
 //! makes the environment): attributes, histograms, exact counts,
 //! temporality and start times, and retries while the receiver refuses.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
+use std::time::Duration;
+
+use hostprobe_tests::{
+    free_port, otlp_attr as attr, otlp_num as num, otlp_points as points, Agent, Collector, OtlpReceiver as Receiver,
+    Workload,
 };
-
-use hostprobe_tests::{free_port, Agent, Collector, Workload};
 use serde_json::Value;
-
-struct Receiver {
-    child: Child,
-    port: u16,
-    out: PathBuf,
-}
-
-impl Receiver {
-    fn start(name: &str, unavailable_s: f64) -> Receiver {
-        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-        let python = PathBuf::from(home).join(".cache/hostprobe/otlp-venv/bin/python");
-        assert!(python.exists(), "{} is missing: run `cargo xtask setup`", python.display());
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("otlp_receiver.py");
-        let port = free_port();
-        let out = std::env::temp_dir().join(format!("hostprobe-otlp-{name}-{}.jsonl", std::process::id()));
-        let _ = std::fs::remove_file(&out);
-        let mut child = Command::new(python)
-            .arg(script)
-            .args(["--port", &port.to_string(), "--out", out.to_str().unwrap()])
-            .args(["--unavailable", &unavailable_s.to_string()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the OTLP receiver");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "listening");
-        Receiver { child, port, out }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Every request received, in order.
-    fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn refused(&self) -> u64 {
-        std::fs::read_to_string(self.out.with_extension("jsonl.refused")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.out);
-        let _ = std::fs::remove_file(self.out.with_extension("jsonl.refused"));
-    }
-}
-
-fn attr<'a>(attrs: &'a Value, key: &str) -> Option<&'a Value> {
-    attrs.as_array()?.iter().find(|a| a["key"] == key).map(|a| &a["value"])
-}
-
-/// The data points of metric `name` in one request.
-fn points<'a>(request: &'a Value, name: &str) -> Vec<(&'a Value, &'a str)> {
-    let mut out = Vec::new();
-    for rm in request["resourceMetrics"].as_array().into_iter().flatten() {
-        for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
-            for m in sm["metrics"].as_array().into_iter().flatten().filter(|m| m["name"] == name) {
-                for kind in ["sum", "histogram"] {
-                    let t = m[kind]["aggregationTemporality"].as_str().unwrap_or("");
-                    for p in m[kind]["dataPoints"].as_array().into_iter().flatten() {
-                        out.push((p, t));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-fn num(v: &Value) -> u64 {
-    v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_u64()).unwrap_or(0)
-}
 
 /// (value, start, time, temporality) of the workload's getppid count, request by request.
 fn getppid_series(requests: &[Value], pid: u32) -> Vec<(u64, u64, u64, String)> {

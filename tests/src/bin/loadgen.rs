@@ -20,6 +20,7 @@ fn process(pid: u32) -> pb::Process {
         bucket: (base..base + 6).collect(),
         count: vec![3, 40, 120, 60, 9, 1],
         max_ns: 1 << (base / 8 + 7),
+        ..Default::default()
     };
     pb::Process {
         pid,

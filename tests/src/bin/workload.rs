@@ -39,6 +39,11 @@
 //! workload tcp-connect IP PORT  connects, prints how long connect() took (us), closes
 //! workload tcp-bulk IP PORT S   connects, sends S bytes, prints "sent", waits for
 //!                               a line on stdin, then finishes like tcp-client
+//! workload conserve NAME DEV OFFSET W IP PORT S MS  names itself NAME, writes W
+//!                               64 KiB blocks with O_DIRECT to DEV from byte OFFSET,
+//!                               sends S bytes to IP:PORT and reads the answer to
+//!                               EOF, sleeps MS ms in one nanosleep; prints
+//!                               {"writes","written","sent","received","slept_ns"}
 //! ```
 //!
 //! For `cargo xtask bench` (these start at once, without waiting for stdin):
@@ -480,6 +485,48 @@ fn main() {
                 getppid();
                 nanosleep(ms);
             }
+        }
+        Some("conserve") => {
+            use std::io::{Read, Write};
+            use std::os::unix::fs::{FileExt, OpenOptionsExt};
+            const BLOCK: usize = 64 << 10;
+            let name = std::ffi::CString::new(args[2].as_str()).expect("name");
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string.
+            unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+            let (offset, writes) = (arg(&args, 4), arg(&args, 5));
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&args[3])
+                .unwrap_or_else(|e| panic!("open {} with O_DIRECT: {e}", args[3]));
+            let layout = std::alloc::Layout::from_size_align(BLOCK, 4096).expect("layout");
+            // SAFETY: a non-zero-sized layout; freed below.
+            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+            assert!(!ptr.is_null());
+            // SAFETY: ptr is valid for BLOCK bytes and aligned for O_DIRECT.
+            let buf = unsafe { std::slice::from_raw_parts(ptr, BLOCK) };
+            for k in 0..writes {
+                f.write_all_at(buf, offset + k * BLOCK as u64)
+                    .expect("direct write");
+            }
+            // SAFETY: allocated above with this layout.
+            unsafe { std::alloc::dealloc(ptr, layout) };
+            let ip: std::net::IpAddr = args[6].parse().expect("address");
+            let sent = arg(&args, 8);
+            let mut s = std::net::TcpStream::connect((ip, arg(&args, 7) as u16)).expect("connect");
+            s.write_all(&vec![3u8; sent as usize]).expect("write");
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("read");
+            drop(s);
+            let t = std::time::Instant::now();
+            nanosleep(arg(&args, 9));
+            let slept = t.elapsed().as_nanos();
+            println!(
+                "{{\"writes\":{writes},\"written\":{},\"sent\":{sent},\"received\":{},\"slept_ns\":{slept}}}",
+                writes * BLOCK as u64,
+                got.len()
+            );
         }
         _ => {
             eprintln!("usage: see the source of workload.rs");
