@@ -275,15 +275,59 @@ fn kernel_threads_sleep_in_no_syscall() {
 #[test]
 fn a_thread_renamed_away_from_the_filter_adds_nothing_and_leaves_no_record() {
     // Traced by name (--comm) while it sleeps 20 x 20 ms, then it renames
-    // itself and sleeps 10 s more in 50 ms naps: the agent must charge
-    // nothing after the rename, and its record must go (not wait for an exit
-    // the filter would skip, nor leak to a thread that reuses the id).
+    // itself and sleeps 10 s more in 50 ms naps.
+    stops_being_traced(&["--comm", "hp-traced"], 10, |_| {}, |_| {});
+}
+
+#[test]
+fn a_thread_moved_out_of_the_cgroup_adds_nothing_and_leaves_no_record() {
+    // Traced by cgroup while it sleeps 20 x 20 ms, then moved to the root
+    // cgroup (its rename changes nothing here) while it sleeps 3 s more.
+    let root = hostprobe::cli::cgroup2_mount().expect("a cgroup2 mount");
+    let dir =
+        std::path::Path::new(&root).join(format!("hostprobe-test-offcpu-{}", std::process::id()));
+    std::fs::create_dir(&dir).expect("create a test cgroup");
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _cleanup = Remove(dir.clone());
+    let into = |cg: &std::path::Path, pid: u32| {
+        std::fs::write(cg.join("cgroup.procs"), pid.to_string()).expect("move the workload")
+    };
+    stops_being_traced(
+        &["--cgroup", dir.to_str().unwrap()],
+        3,
+        |pid| into(&dir, pid),
+        |pid| into(std::path::Path::new(&root), pid),
+    );
+}
+
+/// A thread traced by `filter` while it sleeps 20 x 20 ms, then renamed by
+/// itself and passed to `untrace`, sleeping `secs` s more in 50 ms naps: the
+/// agent must charge nothing after, and its record must go (not wait for an
+/// exit the filter would skip, nor leak to a thread that reuses the id).
+fn stops_being_traced(
+    filter: &[&str],
+    secs: u64,
+    prepare: impl FnOnce(u32),
+    untrace: impl FnOnce(u32),
+) {
     let before: Vec<u32> = KernelMap::named("OFFCPU_THREADS")
         .iter()
         .map(|m| m.id)
         .collect();
     let mut w = Command::new(hostprobe_tests::workload_bin())
-        .args(["rename-sleep", "hp-traced", "hp-renamed", "20", "20", "10"])
+        .args([
+            "rename-sleep",
+            "hp-traced",
+            "hp-renamed",
+            "20",
+            "20",
+            &secs.to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -291,7 +335,10 @@ fn a_thread_renamed_away_from_the_filter_adds_nothing_and_leaves_no_record() {
     let pid = w.id();
     let mut out = BufReader::new(w.stdout.take().unwrap());
     std::thread::sleep(Duration::from_millis(100)); // named before the agent starts
-    let mut agent = Agent::start(&["--comm", "hp-traced", "--probes", "offcpu"]);
+    prepare(pid);
+    let mut args = filter.to_vec();
+    args.extend(["--probes", "offcpu"]);
+    let mut agent = Agent::start(&args);
     let map = KernelMap::named("OFFCPU_THREADS")
         .into_iter()
         .find(|m| !before.contains(&m.id))
@@ -303,6 +350,7 @@ fn a_thread_renamed_away_from_the_filter_adds_nothing_and_leaves_no_record() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "renamed");
+    untrace(pid);
     // Every report read from here on covers time from 300 ms after the
     // rename at the earliest (200 ms intervals).
     std::thread::sleep(Duration::from_millis(500));
@@ -325,7 +373,7 @@ fn a_thread_renamed_away_from_the_filter_adds_nothing_and_leaves_no_record() {
         .map(|p| thread_time(p))
         .sum();
     eprintln!(
-        "traced phase {traced} ns, after the rename {after} ns; record while traced {traced_record}, \
+        "traced phase {traced} ns, after {after} ns; record while traced {traced_record}, \
          after exit {left}; entries {entries} (baseline {baseline})"
     );
     assert!(traced_record, "the traced thread had no record");
@@ -334,7 +382,7 @@ fn a_thread_renamed_away_from_the_filter_adds_nothing_and_leaves_no_record() {
         (350_000_000..600_000_000).contains(&traced),
         "traced phase: {traced} ns"
     );
-    assert_eq!(after, 0, "time charged after the rename");
+    assert_eq!(after, 0, "time charged after it stopped being traced");
     assert!(!left, "the record of thread {pid} outlived it");
     assert_eq!(
         entries, baseline,
