@@ -266,8 +266,8 @@ fn arrive(tid: u32, now: u64) {
         (off, 0)
     };
     // SAFETY: as above. The totals first, then the state: a reader that
-    // catches the record half-written counts the episode twice rather than
-    // not at all, and only until its next read.
+    // catches the record half-written counts the episode twice (and the
+    // next reads give it back, see `Times::max`) rather than not at all.
     unsafe {
         (*t).runqueue_ns += runq;
         if reason == Reason::Blocked as u32 {
