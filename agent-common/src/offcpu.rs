@@ -8,11 +8,24 @@
 //! locks, network and event waits). A blocked thread's time off the CPU ends
 //! in two parts: asleep until its wake-up, then in the run queue until it
 //! runs. The syscall it blocked in is read from its registers as it leaves.
+//!
+//! Time is kept per thread, in the thread's record: the parts that ended
+//! (a stint on a CPU, a sleep, a wait in the run queue) are added to its
+//! totals as they end, and userspace adds the part in progress when it
+//! reads, from the record's timestamps. So a thread's figures at any read
+//! are its whole time since it was first seen, split at the read: every
+//! interval gets exactly the time that passed in it (see [`Thread`]). The
+//! histograms (and the sleep per syscall) take each episode once, whole,
+//! when it ends.
 
 use crate::hist;
 
-/// Per-thread state, keyed by thread id; dropped when the thread exits.
+/// Per-thread state and time totals, keyed by thread id; moved to
+/// [`MAP_RETIRED`] when the thread exits or stops being traced.
 pub const MAP_THREADS: &str = "OFFCPU_THREADS";
+/// Final records of threads that exited or stopped being traced, until
+/// userspace has read them (it deletes them then).
+pub const MAP_RETIRED: &str = "OFFCPU_RETIRED";
 /// Per-process totals and histograms, keyed by tgid.
 pub const MAP_STATS: &str = "OFFCPU_STATS";
 /// Sleep time per (process, syscall).
@@ -29,6 +42,8 @@ pub const MAX_STACKS: u32 = 16_384;
 pub const MAX_THREADS: u32 = 65_536;
 pub const DEFAULT_MAX_STATS: u32 = 4_096;
 pub const MAX_SLEEP: u32 = 16_384;
+/// Threads retiring between two reads.
+pub const MAX_RETIRED: u32 = 16_384;
 
 /// Globals set by userspace at load time.
 pub mod globals {
@@ -36,7 +51,18 @@ pub mod globals {
     pub const PT_REGS_NR_OFFSET: &str = "PT_REGS_NR_OFFSET";
     /// Non-zero: record stacks of episodes off the CPU at least this long (ns).
     pub const STACKS_MIN_NS: &str = "STACKS_MIN_NS";
+    /// Offset of `flags` in `struct task_struct` (from BTF).
+    pub const TASK_FLAGS_OFFSET: &str = "TASK_FLAGS_OFFSET";
 }
+
+/// `task_struct.flags` bits of threads that have no syscall to sleep in
+/// (include/linux/sched.h, Linux 6.4 to 6.18; `PF_KTHREAD` unchanged since
+/// 2.6.27). Their saved user registers are zeroes (kernel threads) or a
+/// copy of their creator's (io_uring and vhost workers), not a syscall.
+pub const PF_USER_WORKER: u32 = 0x0000_4000;
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+/// What [`Thread::flags`] keeps of the task's flags.
+pub const NO_SYSCALL_FLAGS: u32 = PF_USER_WORKER | PF_KTHREAD;
 
 /// Why a thread left the CPU.
 #[repr(u32)]
@@ -83,11 +109,20 @@ pub struct SwitchRecord {
 const _: () = assert!(core::mem::size_of::<SwitchRecord>() == 64);
 
 /// Field offsets of [`SwitchRecord`] (and `pid` of the wake-up records).
-pub const SWITCH_FIELDS: [(&str, u32); 3] = [("prev_pid", 24), ("prev_state", 32), ("next_pid", 56)];
+pub const SWITCH_FIELDS: [(&str, u32); 3] =
+    [("prev_pid", 24), ("prev_state", 32), ("next_pid", 56)];
 pub const WAKEUP_PID_OFFSET: u32 = 24;
 
+/// One thread, from the first time it left a CPU while traced.
+///
+/// It is always in one of two states: on a CPU since `on_ns` (`off_ns` is
+/// 0), or off it since `off_ns` (`on_ns` is 0), woken at `wake_ns` if it
+/// was. The totals hold the time of the parts that ended; the part in
+/// progress at a read (now - `on_ns`, or the sleep and run-queue split of
+/// now - `off_ns`) is the reader's to add. Only the switches of this thread
+/// write it (and a wake-up, `wake_ns`), one CPU at a time.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Thread {
     pub tgid: u32,
     /// [`Reason`] it left the CPU with.
@@ -96,16 +131,110 @@ pub struct Thread {
     pub off_ns: u64,
     /// When it was woken since; 0 if not.
     pub wake_ns: u64,
-    /// When it last got a CPU; 0 when not seen.
+    /// When it got a CPU; 0 while off it.
     pub on_ns: u64,
-    /// The syscall it left the CPU in; `u32::MAX` outside syscalls.
+    /// The syscall it left the CPU in; `u32::MAX` outside syscalls and for
+    /// threads without one ([`NO_SYSCALL_FLAGS`]).
     pub nr: u32,
     /// Stack ids as it left (with `--stacks`; negative when not taken).
     pub kstack: i32,
     pub ustack: i32,
-    pub _pad: u32,
+    /// The task's [`NO_SYSCALL_FLAGS`] bits.
+    pub flags: u32,
+    /// When it was first seen: with the thread id, tells it from a later
+    /// thread that reuses the id.
+    pub born_ns: u64,
+    /// Totals of the parts that ended.
+    pub on_cpu_ns: u64,
+    pub runqueue_ns: u64,
+    pub blocked_ns: u64,
+    pub sleep_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<Thread>() == 48);
+const _: () = assert!(core::mem::size_of::<Thread>() == 88);
+
+/// Key of [`MAP_RETIRED`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RetiredKey {
+    pub tid: u32,
+    pub _pad: u32,
+    pub born_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<RetiredKey>() == 16);
+
+/// A thread's time since it was first seen, up to `now`: its totals and the
+/// part in progress. Both sides' clock is CLOCK_MONOTONIC
+/// (`bpf_ktime_get_ns`); stamps after `now` (written while the map was
+/// read) count as `now`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Times {
+    pub on_cpu_ns: u64,
+    pub runqueue_ns: u64,
+    pub blocked_ns: u64,
+    pub sleep_ns: u64,
+}
+
+impl Times {
+    pub fn of(t: &Thread, now: u64) -> Times {
+        let mut x = Times {
+            on_cpu_ns: t.on_cpu_ns,
+            runqueue_ns: t.runqueue_ns,
+            blocked_ns: t.blocked_ns,
+            sleep_ns: t.sleep_ns,
+        };
+        if t.off_ns != 0 {
+            let off = t.off_ns.min(now);
+            let (asleep, runq) = if t.reason == Reason::Runnable as u32 {
+                (0, now - off)
+            } else if t.wake_ns >= off {
+                let wake = t.wake_ns.min(now);
+                (wake - off, now - wake)
+            } else {
+                (now - off, 0)
+            };
+            x.runqueue_ns += runq;
+            if t.reason == Reason::Blocked as u32 {
+                x.blocked_ns += asleep;
+            } else {
+                x.sleep_ns += asleep;
+            }
+        } else if t.on_ns != 0 {
+            x.on_cpu_ns += now.saturating_sub(t.on_ns);
+        }
+        x
+    }
+
+    /// Field by field, what `self` adds to `before` (never negative).
+    pub fn since(&self, before: &Times) -> Times {
+        Times {
+            on_cpu_ns: self.on_cpu_ns.saturating_sub(before.on_cpu_ns),
+            runqueue_ns: self.runqueue_ns.saturating_sub(before.runqueue_ns),
+            blocked_ns: self.blocked_ns.saturating_sub(before.blocked_ns),
+            sleep_ns: self.sleep_ns.saturating_sub(before.sleep_ns),
+        }
+    }
+
+    /// Field by field, the larger.
+    pub fn max(&self, o: &Times) -> Times {
+        Times {
+            on_cpu_ns: self.on_cpu_ns.max(o.on_cpu_ns),
+            runqueue_ns: self.runqueue_ns.max(o.runqueue_ns),
+            blocked_ns: self.blocked_ns.max(o.blocked_ns),
+            sleep_ns: self.sleep_ns.max(o.sleep_ns),
+        }
+    }
+
+    pub fn add(&mut self, o: &Times) {
+        self.on_cpu_ns += o.on_cpu_ns;
+        self.runqueue_ns += o.runqueue_ns;
+        self.blocked_ns += o.blocked_ns;
+        self.sleep_ns += o.sleep_ns;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.on_cpu_ns + self.runqueue_ns + self.blocked_ns + self.sleep_ns
+    }
+}
 
 /// Key of [`MAP_STACK_TIME`].
 #[repr(C)]
@@ -118,14 +247,15 @@ pub struct StackKey {
 }
 const _: () = assert!(core::mem::size_of::<StackKey>() == 16);
 
-/// Per process, cumulative.
+/// Per process, cumulative: episodes that ended. (The time totals are per
+/// thread, in [`Thread`]; these sums are what the histograms hold.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stats {
-    pub on_cpu_ns: u64,
+    /// Sum of the run-queue waits in `runqueue`.
     pub runqueue_ns: u64,
-    pub blocked_ns: u64,
-    pub sleep_ns: u64,
+    /// Sum of the episodes in `offcpu`.
+    pub offcpu_ns: u64,
     pub runqueue_max_ns: u64,
     pub offcpu_max_ns: u64,
     /// Run-queue waits (preemption to run, wake-up to run).
@@ -133,14 +263,12 @@ pub struct Stats {
     /// Whole episodes off the CPU (leaving it to getting it back).
     pub offcpu: [u32; hist::BUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<Stats>() == 48 + 8 * hist::BUCKETS);
+const _: () = assert!(core::mem::size_of::<Stats>() == 32 + 8 * hist::BUCKETS);
 
 impl Stats {
     pub const ZERO: Stats = Stats {
-        on_cpu_ns: 0,
         runqueue_ns: 0,
-        blocked_ns: 0,
-        sleep_ns: 0,
+        offcpu_ns: 0,
         runqueue_max_ns: 0,
         offcpu_max_ns: 0,
         runqueue: [0; hist::BUCKETS],
@@ -169,19 +297,31 @@ const _: () = assert!(core::mem::size_of::<Sleep>() == 16);
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// A thread got a CPU without a record of leaving one (it existed before
-    /// the probe attached, or is new): its time off the CPU is unknown.
+    /// A thread seen for the first time (it existed before the probe
+    /// attached, is new, or just became traced): its time before is unknown.
     UnknownThread = 0,
     ThreadsFull = 1,
     StatsFull = 2,
     SleepFull = 3,
+    /// A retiring thread's final record did not fit in [`MAP_RETIRED`]:
+    /// its time since the last read is lost.
+    RetiredFull = 4,
+    /// A read of the task's flags failed (its sleep is then not attributed
+    /// to a syscall).
+    TaskReadFailed = 5,
 }
 
-pub const COUNTERS: u32 = 4;
+pub const COUNTERS: u32 = 6;
 
 impl Counter {
-    pub const ALL: [Counter; COUNTERS as usize] =
-        [Counter::UnknownThread, Counter::ThreadsFull, Counter::StatsFull, Counter::SleepFull];
+    pub const ALL: [Counter; COUNTERS as usize] = [
+        Counter::UnknownThread,
+        Counter::ThreadsFull,
+        Counter::StatsFull,
+        Counter::SleepFull,
+        Counter::RetiredFull,
+        Counter::TaskReadFailed,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -189,6 +329,8 @@ impl Counter {
             Counter::ThreadsFull => "threads_map_full",
             Counter::StatsFull => "stats_map_full",
             Counter::SleepFull => "sleep_map_full",
+            Counter::RetiredFull => "retired_map_full",
+            Counter::TaskReadFailed => "task_read_failed",
         }
     }
 
@@ -197,7 +339,7 @@ impl Counter {
     }
 }
 
-crate::user_pod!(Thread, Stats, SleepKey, Sleep, StackKey);
+crate::user_pod!(Thread, RetiredKey, Stats, SleepKey, Sleep, StackKey);
 
 #[cfg(test)]
 mod tests {
@@ -211,5 +353,109 @@ mod tests {
         assert_eq!(Reason::from_prev_state(0x2), Reason::Blocked);
         assert_eq!(Reason::from_prev_state(0x80), Reason::Sleep);
         assert_eq!(Reason::from_prev_state(0x4), Reason::Sleep);
+    }
+
+    fn thread(reason: Reason, off_ns: u64, wake_ns: u64, on_ns: u64) -> Thread {
+        Thread {
+            tgid: 1,
+            reason: reason as u32,
+            off_ns,
+            wake_ns,
+            on_ns,
+            on_cpu_ns: 1,
+            runqueue_ns: 10,
+            blocked_ns: 100,
+            sleep_ns: 1000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn times_add_the_part_in_progress() {
+        // On a CPU since 500.
+        let t = Times::of(&thread(Reason::Runnable, 0, 0, 500), 800);
+        assert_eq!(
+            t,
+            Times {
+                on_cpu_ns: 301,
+                runqueue_ns: 10,
+                blocked_ns: 100,
+                sleep_ns: 1000
+            }
+        );
+        // Preempted at 500: all run queue.
+        let t = Times::of(&thread(Reason::Runnable, 500, 0, 0), 800);
+        assert_eq!(
+            t,
+            Times {
+                on_cpu_ns: 1,
+                runqueue_ns: 310,
+                blocked_ns: 100,
+                sleep_ns: 1000
+            }
+        );
+        // Asleep since 500, not woken yet.
+        let t = Times::of(&thread(Reason::Sleep, 500, 0, 0), 800);
+        assert_eq!(
+            t,
+            Times {
+                on_cpu_ns: 1,
+                runqueue_ns: 10,
+                blocked_ns: 100,
+                sleep_ns: 1300
+            }
+        );
+        // Blocked (D) since 500, woken at 700: 200 blocked, then run queue.
+        let t = Times::of(&thread(Reason::Blocked, 500, 700, 0), 800);
+        assert_eq!(
+            t,
+            Times {
+                on_cpu_ns: 1,
+                runqueue_ns: 110,
+                blocked_ns: 300,
+                sleep_ns: 1000
+            }
+        );
+        // Stamps written after `now` (during the read) count as `now`.
+        let t = Times::of(&thread(Reason::Sleep, 500, 900, 0), 800);
+        assert_eq!(
+            t,
+            Times {
+                on_cpu_ns: 1,
+                runqueue_ns: 10,
+                blocked_ns: 100,
+                sleep_ns: 1300
+            }
+        );
+        let t = Times::of(&thread(Reason::Runnable, 0, 0, 900), 800);
+        assert_eq!(t.total(), 1111);
+        let t = Times::of(&thread(Reason::Sleep, 900, 0, 0), 800);
+        assert_eq!(t.total(), 1111);
+    }
+
+    #[test]
+    fn a_thread_across_reads_adds_up_to_the_time_between_them() {
+        // Asleep 100..1800 (woken at 1790), read at 1000 and 2000: each read
+        // adds exactly the time since the one before, whatever ended between.
+        let mut t = thread(Reason::Sleep, 100, 0, 0);
+        let first = Times::of(&t, 1000);
+        t.wake_ns = 1790;
+        let mid = Times::of(&t, 1795);
+        assert_eq!(mid.since(&first).total(), 795);
+        // Back on a CPU at 1800: the episode goes into the totals.
+        t.sleep_ns += 1690;
+        t.runqueue_ns += 10;
+        (t.off_ns, t.wake_ns, t.on_ns) = (0, 0, 1800);
+        let second = Times::of(&t, 2000);
+        assert_eq!(second.since(&first).total(), 1000);
+        assert_eq!(
+            second.since(&first),
+            Times {
+                on_cpu_ns: 200,
+                runqueue_ns: 10,
+                blocked_ns: 0,
+                sleep_ns: 790
+            }
+        );
     }
 }

@@ -1,27 +1,27 @@
-//! Off-CPU time per process, by reason, on the scheduler's classic
-//! tracepoints (`sched_switch` carries the leaving thread's state and both
-//! thread ids as documented fields; see `agent_common::offcpu`).
+//! Off-CPU time per thread and process, by reason, on the scheduler's
+//! classic tracepoints (`sched_switch` carries the leaving thread's state
+//! and both thread ids as documented fields; see `agent_common::offcpu`).
 #![no_std]
 #![no_main]
 
 use agent_common::{
     hist,
     offcpu::{
-        Counter, Reason, Sleep, SleepKey, StackKey, Stats, SwitchRecord, Thread, COUNTERS, DEFAULT_MAX_STATS,
-        MAX_SLEEP, MAX_THREADS, WAKEUP_PID_OFFSET,
+        Counter, Reason, RetiredKey, Sleep, SleepKey, StackKey, Stats, SwitchRecord, Thread,
+        COUNTERS, DEFAULT_MAX_STATS, MAX_RETIRED, MAX_SLEEP, MAX_THREADS, NO_SYSCALL_FLAGS,
+        WAKEUP_PID_OFFSET,
     },
 };
 use agent_ebpf::{atomic_add, global};
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    macros::{map, tracepoint},
-    bindings::BPF_F_USER_STACK,
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, StackTrace},
-    programs::{tracing::StackIdContext, TracePointContext},
+    programs::{tracing::StackIdContext, RawTracePointContext, TracePointContext},
 };
 
 agent_ebpf::filters!(OFFCPU_PIDS);
@@ -30,6 +30,8 @@ agent_ebpf::filters!(OFFCPU_PIDS);
 static PT_REGS_NR_OFFSET: u32 = 120;
 #[unsafe(no_mangle)]
 static STACKS_MIN_NS: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_FLAGS_OFFSET: u32 = 0;
 
 #[map]
 // One entry each unless userspace asks for stacks (it sizes them at load).
@@ -40,6 +42,8 @@ static OFFCPU_STACK_TIME: HashMap<StackKey, u64> = HashMap::with_max_entries(1, 
 #[map]
 static OFFCPU_THREADS: HashMap<u32, Thread> = HashMap::with_max_entries(MAX_THREADS, 0);
 #[map]
+static OFFCPU_RETIRED: HashMap<RetiredKey, Thread> = HashMap::with_max_entries(MAX_RETIRED, 0);
+#[map]
 static OFFCPU_STATS: HashMap<u32, Stats> = HashMap::with_max_entries(DEFAULT_MAX_STATS, 0);
 #[map]
 static OFFCPU_SLEEP: HashMap<SleepKey, Sleep> = HashMap::with_max_entries(MAX_SLEEP, 0);
@@ -47,8 +51,28 @@ agent_ebpf::counters!(OFFCPU_COUNTERS, Counter, COUNTERS);
 #[map]
 static OFFCPU_ZERO: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 
+/// The current task's [`NO_SYSCALL_FLAGS`] bits (kernel thread, io_uring or
+/// vhost worker), at the offset userspace found in BTF.
+#[inline(always)]
+fn no_syscall_flags() -> u32 {
+    // SAFETY: a helper call; the field read goes through bpf_probe_read_kernel.
+    let flags = unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        bpf_probe_read_kernel(task.wrapping_add(global!(TASK_FLAGS_OFFSET) as usize) as *const u32)
+    };
+    match flags {
+        Ok(f) => f & NO_SYSCALL_FLAGS,
+        Err(_) => {
+            count(Counter::TaskReadFailed);
+            // Unknown: attribute the sleep to no syscall rather than a wrong one.
+            NO_SYSCALL_FLAGS
+        }
+    }
+}
+
 /// The syscall the current thread is in, from its saved user registers;
-/// `u32::MAX` outside a syscall (kernel threads, preemption in user mode).
+/// `u32::MAX` outside a syscall (preemption in user mode). Not for threads
+/// without user registers (see [`no_syscall_flags`]).
 #[inline(always)]
 fn current_syscall() -> u32 {
     // SAFETY: helper calls; the register read goes through bpf_probe_read_kernel.
@@ -106,114 +130,203 @@ pub fn offcpu_sched_switch(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Ends thread `tid`'s record: its last stint on a CPU (up to `now`, when
+/// `charge`) goes into its totals, and the final record into
+/// `OFFCPU_RETIRED` for userspace, which reads what it had not yet reported.
+#[inline(never)]
+fn retire(tid: u32, now: u64, charge: bool) {
+    let Some(t) = OFFCPU_THREADS.get_ptr_mut(&tid) else {
+        return;
+    };
+    // SAFETY: a value of this map; only switches of this thread write it.
+    let mut th = unsafe { *t };
+    if charge && th.on_ns != 0 {
+        th.on_cpu_ns += now.saturating_sub(th.on_ns);
+    }
+    (th.off_ns, th.wake_ns, th.on_ns) = (0, 0, 0);
+    let key = RetiredKey {
+        tid,
+        _pad: 0,
+        born_ns: th.born_ns,
+    };
+    if OFFCPU_RETIRED.insert(&key, &th, 0).is_err() {
+        count(Counter::RetiredFull);
+    }
+    let _ = OFFCPU_THREADS.remove(&tid);
+}
+
 /// The current thread (`prev`) leaves its CPU.
 #[inline(always)]
 fn leave(ctx: &TracePointContext, r: &SwitchRecord, now: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !traced(pid_tgid) {
+    let tid = r.prev_pid as u32;
+    // Leaving for the last time (exit: X or Z in its state), or no longer
+    // traced (renamed, exec'd, moved out of the cgroup): its record ends
+    // here, whatever the filters say, so that nothing is charged to it later
+    // and no thread reusing the id inherits it. Untraced threads without a
+    // record cost one lookup, and only when a filter is set.
+    if r.prev_state & 0x30 != 0 || (filtering() && !traced(pid_tgid)) {
+        retire(tid, now, true);
         return;
     }
-    let tid = r.prev_pid as u32;
     let tgid = (pid_tgid >> 32) as u32;
     let reason = Reason::from_prev_state(r.prev_state);
-    let nr = if reason == Reason::Runnable { u32::MAX } else { current_syscall() };
+    let (flags, nr) = if reason == Reason::Runnable {
+        (0, u32::MAX)
+    } else {
+        match no_syscall_flags() {
+            0 => (0, current_syscall()),
+            f => (f, u32::MAX),
+        }
+    };
     // Stacks cost two walks per switch: only when asked for.
     let (kstack, ustack) = if global!(STACKS_MIN_NS) != 0 {
         (
-            ctx.get_stackid(&OFFCPU_STACKS, 0).map_or(-1, |id| id as i32),
-            ctx.get_stackid(&OFFCPU_STACKS, u64::from(BPF_F_USER_STACK)).map_or(-1, |id| id as i32),
+            ctx.get_stackid(&OFFCPU_STACKS, 0)
+                .map_or(-1, |id| id as i32),
+            ctx.get_stackid(&OFFCPU_STACKS, u64::from(BPF_F_USER_STACK))
+                .map_or(-1, |id| id as i32),
         )
     } else {
         (-1, -1)
     };
-    let th = Thread { tgid, reason: reason as u32, off_ns: now, wake_ns: 0, on_ns: 0, nr, kstack, ustack, _pad: 0 };
-    // A thread leaving for the last time (exit: X or Z in its state): count
-    // its last run and forget it.
-    let dying = r.prev_state & 0x30 != 0;
-    match OFFCPU_THREADS.get_ptr_mut(&tid) {
-        Some(t) if dying => {
-            // SAFETY: a value of this map.
-            let on = unsafe { (*t).on_ns };
-            if on != 0 {
-                if let Some(s) = stats(tgid) {
-                    // SAFETY: a map value; other CPUs only add atomically.
-                    unsafe { atomic_add(&raw mut (*s).on_cpu_ns, now.saturating_sub(on)) };
-                }
-            }
-            let _ = OFFCPU_THREADS.remove(&tid);
-        }
-        None if dying => {}
-        Some(t) => {
-            // SAFETY: a value of this map; only switches of this thread touch it.
-            unsafe {
+    if let Some(t) = OFFCPU_THREADS.get_ptr_mut(&tid) {
+        // SAFETY: a value of this map; only switches of this thread write it.
+        unsafe {
+            if (*t).tgid == tgid {
                 let on = (*t).on_ns;
                 if on != 0 {
-                    if let Some(s) = stats(tgid) {
-                        atomic_add(&raw mut (*s).on_cpu_ns, now.saturating_sub(on));
-                    }
+                    (*t).on_cpu_ns += now.saturating_sub(on);
                 }
-                *t = th;
+                (*t).reason = reason as u32;
+                (*t).off_ns = now;
+                (*t).wake_ns = 0;
+                (*t).on_ns = 0;
+                (*t).nr = nr;
+                (*t).kstack = kstack;
+                (*t).ustack = ustack;
+                (*t).flags |= flags;
+                return;
             }
         }
-        None => {
-            if OFFCPU_THREADS.insert(&tid, &th, 0).is_err() {
-                count(Counter::ThreadsFull);
-            }
-        }
+        // Another process's thread: a record whose exit was missed (or not
+        // run: see `missed_events`), its id reused since. Its time stops at
+        // its last known switch.
+        retire(tid, now, false);
+    }
+    let th = Thread {
+        tgid,
+        reason: reason as u32,
+        off_ns: now,
+        nr,
+        kstack,
+        ustack,
+        flags,
+        born_ns: now,
+        ..Thread::default()
+    };
+    if OFFCPU_THREADS.insert(&tid, &th, 0).is_err() {
+        count(Counter::ThreadsFull);
+    } else {
+        count(Counter::UnknownThread);
     }
 }
 
-/// Thread `tid` gets a CPU: account the time it was off it.
+/// Thread `tid` gets a CPU: its time off the CPU ends.
 #[inline(always)]
 fn arrive(tid: u32, now: u64) {
     let Some(t) = OFFCPU_THREADS.get_ptr_mut(&tid) else {
         // Filtered out, or not seen leaving a CPU since the probe attached.
         return;
     };
-    // SAFETY: a value of this map; only switches of this thread touch it.
-    let th = unsafe { *t };
-    unsafe { (*t).on_ns = now };
-    if th.off_ns == 0 {
+    // SAFETY: a value of this map; only switches of this thread write it.
+    let (tgid, reason, off_ns, wake_ns, nr, kstack, ustack) = unsafe {
+        (
+            (*t).tgid,
+            (*t).reason,
+            (*t).off_ns,
+            (*t).wake_ns,
+            (*t).nr,
+            (*t).kstack,
+            (*t).ustack,
+        )
+    };
+    if off_ns == 0 {
+        // Already on a CPU by its record: its leaving was not seen.
+        // SAFETY: as above.
+        unsafe { (*t).on_ns = now };
         return;
     }
-    let Some(s) = stats(th.tgid) else {
-        return;
-    };
-    let off = now.saturating_sub(th.off_ns);
-    let (asleep, runq) = if th.reason == Reason::Runnable as u32 {
+    let off = now.saturating_sub(off_ns);
+    let (asleep, runq) = if reason == Reason::Runnable as u32 {
         (0, off)
-    } else if th.wake_ns != 0 && th.wake_ns >= th.off_ns {
-        (th.wake_ns - th.off_ns, now.saturating_sub(th.wake_ns))
+    } else if wake_ns != 0 && wake_ns >= off_ns {
+        (wake_ns - off_ns, now.saturating_sub(wake_ns))
     } else {
         (off, 0)
+    };
+    // SAFETY: as above. The totals first, then the state: a reader that
+    // catches the record half-written counts the episode twice (and the
+    // next reads give it back, see `Times::max`) rather than not at all.
+    unsafe {
+        (*t).runqueue_ns += runq;
+        if reason == Reason::Blocked as u32 {
+            (*t).blocked_ns += asleep;
+        } else {
+            (*t).sleep_ns += asleep;
+        }
+        (*t).on_ns = now;
+        (*t).off_ns = 0;
+        (*t).wake_ns = 0;
+    }
+    let Some(s) = stats(tgid) else {
+        return;
     };
     // SAFETY: `s` points into a map value; other CPUs only add atomically
     // (the maxima tolerate a lost race).
     unsafe {
-        atomic_add(&raw mut (*s).runqueue_ns, runq);
-        if th.reason == Reason::Blocked as u32 {
-            atomic_add(&raw mut (*s).blocked_ns, asleep);
-        } else if th.reason == Reason::Sleep as u32 {
-            atomic_add(&raw mut (*s).sleep_ns, asleep);
-        }
         add_hist(&mut (*s).offcpu, off);
+        atomic_add(&raw mut (*s).offcpu_ns, off);
         if off > (*s).offcpu_max_ns {
             (*s).offcpu_max_ns = off;
         }
-        if th.reason == Reason::Runnable as u32 || th.wake_ns != 0 {
+        if reason == Reason::Runnable as u32 || wake_ns != 0 {
             add_hist(&mut (*s).runqueue, runq);
+            atomic_add(&raw mut (*s).runqueue_ns, runq);
             if runq > (*s).runqueue_max_ns {
                 (*s).runqueue_max_ns = runq;
             }
         }
     }
-    if asleep != 0 && th.nr != u32::MAX {
-        sleep_in(SleepKey { tgid: th.tgid, nr: th.nr }, asleep);
+    if asleep != 0 && nr != u32::MAX {
+        sleep_in(SleepKey { tgid, nr }, asleep);
     }
     let min = global!(STACKS_MIN_NS);
-    if min != 0 && off >= min && (th.kstack >= 0 || th.ustack >= 0) {
-        stack_time(StackKey { tgid: th.tgid, kstack: th.kstack, ustack: th.ustack, _pad: 0 }, off);
+    if min != 0 && off >= min && (kstack >= 0 || ustack >= 0) {
+        stack_time(
+            StackKey {
+                tgid,
+                kstack,
+                ustack,
+                _pad: 0,
+            },
+            off,
+        );
     }
+}
+
+/// `sched_process_exec(p, old_pid, bprm)`: a thread other than the leader
+/// that calls exec takes the leader's id, so the record under its old id
+/// would never see another switch.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn offcpu_exec(ctx: RawTracePointContext) -> i32 {
+    let old: u64 = ctx.arg(1);
+    let old = old as u32;
+    if old != bpf_get_current_pid_tgid() as u32 {
+        // SAFETY: a helper call without arguments.
+        retire(old, unsafe { bpf_ktime_get_ns() }, true);
+    }
+    0
 }
 
 #[inline(never)]

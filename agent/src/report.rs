@@ -281,6 +281,10 @@ fn tcp_list(conns: &[crate::probes::tcp::ConnData]) -> Vec<TcpReport> {
 /// on a CPU, waiting for one, blocked in D state, asleep.
 #[derive(Debug, Serialize)]
 pub struct OffcpuReport {
+    /// A kernel thread (or io_uring/vhost worker): its sleep is in no
+    /// syscall (absent for user threads).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kernel_thread: bool,
     pub on_cpu_ns: u64,
     pub runqueue_ns: u64,
     pub runqueue_p50_ns: u64,
@@ -315,6 +319,7 @@ impl From<&crate::probes::offcpu::OffcpuData> for OffcpuReport {
             .collect();
         sleep_by_syscall.sort_by_key(|s| Reverse(s.ns));
         Self {
+            kernel_thread: d.kernel_thread,
             on_cpu_ns: d.on_cpu_ns,
             runqueue_ns: d.runqueue_ns,
             runqueue_p50_ns: rq.p50_ns,

@@ -680,3 +680,103 @@ pub fn otlp_points<'a>(request: &'a Value, name: &str) -> Vec<(&'a Value, &'a st
 pub fn otlp_num(v: &Value) -> u64 {
     v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_u64()).unwrap_or(0)
 }
+
+/// A BPF map of the running kernel, read with the `bpf(2)` syscall directly:
+/// what a probe's map holds, seen without the agent.
+pub struct KernelMap {
+    pub id: u32,
+    pub key_size: u32,
+    fd: std::os::fd::OwnedFd,
+}
+
+/// `bpf(2)` with a zero-padded attribute block.
+fn bpf_cmd(cmd: libc::c_long, attr: &mut [u64; 16]) -> i64 {
+    // SAFETY: the attribute block is larger than any layout used here and
+    // the kernel reads and writes only within it (and the buffers it names).
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    }
+}
+
+impl KernelMap {
+    /// Every map of the running kernel named `name` (as the kernel keeps
+    /// it: at most 15 bytes), in order of creation.
+    pub fn named(name: &str) -> Vec<KernelMap> {
+        use std::os::fd::FromRawFd;
+        const GET_NEXT_ID: libc::c_long = 12;
+        const GET_FD_BY_ID: libc::c_long = 14;
+        const GET_INFO_BY_FD: libc::c_long = 15;
+        let mut out = Vec::new();
+        let mut id = 0u32;
+        loop {
+            let mut attr = [0u64; 16];
+            attr[0] = u64::from(id);
+            if bpf_cmd(GET_NEXT_ID, &mut attr) < 0 {
+                break;
+            }
+            id = (attr[0] >> 32) as u32;
+            let mut attr = [0u64; 16];
+            attr[0] = u64::from(id);
+            let fd = bpf_cmd(GET_FD_BY_ID, &mut attr);
+            if fd < 0 {
+                continue; // gone meanwhile
+            }
+            // SAFETY: a descriptor the kernel just gave us.
+            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+            // struct bpf_map_info: type, id, key_size, value_size,
+            // max_entries, map_flags (u32 each), name[16], ...
+            let mut info = [0u8; 80];
+            let mut attr = [0u64; 16];
+            attr[0] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u64 | ((info.len() as u64) << 32);
+            attr[1] = info.as_mut_ptr() as u64;
+            if bpf_cmd(GET_INFO_BY_FD, &mut attr) < 0 {
+                continue;
+            }
+            let key_size = u32::from_ne_bytes(info[8..12].try_into().unwrap());
+            let end = info[24..40].iter().position(|b| *b == 0).unwrap_or(16);
+            if &info[24..24 + end] == name.as_bytes() {
+                out.push(KernelMap { id, key_size, fd });
+            }
+        }
+        out
+    }
+
+    /// Every key in the map now.
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        const GET_NEXT_KEY: libc::c_long = 4;
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let mut next = vec![0u8; self.key_size as usize];
+            let mut attr = [0u64; 16];
+            attr[0] = std::os::fd::AsRawFd::as_raw_fd(&self.fd) as u64;
+            attr[1] = keys.last().map_or(0, |k| k.as_ptr() as u64);
+            attr[2] = next.as_mut_ptr() as u64;
+            if bpf_cmd(GET_NEXT_KEY, &mut attr) < 0 || keys.len() > 200_000 {
+                return keys;
+            }
+            keys.push(next);
+        }
+    }
+
+    /// Whether the map holds the u32 key `k` (a thread or process id).
+    pub fn has_u32(&self, k: u32) -> bool {
+        self.keys()
+            .iter()
+            .any(|key| key.len() == 4 && key[..] == k.to_ne_bytes())
+    }
+}
+
+/// Whether `pid` is a kernel thread (PF_KTHREAD in /proc/<pid>/stat's
+/// flags); `None` once it is gone.
+pub fn is_kernel_thread(pid: u32) -> Option<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the comm (which may hold spaces): state is field 3, flags field 9.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let flags: u64 = rest.split_whitespace().nth(6)?.parse().ok()?;
+    Some(flags & 0x0020_0000 != 0)
+}

@@ -1,10 +1,21 @@
 //! Off-CPU probe, user side: loads `agent-ebpf/src/offcpu.rs`, attaches it
-//! to the scheduler tracepoints, and turns its cumulative per-process
-//! figures into per-interval ones.
+//! to the scheduler tracepoints, and turns its cumulative per-thread and
+//! per-process figures into per-interval ones.
+//!
+//! Time totals are read per thread and split at the read: each thread's
+//! record has the time of the parts that ended, and the part in progress
+//! (on a CPU, asleep, in the run queue) is added here up to the moment of
+//! the read ([`Times::of`]), so an interval gets what passed in it and the
+//! next interval the rest. Threads that exited or stopped being traced
+//! leave their final record in `OFFCPU_RETIRED`, read once and deleted.
+//! Histograms, their sums and the sleep per syscall take each episode once,
+//! whole, in the interval in which it ends.
 
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 
-use agent_common::offcpu::{self as common, globals, Counter, Sleep, SleepKey, Stats};
+use agent_common::offcpu::{
+    self as common, globals, Counter, RetiredKey, Sleep, SleepKey, Stats, Thread, Times, PF_KTHREAD,
+};
 use aya::{
     maps::{HashMap, MapData},
     Ebpf, EbpfLoader,
@@ -23,7 +34,12 @@ pub const SPEC: Spec = Spec {
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/offcpu"));
 
-const PROGRAMS: [(&str, &str); 2] = [("offcpu_sched_wakeup", "sched_wakeup"), ("offcpu_sched_switch", "sched_switch")];
+const PROGRAMS: [(&str, &str); 2] = [
+    ("offcpu_sched_wakeup", "sched_wakeup"),
+    ("offcpu_sched_switch", "sched_switch"),
+];
+/// Raw tracepoint: a non-leader thread's exec retires its old id.
+const EXEC_PROGRAM: (&str, &str) = ("offcpu_exec", "sched_process_exec");
 
 /// One process's time over one interval.
 #[derive(Debug, Clone, Default)]
@@ -38,8 +54,12 @@ pub struct OffcpuData {
     pub runqueue: Dist,
     /// Whole episodes off the CPU.
     pub offcpu: Dist,
-    /// Time asleep (S or D) per syscall number, and how many sleeps.
+    /// Time asleep (S or D) per syscall number, and how many sleeps: each
+    /// sleep whole, in the interval in which it ends. Threads without
+    /// syscalls (kernel threads, io_uring and vhost workers) have none.
     pub sleep_by_syscall: BTreeMap<u32, (u64, u64)>,
+    /// A kernel thread: its sleep is in no syscall.
+    pub kernel_thread: bool,
 }
 
 /// Time off the CPU spent with one pair of stacks.
@@ -55,6 +75,12 @@ pub struct OffcpuStack {
 
 pub struct OffcpuProbe {
     bpf: Ebpf,
+    threads: HashMap<MapData, u32, Thread>,
+    threads_reader: ebpf::BatchReader<u32, Thread>,
+    retired: HashMap<MapData, RetiredKey, Thread>,
+    retired_reader: ebpf::BatchReader<RetiredKey, Thread>,
+    /// Every thread's figures as last reported, by (id, first-seen stamp).
+    seen: StdHashMap<(u32, u64), Times>,
     stats: HashMap<MapData, u32, Stats>,
     stats_reader: ebpf::BatchReader<u32, Stats>,
     sleep: HashMap<MapData, SleepKey, Sleep>,
@@ -67,28 +93,64 @@ pub struct OffcpuProbe {
 }
 
 fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {
-    ProbeError::Map { probe: NAME, map, detail: detail.to_string() }
+    ProbeError::Map {
+        probe: NAME,
+        map,
+        detail: detail.to_string(),
+    }
 }
 
 fn read_err(map: &'static str, e: std::io::Error) -> ProbeError {
-    ProbeError::Read { probe: NAME, map, detail: e.to_string() }
+    ProbeError::Read {
+        probe: NAME,
+        map,
+        detail: e.to_string(),
+    }
+}
+
+/// Whether thread `tid` of process `tgid` still exists.
+fn thread_alive(tgid: u32, tid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{tgid}/task/{tid}")).exists()
 }
 
 /// Intervals between checks of `/proc` for processes that are gone.
 const REAP_EVERY: u64 = 10;
 
+/// A thread record unchanged for this long is checked against `/proc` (at
+/// reap time): one whose exit the probe missed would otherwise be charged
+/// time forever.
+const STALE_NS: u64 = 10_000_000_000;
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 impl OffcpuProbe {
     pub fn load(opts: &Options) -> Result<Self, ProbeError> {
         ebpf::expect_fields(NAME, "sched", "sched_switch", &common::SWITCH_FIELDS)?;
-        ebpf::expect_fields(NAME, "sched", "sched_wakeup", &[("pid", common::WAKEUP_PID_OFFSET)])?;
+        ebpf::expect_fields(
+            NAME,
+            "sched",
+            "sched_wakeup",
+            &[("pid", common::WAKEUP_PID_OFFSET)],
+        )?;
         let filters = FilterGlobals::new(opts);
         let nr_offset = syscalls::PT_REGS_NR_OFFSET;
         let stacks_min_ns = opts.stacks_min_ns.map_or(0, |n| n.max(1));
+        let task_flags = ebpf::kernel_offset(NAME, "task_struct", "flags")?;
         let mut loader = EbpfLoader::new();
         filters.apply(&mut loader);
         loader
             .override_global(globals::PT_REGS_NR_OFFSET, &nr_offset, true)
-            .override_global(globals::STACKS_MIN_NS, &stacks_min_ns, true);
+            .override_global(globals::STACKS_MIN_NS, &stacks_min_ns, true)
+            .override_global(globals::TASK_FLAGS_OFFSET, &task_flags, true);
         if stacks_min_ns != 0 {
             loader.map_max_entries(common::MAP_STACKS, common::MAX_STACKS);
             loader.map_max_entries(common::MAP_STACK_TIME, common::MAX_STACKS);
@@ -98,17 +160,42 @@ impl OffcpuProbe {
         for (program, tracepoint) in PROGRAMS {
             ebpf::attach_tracepoint(&mut bpf, NAME, program, "sched", tracepoint)?;
         }
+        ebpf::attach_raw_tracepoint(&mut bpf, NAME, EXEC_PROGRAM.0, EXEC_PROGRAM.1)?;
         let maps = ebpf::map_sizes(&bpf);
-        let mut take = |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
+        let mut take =
+            |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
+        let threads = take(common::MAP_THREADS)?;
+        let threads_reader =
+            ebpf::BatchReader::new(&threads).map_err(|e| map_err("OFFCPU_THREADS", e))?;
+        let threads = HashMap::try_from(threads).map_err(|e| map_err("OFFCPU_THREADS", e))?;
+        let retired = take(common::MAP_RETIRED)?;
+        let retired_reader =
+            ebpf::BatchReader::new(&retired).map_err(|e| map_err("OFFCPU_RETIRED", e))?;
+        let retired = HashMap::try_from(retired).map_err(|e| map_err("OFFCPU_RETIRED", e))?;
         let stats = take(common::MAP_STATS)?;
-        let stats_reader = ebpf::BatchReader::new(&stats).map_err(|e| map_err("OFFCPU_STATS", e))?;
+        let stats_reader =
+            ebpf::BatchReader::new(&stats).map_err(|e| map_err("OFFCPU_STATS", e))?;
         let stats = HashMap::try_from(stats).map_err(|e| map_err("OFFCPU_STATS", e))?;
         let sleep = take(common::MAP_SLEEP)?;
-        let sleep_reader = ebpf::BatchReader::new(&sleep).map_err(|e| map_err("OFFCPU_SLEEP", e))?;
+        let sleep_reader =
+            ebpf::BatchReader::new(&sleep).map_err(|e| map_err("OFFCPU_SLEEP", e))?;
         let sleep = HashMap::try_from(sleep).map_err(|e| map_err("OFFCPU_SLEEP", e))?;
-        let counters = super::Counters::new(NAME, common::MAP_COUNTERS, take(common::MAP_COUNTERS)?, Counter::ALL.iter().map(|c| (c.name(), c.is_error())).collect())?;
+        let counters = super::Counters::new(
+            NAME,
+            common::MAP_COUNTERS,
+            take(common::MAP_COUNTERS)?,
+            Counter::ALL
+                .iter()
+                .map(|c| (c.name(), c.is_error()))
+                .collect(),
+        )?;
         Ok(Self {
             bpf,
+            threads,
+            threads_reader,
+            retired,
+            retired_reader,
+            seen: StdHashMap::new(),
             stats,
             stats_reader,
             sleep,
@@ -121,31 +208,125 @@ impl OffcpuProbe {
         })
     }
 
+    /// Each thread's time since the last read, summed per process, with
+    /// which processes are kernel threads. Forgets retired records once
+    /// read, and (when `sweep`) records of threads that are gone: returns
+    /// how many of those there were.
+    #[allow(clippy::type_complexity)]
+    fn thread_times(
+        &mut self,
+        sweep: bool,
+    ) -> Result<(StdHashMap<u32, (Times, bool)>, u64), ProbeError> {
+        // Live records first, then retired ones: a thread that retires
+        // between the two reads is seen in one or both, never in neither.
+        let live: Vec<(u32, Thread)> = self
+            .threads_reader
+            .read()
+            .map_err(|e| read_err("OFFCPU_THREADS", e))?
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let now = monotonic_ns();
+        let retired: Vec<(RetiredKey, Thread)> = self
+            .retired_reader
+            .read()
+            .map_err(|e| read_err("OFFCPU_RETIRED", e))?
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        self.status
+            .set_entries(common::MAP_THREADS, live.len() as u64);
+        self.status
+            .set_entries(common::MAP_RETIRED, retired.len() as u64);
+
+        let mut now_seen: StdHashMap<(u32, u64), (u32, Times, bool)> =
+            StdHashMap::with_capacity(live.len());
+        let mut stale = Vec::new();
+        for (tid, t) in &live {
+            now_seen.insert(
+                (*tid, t.born_ns),
+                (t.tgid, Times::of(t, now), t.flags & PF_KTHREAD != 0),
+            );
+            if sweep
+                && now.saturating_sub(t.off_ns.max(t.on_ns)) > STALE_NS
+                && !thread_alive(t.tgid, *tid)
+            {
+                stale.push(*tid);
+            }
+        }
+        for (k, t) in &retired {
+            // A retired record's figures are final; a live copy read just
+            // before it retired has at most a little more (counted to `now`).
+            let times = Times::of(t, now);
+            now_seen
+                .entry((k.tid, k.born_ns))
+                .and_modify(|e| e.1 = e.1.max(&times))
+                .or_insert((t.tgid, times, t.flags & PF_KTHREAD != 0));
+        }
+
+        let mut per_process: StdHashMap<u32, (Times, bool)> = StdHashMap::new();
+        let mut seen = StdHashMap::with_capacity(now_seen.len());
+        for (key, (tgid, times, kernel)) in now_seen {
+            // A thread not seen before was first seen since the last read:
+            // all of its time is this interval's.
+            let before = self.seen.get(&key).copied().unwrap_or_default();
+            let p = per_process.entry(tgid).or_default();
+            p.0.add(&times.since(&before));
+            p.1 |= kernel;
+            seen.insert(key, times.max(&before));
+        }
+        self.seen = seen;
+        for (k, _) in &retired {
+            self.seen.remove(&(k.tid, k.born_ns));
+            // Only this userspace deletes retired records; a failure leaves
+            // one to be read (and ignored: already reported) again.
+            let _ = self.retired.remove(k);
+        }
+        for tid in &stale {
+            let _ = self.threads.remove(tid);
+        }
+        Ok((per_process, stale.len() as u64))
+    }
+
     /// Time off the CPU per (process, kernel stack, user stack) since load,
     /// with each stack's instruction pointers, innermost first (`--stacks`).
     pub fn stacks(&mut self) -> Result<Vec<OffcpuStack>, ProbeError> {
-        let times: aya::maps::HashMap<&MapData, common::StackKey, u64> = aya::maps::HashMap::try_from(
-            self.bpf.map(common::MAP_STACK_TIME).ok_or_else(|| map_err("OFFCPU_STACK_TIME", "missing"))?,
-        )
-        .map_err(|e| map_err("OFFCPU_STACK_TIME", e))?;
+        let times: aya::maps::HashMap<&MapData, common::StackKey, u64> =
+            aya::maps::HashMap::try_from(
+                self.bpf
+                    .map(common::MAP_STACK_TIME)
+                    .ok_or_else(|| map_err("OFFCPU_STACK_TIME", "missing"))?,
+            )
+            .map_err(|e| map_err("OFFCPU_STACK_TIME", e))?;
         let traces: aya::maps::StackTraceMap<&MapData> = aya::maps::StackTraceMap::try_from(
-            self.bpf.map(common::MAP_STACKS).ok_or_else(|| map_err("OFFCPU_STACKS", "missing"))?,
+            self.bpf
+                .map(common::MAP_STACKS)
+                .ok_or_else(|| map_err("OFFCPU_STACKS", "missing"))?,
         )
         .map_err(|e| map_err("OFFCPU_STACKS", e))?;
         let frames = |id: i32| -> Vec<u64> {
             if id < 0 {
                 return Vec::new();
             }
-            traces.get(&(id as u32), 0).map(|t| t.frames().iter().map(|f| f.ip).collect()).unwrap_or_default()
+            traces
+                .get(&(id as u32), 0)
+                .map(|t| t.frames().iter().map(|f| f.ip).collect())
+                .unwrap_or_default()
         };
         let mut out = Vec::new();
         for item in times.iter() {
-            let (k, ns) = item.map_err(|e| ProbeError::Read { probe: NAME, map: "OFFCPU_STACK_TIME", detail: e.to_string() })?;
-            out.push(OffcpuStack { tgid: k.tgid, kernel: frames(k.kstack), user: frames(k.ustack), ns });
+            let (k, ns) = item.map_err(|e| ProbeError::Read {
+                probe: NAME,
+                map: "OFFCPU_STACK_TIME",
+                detail: e.to_string(),
+            })?;
+            out.push(OffcpuStack {
+                tgid: k.tgid,
+                kernel: frames(k.kstack),
+                user: frames(k.ustack),
+                ns,
+            });
         }
         Ok(out)
     }
-
 }
 
 impl Probe for OffcpuProbe {
@@ -156,49 +337,78 @@ impl Probe for OffcpuProbe {
     fn collect(&mut self, out: &mut Interval) -> Result<(), ProbeError> {
         // Every REAP_EVERY intervals, processes that are gone lose their
         // entries once this read has their final figures.
-        let dead: HashSet<u32> = if self.intervals.is_multiple_of(REAP_EVERY) {
-            self.prev.keys().copied().filter(|t| !super::alive(*t)).collect()
+        let reap = self.intervals.is_multiple_of(REAP_EVERY);
+        let dead: HashSet<u32> = if reap {
+            self.prev
+                .keys()
+                .copied()
+                .filter(|t| !super::alive(*t))
+                .collect()
         } else {
             HashSet::new()
         };
         self.intervals += 1;
 
+        let (times, stale) = self.thread_times(reap)?;
+        for (tgid, (t, kernel)) in &times {
+            if t.total() == 0 {
+                continue;
+            }
+            let d = out
+                .processes
+                .entry(*tgid)
+                .or_default()
+                .offcpu
+                .get_or_insert_with(Default::default);
+            d.on_cpu_ns = t.on_cpu_ns;
+            d.runqueue_ns = t.runqueue_ns;
+            d.blocked_ns = t.blocked_ns;
+            d.sleep_ns = t.sleep_ns;
+            d.kernel_thread = *kernel;
+        }
+
         let mut entries = 0u64;
-        for (tgid, v) in self.stats_reader.read().map_err(|e| read_err("OFFCPU_STATS", e))? {
+        for (tgid, v) in self
+            .stats_reader
+            .read()
+            .map_err(|e| read_err("OFFCPU_STATS", e))?
+        {
             entries += 1;
             let prev = self.prev.entry(*tgid).or_insert(Stats::ZERO);
             if prev == v {
                 continue;
             }
-            let d = OffcpuData {
-                on_cpu_ns: v.on_cpu_ns.wrapping_sub(prev.on_cpu_ns),
-                runqueue_ns: v.runqueue_ns.wrapping_sub(prev.runqueue_ns),
-                blocked_ns: v.blocked_ns.wrapping_sub(prev.blocked_ns),
-                sleep_ns: v.sleep_ns.wrapping_sub(prev.sleep_ns),
-                runqueue: Dist::between(
-                    &v.runqueue,
-                    &prev.runqueue,
-                    v.runqueue_max_ns,
-                    prev.runqueue_max_ns,
-                    v.runqueue_ns,
-                    prev.runqueue_ns,
-                ),
-                // An episode off the CPU is its sleep (blocked or not) and
-                // then its wait in the run queue, all charged as it ends.
-                offcpu: Dist::between(
-                    &v.offcpu,
-                    &prev.offcpu,
-                    v.offcpu_max_ns,
-                    prev.offcpu_max_ns,
-                    v.runqueue_ns.wrapping_add(v.blocked_ns).wrapping_add(v.sleep_ns),
-                    prev.runqueue_ns.wrapping_add(prev.blocked_ns).wrapping_add(prev.sleep_ns),
-                ),
-                sleep_by_syscall: BTreeMap::new(),
-            };
+            let d = out
+                .processes
+                .entry(*tgid)
+                .or_default()
+                .offcpu
+                .get_or_insert_with(Default::default);
+            // The episodes that ended in the interval, whole; their sums
+            // are the sums of what the histograms hold.
+            d.runqueue = Dist::between(
+                &v.runqueue,
+                &prev.runqueue,
+                v.runqueue_max_ns,
+                prev.runqueue_max_ns,
+                v.runqueue_ns,
+                prev.runqueue_ns,
+            );
+            d.offcpu = Dist::between(
+                &v.offcpu,
+                &prev.offcpu,
+                v.offcpu_max_ns,
+                prev.offcpu_max_ns,
+                v.offcpu_ns,
+                prev.offcpu_ns,
+            );
             *prev = *v;
-            out.processes.entry(*tgid).or_default().offcpu = Some(d);
         }
-        for (k, v) in self.sleep_reader.read().map_err(|e| read_err("OFFCPU_SLEEP", e))? {
+        for (k, v) in self
+            .sleep_reader
+            .read()
+            .map_err(|e| read_err("OFFCPU_SLEEP", e))?
+        {
             let prev = self.prev_sleep.entry(*k).or_default();
             if prev == v {
                 continue;
@@ -206,12 +416,18 @@ impl Probe for OffcpuProbe {
             let (ns, n) = (v.ns.wrapping_sub(prev.ns), v.count.wrapping_sub(prev.count));
             *prev = *v;
             let p = out.processes.entry(k.tgid).or_default();
-            p.offcpu.get_or_insert_with(Default::default).sleep_by_syscall.insert(k.nr, (ns, n));
+            p.offcpu
+                .get_or_insert_with(Default::default)
+                .sleep_by_syscall
+                .insert(k.nr, (ns, n));
         }
         entries -= super::reclaim(&mut self.prev, &mut self.stats, &dead, |t| *t);
         super::reclaim(&mut self.prev_sleep, &mut self.sleep, &dead, |k| k.tgid);
         self.status.set_entries(common::MAP_STATS, entries);
-        self.counters.read(&self.bpf, &mut self.status)
+        self.counters.read(&self.bpf, &mut self.status)?;
+        // Records of threads gone without a seen exit (see STALE_NS).
+        self.status.counters.insert("stale_threads", stale);
+        Ok(())
     }
 
     fn status(&self) -> ProbeStatus {

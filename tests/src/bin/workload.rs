@@ -23,6 +23,11 @@
 //!                               blocks on it meanwhile
 //! workload named-sleeper N MS   N nanosleep(MS ms) from a function named
 //!                               `named_sleeper`, for stack tests
+//! workload rename-sleep FROM TO N MS SECS  names itself FROM, then (after
+//!                               stdin) N nanosleep(MS ms), renames itself TO,
+//!                               prints "renamed", sleeps SECS s in 50 ms naps
+//! workload spin-sleep ON OFF TOTAL CPU  pinned to CPU, for TOTAL ms: burns ON ms
+//!                               of its own CPU time, sleeps OFF ms; then like spin
 //! workload tcp-server IP PORT R [N [PORTS]] (starts at once) listens on PORTS
 //!                               ports from PORT (default 1), prints "listening";
 //!                               N times (default 1): accepts a connection on
@@ -284,6 +289,30 @@ fn main() {
             println!("{:.0}", pingpong(arg(&args, 2)));
             return;
         }
+        Some("rename-sleep") => {
+            // Named FROM before the test attaches (so `--comm FROM` traces
+            // it), waits for stdin, sleeps N x MS ms under that name, renames
+            // itself TO and says so, then sleeps SECS s in 50 ms naps.
+            let set_name = |name: &str| {
+                let name = std::ffi::CString::new(name).expect("name");
+                // SAFETY: PR_SET_NAME reads a NUL-terminated string.
+                unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+            };
+            set_name(&args[2]);
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).expect("stdin");
+            for _ in 0..arg(&args, 4) {
+                nanosleep(arg(&args, 5));
+            }
+            set_name(&args[3]);
+            println!("renamed");
+            let end = std::time::Instant::now() + Duration::from_secs(arg(&args, 6));
+            while std::time::Instant::now() < end {
+                nanosleep(50);
+            }
+            println!("done");
+            return;
+        }
         Some("busy") => {
             let end = std::time::Instant::now() + Duration::from_secs(arg(&args, 2));
             while std::time::Instant::now() < end {
@@ -527,6 +556,38 @@ fn main() {
                 writes * BLOCK as u64,
                 got.len()
             );
+        }
+        Some("spin-sleep") => {
+            // Pinned to CPU, for TOTAL ms of wall time: burn ON ms of this
+            // thread's CPU time, sleep OFF ms; then "done" and wait for a
+            // second line, like spin.
+            let (on, off, total, cpu) = (arg(&args, 2), arg(&args, 3), arg(&args, 4), arg(&args, 5) as usize);
+            // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pin");
+            }
+            let cpu_ns = || {
+                let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                // SAFETY: clock_gettime fills the timespec.
+                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+                ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+            };
+            let end = std::time::Instant::now() + Duration::from_millis(total);
+            let mut x = 0u64;
+            while std::time::Instant::now() < end {
+                let until = cpu_ns() + on * 1_000_000;
+                while cpu_ns() < until {
+                    for i in 0..1_000u64 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                    }
+                }
+                nanosleep(off);
+            }
+            println!("done");
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).expect("stdin");
         }
         _ => {
             eprintln!("usage: see the source of workload.rs");
