@@ -613,6 +613,7 @@ pub(crate) mod tests {
             // Device 7:0 (a loop device's dev_t in the kernel's encoding).
             let disk = DiskData {
                 count: k,
+                merged: 0,
                 bytes: 4096 * k,
                 errors: 0,
                 queue: dist(k, 1_000),
@@ -621,6 +622,7 @@ pub(crate) mod tests {
             };
             p.disk.insert((7 << 20, Op::Write), disk);
             p.offcpu = Some(OffcpuData {
+                kernel_thread: false,
                 on_cpu_ns: 1_000 * k,
                 runqueue_ns: 2_000 * k,
                 blocked_ns: 3_000 * k,
