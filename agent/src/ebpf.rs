@@ -473,8 +473,10 @@ pub struct ProgramStatus {
     pub missed: u64,
 }
 
-/// `recursion_misses` of a loaded program (Linux 5.12+; 0 before).
-fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+/// (`run_cnt`, `run_time_ns`, `recursion_misses`) of a loaded program, read
+/// with one BPF_OBJ_GET_INFO_BY_FD (aya's own program info read 0 runs here
+/// for raw tracepoint programs the kernel's fdinfo showed thousands for).
+fn run_stats(fd: std::os::fd::BorrowedFd<'_>) -> (u64, u64, u64) {
     use std::os::fd::AsRawFd;
     #[repr(C)]
     struct InfoByFd {
@@ -498,7 +500,11 @@ fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
             std::mem::size_of::<InfoByFd>(),
         )
     };
-    if r == 0 { info.recursion_misses } else { 0 }
+    if r == 0 {
+        (info.run_cnt, info.run_time_ns, info.recursion_misses)
+    } else {
+        (0, 0, 0)
+    }
 }
 
 /// Run statistics of every loaded program of an object.
@@ -506,13 +512,8 @@ pub fn program_stats(ebpf: &Ebpf) -> Vec<ProgramStatus> {
     let mut out: Vec<ProgramStatus> = ebpf
         .programs()
         .filter_map(|(name, p)| {
-            let info = p.info().ok()?;
-            Some(ProgramStatus {
-                name: name.to_string(),
-                runs: info.run_count(),
-                run_time_ns: info.run_time().as_nanos() as u64,
-                missed: p.fd().map_or(0, |fd| recursion_misses(fd.as_fd())),
-            })
+            let (runs, run_time_ns, missed) = run_stats(p.fd().ok()?.as_fd());
+            Some(ProgramStatus { name: name.to_string(), runs, run_time_ns, missed })
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
