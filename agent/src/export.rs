@@ -421,7 +421,9 @@ async fn session(
         .streaming(request, path, EncodedCodec)
         .await
         .map_err(|s| {
-            let hint = if url.starts_with("http://") && s.code() == tonic::Code::Unknown {
+            // A TLS server answers plaintext HTTP/2 with bytes that fail the
+            // stream as Unknown or, from h2's framing, as Internal.
+            let hint = if url.starts_with("http://") && matches!(s.code(), tonic::Code::Unknown | tonic::Code::Internal) {
                 " (the collector may require TLS: use https://)"
             } else {
                 ""
