@@ -86,9 +86,9 @@ fn disk_dev(disk: u64, o: &Offsets) -> u32 {
     if disk == 0 {
         return 0;
     }
-    let major: u32 = read(disk, o.disk_major);
-    let minor: u32 = read(disk, o.disk_first_minor);
-    major << 20 | minor
+    // `major` and `first_minor` are adjacent ints (checked at load): one read.
+    let both: u64 = read(disk, o.disk_major);
+    (both as u32) << 20 | (both >> 32) as u32
 }
 
 #[raw_tracepoint(tracepoint = "block_bio_queue")]
@@ -98,7 +98,16 @@ pub fn disk_bio_queue(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let submit = Submit { bio: ctx.arg(0), split: 0, queued_ns: now() };
-    let _ = DISK_SUBMITS.insert(&(pid_tgid as u32), &submit, 0);
+    let tid = pid_tgid as u32;
+    // In place for a thread seen before: an LRU map's update takes a node
+    // from its free list and a lock, several times the cost of a lookup.
+    match DISK_SUBMITS.get_ptr_mut(&tid) {
+        // SAFETY: a value of this map, keyed by the current thread.
+        Some(s) => unsafe { *s = submit },
+        None => {
+            let _ = DISK_SUBMITS.insert(&tid, &submit, 0);
+        }
+    }
     0
 }
 
@@ -145,12 +154,18 @@ pub fn disk_io_start(ctx: RawTracePointContext) -> i32 {
         op: Op::from_flags(flags, len, o.req_preflush) as u32,
         len,
     };
-    if DISK_INFLIGHT.get_ptr(&rq).is_some() {
-        count(Counter::CompletionNotSeen);
-    }
     made(&req);
-    if DISK_INFLIGHT.insert(&rq, &req, 0).is_err() {
-        count(Counter::InflightFull);
+    if DISK_INFLIGHT.insert(&rq, &req, BPF_NOEXIST as u64).is_err() {
+        match DISK_INFLIGHT.get_ptr_mut(&rq) {
+            // The record of an earlier request at this address, whose
+            // completion was not seen: replaced.
+            Some(old) => {
+                count(Counter::CompletionNotSeen);
+                // SAFETY: a value of this map; a request is made on one CPU.
+                unsafe { *old = req };
+            }
+            None => count(Counter::InflightFull),
+        }
     }
     0
 }

@@ -61,6 +61,16 @@ fn offsets() -> Result<common::Offsets, ProbeError> {
         probe: NAME,
         detail: format!("__REQ_PREFLUSH is bit {preflush} on this kernel, outside the 32-bit request flags"),
     })?;
+    let (disk_major, disk_first_minor) = (at("gendisk", "major")?, at("gendisk", "first_minor")?);
+    if disk_first_minor != disk_major + 4 {
+        return Err(ProbeError::Config {
+            probe: NAME,
+            detail: format!(
+                "gendisk.first_minor is at {disk_first_minor}, not right after major ({disk_major}) as the disk \
+                 probe reads them; please report this with the kernel version"
+            ),
+        });
+    }
     Ok(common::Offsets {
         rq_q: at("request", "q")?,
         rq_cmd_flags: at("request", "cmd_flags")?,
@@ -71,8 +81,8 @@ fn offsets() -> Result<common::Offsets, ProbeError> {
         bio_opf: at("bio", "bi_opf")?,
         bio_size: at("bio", "bi_iter.bi_size")?,
         bdev_disk: at("block_device", "bd_disk")?,
-        disk_major: at("gendisk", "major")?,
-        disk_first_minor: at("gendisk", "first_minor")?,
+        disk_major,
+        disk_first_minor,
         req_preflush,
     })
 }
