@@ -4,10 +4,10 @@
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use hostprobe_tests::{process_reports, workload_bin, Agent};
+use hostprobe_tests::{map_entries, probe_status, process_reports, workload_bin, Agent};
 use serde_json::Value;
 
 /// Two namespaces joined by a veth pair, IPv4 10.231.0.{1,2}/24 and IPv6
@@ -151,37 +151,98 @@ fn a_connect_to_a_closed_port_is_refused() {
     assert!(items.iter().any(|i| i["failed"] == "refused" && i["resets"].as_u64() >= Some(1)), "{items:?}");
 }
 
-#[test]
-fn rtt_agrees_with_ss_through_a_queue() {
-    // Delay by queueing, honestly: the client's egress is an 8 Mbit/s token
-    // bucket with room for 200 ms of backlog, so a bulk send fills a queue
-    // and the round trip grows to tens of ms. The kernel's own smoothed RTT
-    // for the socket (`ss -tin`) is the truth; bound: 20% (or 1 ms).
+
+/// Runs a send-buffer-limited transfer through the client's 8 Mbit/s token
+/// bucket for 3.5 s with 1 s intervals, polling `ss` every 20 ms; returns,
+/// per interval where `ss` was steady (max/min <= 1.25), the agent's RTT
+/// p50 and the median of `ss` polled inside it (us).
+fn steady_rtt(sndbuf: &str) -> Vec<(f64, f64)> {
     let net = NetPair::new();
-    net.run(&net.a, &["tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate", "8mbit", "burst", "32kb", "latency", "200ms"]);
-    let mut agent = Agent::start(&["--probes", "tcp"]);
+    net.run(&net.a, &["tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate", "8mbit", "burst", "16kb", "latency", "500ms"]);
     let mut server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "5001", "0"]);
     assert_eq!(read_line(&mut server), "listening");
-    let mut client = net.spawn(&net.a, &["tcp-bulk", "10.231.0.2", "5001", "600000"]);
-    say(&mut client, "go\n");
-    assert_eq!(read_line(&mut client), "sent");
-    std::thread::sleep(Duration::from_millis(1500)); // the backlog drains, the last acks arrive
-    let ss_us = ss_rtt_us(&net, &net.a, "10.231.0.2:5001");
-    agent.run_for(Duration::from_millis(600));
+    let mut client = net.spawn(&net.a, &["tcp-steady", "10.231.0.2", "5001", sndbuf, "3500"]);
     let pid = client.id();
-    say(&mut client, "end\n");
+    let mut agent = Agent::start(&["--probes", "tcp", "--pid", &pid.to_string(), "--interval", "1s"]);
+    // Each report covers the interval up to when it is printed: poll `ss`
+    // in a thread, and note when each report arrives.
+    let ns = net.a.clone();
+    let poller = std::thread::spawn(move || {
+        let mut polled: Vec<(Instant, f64)> = Vec::new();
+        let end = Instant::now() + Duration::from_millis(3400);
+        while Instant::now() < end {
+            let out = Command::new("ip").args(["netns", "exec", &ns, "ss", "-tin", "dst", "10.231.0.2:5001"]).output();
+            let ss = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            if let Some(us) = ss
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("rtt:"))
+                .and_then(|v| v.split('/').next())
+                .and_then(|ms| ms.parse::<f64>().ok())
+            {
+                polled.push((Instant::now(), us * 1000.0));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        polled
+    });
+    let mut arrivals = vec![Instant::now()];
+    let mut reports = Vec::new();
+    say(&mut client, "go\n");
+    let end = Instant::now() + Duration::from_millis(3600);
+    while Instant::now() < end {
+        if let Some(r) = agent.next_report(Duration::from_millis(1500)) {
+            arrivals.push(Instant::now());
+            reports.push(r);
+        }
+    }
+    let polled = poller.join().expect("ss poller");
     output(client);
     output(server);
-    let reports = agent.stop();
-
-    let items = tcp_items(&reports, pid);
-    let last = items.iter().rev().find(|i| i["bytes_sent"].as_u64().is_some()).expect("client connection");
-    let ours = last["rtt_last_us"].as_f64().unwrap();
-    eprintln!("rtt: agent {ours} us, ss {ss_us} us");
-    assert!(ss_us > 2_000.0, "the queue did not build: ss rtt {ss_us} us");
-    assert!((ours - ss_us).abs() <= (0.2 * ss_us).max(1_000.0), "agent {ours} us vs ss {ss_us} us");
-    assert!(items.iter().any(|i| i["rtt_p99_us"].as_u64() > Some(1_000)), "{items:?}");
+    drop(agent.stop());
+    let mut out = Vec::new();
+    for (i, r) in reports.iter().enumerate() {
+        let (from, to) = (arrivals[i], arrivals[i + 1]);
+        let Some(item) = process_reports(std::slice::from_ref(r), pid)
+            .iter()
+            .flat_map(|p| p["tcp"].as_array().cloned().unwrap_or_default())
+            .find(|i| i["state"] != "CLOSED" && i["rtt_p50_us"].as_u64().is_some())
+        else {
+            continue;
+        };
+        let mut ss: Vec<f64> = polled.iter().filter(|(t, _)| *t > from && *t <= to).map(|(_, us)| *us).collect();
+        ss.sort_by(f64::total_cmp);
+        if ss.len() < 20 || ss[ss.len() - 1] > 1.25 * ss[0] {
+            eprintln!("interval {i}: ss not steady or too few polls: {ss:?}");
+            continue;
+        }
+        let ours = item["rtt_p50_us"].as_f64().unwrap();
+        out.push((ours, ss[ss.len() / 2]));
+    }
+    out
 }
+
+#[test]
+fn rtt_p50_agrees_with_ss_polled_in_the_interval() {
+    // Acceptance 9. The queue holds what the send buffer lets the sender
+    // have in flight, so the round trip is steady at a level set by the
+    // buffer; two buffers give two levels. The interval's p50 (from the
+    // agent's histogram of samples) must match `ss` polled during that
+    // same interval within 20%, and the two levels must differ as `ss`
+    // says they do: a p50 stuck in one bucket, or taken over the wrong
+    // span, fails one or the other.
+    let small = steady_rtt("60000");
+    let large = steady_rtt("240000");
+    eprintln!("(agent p50 us, ss median us) per steady interval: small buffer {small:?}, large buffer {large:?}");
+    assert!(small.len() >= 2 && large.len() >= 2, "too few steady intervals");
+    for (ours, ss) in small.iter().chain(&large) {
+        assert!((ours - ss).abs() <= 0.2 * ss, "agent p50 {ours} us vs ss {ss} us");
+    }
+    let (a, b) = (small[small.len() - 1], large[large.len() - 1]);
+    assert!(b.1 > 1.5 * a.1, "the two buffers did not give two round trips: ss {} vs {} us", a.1, b.1);
+    let (ratio_ours, ratio_ss) = (b.0 / a.0, b.1 / a.1);
+    assert!((ratio_ours / ratio_ss - 1.0).abs() <= 0.2, "ratio agent {ratio_ours} vs ss {ratio_ss}");
+}
+
 /// Runs `clients` short connections from namespace a to `ports` ports of
 /// a server in b, each sending `size` bytes; returns the client's pid and
 /// its `tcp` items, report by report.
@@ -360,4 +421,116 @@ fn a_connection_no_process_touched_is_reported_as_unknown_owner() {
         .collect();
     assert!(!unknown.is_empty(), "the accepted connection is reported as unknown owner");
     assert!(tcp_items(&reports, server_pid).is_empty(), "and not given to the server process");
+}
+
+#[test]
+fn a_peek_then_read_is_counted_once() {
+    // The server peeks (MSG_PEEK) at what arrived, then reads it all: the
+    // peeked bytes are read again, so only the read counts.
+    const SENT: u64 = 50_000;
+    let net = NetPair::new();
+    let mut agent = Agent::start(&["--probes", "tcp"]);
+    let mut server = net.spawn(&net.b, &["tcp-peek-server", "10.231.0.2", "5004"]);
+    assert_eq!(read_line(&mut server), "listening");
+    let mut client = net.spawn(&net.a, &["tcp-client", "10.231.0.2", "5004", &SENT.to_string()]);
+    say(&mut client, "go\n");
+    let server_pid = server.id();
+    assert_eq!(output(client), "0");
+    let out = output(server);
+    let (peeked, read) = out.split_once(' ').unwrap_or_else(|| panic!("server said {out}"));
+    assert_eq!(read, SENT.to_string());
+    agent.run_for(Duration::from_millis(600));
+    let reports = agent.stop();
+    let s = tcp_items(&reports, server_pid);
+    let ours = sum(&s, "bytes_received");
+    eprintln!("received: agent {ours}, read {SENT}, peeked {peeked}");
+    assert!(peeked.parse::<u64>().unwrap() > 0);
+    assert_eq!(ours, SENT, "{s:?}");
+}
+
+#[test]
+fn a_pid_filter_leaves_out_another_process_accepting_2000_connections() {
+    // Acceptance 4: the agent follows only the client (`--pid`); a server
+    // in another process accepts 2,000 connections meanwhile (from yet
+    // another process). None of those may take TCP_CONNS slots or appear
+    // anywhere; the client's own 20 connections are reported exactly.
+    let net = NetPair::new();
+    let mut busy_server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "6000", "10", "2000"]);
+    let mut server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "7000", "300", "20"]);
+    assert_eq!(read_line(&mut busy_server), "listening");
+    assert_eq!(read_line(&mut server), "listening");
+    let mut client = net.spawn(&net.a, &["tcp-clients", "10.231.0.2", "7000", "20", "1", "1000"]);
+    let pid = client.id();
+    let mut agent = Agent::start(&["--probes", "tcp", "--pid", &pid.to_string()]);
+    let mut busy = net.spawn(&net.a, &["tcp-clients", "10.231.0.2", "6000", "2000", "1", "100"]);
+    say(&mut busy, "go\n");
+    say(&mut client, "go\n");
+    output(client);
+    output(busy);
+    assert_eq!(output(busy_server), "200000");
+    assert_eq!(output(server), "20000");
+    agent.run_for(Duration::from_millis(600));
+    let reports = agent.stop();
+
+    let most = reports.iter().map(|r| map_entries(r, "tcp", "TCP_CONNS")).max().unwrap_or(0);
+    let full: u64 = reports.iter().map(|r| probe_status(r, "tcp")["counters"]["conns_map_full"].as_u64().unwrap_or(0)).sum();
+    let untraced: u64 =
+        reports.iter().map(|r| probe_status(r, "tcp")["counters"]["accepts_not_traced"].as_u64().unwrap_or(0)).sum();
+    let unknown: Vec<&Value> = reports.iter().flat_map(|r| r["tcp_unknown_owner"].as_array().into_iter().flatten()).collect();
+    let others: u64 = reports
+        .iter()
+        .flat_map(|r| r["processes"].as_array().into_iter().flatten())
+        .filter(|p| p["pid"].as_u64() != Some(u64::from(pid)))
+        .flat_map(|p| p["tcp"].as_array().into_iter().flatten())
+        .map(|i| i["bytes_received"].as_u64().unwrap_or(0) + i["bytes_sent"].as_u64().unwrap_or(0))
+        .sum();
+    let c = tcp_items(&reports, pid);
+    eprintln!(
+        "TCP_CONNS at most {most} entries; conns_map_full {full}; accepts_not_traced {untraced}; \
+         unknown-owner items {}; other processes' bytes {others}; client sent {} received {} in {} connections",
+        unknown.len(),
+        sum(&c, "bytes_sent"),
+        sum(&c, "bytes_received"),
+        sum(&c, "connections")
+    );
+    assert!(most <= 25, "TCP_CONNS held {most} entries: the untraced server's connections are tracked");
+    assert!(unknown.is_empty(), "untraced processes' connections reported: {unknown:?}");
+    assert_eq!(others, 0, "bytes of processes outside the filter");
+    assert_eq!(full, 0);
+    assert!(untraced >= 2000, "accepted connections left out are counted: {untraced}");
+    assert_eq!(sum(&c, "bytes_sent"), 20_000, "{c:?}");
+    assert_eq!(sum(&c, "bytes_received"), 6_000, "{c:?}");
+    assert_eq!(sum(&c, "connections"), 20, "{c:?}");
+}
+
+#[test]
+fn syn_ack_retransmits_match_the_kernel_count() {
+    // The client's side drops every other SYN-ACK (nftables, numgen inc):
+    // the server retransmits it (its timer, or the client's SYN again),
+    // which TcpRetransSegs counts in the server's namespace. Nothing else
+    // is lost, so that count is the server's retransmits.
+    let net = NetPair::new();
+    net.run(&net.a, &["nft", "add", "table", "inet", "hp"]);
+    net.run(&net.a, &["nft", "add", "chain", "inet", "hp", "in", "{ type filter hook input priority 0; policy accept; }"]);
+    net.run(
+        &net.a,
+        &["nft", "add", "rule", "inet", "hp", "in", "tcp", "sport", "6000", "tcp", "flags", "&", "(syn|ack)", "==", "syn|ack", "numgen", "inc", "mod", "2", "==", "0", "drop"],
+    );
+    let mut agent = Agent::start(&["--probes", "tcp"]);
+    let mut server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "6000", "100", "3"]);
+    assert_eq!(read_line(&mut server), "listening");
+    let mut client = net.spawn(&net.a, &["tcp-clients", "10.231.0.2", "6000", "3", "1", "1000"]);
+    say(&mut client, "go\n");
+    let server_pid = server.id();
+    output(client);
+    assert_eq!(output(server), "3000");
+    agent.run_for(Duration::from_millis(600));
+    let reports = agent.stop();
+    let kernel = nstat(&net, &net.b, "TcpRetransSegs");
+    let synack = nstat(&net, &net.b, "TcpExtTCPSynRetrans");
+    let s = tcp_items(&reports, server_pid);
+    let ours = sum(&s, "retransmits");
+    eprintln!("server retransmits: agent {ours}, kernel TcpRetransSegs {kernel} (SYN-ACKs {synack})");
+    assert!(synack >= 3, "the drop rule did not work: {synack} SYN-ACK retransmits");
+    assert_eq!(ours, kernel, "{s:?}");
 }
