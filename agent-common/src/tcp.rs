@@ -21,13 +21,19 @@ pub const MAP_CLOSED: &str = "TCP_CLOSED";
 pub const MAP_COUNTERS: &str = "TCP_COUNTERS";
 pub const MAP_ZERO: &str = "TCP_ZERO";
 pub const MAP_PIDS: &str = "TCP_PIDS";
+pub const MAP_ACCEPTED: &str = "TCP_ACCEPTED";
 
-/// Open connections (and closed ones until userspace has read them, or the
-/// socket's memory serves a new connection first).
+/// Connections whose socket lives (closed ones too, while a process still
+/// holds the socket and may read what is queued); only the kernel adds and
+/// deletes entries here.
 pub const MAX_CONNS: u32 = 8_192;
-/// Closed connections whose socket went to a new connection before
-/// userspace read them: moved here, keyed by [`ClosedKey`].
-pub const MAX_CLOSED: u32 = 4_096;
+/// Connections whose socket the kernel destroyed (no process holds it any
+/// more), until userspace has read them: moved here by the kernel, keyed by
+/// [`ClosedKey`], and deleted by userspace by that exact key.
+pub const MAX_CLOSED: u32 = 8_192;
+/// Accepted connections waiting for their first send or receive while a
+/// filter is set (see [`Accepted`]).
+pub const MAX_ACCEPTED: u32 = 8_192;
 /// At most one RTT sample per connection this often (a bulk transfer acks
 /// thousands of times a second; its RTT does not change that fast).
 pub const RTT_SAMPLE_NS: u64 = 10_000_000;
@@ -40,6 +46,11 @@ pub const LENGTH_FIELDS: [&str; 2] = ["sk", "ret"];
 pub const PROBE_FIELDS: [&str; 2] = ["skaddr", "srtt"];
 pub const RETRANSMIT_FIELDS: [&str; 3] = ["skbaddr", "skaddr", "err"];
 pub const RESET_FIELDS: [&str; 1] = ["skaddr"];
+pub const DESTROY_FIELDS: [&str; 1] = ["skaddr"];
+/// `sock_recv_length(sk, ret, flags)`: `flags` tells a peek apart.
+pub const RECV_FIELDS: [&str; 3] = ["sk", "ret", "flags"];
+/// `MSG_PEEK`: the bytes stay queued and are read (and counted) later.
+pub const MSG_PEEK: u64 = 2;
 
 /// Byte offsets in the kernel's structs (from its BTF) of what the programs
 /// read through the pointers raw tracepoints pass.
@@ -63,8 +74,16 @@ pub struct Offsets {
     /// `struct sk_buff` `cb` + `struct tcp_skb_cb` `tcp_gso_segs` (u16): the
     /// segments in a buffer, which TcpRetransSegs adds up.
     pub skb_gso_segs: u32,
+    /// `sock.__sk_common.skc_state` (u8): the state of a socket first seen
+    /// at a send or receive.
+    pub state: u32,
+    /// `struct tcp_sock`: `total_retrans` (u32). A passive open's child
+    /// socket starts with its request's SYN-ACK retransmits there
+    /// (`tcp_create_openreq_child`: `total_retrans = req->num_retrans`),
+    /// which TcpRetransSegs counted (`tcp_rtx_synack`).
+    pub total_retrans: u32,
 }
-const _: () = assert!(core::mem::size_of::<Offsets>() == 40);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 48);
 
 /// Global set by userspace at load time.
 pub const GLOBAL_OFFSETS: &str = "OFFSETS";
@@ -125,10 +144,12 @@ pub struct Conn {
     /// Latest smoothed RTT, microseconds.
     pub srtt_us: u64,
     pub rtt_sampled_ns: u64,
+    /// Running sum of the samples in `rtt`, ns: their exact mean.
+    pub rtt_sum_ns: u64,
     /// Smoothed RTT samples, ns, in the shared layout.
     pub rtt: [u32; hist::BUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<Conn>() == 128 + 4 * hist::BUCKETS);
+const _: () = assert!(core::mem::size_of::<Conn>() == 136 + 4 * hist::BUCKETS);
 
 impl Conn {
     pub const ZERO: Conn = Conn {
@@ -152,9 +173,24 @@ impl Conn {
         resets: 0,
         srtt_us: 0,
         rtt_sampled_ns: 0,
+        rtt_sum_ns: 0,
         rtt: [0; hist::BUCKETS],
     };
 }
+
+/// An accepted connection while a filter is set, until a process uses it:
+/// a traced one makes it a [`Conn`] with these figures; any other leaves
+/// it untracked (counted as `accepts_not_traced`). So a busy server
+/// outside the filter takes no `TCP_CONNS` slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Accepted {
+    pub born_ns: u64,
+    pub connect_ns: u64,
+    /// SYN-ACK retransmits of its handshake.
+    pub retransmits: u64,
+}
+const _: () = assert!(core::mem::size_of::<Accepted>() == 24);
 
 /// A connection: its socket's address and [`Conn::born_ns`].
 #[repr(C)]
@@ -175,24 +211,34 @@ pub enum Counter {
     /// A closed connection's last figures were lost: its socket served a
     /// new connection before userspace read them, and TCP_CLOSED was full.
     ClosedFull = 2,
+    /// With a filter set: an accepted connection first used by a process
+    /// outside it, or closed before any process used it; not tracked.
+    AcceptsNotTraced = 3,
+    /// With a filter set: an accepted connection not kept aside for its
+    /// owner (TCP_ACCEPTED full); adopted without its handshake if a traced
+    /// process uses it.
+    AcceptedFull = 4,
 }
 
-pub const COUNTERS: u32 = 3;
+pub const COUNTERS: u32 = 5;
 
 impl Counter {
-    pub const ALL: [Counter; COUNTERS as usize] = [Counter::ConnsFull, Counter::Adopted, Counter::ClosedFull];
+    pub const ALL: [Counter; COUNTERS as usize] =
+        [Counter::ConnsFull, Counter::Adopted, Counter::ClosedFull, Counter::AcceptsNotTraced, Counter::AcceptedFull];
 
     pub const fn name(self) -> &'static str {
         match self {
             Counter::ConnsFull => "conns_map_full",
             Counter::Adopted => "adopted_sockets",
             Counter::ClosedFull => "closed_map_full",
+            Counter::AcceptsNotTraced => "accepts_not_traced",
+            Counter::AcceptedFull => "accepted_map_full",
         }
     }
 
     pub const fn is_error(self) -> bool {
-        matches!(self, Counter::ConnsFull | Counter::ClosedFull)
+        matches!(self, Counter::ConnsFull | Counter::ClosedFull | Counter::AcceptedFull)
     }
 }
 
-crate::user_pod!(Conn, Offsets, ClosedKey);
+crate::user_pod!(Conn, Offsets, ClosedKey, Accepted);

@@ -8,8 +8,9 @@
 use agent_common::{
     hist,
     tcp::{
-        ClosedKey, Conn, Counter, Offsets, MAX_CLOSED, AF_INET6, COUNTERS, FAILED_REFUSED, FAILED_TIMEOUT, IPPROTO_TCP, MAX_CONNS,
-        RETRANSMIT_NOT_SENT, RTT_SAMPLE_NS, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_RECV, TCP_SYN_SENT,
+        Accepted, ClosedKey, Conn, Counter, Offsets, AF_INET6, COUNTERS, FAILED_REFUSED, FAILED_TIMEOUT, IPPROTO_TCP,
+        MAX_ACCEPTED, MAX_CLOSED, MAX_CONNS, MSG_PEEK, RETRANSMIT_NOT_SENT, RTT_SAMPLE_NS, TCP_CLOSE, TCP_ESTABLISHED,
+        TCP_SYN_RECV, TCP_SYN_SENT,
     },
 };
 use agent_ebpf::{atomic_add, global};
@@ -36,12 +37,16 @@ static OFFSETS: Offsets = Offsets {
     v6_daddr: 0,
     srtt_us: 0,
     skb_gso_segs: 0,
+    state: 0,
+    total_retrans: 0,
 };
 
 #[map]
 static TCP_CONNS: HashMap<u64, Conn> = HashMap::with_max_entries(MAX_CONNS, 0);
 #[map]
 static TCP_CLOSED: HashMap<ClosedKey, Conn> = HashMap::with_max_entries(MAX_CLOSED, 0);
+#[map]
+static TCP_ACCEPTED: HashMap<u64, Accepted> = HashMap::with_max_entries(MAX_ACCEPTED, 0);
 #[map]
 static TCP_ZERO: PerCpuArray<Conn> = PerCpuArray::with_max_entries(1, 0);
 
@@ -76,9 +81,9 @@ fn conn(sk: u64, now: u64) -> Option<*mut Conn> {
     Some(c)
 }
 
-/// A new connection on socket `sk`: a fresh entry. The socket's memory may
-/// have served a connection that closed since userspace last read it: that
-/// one moves to TCP_CLOSED first.
+/// A new connection on socket `sk`: a fresh entry. A closed one still there
+/// (a socket connecting again after a failed connect, or one whose destroy
+/// was missed) moves to TCP_CLOSED first.
 #[inline(always)]
 fn new_conn(sk: u64, now: u64) -> Option<*mut Conn> {
     if let Some(old) = TCP_CONNS.get_ptr_mut(&sk) {
@@ -148,10 +153,29 @@ pub fn tcp_set_state(ctx: RawTracePointContext) -> i32 {
             c
         }
         // accept side: the child socket appears (in softirq: owner unknown).
-        TCP_ESTABLISHED if old == TCP_SYN_RECV => match new_conn(sk, now) {
-            Some(c) => c,
-            None => return 0,
-        },
+        TCP_ESTABLISHED if old == TCP_SYN_RECV => {
+            let o = global!(OFFSETS);
+            // A passive open: the kernel measured the SYN-ACK's round trip
+            // just before (tcp_synack_rtt_meas), its first smoothed RTT
+            // (<< 3); the child starts with its SYN-ACK retransmits.
+            let connect_ns = u64::from(read::<u32>(sk, o.srtt_us) >> 3) * 1_000;
+            let retransmits = u64::from(read::<u32>(sk, o.total_retrans));
+            if filtering() {
+                // Kept aside for its first user: tracked only if traced.
+                let a = Accepted { born_ns: now, connect_ns, retransmits };
+                if TCP_ACCEPTED.insert(&sk, &a, 0).is_err() {
+                    count(Counter::AcceptedFull);
+                }
+                return 0;
+            }
+            let Some(c) = new_conn(sk, now) else { return 0 };
+            // SAFETY: a value of this map.
+            unsafe {
+                (*c).connect_ns = connect_ns;
+                (*c).retransmits = retransmits;
+            }
+            c
+        }
         _ => match TCP_CONNS.get_ptr_mut(&sk) {
             Some(c) => c,
             None => return 0,
@@ -168,11 +192,6 @@ pub fn tcp_set_state(ctx: RawTracePointContext) -> i32 {
         if new == TCP_ESTABLISHED && old == TCP_SYN_SENT && (*c).syn_ns != 0 {
             (*c).connect_ns = now.saturating_sub((*c).syn_ns);
         }
-        // A passive open: the kernel measured the SYN-ACK's round trip just
-        // before (tcp_synack_rtt_meas), its first smoothed RTT (<< 3).
-        if new == TCP_ESTABLISHED && old == TCP_SYN_RECV {
-            (*c).connect_ns = u64::from(read::<u32>(sk, global!(OFFSETS).srtt_us) >> 3) * 1_000;
-        }
         if new == TCP_CLOSE {
             if old == TCP_SYN_SENT && (*c).active == 1 {
                 (*c).failed = if (*c).resets > 0 { FAILED_REFUSED } else { FAILED_TIMEOUT };
@@ -186,29 +205,37 @@ pub fn tcp_set_state(ctx: RawTracePointContext) -> i32 {
 
 /// Bytes through a socket, in the process that sends or receives them:
 /// `sock_send_length`/`sock_recv_length(sk, ret, flags)`, on every send and
-/// receive, whatever it returned.
+/// receive, whatever it returned. A peek (`MSG_PEEK`) names the owner but
+/// counts nothing: its bytes are counted when read.
 #[inline(always)]
 fn length(ctx: &RawTracePointContext, sent: bool) -> i32 {
     let sk: u64 = ctx.arg(0);
     let ret: u64 = ctx.arg(1);
-    let ret = ret as i32;
+    let mut ret = ret as i32;
+    if !sent {
+        let flags: u64 = ctx.arg(2);
+        if flags & MSG_PEEK != 0 {
+            ret = 0;
+        }
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
+    // Under a filter, what other processes do is not recorded, even on a
+    // traced process's socket (a constant branch without one).
+    if filtering() && !traced(pid_tgid) {
+        if TCP_ACCEPTED.get_ptr(&sk).is_some() {
+            // An accepted connection first used outside the filter.
+            let _ = TCP_ACCEPTED.remove(&sk);
+            count(Counter::AcceptsNotTraced);
+        }
+        return 0;
+    }
     // Only TCP sockets are in the map: a hit needs no protocol check.
     let c = match TCP_CONNS.get_ptr_mut(&sk) {
         Some(c) => c,
-        None => {
-            // A socket from before the probe attached: adopt it.
-            if ret <= 0 || !is_tcp(sk) || !traced(pid_tgid) {
-                return 0;
-            }
-            count(Counter::Adopted);
-            // SAFETY: a helper call without arguments.
-            let Some(c) = conn(sk, unsafe { bpf_ktime_get_ns() }) else { return 0 };
-            addresses(c, sk);
-            // SAFETY: a value of this map.
-            unsafe { (*c).state = TCP_ESTABLISHED };
-            c
-        }
+        None => match first_use(sk, ret, pid_tgid) {
+            Some(c) => c,
+            None => return 0,
+        },
     };
     // SAFETY: a value of this map; the byte counters take atomic adds (a
     // socket may be used from several threads).
@@ -226,6 +253,70 @@ fn length(ctx: &RawTracePointContext, sent: bool) -> i32 {
             atomic_add(&raw mut (*c).bytes_received, ret as u64);
         }
     }
+    0
+}
+
+/// A socket with no entry, at a traced process's send or receive: an
+/// accepted connection kept aside under a filter, or one from before the
+/// probe attached (adopted once it moves bytes).
+#[inline(always)]
+fn first_use(sk: u64, ret: i32, pid_tgid: u64) -> Option<*mut Conn> {
+    let accepted = if filtering() {
+        // SAFETY: a plain copy out of the map value (24 bytes, no pointers).
+        TCP_ACCEPTED.get_ptr(&sk).map(|a| unsafe { *a })
+    } else {
+        None
+    };
+    if accepted.is_none() && (ret <= 0 || !is_tcp(sk) || !traced(pid_tgid)) {
+        return None;
+    }
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let c = new_conn(sk, now)?;
+    addresses(c, sk);
+    // SAFETY: a value of this map, just made by this socket's user.
+    unsafe {
+        (*c).state = i32::from(read::<u8>(sk, global!(OFFSETS).state));
+        if (*c).state == TCP_CLOSE {
+            (*c).closed = 1;
+        }
+        if let Some(a) = accepted {
+            let _ = TCP_ACCEPTED.remove(&sk);
+            (*c).born_ns = a.born_ns;
+            (*c).connect_ns = a.connect_ns;
+            (*c).retransmits = a.retransmits;
+        } else {
+            count(Counter::Adopted);
+        }
+    }
+    Some(c)
+}
+
+/// `tcp_destroy_sock(sk)`: no process holds the socket any more and its
+/// memory is freed next. Its connection moves to TCP_CLOSED under (socket,
+/// first seen), where userspace reads it and deletes that exact key: an
+/// entry of TCP_CONNS is deleted only here, before the socket's memory can
+/// serve another connection, so userspace never deletes one it did not read.
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    if filtering() && TCP_ACCEPTED.get_ptr(&sk).is_some() {
+        // Accepted and closed before any process used it.
+        let _ = TCP_ACCEPTED.remove(&sk);
+        count(Counter::AcceptsNotTraced);
+    }
+    let Some(c) = TCP_CONNS.get_ptr_mut(&sk) else {
+        return 0;
+    };
+    // SAFETY: a value of this map; no other event can reach this socket now.
+    unsafe {
+        (*c).closed = 1;
+        let key = ClosedKey { sk, born_ns: (*c).born_ns };
+        if TCP_CLOSED.insert(&key, &*c, 0).is_err() {
+            count(Counter::ClosedFull);
+        }
+    }
+    let _ = TCP_CONNS.remove(&sk);
     0
 }
 
@@ -256,6 +347,7 @@ pub fn tcp_rtt(ctx: RawTracePointContext) -> i32 {
             (*c).rtt_sampled_ns = now;
             if let Some(b) = (*c).rtt.get_mut(hist::bucket(srtt_us * 1_000)) {
                 atomic_add(b as *mut u32, 1);
+                atomic_add(&raw mut (*c).rtt_sum_ns, srtt_us * 1_000);
             }
         }
     }

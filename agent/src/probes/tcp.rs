@@ -30,13 +30,14 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc
 
 /// (program, category, tracepoint, fields its record must have), state
 /// changes last.
-const PROGRAMS: [(&str, &str, &str, &[&str]); 7] = [
+const PROGRAMS: [(&str, &str, &str, &[&str]); 8] = [
     ("tcp_send_length", "sock", "sock_send_length", &common::LENGTH_FIELDS),
-    ("tcp_recv_length", "sock", "sock_recv_length", &common::LENGTH_FIELDS),
+    ("tcp_recv_length", "sock", "sock_recv_length", &common::RECV_FIELDS),
     ("tcp_rtt", "tcp", "tcp_probe", &common::PROBE_FIELDS),
     ("tcp_retransmit", "tcp", "tcp_retransmit_skb", &common::RETRANSMIT_FIELDS),
     ("tcp_receive_reset", "tcp", "tcp_receive_reset", &common::RESET_FIELDS),
     ("tcp_send_reset", "tcp", "tcp_send_reset", &common::RESET_FIELDS),
+    ("tcp_destroy", "tcp", "tcp_destroy_sock", &common::DESTROY_FIELDS),
     ("tcp_set_state", "sock", "inet_sock_set_state", &common::STATE_FIELDS),
 ];
 
@@ -54,6 +55,8 @@ fn offsets() -> Result<common::Offsets, ProbeError> {
         v6_daddr: at("sock", "__sk_common.skc_v6_daddr")?,
         srtt_us: at("tcp_sock", "srtt_us")?,
         skb_gso_segs: at("sk_buff", "cb")? + at("tcp_skb_cb", "tcp_gso_segs")?,
+        state: at("sock", "__sk_common.skc_state")?,
+        total_retrans: at("tcp_sock", "total_retrans")?,
     })
 }
 
@@ -89,7 +92,6 @@ fn addr(family: u16, raw: &[u8; 16], port: u16) -> Option<SocketAddr> {
 
 pub struct TcpProbe {
     bpf: Ebpf,
-    conns: HashMap<MapData, u64, Conn>,
     reader: ebpf::BatchReader<u64, Conn>,
     closed: HashMap<MapData, ClosedKey, Conn>,
     closed_reader: ebpf::BatchReader<ClosedKey, Conn>,
@@ -113,8 +115,8 @@ fn report(
         return;
     }
     // The kernel keeps no RTT maximum: the top of the highest non-empty
-    // bucket stands for it.
-    let rtt = Dist::between(&c.rtt, &prev.rtt, u64::MAX, u64::MAX, 0, 0);
+    // bucket stands for it. The sum is exact.
+    let rtt = Dist::between(&c.rtt, &prev.rtt, u64::MAX, u64::MAX, c.rtt_sum_ns, prev.rtt_sum_ns);
     let d = ConnData {
         local: addr(c.family, &c.saddr, c.sport),
         remote: addr(c.family, &c.daddr, c.dport),
@@ -162,7 +164,6 @@ impl TcpProbe {
         let mut take = |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
         let conns = take(common::MAP_CONNS)?;
         let reader = ebpf::BatchReader::new(&conns).map_err(|e| map_err("TCP_CONNS", e))?;
-        let conns = HashMap::try_from(conns).map_err(|e| map_err("TCP_CONNS", e))?;
         let closed = take(common::MAP_CLOSED)?;
         let closed_reader = ebpf::BatchReader::new(&closed).map_err(|e| map_err("TCP_CLOSED", e))?;
         let closed = HashMap::try_from(closed).map_err(|e| map_err("TCP_CLOSED", e))?;
@@ -172,7 +173,7 @@ impl TcpProbe {
             take(common::MAP_COUNTERS)?,
             Counter::ALL.iter().map(|c| (c.name(), c.is_error())).collect(),
         )?;
-        Ok(Self { bpf, conns, reader, closed, closed_reader, counters, prev: StdHashMap::new(), status: ProbeStatus::active(NAME, maps) })
+        Ok(Self { bpf, reader, closed, closed_reader, counters, prev: StdHashMap::new(), status: ProbeStatus::active(NAME, maps) })
     }
 }
 
@@ -184,34 +185,25 @@ impl Probe for TcpProbe {
     fn collect(&mut self, out: &mut Interval) -> Result<(), ProbeError> {
         let read_err = |map, e: std::io::Error| ProbeError::Read { probe: NAME, map, detail: e.to_string() };
         let mut seen = HashSet::new();
-        // Open connections first, then those moved to TCP_CLOSED: one moved
-        // between the two reads is seen in both, and each delta is taken
-        // against the read before it, so nothing counts twice.
-        let mut closed_here = Vec::new();
+        // Live sockets' connections first, then those the kernel moved to
+        // TCP_CLOSED: one moved between the two reads is seen in both, and
+        // each delta is taken against the read before it (both keyed by
+        // socket and first-seen stamp), so nothing counts twice.
         let mut entries = 0u64;
         for (sk, c) in self.reader.read().map_err(|e| read_err(common::MAP_CONNS, e))? {
             entries += 1;
-            let key = ClosedKey { sk: *sk, born_ns: c.born_ns };
-            if c.closed != 0 {
-                closed_here.push(key);
-            }
-            report(&mut self.prev, &mut seen, key, c, out);
+            report(&mut self.prev, &mut seen, ClosedKey { sk: *sk, born_ns: c.born_ns }, c, out);
         }
         let mut moved = Vec::new();
         for (key, c) in self.closed_reader.read().map_err(|e| read_err(common::MAP_CLOSED, e))? {
             moved.push(*key);
             report(&mut self.prev, &mut seen, *key, c, out);
         }
-        // Closed connections were reported above for the last time. One
-        // whose socket has since served a new connection is no longer
-        // there: its last figures are in TCP_CLOSED for the next read.
-        for key in closed_here {
-            if self.conns.get(&key.sk, 0).is_ok_and(|c| c.born_ns == key.born_ns) {
-                let _ = self.conns.remove(&key.sk);
-                self.prev.remove(&key);
-                entries -= 1;
-            }
-        }
+        // Userspace deletes only from TCP_CLOSED, and only the entries just
+        // read, by their exact key: the kernel never writes an entry there
+        // again (its socket is destroyed), and a new connection on the same
+        // memory has another first-seen stamp, so another key. TCP_CONNS is
+        // left to the kernel (see `tcp_destroy`).
         for key in moved {
             let _ = self.closed.remove(&key);
             self.prev.remove(&key);

@@ -270,6 +270,21 @@ fn main() {
             println!("{total}");
             return;
         }
+        Some("tcp-peek-server") => {
+            // Accepts one connection, peeks (MSG_PEEK) until bytes are
+            // there, then reads to EOF; prints "PEEKED READ".
+            use std::io::Read;
+            let ip: std::net::IpAddr = args[2].parse().expect("address");
+            let listener = std::net::TcpListener::bind((ip, arg(&args, 3) as u16)).expect("bind");
+            println!("listening");
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 4096];
+            let peeked = s.peek(&mut buf).expect("peek");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("read");
+            println!("{peeked} {}", got.len());
+            return;
+        }
         Some("time-getppid") => {
             let n = arg(&args, 2);
             let t = std::time::Instant::now();
@@ -506,6 +521,34 @@ fn main() {
             s.shutdown(std::net::Shutdown::Write).expect("shutdown");
             let mut got = Vec::new();
             s.read_to_end(&mut got).expect("read");
+        }
+        Some("tcp-steady") => {
+            // A send buffer of SNDBUF bytes keeps at most that much in
+            // flight: through a rate-limited queue the round trip settles.
+            // Sends for MS ms, then finishes like tcp-client.
+            use std::io::{Read, Write};
+            use std::os::fd::AsRawFd;
+            let ip: std::net::IpAddr = args[2].parse().expect("address");
+            let mut s = std::net::TcpStream::connect((ip, arg(&args, 3) as u16)).expect("connect");
+            let size = arg(&args, 4) as libc::c_int;
+            // SAFETY: setsockopt reads an int from a valid pointer.
+            let rc = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&raw const size).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "SO_SNDBUF");
+            let end = std::time::Instant::now() + Duration::from_millis(arg(&args, 5));
+            let chunk = vec![1u8; 4096];
+            while std::time::Instant::now() < end {
+                s.write_all(&chunk).expect("write");
+            }
+            s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            s.read_to_end(&mut Vec::new()).expect("read");
         }
         Some("named-sleeper") => named_sleeper(arg(&args, 2), arg(&args, 3)),
         Some("steady") => {
