@@ -174,8 +174,7 @@ impl Group {
 
     fn add_tcp_reports(&mut self, tcp: &[TcpReport]) {
         for t in tcp {
-            // The TCP probe keeps no sum of RTT samples.
-            let rtt = Some((&t.rtt.hist, None));
+            let rtt = Some((&t.rtt.hist, Some(t.rtt.sum_ns)));
             self.add_tcp(t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, rtt);
         }
     }
@@ -422,7 +421,7 @@ pub(crate) mod tests {
         assert_eq!(unknown.len(), 1, "the unknown owner's connections are a group of their own");
         assert_eq!(unknown[0].1.tcp_connections, 1);
         assert!(m.other.disk.values().all(|d| !d.latency.sum_unknown), "disk sums are exact");
-        assert!(m.other.tcp_rtt.sum_unknown && m.other.tcp_rtt.sum_seconds().is_none(), "no RTT sum is made up");
+        assert!(!m.other.tcp_rtt.sum_unknown && m.other.tcp_rtt.sum_seconds().is_some(), "RTT sums are exact");
     }
 
     #[test]
@@ -432,7 +431,8 @@ pub(crate) mod tests {
         assert_eq!(decoded.tcp_unknown_owner.len(), 1);
         let other = decoded.other.as_ref().unwrap();
         assert!(!other.disk.is_empty() && other.offcpu.is_some() && !other.tcp.is_empty(), "{other:?}");
-        assert!(other.tcp.iter().all(|t| t.rtt.as_ref().is_some_and(|h| h.sum_ns.is_none())), "no RTT sum on the wire");
+        // Three samples of 40 us per connection.
+        assert!(other.tcp.iter().all(|t| t.rtt.as_ref().is_some_and(|h| h.sum_ns == Some(120_000 * t.connections))), "{other:?}");
         assert!(other.disk.iter().all(|d| d.total.as_ref().is_some_and(|h| h.sum_ns.is_some())));
         let mut m = Metrics::new(2);
         m.add_wire("h1", &decoded);

@@ -524,7 +524,10 @@ mod tests {
             let got: f64 = disk.iter().map(|p| p.sum.unwrap()).sum();
             assert!((got - sum as f64 / 1e9).abs() < 1e-12, "exact disk latency sum: {got}");
             let rtt = hist_points(r, "hostprobe.tcp.rtt");
-            assert!(!rtt.is_empty() && rtt.iter().all(|p| p.sum.is_none()), "no made-up RTT sum");
+            // Eleven connections (ten processes' and the unknown owner's), each
+            // three RTT samples of 40 us.
+            let got: f64 = rtt.iter().map(|p| p.sum.unwrap_or(f64::NAN)).sum();
+            assert!((got - 11.0 * 120_000.0 / 1e9).abs() < 1e-12, "exact RTT sum: {got}");
             let owners: Vec<&str> = points(r, "hostprobe.tcp.io")
                 .into_iter()
                 .flat_map(|d| match d {

@@ -114,8 +114,7 @@ fn tcp(t: &report::TcpReport) -> pb::TcpStats {
         local: t.local.clone(),
         state: t.state.to_string(),
         direction: t.direction.to_string(),
-        // The TCP probe keeps no sum of RTT samples: none is sent.
-        rtt: Some(histogram(&t.rtt.hist, t.rtt.max_ns, None)),
+        rtt: Some(histogram(&t.rtt.hist, t.rtt.max_ns, Some(t.rtt.sum_ns))),
         rtt_last_us: t.rtt_last_us,
         connect: Some(histogram(&t.connect.hist, t.connect.max_ns, Some(t.connect.sum_ns))),
         refused: t.refused,
