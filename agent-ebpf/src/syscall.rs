@@ -85,10 +85,10 @@ pub fn syscall_sys_exit(ctx: RawTracePointContext) -> i32 {
         // SAFETY: as above.
         unsafe { (*slot).tid = 0 };
         (s.nr, s.start_ns)
-    } else if let Some(inflight) = SYSCALL_INFLIGHT.get_ptr(&tid) {
+    } else if let Some(inflight) = SYSCALL_INFLIGHT.get_ptr(tid) {
         // SAFETY: a value of this map; only this thread uses its own tid key.
         let v = unsafe { *inflight };
-        let _ = SYSCALL_INFLIGHT.remove(&tid);
+        let _ = SYSCALL_INFLIGHT.remove(tid);
         (v.nr, v.start_ns)
     } else {
         unmatched(&ctx, pid_tgid, ret);
@@ -172,6 +172,8 @@ fn entry(key: &Key) -> Option<*mut Stats> {
     }
 }
 
+// A reference, not a copy: `Stats` is larger than the 512-byte BPF stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(never)]
 fn create(key: &Key) -> Option<*mut Stats> {
     let zero = SYSCALL_ZERO.get_ptr(0)?;
@@ -207,7 +209,7 @@ pub fn syscall_sched_switch(_ctx: RawTracePointContext) -> i32 {
         _pad: 0,
         start_ns: s.start_ns,
     };
-    if SYSCALL_INFLIGHT.insert(&s.tid, &v, 0).is_err() {
+    if SYSCALL_INFLIGHT.insert(s.tid, v, 0).is_err() {
         count(Counter::InflightFull);
     }
     0
@@ -227,11 +229,11 @@ pub fn syscall_sched_process_exit(_ctx: RawTracePointContext) -> i32 {
             }
         }
     }
-    let _ = SYSCALL_INFLIGHT.remove(&tid);
+    let _ = SYSCALL_INFLIGHT.remove(tid);
     // The leader's exit tells userspace the process may be gone; it checks
     // /proc before reclaiming (other threads may still run).
     let tgid = (pid_tgid >> 32) as u32;
-    if tid == tgid && SYSCALL_EXITED.insert(&tgid, &1, 0).is_err() {
+    if tid == tgid && SYSCALL_EXITED.insert(tgid, 1, 0).is_err() {
         count(Counter::ExitedFull);
     }
     0
@@ -262,13 +264,13 @@ pub fn syscall_sched_process_exec(ctx: RawTracePointContext) -> i32 {
             }
         }
     }
-    let Some(inflight) = SYSCALL_INFLIGHT.get_ptr(&old) else {
+    let Some(inflight) = SYSCALL_INFLIGHT.get_ptr(old) else {
         return 0;
     };
     // SAFETY: a value of this map; the thread that owned the old id is this one.
     let v = unsafe { *inflight };
-    let _ = SYSCALL_INFLIGHT.remove(&old);
-    if SYSCALL_INFLIGHT.insert(&tid, &v, 0).is_err() {
+    let _ = SYSCALL_INFLIGHT.remove(old);
+    if SYSCALL_INFLIGHT.insert(tid, v, 0).is_err() {
         count(Counter::InflightFull);
     }
     0
