@@ -7,19 +7,25 @@
 //! path. When a thread is switched out inside a syscall, `sched_switch` moves
 //! the slot into an LRU hash keyed by tid, where `sys_exit` finds it later on
 //! whatever CPU. `sched_process_exit` drops the entry of a thread that dies
-//! inside a syscall (exit, exit_group, a fatal signal).
+//! inside a syscall (exit, exit_group, a fatal signal). `sched_process_exec`
+//! moves the start of an `execve` made by a thread other than the leader,
+//! which returns under the leader's id. Neither is on the hot path.
 #![no_std]
 #![no_main]
 
 use agent_common::{
     hist,
-    syscall::{Counter, Inflight, Key, Slot, Stats, COUNTERS, DEFAULT_MAX_INFLIGHT,
-              DEFAULT_MAX_STATS, MAX_EXITED},
+    syscall::{
+        Counter, Inflight, Key, Slot, Stats, COUNTERS, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_STATS,
+        MAX_EXITED,
+    },
 };
 use agent_ebpf::{atomic_add, global};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{map, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
@@ -55,7 +61,11 @@ pub fn syscall_sys_enter(ctx: RawTracePointContext) -> i32 {
     if let Some(slot) = SYSCALL_SLOT.get_ptr_mut(0) {
         // SAFETY: per-CPU value; programs do not nest on one CPU.
         unsafe {
-            *slot = Slot { tid: pid_tgid as u32, nr: nr as u32, start_ns: bpf_ktime_get_ns() };
+            *slot = Slot {
+                tid: pid_tgid as u32,
+                nr: nr as u32,
+                start_ns: bpf_ktime_get_ns(),
+            };
         }
     }
     0
@@ -75,10 +85,10 @@ pub fn syscall_sys_exit(ctx: RawTracePointContext) -> i32 {
         // SAFETY: as above.
         unsafe { (*slot).tid = 0 };
         (s.nr, s.start_ns)
-    } else if let Some(inflight) = SYSCALL_INFLIGHT.get_ptr(&tid) {
+    } else if let Some(inflight) = SYSCALL_INFLIGHT.get_ptr(tid) {
         // SAFETY: a value of this map; only this thread uses its own tid key.
         let v = unsafe { *inflight };
-        let _ = SYSCALL_INFLIGHT.remove(&tid);
+        let _ = SYSCALL_INFLIGHT.remove(tid);
         (v.nr, v.start_ns)
     } else {
         unmatched(&ctx, pid_tgid, ret);
@@ -86,7 +96,14 @@ pub fn syscall_sys_exit(ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: a helper call without arguments.
     let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start_ns);
-    record(Key { tgid: (pid_tgid >> 32) as u32, nr }, ns, ret);
+    record(
+        Key {
+            tgid: (pid_tgid >> 32) as u32,
+            nr,
+        },
+        ns,
+        ret,
+    );
     0
 }
 
@@ -109,7 +126,10 @@ fn unmatched(ctx: &RawTracePointContext, pid_tgid: u64, ret: i64) {
         return;
     }
     count(Counter::MissedStart);
-    if let Some(stats) = entry(&Key { tgid: (pid_tgid >> 32) as u32, nr }) {
+    if let Some(stats) = entry(&Key {
+        tgid: (pid_tgid >> 32) as u32,
+        nr,
+    }) {
         // SAFETY: a map value; other CPUs only add atomically.
         unsafe { atomic_add(&raw mut (*stats).missed_starts, 1) };
     }
@@ -152,11 +172,15 @@ fn entry(key: &Key) -> Option<*mut Stats> {
     }
 }
 
+// A reference, not a copy: `Stats` is larger than the 512-byte BPF stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(never)]
 fn create(key: &Key) -> Option<*mut Stats> {
     let zero = SYSCALL_ZERO.get_ptr(0)?;
     // SAFETY: a map value never written to, so all zeroes.
-    let created = SYSCALL_STATS.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64).is_ok();
+    let created = SYSCALL_STATS
+        .insert(key, unsafe { &*zero }, BPF_NOEXIST as u64)
+        .is_ok();
     let stats = SYSCALL_STATS.get_ptr_mut(key)?;
     if created {
         if let Ok(comm) = bpf_get_current_comm() {
@@ -180,8 +204,12 @@ pub fn syscall_sched_switch(_ctx: RawTracePointContext) -> i32 {
     }
     // SAFETY: as above.
     unsafe { (*slot).tid = 0 };
-    let v = Inflight { nr: s.nr, _pad: 0, start_ns: s.start_ns };
-    if SYSCALL_INFLIGHT.insert(&s.tid, &v, 0).is_err() {
+    let v = Inflight {
+        nr: s.nr,
+        _pad: 0,
+        start_ns: s.start_ns,
+    };
+    if SYSCALL_INFLIGHT.insert(s.tid, v, 0).is_err() {
         count(Counter::InflightFull);
     }
     0
@@ -201,12 +229,49 @@ pub fn syscall_sched_process_exit(_ctx: RawTracePointContext) -> i32 {
             }
         }
     }
-    let _ = SYSCALL_INFLIGHT.remove(&tid);
+    let _ = SYSCALL_INFLIGHT.remove(tid);
     // The leader's exit tells userspace the process may be gone; it checks
     // /proc before reclaiming (other threads may still run).
     let tgid = (pid_tgid >> 32) as u32;
-    if tid == tgid && SYSCALL_EXITED.insert(&tgid, &1, 0).is_err() {
+    if tid == tgid && SYSCALL_EXITED.insert(tgid, 1, 0).is_err() {
         count(Counter::ExitedFull);
+    }
+    0
+}
+
+/// `sched_process_exec(p, old_pid, bprm)`, in the exec'ing thread once the
+/// exec cannot fail. A thread other than the leader that execs takes the
+/// leader's id (`de_thread`), so its `execve` returns under an id other than
+/// the one its start was recorded under: the start is moved to the new id.
+/// Left behind, it would be timed against the first return of whatever
+/// thread gets the old id next (a bogus latency), and this `execve` would
+/// count as a missed start.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn syscall_sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    let old: u64 = ctx.arg(1);
+    let old = old as u32;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if old == tid || old == 0 {
+        return 0;
+    }
+    // No switch since the call entered: the start is still in this CPU's slot.
+    if let Some(slot) = SYSCALL_SLOT.get_ptr_mut(0) {
+        // SAFETY: per-CPU value; programs do not nest on one CPU.
+        unsafe {
+            if (*slot).tid == old {
+                (*slot).tid = tid;
+                return 0;
+            }
+        }
+    }
+    let Some(inflight) = SYSCALL_INFLIGHT.get_ptr(old) else {
+        return 0;
+    };
+    // SAFETY: a value of this map; the thread that owned the old id is this one.
+    let v = unsafe { *inflight };
+    let _ = SYSCALL_INFLIGHT.remove(old);
+    if SYSCALL_INFLIGHT.insert(tid, v, 0).is_err() {
+        count(Counter::InflightFull);
     }
     0
 }

@@ -90,14 +90,66 @@ fn delta_export_is_contiguous_and_adds_up_exactly() {
 
 #[test]
 fn an_unavailable_receiver_loses_and_duplicates_nothing() {
-    let receiver = Receiver::start("unavailable", 3.0);
-    let (pid, log) = export(&receiver, &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(receiver.refused() > 0, "the receiver refused nothing");
-    assert!(log.contains("retrying in"), "the agent logs its retries: {log}");
-    let series = getppid_series(&receiver.requests(), pid);
-    assert_eq!(series.last().map(|s| s.0), Some(5_000), "nothing lost: {series:?}");
-    assert!(series.iter().all(|s| s.0 <= 5_000), "nothing counted twice: {series:?}");
+    // The receiver refuses (UNAVAILABLE) for its first 3 s, while the
+    // workload makes its 5,000 calls; the agent retries.
+    // Cumulative: a cumulative point sent again only repeats what it said,
+    // so what can go wrong is the count itself: the final point is exactly
+    // the workload's 5,000, never going down, under one start time.
+    // Delta: a delta sent twice is counted twice and one dropped is lost: the
+    // deltas add up to exactly 5,000, each starting where the one before ended.
+    for temporality in ["cumulative", "delta"] {
+        let receiver = Receiver::start(&format!("unavailable-{temporality}"), 3.0);
+        let (pid, log) = export(&receiver, &["--otlp-temporality", temporality]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            receiver.refused() > 0,
+            "{temporality}: the receiver refused nothing"
+        );
+        assert!(
+            log.contains("retrying in"),
+            "{temporality}: the agent logs its retries: {log}"
+        );
+        let series = getppid_series(&receiver.requests(), pid);
+        eprintln!(
+            "{temporality}: {} exports refused; getppid points {series:?}",
+            receiver.refused()
+        );
+        assert!(
+            !series.is_empty(),
+            "{temporality}: no getppid data point for the workload"
+        );
+        if temporality == "cumulative" {
+            assert_eq!(
+                series.last().map(|s| s.0),
+                Some(5_000),
+                "nothing lost or counted twice: {series:?}"
+            );
+            assert!(
+                series.windows(2).all(|w| w[0].0 <= w[1].0),
+                "cumulative never goes down: {series:?}"
+            );
+            assert!(
+                series.iter().all(|s| s.1 == series[0].1),
+                "one start time: {series:?}"
+            );
+        } else {
+            assert!(
+                series
+                    .iter()
+                    .all(|s| s.3 == "AGGREGATION_TEMPORALITY_DELTA"),
+                "{series:?}"
+            );
+            assert_eq!(
+                series.iter().map(|s| s.0).sum::<u64>(),
+                5_000,
+                "deltas add up exactly: {series:?}"
+            );
+            assert!(
+                series.windows(2).all(|w| w[1].1 == w[0].2),
+                "each delta starts where the last ended: {series:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -49,6 +49,20 @@
 //!                               sends S bytes to IP:PORT and reads the answer to
 //!                               EOF, sleeps MS ms in one nanosleep; prints
 //!                               {"writes","written","sent","received","slept_ns"}
+//! workload sleep-mix N SHORT LONG EVERY  N nanosleep()s, every EVERY-th of LONG ms,
+//!                               the others of SHORT ms; prints each call's duration
+//!                               (ns, measured here) as a JSON array, in call order
+//! workload churn-getppid N K    N short-lived children, one after another: each forks,
+//!                               makes K getppid() and execs /bin/true; prints the
+//!                               children's pids as a JSON array
+//! workload exec-thread          a second thread execs this program as
+//!                               `exec-leak-child` while the first waits for it
+//!                               (the exec ends it); see exec-leak-child
+//! workload exec-leak-child TID T0 (not for direct use) starts at once: forks a
+//!                               child with thread id TID (clone3 set_tid, the id the
+//!                               exec'ing thread had), which exits at once; prints
+//!                               {"pid","child","exec_ns"}, exec_ns = the time since
+//!                               T0 (CLOCK_MONOTONIC ns, read just before the exec)
 //! ```
 //!
 //! For `cargo xtask bench` (these start at once, without waiting for stdin):
@@ -326,6 +340,40 @@ fn main() {
                 nanosleep(50);
             }
             println!("done");
+            return;
+        }
+        Some("exec-leak-child") => {
+            // The image `exec-thread` exec'd, as the process's only thread
+            // (it took the leader's id). First the time the exec took at
+            // most; then a child under the id the exec'ing thread had.
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: clock_gettime fills the timespec.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+            let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+            let (old_tid, t0) = (arg(&args, 2), arg(&args, 3));
+            let tids = [old_tid as libc::pid_t];
+            // struct clone_args (CLONE_ARGS_SIZE_VER1, 80 bytes): flags,
+            // pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
+            // tls, set_tid, set_tid_size.
+            let mut ca = [0u64; 10];
+            ca[4] = libc::SIGCHLD as u64;
+            ca[8] = tids.as_ptr() as u64;
+            ca[9] = 1;
+            // SAFETY: a fork-like clone3 (no CLONE_VM) of a single-threaded
+            // process; the child only calls _exit.
+            let child = unsafe { libc::syscall(libc::SYS_clone3, ca.as_mut_ptr(), std::mem::size_of_val(&ca)) };
+            if child == 0 {
+                // SAFETY: ends the child without touching shared state.
+                unsafe { libc::_exit(0) };
+            }
+            if child < 0 {
+                eprintln!("clone3 with set_tid {old_tid}: {}", std::io::Error::last_os_error());
+                std::process::exit(3);
+            }
+            let mut status = 0;
+            // SAFETY: reaps the child just made.
+            unsafe { libc::waitpid(child as libc::pid_t, &mut status, 0) };
+            println!("{{\"pid\":{},\"child\":{child},\"exec_ns\":{}}}", std::process::id(), now.saturating_sub(t0));
             return;
         }
         Some("busy") => {
@@ -631,6 +679,71 @@ fn main() {
             println!("done");
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line).expect("stdin");
+        }
+        Some("sleep-mix") => {
+            let (n, short, long, every) = (arg(&args, 2), arg(&args, 3), arg(&args, 4), arg(&args, 5).max(1));
+            let took: Vec<u128> = (0..n)
+                .map(|i| {
+                    let t = std::time::Instant::now();
+                    nanosleep(if i % every == every - 1 { long } else { short });
+                    t.elapsed().as_nanos()
+                })
+                .collect();
+            println!("{took:?}");
+        }
+        Some("churn-getppid") => {
+            let k = arg(&args, 3);
+            let prog = c"/bin/true";
+            let argv = [prog.as_ptr(), std::ptr::null()];
+            let mut pids = Vec::new();
+            for _ in 0..arg(&args, 2) {
+                // SAFETY: the child makes raw syscalls and execs (async-signal
+                // safe), without touching the parent's state.
+                unsafe {
+                    match libc::fork() {
+                        0 => {
+                            for _ in 0..k {
+                                libc::syscall(libc::SYS_getppid);
+                            }
+                            libc::execv(prog.as_ptr(), argv.as_ptr());
+                            libc::_exit(127);
+                        }
+                        pid if pid > 0 => {
+                            let mut status = 0;
+                            libc::waitpid(pid, &mut status, 0);
+                            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child {pid}: {status}");
+                            pids.push(pid);
+                        }
+                        _ => panic!("fork failed"),
+                    }
+                }
+            }
+            println!("{pids:?}");
+        }
+        Some("exec-thread") => {
+            use std::os::unix::ffi::OsStrExt;
+            let exe = std::env::current_exe().expect("own path");
+            let prog = std::ffi::CString::new(exe.as_os_str().as_bytes()).expect("path");
+            let thread = std::thread::spawn(move || {
+                // SAFETY: syscalls without pointer arguments / filling a timespec.
+                let (tid, t0) = unsafe {
+                    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                    libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+                    (libc::syscall(libc::SYS_gettid), ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+                };
+                let argv: Vec<std::ffi::CString> = [prog.to_bytes(), b"exec-leak-child", tid.to_string().as_bytes(), t0.to_string().as_bytes()]
+                    .iter()
+                    .map(|a| std::ffi::CString::new(*a).expect("argument"))
+                    .collect();
+                let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+                ptrs.push(std::ptr::null());
+                // SAFETY: NUL-terminated strings and a null-terminated array.
+                unsafe { libc::execv(prog.as_ptr(), ptrs.as_ptr()) };
+                panic!("execv: {}", std::io::Error::last_os_error());
+            });
+            // The exec ends this thread while it waits here, in futex.
+            let _ = thread.join();
+            std::process::exit(1);
         }
         _ => {
             eprintln!("usage: see the source of workload.rs");
