@@ -229,7 +229,7 @@ pub struct Exporter {
     last_time: u64,
     resource: Resource,
     tx: tokio::sync::watch::Sender<u64>,
-    queue: std::sync::Arc<std::sync::Mutex<VecDeque<ExportMetricsServiceRequest>>>,
+    queue: std::sync::Arc<std::sync::Mutex<VecDeque<(u64, ExportMetricsServiceRequest)>>>,
 }
 
 impl Exporter {
@@ -355,9 +355,12 @@ impl Exporter {
                 }
             }
         }
-        q.push_back(request);
+        // Numbered by the export count, so the sender removes only what it
+        // sent, not a newer state queued while it waited for the answer.
+        let n = *self.tx.borrow() + 1;
+        q.push_back((n, request));
         drop(q);
-        self.tx.send_modify(|n| *n += 1);
+        self.tx.send_modify(|c| *c = n);
     }
 }
 
@@ -394,14 +397,14 @@ async fn sender(
     url: String,
     client_args: crate::export::ClientArgs,
     headers: MetadataMap,
-    queue: std::sync::Arc<std::sync::Mutex<VecDeque<ExportMetricsServiceRequest>>>,
+    queue: std::sync::Arc<std::sync::Mutex<VecDeque<(u64, ExportMetricsServiceRequest)>>>,
     mut wake: tokio::sync::watch::Receiver<u64>,
 ) {
     let mut client = None;
     let mut failures = 0u32;
     loop {
         let next = queue.lock().unwrap_or_else(|p| p.into_inner()).front().cloned();
-        let Some(request) = next else {
+        let Some((seq, request)) = next else {
             if wake.changed().await.is_err() {
                 return;
             }
@@ -439,7 +442,7 @@ async fn sender(
                         log::warn!("OTLP {url}: {} data points rejected: {}", p.rejected_data_points, p.error_message);
                     }
                 }
-                queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                sent(&queue, seq);
             }
             Err(s) if retryable(&s) => {
                 failures += 1;
@@ -451,9 +454,18 @@ async fn sender(
                     s.code(),
                     s.message()
                 );
-                queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                sent(&queue, seq);
             }
         }
+    }
+}
+
+/// Removes export `seq` from the front of the queue, if a newer cumulative
+/// state has not replaced it meanwhile.
+fn sent(queue: &std::sync::Mutex<VecDeque<(u64, ExportMetricsServiceRequest)>>, seq: u64) {
+    let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
+    if q.front().is_some_and(|(n, _)| *n == seq) {
+        q.pop_front();
     }
 }
 
@@ -516,7 +528,7 @@ mod tests {
             let mut e = exporter(temporality);
             e.export(&m, 2_000_000_000);
             let q = e.queue.lock().unwrap();
-            let r = q.back().unwrap();
+            let r = &q.back().unwrap().1;
             assert_eq!(int_total(r, "hostprobe.disk.io"), 4096 * 55, "{temporality:?}");
             assert_eq!(int_total(r, "hostprobe.tcp.io"), 55_000 + 27_500);
             let disk = hist_points(r, "hostprobe.disk.io.duration");
