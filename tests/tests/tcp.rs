@@ -441,9 +441,13 @@ fn connect_latency_through_a_queue_is_at_least_the_round_trip() {
         ours >= 0.9 * wall_us,
         "agent {ours} us, connect() {wall_us} us"
     );
+    // The smoothed RTT lags the queue it measures (7/8 of it is history):
+    // the handshake, like the workload's own connect(), may come in a few
+    // percent under it while the queue drains. Without the queue it would
+    // be 1,000 times shorter.
     assert!(
-        ours >= rtt,
-        "connect {ours} us is at least the path's round trip {rtt} us"
+        ours >= 0.9 * rtt,
+        "connect {ours} us is at least the path's round trip {rtt} us, within 10%"
     );
     // The accepting side: its handshake's last ACK took the same queue.
     let accepted = tcp_items(&reports, server_pid);
@@ -457,8 +461,8 @@ fn connect_latency_through_a_queue_is_at_least_the_round_trip() {
         "{accepted:?}"
     );
     assert!(
-        theirs >= rtt,
-        "accept-side handshake {theirs} us is at least the path's round trip {rtt} us"
+        theirs >= 0.9 * rtt,
+        "accept-side handshake {theirs} us is at least the path's round trip {rtt} us, within 10%"
     );
 }
 
