@@ -197,7 +197,12 @@ fn offcpu_table(r: &Report, rows: usize, out: &mut String) {
         "PID", "COMM", "ON-CPU%", "RUNQ%", "RUNQ p99", "D-IO%", "SLEEP%", "SLEEPING IN"
     ));
     for (p, o) in list.into_iter().take(rows.min(10)) {
-        let top: Vec<String> = o.sleep_by_syscall.iter().take(2).map(|s| format!("{} {}", s.name, duration(s.ns))).collect();
+        let mut top: Vec<String> =
+            o.sleep_by_syscall.iter().take(2).map(|s| format!("{} {}", s.name, duration(s.ns))).collect();
+        if o.kernel_thread {
+            // No syscall to sleep in: say whose sleep it is instead.
+            top.push("(kernel thread)".to_string());
+        }
         out.push_str(&format!(
             "{:>8} {:<16} {:>6.1}% {:>6.1}% {:>9} {:>6.1}% {:>6.1}%  {}\n",
             p.pid,
