@@ -109,8 +109,7 @@ pub struct SwitchRecord {
 const _: () = assert!(core::mem::size_of::<SwitchRecord>() == 64);
 
 /// Field offsets of [`SwitchRecord`] (and `pid` of the wake-up records).
-pub const SWITCH_FIELDS: [(&str, u32); 3] =
-    [("prev_pid", 24), ("prev_state", 32), ("next_pid", 56)];
+pub const SWITCH_FIELDS: [(&str, u32); 3] = [("prev_pid", 24), ("prev_state", 32), ("next_pid", 56)];
 pub const WAKEUP_PID_OFFSET: u32 = 24;
 
 /// One thread, from the first time it left a CPU while traced.
@@ -374,59 +373,19 @@ mod tests {
     fn times_add_the_part_in_progress() {
         // On a CPU since 500.
         let t = Times::of(&thread(Reason::Runnable, 0, 0, 500), 800);
-        assert_eq!(
-            t,
-            Times {
-                on_cpu_ns: 301,
-                runqueue_ns: 10,
-                blocked_ns: 100,
-                sleep_ns: 1000
-            }
-        );
+        assert_eq!(t, Times { on_cpu_ns: 301, runqueue_ns: 10, blocked_ns: 100, sleep_ns: 1000 });
         // Preempted at 500: all run queue.
         let t = Times::of(&thread(Reason::Runnable, 500, 0, 0), 800);
-        assert_eq!(
-            t,
-            Times {
-                on_cpu_ns: 1,
-                runqueue_ns: 310,
-                blocked_ns: 100,
-                sleep_ns: 1000
-            }
-        );
+        assert_eq!(t, Times { on_cpu_ns: 1, runqueue_ns: 310, blocked_ns: 100, sleep_ns: 1000 });
         // Asleep since 500, not woken yet.
         let t = Times::of(&thread(Reason::Sleep, 500, 0, 0), 800);
-        assert_eq!(
-            t,
-            Times {
-                on_cpu_ns: 1,
-                runqueue_ns: 10,
-                blocked_ns: 100,
-                sleep_ns: 1300
-            }
-        );
+        assert_eq!(t, Times { on_cpu_ns: 1, runqueue_ns: 10, blocked_ns: 100, sleep_ns: 1300 });
         // Blocked (D) since 500, woken at 700: 200 blocked, then run queue.
         let t = Times::of(&thread(Reason::Blocked, 500, 700, 0), 800);
-        assert_eq!(
-            t,
-            Times {
-                on_cpu_ns: 1,
-                runqueue_ns: 110,
-                blocked_ns: 300,
-                sleep_ns: 1000
-            }
-        );
+        assert_eq!(t, Times { on_cpu_ns: 1, runqueue_ns: 110, blocked_ns: 300, sleep_ns: 1000 });
         // Stamps written after `now` (during the read) count as `now`.
         let t = Times::of(&thread(Reason::Sleep, 500, 900, 0), 800);
-        assert_eq!(
-            t,
-            Times {
-                on_cpu_ns: 1,
-                runqueue_ns: 10,
-                blocked_ns: 100,
-                sleep_ns: 1300
-            }
-        );
+        assert_eq!(t, Times { on_cpu_ns: 1, runqueue_ns: 10, blocked_ns: 100, sleep_ns: 1300 });
         let t = Times::of(&thread(Reason::Runnable, 0, 0, 900), 800);
         assert_eq!(t.total(), 1111);
         let t = Times::of(&thread(Reason::Sleep, 900, 0, 0), 800);
@@ -448,14 +407,6 @@ mod tests {
         (t.off_ns, t.wake_ns, t.on_ns) = (0, 0, 1800);
         let second = Times::of(&t, 2000);
         assert_eq!(second.since(&first).total(), 1000);
-        assert_eq!(
-            second.since(&first),
-            Times {
-                on_cpu_ns: 200,
-                runqueue_ns: 10,
-                blocked_ns: 0,
-                sleep_ns: 790
-            }
-        );
+        assert_eq!(second.since(&first), Times { on_cpu_ns: 200, runqueue_ns: 10, blocked_ns: 0, sleep_ns: 790 });
     }
 }

@@ -71,14 +71,8 @@ pub struct Stats {
 const _: () = assert!(core::mem::size_of::<Stats>() == 48 + 4 * hist::BUCKETS);
 
 impl Stats {
-    pub const ZERO: Stats = Stats {
-        errors: 0,
-        total_ns: 0,
-        max_ns: 0,
-        missed_starts: 0,
-        comm: [0; 16],
-        hist: [0; hist::BUCKETS],
-    };
+    pub const ZERO: Stats =
+        Stats { errors: 0, total_ns: 0, max_ns: 0, missed_starts: 0, comm: [0; 16], hist: [0; hist::BUCKETS] };
 }
 
 /// The syscall a CPU is in: written at `sys_enter`, consumed at `sys_exit`,
@@ -128,13 +122,8 @@ pub enum Counter {
 pub const COUNTERS: u32 = 5;
 
 impl Counter {
-    pub const ALL: [Counter; COUNTERS as usize] = [
-        Counter::MissedStart,
-        Counter::StatsFull,
-        Counter::InflightFull,
-        Counter::ChildReturns,
-        Counter::ExitedFull,
-    ];
+    pub const ALL: [Counter; COUNTERS as usize] =
+        [Counter::MissedStart, Counter::StatsFull, Counter::InflightFull, Counter::ChildReturns, Counter::ExitedFull];
 
     /// Name in output.
     pub const fn name(self) -> &'static str {

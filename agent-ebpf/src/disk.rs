@@ -17,8 +17,8 @@
 
 use agent_common::{
     disk::{
-        Counter, Key, Offsets, Op, Req, Stats, Submit, COUNTERS, DEFAULT_MAX_STATS, MAX_INFLIGHT, MAX_SUBMITS, REQ_OP_FLUSH,
-        REQ_OP_MASK,
+        Counter, Key, Offsets, Op, Req, Stats, Submit, COUNTERS, DEFAULT_MAX_STATS, MAX_INFLIGHT, MAX_SUBMITS,
+        REQ_OP_FLUSH, REQ_OP_MASK,
     },
     hist,
 };
@@ -188,11 +188,8 @@ pub fn disk_rq_issue(ctx: RawTracePointContext) -> i32 {
     let o = global!(OFFSETS);
     let flags: u32 = read(rq, o.rq_cmd_flags);
     let len: u32 = read(rq, o.rq_data_len);
-    let op = if flags & REQ_OP_MASK == REQ_OP_FLUSH {
-        Op::DeviceFlush
-    } else {
-        Op::from_flags(flags, len, o.req_preflush)
-    };
+    let op =
+        if flags & REQ_OP_MASK == REQ_OP_FLUSH { Op::DeviceFlush } else { Op::from_flags(flags, len, o.req_preflush) };
     let req = Req { queued_ns: 0, issued_ns: t, tgid: 0, dev: dev_of(rq, &o), op: op as u32, len };
     made(&req);
     if DISK_INFLIGHT.insert(&rq, &req, 0).is_err() {

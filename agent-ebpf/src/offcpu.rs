@@ -7,9 +7,8 @@
 use agent_common::{
     hist,
     offcpu::{
-        Counter, Reason, RetiredKey, Sleep, SleepKey, StackKey, Stats, SwitchRecord, Thread,
-        COUNTERS, DEFAULT_MAX_STATS, MAX_RETIRED, MAX_SLEEP, MAX_THREADS, NO_SYSCALL_FLAGS,
-        WAKEUP_PID_OFFSET,
+        Counter, Reason, RetiredKey, Sleep, SleepKey, StackKey, Stats, SwitchRecord, Thread, COUNTERS,
+        DEFAULT_MAX_STATS, MAX_RETIRED, MAX_SLEEP, MAX_THREADS, NO_SYSCALL_FLAGS, WAKEUP_PID_OFFSET,
     },
 };
 use agent_ebpf::{atomic_add, global};
@@ -144,11 +143,7 @@ fn retire(tid: u32, now: u64, charge: bool) {
         th.on_cpu_ns += now.saturating_sub(th.on_ns);
     }
     (th.off_ns, th.wake_ns, th.on_ns) = (0, 0, 0);
-    let key = RetiredKey {
-        tid,
-        _pad: 0,
-        born_ns: th.born_ns,
-    };
+    let key = RetiredKey { tid, _pad: 0, born_ns: th.born_ns };
     if OFFCPU_RETIRED.insert(&key, &th, 0).is_err() {
         count(Counter::RetiredFull);
     }
@@ -182,10 +177,8 @@ fn leave(ctx: &TracePointContext, r: &SwitchRecord, now: u64) {
     // Stacks cost two walks per switch: only when asked for.
     let (kstack, ustack) = if global!(STACKS_MIN_NS) != 0 {
         (
-            ctx.get_stackid(&OFFCPU_STACKS, 0)
-                .map_or(-1, |id| id as i32),
-            ctx.get_stackid(&OFFCPU_STACKS, u64::from(BPF_F_USER_STACK))
-                .map_or(-1, |id| id as i32),
+            ctx.get_stackid(&OFFCPU_STACKS, 0).map_or(-1, |id| id as i32),
+            ctx.get_stackid(&OFFCPU_STACKS, u64::from(BPF_F_USER_STACK)).map_or(-1, |id| id as i32),
         )
     } else {
         (-1, -1)
@@ -240,17 +233,8 @@ fn arrive(tid: u32, now: u64) {
         return;
     };
     // SAFETY: a value of this map; only switches of this thread write it.
-    let (tgid, reason, off_ns, wake_ns, nr, kstack, ustack) = unsafe {
-        (
-            (*t).tgid,
-            (*t).reason,
-            (*t).off_ns,
-            (*t).wake_ns,
-            (*t).nr,
-            (*t).kstack,
-            (*t).ustack,
-        )
-    };
+    let (tgid, reason, off_ns, wake_ns, nr, kstack, ustack) =
+        unsafe { ((*t).tgid, (*t).reason, (*t).off_ns, (*t).wake_ns, (*t).nr, (*t).kstack, (*t).ustack) };
     if off_ns == 0 {
         // Already on a CPU by its record: its leaving was not seen.
         // SAFETY: as above.
@@ -303,15 +287,7 @@ fn arrive(tid: u32, now: u64) {
     }
     let min = global!(STACKS_MIN_NS);
     if min != 0 && off >= min && (kstack >= 0 || ustack >= 0) {
-        stack_time(
-            StackKey {
-                tgid,
-                kstack,
-                ustack,
-                _pad: 0,
-            },
-            off,
-        );
+        stack_time(StackKey { tgid, kstack, ustack, _pad: 0 }, off);
     }
 }
 

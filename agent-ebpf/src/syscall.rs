@@ -15,17 +15,12 @@
 
 use agent_common::{
     hist,
-    syscall::{
-        Counter, Inflight, Key, Slot, Stats, COUNTERS, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_STATS,
-        MAX_EXITED,
-    },
+    syscall::{Counter, Inflight, Key, Slot, Stats, COUNTERS, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_STATS, MAX_EXITED},
 };
 use agent_ebpf::{atomic_add, global};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::{map, raw_tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
@@ -41,8 +36,7 @@ static FORK_NRS: [u32; 4] = [u32::MAX; 4];
 #[map]
 static SYSCALL_STATS: HashMap<Key, Stats> = HashMap::with_max_entries(DEFAULT_MAX_STATS, 0);
 #[map]
-static SYSCALL_INFLIGHT: LruHashMap<u32, Inflight> =
-    LruHashMap::with_max_entries(DEFAULT_MAX_INFLIGHT, 0);
+static SYSCALL_INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(DEFAULT_MAX_INFLIGHT, 0);
 #[map]
 static SYSCALL_SLOT: PerCpuArray<Slot> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -61,11 +55,7 @@ pub fn syscall_sys_enter(ctx: RawTracePointContext) -> i32 {
     if let Some(slot) = SYSCALL_SLOT.get_ptr_mut(0) {
         // SAFETY: per-CPU value; programs do not nest on one CPU.
         unsafe {
-            *slot = Slot {
-                tid: pid_tgid as u32,
-                nr: nr as u32,
-                start_ns: bpf_ktime_get_ns(),
-            };
+            *slot = Slot { tid: pid_tgid as u32, nr: nr as u32, start_ns: bpf_ktime_get_ns() };
         }
     }
     0
@@ -96,14 +86,7 @@ pub fn syscall_sys_exit(ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: a helper call without arguments.
     let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start_ns);
-    record(
-        Key {
-            tgid: (pid_tgid >> 32) as u32,
-            nr,
-        },
-        ns,
-        ret,
-    );
+    record(Key { tgid: (pid_tgid >> 32) as u32, nr }, ns, ret);
     0
 }
 
@@ -126,10 +109,7 @@ fn unmatched(ctx: &RawTracePointContext, pid_tgid: u64, ret: i64) {
         return;
     }
     count(Counter::MissedStart);
-    if let Some(stats) = entry(&Key {
-        tgid: (pid_tgid >> 32) as u32,
-        nr,
-    }) {
+    if let Some(stats) = entry(&Key { tgid: (pid_tgid >> 32) as u32, nr }) {
         // SAFETY: a map value; other CPUs only add atomically.
         unsafe { atomic_add(&raw mut (*stats).missed_starts, 1) };
     }
@@ -178,9 +158,7 @@ fn entry(key: &Key) -> Option<*mut Stats> {
 fn create(key: &Key) -> Option<*mut Stats> {
     let zero = SYSCALL_ZERO.get_ptr(0)?;
     // SAFETY: a map value never written to, so all zeroes.
-    let created = SYSCALL_STATS
-        .insert(key, unsafe { &*zero }, BPF_NOEXIST as u64)
-        .is_ok();
+    let created = SYSCALL_STATS.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64).is_ok();
     let stats = SYSCALL_STATS.get_ptr_mut(key)?;
     if created {
         if let Ok(comm) = bpf_get_current_comm() {
@@ -204,11 +182,7 @@ pub fn syscall_sched_switch(_ctx: RawTracePointContext) -> i32 {
     }
     // SAFETY: as above.
     unsafe { (*slot).tid = 0 };
-    let v = Inflight {
-        nr: s.nr,
-        _pad: 0,
-        start_ns: s.start_ns,
-    };
+    let v = Inflight { nr: s.nr, _pad: 0, start_ns: s.start_ns };
     if SYSCALL_INFLIGHT.insert(s.tid, v, 0).is_err() {
         count(Counter::InflightFull);
     }

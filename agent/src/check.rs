@@ -42,9 +42,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
 
     match ebpf::ensure_tracefs() {
         Ok(TracefsState::Mounted) => line("tracefs", true, &format!("mounted at {TRACEFS}")),
-        Ok(TracefsState::MountedNow) => {
-            line("tracefs", true, &format!("was not mounted; mounted it at {TRACEFS}"))
-        }
+        Ok(TracefsState::MountedNow) => line("tracefs", true, &format!("was not mounted; mounted it at {TRACEFS}")),
         Err(e) => line("tracefs", false, &e),
     }
 
@@ -55,7 +53,12 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     let euid = unsafe { libc::geteuid() };
     let who = if euid == 0 { "root".to_string() } else { format!("uid {euid}") };
     let mut names = Vec::new();
-    for (c, n) in [(CAP_SYS_ADMIN, "CAP_SYS_ADMIN"), (CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON"), (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE")] {
+    for (c, n) in [
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),
+    ] {
         if has(c) {
             names.push(n);
         }

@@ -216,8 +216,8 @@ fn resolve_cgroup(path: &str) -> Result<CgroupFilter, String> {
     let root = cgroup2_mount().ok_or("--cgroup: no cgroup2 filesystem is mounted on this host")?;
     let rel = path.strip_prefix(root.as_str()).unwrap_or(path).trim_matches('/');
     let full = Path::new(&root).join(rel);
-    let meta = std::fs::metadata(&full)
-        .map_err(|e| format!("--cgroup {path}: {} is not a cgroup ({e})", full.display()))?;
+    let meta =
+        std::fs::metadata(&full).map_err(|e| format!("--cgroup {path}: {} is not a cgroup ({e})", full.display()))?;
     let level = rel.split('/').filter(|c| !c.is_empty()).count() as u32;
     Ok(CgroupFilter { path: full.display().to_string(), id: meta.ino(), level })
 }

@@ -163,7 +163,6 @@ impl Store {
     }
 }
 
-
 struct Limits {
     retention: Duration,
     max_memory: usize,

@@ -28,12 +28,7 @@ pub enum ProbeError {
     #[error("probe {probe}: the kernel rejected program {program}: {}", load_reason(.source.as_ref()))]
     ProgramLoad { probe: &'static str, program: &'static str, source: Box<ProgramError> },
     #[error("probe {probe}: attaching {program} to raw tracepoint {tracepoint} failed: {}", attach_reason(.tracepoint, .source.as_ref()))]
-    Attach {
-        probe: &'static str,
-        program: &'static str,
-        tracepoint: String,
-        source: Box<ProgramError>,
-    },
+    Attach { probe: &'static str, program: &'static str, tracepoint: String, source: Box<ProgramError> },
     #[error("probe {probe}: reading map {map} failed: {detail}")]
     Read { probe: &'static str, map: &'static str, detail: String },
     #[error("probe {probe}: {detail}")]
@@ -76,9 +71,7 @@ fn os_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<i32> {
 
 fn errno_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     match os_error(e)? {
-        libc::EPERM | libc::EACCES => {
-            Some("run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE")
-        }
+        libc::EPERM | libc::EACCES => Some("run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"),
         libc::ENOMEM => Some("the kernel could not allocate the maps; lower --max-entries"),
         _ => None,
     }
@@ -90,9 +83,7 @@ fn load_reason(e: &ProgramError) -> String {
             let log = verifier_log.to_string();
             let tail: Vec<&str> = log.lines().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect();
             let hint = match io_error.raw_os_error() {
-                Some(libc::EPERM | libc::EACCES) => {
-                    "; run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE"
-                }
+                Some(libc::EPERM | libc::EACCES) => "; run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE",
                 _ => "; this kernel's verifier does not accept it: please report it with `hostprobe check` output",
             };
             format!("{io_error}{hint}; verifier says: {}", tail.join(" | "))
@@ -120,9 +111,7 @@ pub fn ensure_tracefs() -> Result<TracefsState, String> {
     let src = c"tracefs";
     let target = c"/sys/kernel/tracing";
     // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
     if rc == 0 {
         Ok(TracefsState::MountedNow)
     } else {
@@ -375,9 +364,7 @@ fn map_data(map: &Map) -> Option<&MapData> {
 fn memlock(data: &MapData) -> Option<u64> {
     let fd = data.fd().as_fd().as_raw_fd();
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
+    info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok())
 }
 
 /// Reads a whole hash map with `BPF_MAP_LOOKUP_BATCH`: a handful of
@@ -438,7 +425,12 @@ impl<K: aya::Pod, V: aya::Pod> BatchReader<K, V> {
             // SAFETY: attr points at buffers with room for `count` keys and
             // values and at a token buffer; the kernel writes only there.
             let rc = unsafe {
-                libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>())
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    std::mem::size_of::<BatchAttr>(),
+                )
             };
             let err = (rc < 0).then(io::Error::last_os_error);
             let got = (attr.count as usize).min(BATCH);

@@ -104,7 +104,9 @@ pub async fn channel(url: &str, args: &ClientArgs) -> anyhow::Result<Channel> {
             ep = ep.tls_config(tls).context("TLS configuration")?;
         }
         Some("http") if args.plaintext => {}
-        Some("http") => bail!("{url} is plaintext (http://): use https://, or pass --plaintext to send reports unencrypted"),
+        Some("http") => {
+            bail!("{url} is plaintext (http://): use https://, or pass --plaintext to send reports unencrypted")
+        }
         _ => bail!("bad collector address {url:?}: expected https://host:port"),
     }
     let ep = ep
@@ -361,7 +363,11 @@ impl Exporter {
             let spooled = self.shared.lock().spool.is_some();
             log::warn!(
                 "{left} reports not acknowledged at exit{}",
-                if spooled { "; they stay in the spool and go first at the next start" } else { " and lost (use --spool-dir to keep them)" }
+                if spooled {
+                    "; they stay in the spool and go first at the next start"
+                } else {
+                    " and lost (use --spool-dir to keep them)"
+                }
             );
         }
     }
@@ -423,7 +429,8 @@ async fn session(
         .map_err(|s| {
             // A TLS server answers plaintext HTTP/2 with bytes that fail the
             // stream as Unknown or, from h2's framing, as Internal.
-            let hint = if url.starts_with("http://") && matches!(s.code(), tonic::Code::Unknown | tonic::Code::Internal) {
+            let hint = if url.starts_with("http://") && matches!(s.code(), tonic::Code::Unknown | tonic::Code::Internal)
+            {
                 " (the collector may require TLS: use https://)"
             } else {
                 ""

@@ -158,7 +158,13 @@ impl Group {
     }
 
     /// Everything a process (or `other`) of a report adds.
-    fn add_report(&mut self, syscalls: &[SyscallReport], disk: &[DiskReport], offcpu: Option<&OffcpuReport>, tcp: &[TcpReport]) {
+    fn add_report(
+        &mut self,
+        syscalls: &[SyscallReport],
+        disk: &[DiskReport],
+        offcpu: Option<&OffcpuReport>,
+        tcp: &[TcpReport],
+    ) {
         for s in syscalls {
             let l = &s.latency;
             self.add_syscall(&s.name, l.count, l.errors, l.total_ns, Some(&l.hist));
@@ -308,7 +314,8 @@ impl Metrics {
         self.reports += 1;
         let hist = |h: &Option<crate::wire::pb::Histogram>| h.as_ref().and_then(|h| from_wire(h).ok());
         for p in r.processes.iter().chain(&r.other) {
-            let key = GroupKey { host: host.to_string(), process: p.comm.clone(), container_id: p.container_id.clone() };
+            let key =
+                GroupKey { host: host.to_string(), process: p.comm.clone(), container_id: p.container_id.clone() };
             let group = if p.merged > 1 || p.pid == 0 {
                 self.other.last_seen_unix_ns = now;
                 &mut self.other
@@ -427,12 +434,17 @@ pub(crate) mod tests {
     #[test]
     fn the_stream_carries_the_same_host_totals() {
         let wire = crate::wire::report(&report());
-        let decoded = <crate::wire::pb::Report as prost::Message>::decode(prost::Message::encode_to_vec(&wire).as_slice()).unwrap();
+        let decoded =
+            <crate::wire::pb::Report as prost::Message>::decode(prost::Message::encode_to_vec(&wire).as_slice())
+                .unwrap();
         assert_eq!(decoded.tcp_unknown_owner.len(), 1);
         let other = decoded.other.as_ref().unwrap();
         assert!(!other.disk.is_empty() && other.offcpu.is_some() && !other.tcp.is_empty(), "{other:?}");
         // Three samples of 40 us per connection.
-        assert!(other.tcp.iter().all(|t| t.rtt.as_ref().is_some_and(|h| h.sum_ns == Some(120_000 * t.connections))), "{other:?}");
+        assert!(
+            other.tcp.iter().all(|t| t.rtt.as_ref().is_some_and(|h| h.sum_ns == Some(120_000 * t.connections))),
+            "{other:?}"
+        );
         assert!(other.disk.iter().all(|d| d.total.as_ref().is_some_and(|h| h.sum_ns.is_some())));
         let mut m = Metrics::new(2);
         m.add_wire("h1", &decoded);

@@ -108,7 +108,15 @@ struct Builder {
 }
 
 impl Builder {
-    fn sum(&mut self, name: &'static str, unit: &'static str, help: &'static str, attrs: Vec<KeyValue>, start: u64, v: u64) {
+    fn sum(
+        &mut self,
+        name: &'static str,
+        unit: &'static str,
+        help: &'static str,
+        attrs: Vec<KeyValue>,
+        start: u64,
+        v: u64,
+    ) {
         self.sum_value(name, unit, help, attrs, start, number_data_point::Value::AsInt(v as i64));
     }
 
@@ -257,7 +265,10 @@ impl Exporter {
         for (k, v) in &args.otlp_headers {
             let key: tonic::metadata::MetadataKey<tonic::metadata::Ascii> =
                 k.parse().map_err(|_| anyhow::anyhow!("--otlp-header {k}: not a valid header name"))?;
-            headers.insert(key, v.parse().map_err(|_| anyhow::anyhow!("--otlp-header {k}: the value must be printable ASCII"))?);
+            headers.insert(
+                key,
+                v.parse().map_err(|_| anyhow::anyhow!("--otlp-header {k}: the value must be printable ASCII"))?,
+            );
         }
         let (tx, rx) = tokio::sync::watch::channel(0u64);
         let queue = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
@@ -286,7 +297,11 @@ impl Exporter {
                 Temporality::Delta => {
                     let d = minus(g, self.last.get(&k));
                     // A group new since the last export starts at its own start.
-                    let start = if self.last.contains_key(&k) { self.last_time } else { (g.start_unix_ns as u64).max(self.last_time) };
+                    let start = if self.last.contains_key(&k) {
+                        self.last_time
+                    } else {
+                        (g.start_unix_ns as u64).max(self.last_time)
+                    };
                     self.last.insert(k.clone(), g.clone());
                     (d, start)
                 }
@@ -298,19 +313,41 @@ impl Exporter {
                 b.sum("hostprobe.syscalls", "{call}", "Syscalls completed.", attrs.clone(), start, *calls);
                 b.sum("hostprobe.syscall.errors", "{call}", "Syscalls that returned an error.", attrs, start, *errors);
             }
-            b.hist("hostprobe.syscall.duration", "Syscall latency, all syscalls of the process.", a.clone(), start, &g.syscall_latency);
+            b.hist(
+                "hostprobe.syscall.duration",
+                "Syscall latency, all syscalls of the process.",
+                a.clone(),
+                start,
+                &g.syscall_latency,
+            );
             for ((dev, op), d) in &g.disk {
                 let mut attrs = a.clone();
                 attrs.push(s("disk.io.direction", op));
                 attrs.push(s("system.device", dev));
-                b.sum("hostprobe.disk.ios", "{request}", "Block I/O requests completed.", attrs.clone(), start, d.count);
+                b.sum(
+                    "hostprobe.disk.ios",
+                    "{request}",
+                    "Block I/O requests completed.",
+                    attrs.clone(),
+                    start,
+                    d.count,
+                );
                 b.sum("hostprobe.disk.io", "By", "Bytes of block I/O completed.", attrs.clone(), start, d.bytes);
-                b.hist("hostprobe.disk.io.duration", "Block I/O latency, queued to completed.", attrs, start, &d.latency);
+                b.hist(
+                    "hostprobe.disk.io.duration",
+                    "Block I/O latency, queued to completed.",
+                    attrs,
+                    start,
+                    &d.latency,
+                );
             }
             if g.on_cpu_ns + g.runqueue_ns + g.blocked_io_ns + g.sleep_ns > 0 {
-                for (state, ns) in
-                    [("on_cpu", g.on_cpu_ns), ("runqueue", g.runqueue_ns), ("blocked_io", g.blocked_io_ns), ("sleep", g.sleep_ns)]
-                {
+                for (state, ns) in [
+                    ("on_cpu", g.on_cpu_ns),
+                    ("runqueue", g.runqueue_ns),
+                    ("blocked_io", g.blocked_io_ns),
+                    ("sleep", g.sleep_ns),
+                ] {
                     let mut attrs = a.clone();
                     attrs.push(s("hostprobe.thread.state", state));
                     let secs = number_data_point::Value::AsDouble(ns as f64 / 1e9);
@@ -324,7 +361,14 @@ impl Exporter {
                 recv.push(s("network.io.direction", "receive"));
                 b.sum("hostprobe.tcp.io", "By", "TCP bytes.", sent, start, g.tcp_bytes_sent);
                 b.sum("hostprobe.tcp.io", "By", "TCP bytes.", recv, start, g.tcp_bytes_received);
-                b.sum("hostprobe.tcp.retransmits", "{segment}", "TCP segments retransmitted.", a.clone(), start, g.tcp_retransmits);
+                b.sum(
+                    "hostprobe.tcp.retransmits",
+                    "{segment}",
+                    "TCP segments retransmitted.",
+                    a.clone(),
+                    start,
+                    g.tcp_retransmits,
+                );
             }
             b.hist("hostprobe.tcp.rtt", "TCP smoothed RTT samples.", a, start, &g.tcp_rtt);
         }
@@ -385,9 +429,12 @@ const DELTA_QUEUE: usize = 600;
 /// retry information, which servers send when they mean "later").
 fn retryable(s: &tonic::Status) -> bool {
     match s.code() {
-        Code::Cancelled | Code::DeadlineExceeded | Code::Aborted | Code::OutOfRange | Code::Unavailable | Code::DataLoss => {
-            true
-        }
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => true,
         Code::ResourceExhausted => s.metadata().get_bin("grpc-status-details-bin").is_some(),
         _ => false,
     }
@@ -493,7 +540,12 @@ mod tests {
     }
 
     fn points<'a>(r: &'a ExportMetricsServiceRequest, name: &str) -> Vec<&'a Data> {
-        r.resource_metrics[0].scope_metrics[0].metrics.iter().filter(|m| m.name == name).filter_map(|m| m.data.as_ref()).collect()
+        r.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .iter()
+            .filter(|m| m.name == name)
+            .filter_map(|m| m.data.as_ref())
+            .collect()
     }
 
     fn int_total(r: &ExportMetricsServiceRequest, name: &str) -> i64 {

@@ -43,18 +43,14 @@ impl ProcCache {
                 return Some(meta.clone());
             }
         }
-        let cgroup = proc.cgroups().ok().and_then(|groups| {
-            groups.0.into_iter().find(|g| g.hierarchy == 0).map(|g| g.pathname)
-        });
+        let cgroup =
+            proc.cgroups().ok().and_then(|groups| groups.0.into_iter().find(|g| g.hierarchy == 0).map(|g| g.pathname));
         let meta = ProcMeta {
             comm: stat.comm,
             exe: proc.exe().ok().map(|p| p.to_string_lossy().into_owned()),
             container_id: cgroup.as_deref().and_then(container_id),
             cgroup,
-            cmdline: self
-                .with_cmdline
-                .then(|| proc.cmdline().ok().map(|a| a.join(" ")))
-                .flatten(),
+            cmdline: self.with_cmdline.then(|| proc.cmdline().ok().map(|a| a.join(" "))).flatten(),
         };
         self.entries.insert(pid, (stat.starttime, meta.clone()));
         Some(meta)
@@ -119,7 +115,9 @@ mod tests {
         for path in [
             format!("/system.slice/docker-{ID}.scope"),
             format!("/docker/{ID}"),
-            format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{ID}.scope"),
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/cri-containerd-{ID}.scope"
+            ),
             format!("/kubepods/besteffort/pod0c0d/{ID}"),
             format!("/machine.slice/libpod-{ID}.scope/container"),
             format!("/kubepods.slice/crio-{ID}.scope"),

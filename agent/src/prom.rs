@@ -132,18 +132,30 @@ impl Collector for View {
 
         let mut cpu = Vec::new();
         for (k, g) in &groups {
-            for (state, ns) in
-                [("on_cpu", g.on_cpu_ns), ("runqueue", g.runqueue_ns), ("blocked_io", g.blocked_io_ns), ("sleep", g.sleep_ns)]
-            {
+            for (state, ns) in [
+                ("on_cpu", g.on_cpu_ns),
+                ("runqueue", g.runqueue_ns),
+                ("blocked_io", g.blocked_io_ns),
+                ("sleep", g.sleep_ns),
+            ] {
                 if g.on_cpu_ns + g.runqueue_ns + g.blocked_io_ns + g.sleep_ns > 0 {
                     cpu.push((with(k, &[("state", state.to_string())]), ns as f64 / 1e9));
                 }
             }
         }
-        counter(&mut e, "hostprobe_thread_time_seconds", "Thread time by state: on a CPU, waiting for one, blocked (D), asleep.", &cpu)?;
+        counter(
+            &mut e,
+            "hostprobe_thread_time_seconds",
+            "Thread time by state: on a CPU, waiting for one, blocked (D), asleep.",
+            &cpu,
+        )?;
 
         let pick = |f: fn(&crate::metrics::Group) -> u64| -> Vec<(Labels, u64)> {
-            groups.iter().filter(|(_, g)| g.tcp_bytes_sent + g.tcp_bytes_received + g.tcp_connections > 0).map(|(k, g)| (base(k), f(g))).collect()
+            groups
+                .iter()
+                .filter(|(_, g)| g.tcp_bytes_sent + g.tcp_bytes_received + g.tcp_connections > 0)
+                .map(|(k, g)| (base(k), f(g)))
+                .collect()
         };
         counter(&mut e, "hostprobe_tcp_sent_bytes", "TCP bytes sent.", &pick(|g| g.tcp_bytes_sent))?;
         counter(&mut e, "hostprobe_tcp_received_bytes", "TCP bytes received.", &pick(|g| g.tcp_bytes_received))?;
@@ -177,12 +189,32 @@ impl Collector for View {
         }
         gauge(&mut e, "hostprobe_map_entries", "Entries in use in a kernel map (where counted).", &fill)?;
         gauge(&mut e, "hostprobe_map_max_entries", "Size of a kernel map.", &size)?;
-        gauge(&mut e, "hostprobe_metric_groups", "Process groups exported (at most --metrics-max-processes, plus other).", &[(vec![], m.groups.len() as i64)])?;
+        gauge(
+            &mut e,
+            "hostprobe_metric_groups",
+            "Process groups exported (at most --metrics-max-processes, plus other).",
+            &[(vec![], m.groups.len() as i64)],
+        )?;
         if let Some(q) = h.export_queue {
-            gauge(&mut e, "hostprobe_export_queue_length", "Reports waiting for the collector's acknowledgement.", &[(vec![], q as i64)])?;
-            counter(&mut e, "hostprobe_export_errors", "Failed attempts to stream to the collector.", &[(vec![], h.export_errors)])?;
+            gauge(
+                &mut e,
+                "hostprobe_export_queue_length",
+                "Reports waiting for the collector's acknowledgement.",
+                &[(vec![], q as i64)],
+            )?;
+            counter(
+                &mut e,
+                "hostprobe_export_errors",
+                "Failed attempts to stream to the collector.",
+                &[(vec![], h.export_errors)],
+            )?;
             if let Some(t) = h.export_last_error_unix {
-                gauge(&mut e, "hostprobe_export_last_error_timestamp_seconds", "When streaming to the collector last failed.", &[(vec![], t)])?;
+                gauge(
+                    &mut e,
+                    "hostprobe_export_last_error_timestamp_seconds",
+                    "When streaming to the collector last failed.",
+                    &[(vec![], t)],
+                )?;
             }
         }
         Ok(())
@@ -283,7 +315,10 @@ mod tests {
         assert!(total(&body, "hostprobe_thread_time_seconds_total") > 0.0);
         let sum: u64 = (1..=10u64).map(|k| 51_000 * k * k).sum();
         assert!((total(&body, "hostprobe_disk_io_duration_seconds_sum") - sum as f64 / 1e9).abs() < 1e-12, "{body}");
-        assert!(body.contains("hostprobe_tcp_connections_closed_total{process=\"tcp_unknown_owner\",container_id=\"\"} 1"), "{body}");
+        assert!(
+            body.contains("hostprobe_tcp_connections_closed_total{process=\"tcp_unknown_owner\",container_id=\"\"} 1"),
+            "{body}"
+        );
         assert!(body.contains("hostprobe_tcp_rtt_seconds_count{"), "{body}");
         assert!((total(&body, "hostprobe_tcp_rtt_seconds_sum") - 11.0 * 120_000.0 / 1e9).abs() < 1e-12, "{body}");
         assert!(!body.contains("NaN"), "{body}");

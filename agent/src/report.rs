@@ -658,7 +658,15 @@ pub(crate) mod tests {
     #[test]
     fn other_carries_every_probe_exactly() {
         let all = every_probe(10);
-        let r = build(every_probe(10), 3, &mut ProcCache::new(false), &mut DeviceNames::default(), 1_000_000_000, "h", vec![]);
+        let r = build(
+            every_probe(10),
+            3,
+            &mut ProcCache::new(false),
+            &mut DeviceNames::default(),
+            1_000_000_000,
+            "h",
+            vec![],
+        );
         let other = r.other.as_ref().expect("other");
         assert_eq!(other.processes, 7);
         let procs = || all.processes.iter().filter(|(pid, _)| **pid != 0).map(|(_, p)| p);
@@ -688,7 +696,8 @@ pub(crate) mod tests {
         assert_eq!(shown_off.iter().map(|o| o.blocked_io_ns).sum::<u64>(), sum(|o| o.blocked_ns));
         assert_eq!(shown_off.iter().map(|o| o.offcpu.count).sum::<u64>(), 20);
         assert_eq!(shown_off.iter().map(|o| o.offcpu.sum_ns).sum::<u64>(), sum(|o| o.offcpu.sum_ns));
-        let nanosleep: u64 = shown_off.iter().flat_map(|o| &o.sleep_by_syscall).filter(|s| s.name == "nanosleep").map(|s| s.ns).sum();
+        let nanosleep: u64 =
+            shown_off.iter().flat_map(|o| &o.sleep_by_syscall).filter(|s| s.name == "nanosleep").map(|s| s.ns).sum();
         assert_eq!(nanosleep, sum(|o| o.sleep_ns));
 
         // TCP: bytes and connections; the unknown owner's apart.
@@ -703,7 +712,15 @@ pub(crate) mod tests {
 
     #[test]
     fn every_latency_object_has_its_sum_in_json() {
-        let r = build(every_probe(4), 2, &mut ProcCache::new(false), &mut DeviceNames::default(), 1_000_000_000, "h", vec![]);
+        let r = build(
+            every_probe(4),
+            2,
+            &mut ProcCache::new(false),
+            &mut DeviceNames::default(),
+            1_000_000_000,
+            "h",
+            vec![],
+        );
         let v = serde_json::to_value(&r).unwrap();
         let d = &v["other"]["disk"][0];
         // Shown: the two with the most syscall time (k = 4, 3); other: k = 1, 2.

@@ -55,8 +55,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let export = args.export;
-    let metrics = (args.prometheus_listen.is_some() || args.otlp.otlp_endpoint.is_some())
-        .then(|| std::sync::Arc::new(std::sync::Mutex::new(crate::metrics::Metrics::new(args.metrics_max_processes as usize))));
+    let metrics = (args.prometheus_listen.is_some() || args.otlp.otlp_endpoint.is_some()).then(|| {
+        std::sync::Arc::new(std::sync::Mutex::new(crate::metrics::Metrics::new(args.metrics_max_processes as usize)))
+    });
     let prometheus_listen = args.prometheus_listen;
     let otlp_args = args.otlp;
     rt.block_on(async move {

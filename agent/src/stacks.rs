@@ -83,7 +83,11 @@ fn record(args: &OffcpuArgs) -> anyhow::Result<()> {
         eprintln!("hostprobe: wrote folded stacks to {}", path.display());
     }
     if let Some(path) = &args.svg {
-        anyhow::ensure!(!lines.is_empty(), "no off-CPU episodes of {} or more to draw", humantime::format_duration(args.min));
+        anyhow::ensure!(
+            !lines.is_empty(),
+            "no off-CPU episodes of {} or more to draw",
+            humantime::format_duration(args.min)
+        );
         let mut options = inferno::flamegraph::Options::default();
         options.title = format!("Off-CPU time: {comm} (pid {pid})");
         options.count_name = "us".into();

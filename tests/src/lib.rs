@@ -59,9 +59,9 @@ impl Agent {
     /// the probes are attached on return.
     pub fn start(args: &[&str]) -> Agent {
         let mut agent = Agent::spawn(args);
-        agent.next_report(Duration::from_secs(30)).unwrap_or_else(|| {
-            panic!("no report from hostprobe within 30 s; stderr:\n{}", agent.stderr())
-        });
+        agent
+            .next_report(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no report from hostprobe within 30 s; stderr:\n{}", agent.stderr()));
         agent
     }
 
@@ -83,11 +83,7 @@ impl Agent {
         if !args.contains(&"--interval") {
             cmd.args(["--interval", INTERVAL]);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn hostprobe");
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hostprobe");
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
@@ -298,7 +294,8 @@ impl LoopDevice {
     }
 
     fn attach(backing: PathBuf, args: &[&str]) -> LoopDevice {
-        let out = Command::new("losetup").args(["--find", "--show"]).args(args).arg(&backing).output().expect("run losetup");
+        let out =
+            Command::new("losetup").args(["--find", "--show"]).args(args).arg(&backing).output().expect("run losetup");
         assert!(out.status.success(), "losetup failed: {}", String::from_utf8_lossy(&out.stderr));
         let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
         LoopDevice { path, backing }
@@ -693,14 +690,7 @@ pub struct KernelMap {
 fn bpf_cmd(cmd: libc::c_long, attr: &mut [u64; 16]) -> i64 {
     // SAFETY: the attribute block is larger than any layout used here and
     // the kernel reads and writes only within it (and the buffers it names).
-    unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr),
-        )
-    }
+    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) }
 }
 
 impl KernelMap {
@@ -765,9 +755,7 @@ impl KernelMap {
 
     /// Whether the map holds the u32 key `k` (a thread or process id).
     pub fn has_u32(&self, k: u32) -> bool {
-        self.keys()
-            .iter()
-            .any(|key| key.len() == 4 && key[..] == k.to_ne_bytes())
+        self.keys().iter().any(|key| key.len() == 4 && key[..] == k.to_ne_bytes())
     }
 }
 

@@ -158,10 +158,22 @@ fn tls_token_and_client_certificates_are_enforced_with_clear_messages() {
     let pki = Pki::new();
     let data = TempDir::new("tls");
     let port = free_port();
-    let (ca, cert, key, token) = (pki.file("ca.pem"), pki.file("server.pem"), pki.file("server.key"), pki.file("token"));
+    let (ca, cert, key, token) =
+        (pki.file("ca.pem"), pki.file("server.pem"), pki.file("server.key"), pki.file("token"));
     let collector = Collector::start(
         port,
-        &["--tls-cert", &cert, "--tls-key", &key, "--client-ca", &ca, "--token-file", &token, "--data-dir", data.path()],
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--client-ca",
+            &ca,
+            "--token-file",
+            &token,
+            "--data-dir",
+            data.path(),
+        ],
     );
     let url = format!("https://127.0.0.1:{port}");
     let (client_cert, client_key) = (pki.file("client.pem"), pki.file("client.key"));
@@ -285,10 +297,7 @@ fn hostile_input_is_refused_and_a_good_agent_loses_nothing() {
     assert_eq!(malformed.code(), tonic::Code::InvalidArgument, "{malformed:?}");
     let oversized = rt.block_on(hostile_stream(&url, vec![vec![0x0a; 2 << 20]]));
     eprintln!("oversized: {oversized:?}");
-    assert!(
-        matches!(oversized.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted),
-        "{oversized:?}"
-    );
+    assert!(matches!(oversized.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{oversized:?}");
     let flood = rt.block_on(hostile_stream(&url, (1..=5_000).map(|s| valid_report("flooder", s)).collect()));
     eprintln!("flood: {flood:?}");
     assert_eq!(flood.code(), tonic::Code::ResourceExhausted, "{flood:?}");

@@ -4,7 +4,9 @@
 
 use std::{process::Command, time::Duration};
 
-use hostprobe_tests::{device_items, disk_items, measure, probe_status, process_reports, sum, Agent, LoopDevice, Workload};
+use hostprobe_tests::{
+    device_items, disk_items, measure, probe_status, process_reports, sum, Agent, LoopDevice, Workload,
+};
 
 #[test]
 fn counts_direct_reads_and_writes_exactly() {
@@ -237,7 +239,8 @@ fn concurrent_flushes_and_same_sector_reads_are_charged_to_their_makers() {
     let mut syncers: Vec<Workload> = (0..8)
         .map(|i| Workload::spawn(&["fsync-loop", &dev.path, &(100 + i).to_string(), &FSYNCS.to_string()]))
         .collect();
-    let mut readers: Vec<Workload> = (0..4).map(|_| Workload::spawn(&["dio-same", &dev.path, &READS.to_string()])).collect();
+    let mut readers: Vec<Workload> =
+        (0..4).map(|_| Workload::spawn(&["dio-same", &dev.path, &READS.to_string()])).collect();
     let mut idle = Workload::spawn(&["getppid", "10"]);
     let pids = |ws: &[Workload]| ws.iter().map(Workload::pid).collect::<Vec<u32>>();
     let (syncer_pids, reader_pids, idle_pid) = (pids(&syncers), pids(&readers), idle.pid());

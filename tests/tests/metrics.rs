@@ -10,7 +10,10 @@ use hostprobe_tests::{free_port, http_get, promtool_check, Agent, Collector, Pro
 fn prometheus_scrapes_the_exact_syscall_count() {
     let port = free_port();
     let collector_metrics = free_port();
-    let collector = Collector::start(free_port(), &["--plaintext", "--prometheus-listen", &format!("127.0.0.1:{collector_metrics}")]);
+    let collector = Collector::start(
+        free_port(),
+        &["--plaintext", "--prometheus-listen", &format!("127.0.0.1:{collector_metrics}")],
+    );
     let mut workload = Workload::spawn(&["getppid", "5000"]);
     let pid = workload.pid().to_string();
     let listen = format!("127.0.0.1:{port}");
@@ -55,7 +58,11 @@ fn prometheus_scrapes_the_exact_syscall_count() {
     assert!(status.contains("200"), "{status}");
     let line = body
         .lines()
-        .find(|l| l.starts_with("hostprobe_syscalls_total{") && l.contains("process=\"workload\"") && l.contains("syscall=\"getppid\""))
+        .find(|l| {
+            l.starts_with("hostprobe_syscalls_total{")
+                && l.contains("process=\"workload\"")
+                && l.contains("syscall=\"getppid\"")
+        })
         .unwrap_or_else(|| panic!("no workload getppid series at the collector: {body}"));
     assert!(line.contains("host=\""), "{line}");
     assert!(line.ends_with(" 5000"), "exact at the collector too: {line}");

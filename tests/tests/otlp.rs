@@ -17,8 +17,10 @@ fn getppid_series(requests: &[Value], pid: u32) -> Vec<(u64, u64, u64, String)> 
         .iter()
         .flat_map(|r| points(r, "hostprobe.syscalls"))
         .filter(|(p, _)| {
-            attr(&p["attributes"], "process.executable.name").and_then(|v| v["stringValue"].as_str()) == Some("workload")
-                && attr(&p["attributes"], "hostprobe.syscall").and_then(|v| v["stringValue"].as_str()) == Some("getppid")
+            attr(&p["attributes"], "process.executable.name").and_then(|v| v["stringValue"].as_str())
+                == Some("workload")
+                && attr(&p["attributes"], "hostprobe.syscall").and_then(|v| v["stringValue"].as_str())
+                    == Some("getppid")
         })
         .map(|(p, t)| {
             assert_eq!(
@@ -101,53 +103,19 @@ fn an_unavailable_receiver_loses_and_duplicates_nothing() {
         let receiver = Receiver::start(&format!("unavailable-{temporality}"), 3.0);
         let (pid, log) = export(&receiver, &["--otlp-temporality", temporality]);
         std::thread::sleep(Duration::from_millis(300));
-        assert!(
-            receiver.refused() > 0,
-            "{temporality}: the receiver refused nothing"
-        );
-        assert!(
-            log.contains("retrying in"),
-            "{temporality}: the agent logs its retries: {log}"
-        );
+        assert!(receiver.refused() > 0, "{temporality}: the receiver refused nothing");
+        assert!(log.contains("retrying in"), "{temporality}: the agent logs its retries: {log}");
         let series = getppid_series(&receiver.requests(), pid);
-        eprintln!(
-            "{temporality}: {} exports refused; getppid points {series:?}",
-            receiver.refused()
-        );
-        assert!(
-            !series.is_empty(),
-            "{temporality}: no getppid data point for the workload"
-        );
+        eprintln!("{temporality}: {} exports refused; getppid points {series:?}", receiver.refused());
+        assert!(!series.is_empty(), "{temporality}: no getppid data point for the workload");
         if temporality == "cumulative" {
-            assert_eq!(
-                series.last().map(|s| s.0),
-                Some(5_000),
-                "nothing lost or counted twice: {series:?}"
-            );
-            assert!(
-                series.windows(2).all(|w| w[0].0 <= w[1].0),
-                "cumulative never goes down: {series:?}"
-            );
-            assert!(
-                series.iter().all(|s| s.1 == series[0].1),
-                "one start time: {series:?}"
-            );
+            assert_eq!(series.last().map(|s| s.0), Some(5_000), "nothing lost or counted twice: {series:?}");
+            assert!(series.windows(2).all(|w| w[0].0 <= w[1].0), "cumulative never goes down: {series:?}");
+            assert!(series.iter().all(|s| s.1 == series[0].1), "one start time: {series:?}");
         } else {
-            assert!(
-                series
-                    .iter()
-                    .all(|s| s.3 == "AGGREGATION_TEMPORALITY_DELTA"),
-                "{series:?}"
-            );
-            assert_eq!(
-                series.iter().map(|s| s.0).sum::<u64>(),
-                5_000,
-                "deltas add up exactly: {series:?}"
-            );
-            assert!(
-                series.windows(2).all(|w| w[1].1 == w[0].2),
-                "each delta starts where the last ended: {series:?}"
-            );
+            assert!(series.iter().all(|s| s.3 == "AGGREGATION_TEMPORALITY_DELTA"), "{series:?}");
+            assert_eq!(series.iter().map(|s| s.0).sum::<u64>(), 5_000, "deltas add up exactly: {series:?}");
+            assert!(series.windows(2).all(|w| w[1].1 == w[0].2), "each delta starts where the last ended: {series:?}");
         }
     }
 }
@@ -155,10 +123,8 @@ fn an_unavailable_receiver_loses_and_duplicates_nothing() {
 #[test]
 fn the_collector_forwards_the_fleet_to_otlp() {
     let receiver = Receiver::start("forward", 0.0);
-    let collector = Collector::start(
-        free_port(),
-        &["--plaintext", "--otlp-endpoint", &receiver.url(), "--otlp-interval", "500ms"],
-    );
+    let collector =
+        Collector::start(free_port(), &["--plaintext", "--otlp-endpoint", &receiver.url(), "--otlp-interval", "500ms"]);
     let url = collector.url();
     let mut workload = Workload::spawn(&["getppid", "5000"]);
     let pid = workload.pid();

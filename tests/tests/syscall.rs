@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use hostprobe_tests::{
-    map_entries, measure, probe_status, process_reports, sum, syscall_items, Agent, Workload,
-};
+use hostprobe_tests::{map_entries, measure, probe_status, process_reports, sum, syscall_items, Agent, Workload};
 
 #[test]
 fn counts_every_getppid_exactly_once() {
@@ -20,19 +18,11 @@ fn counts_every_getppid_exactly_once() {
     assert_eq!(sum(&items, "missed_starts"), 0);
     // The workload pauses half-way, so the calls straddle intervals: the
     // exact total proves each interval reports only its own calls.
-    assert!(
-        items.len() >= 2,
-        "expected the calls to span intervals, got {}",
-        items.len()
-    );
+    assert!(items.len() >= 2, "expected the calls to span intervals, got {}", items.len());
     // The filter is applied in the kernel: nothing else is reported.
     for r in &reports {
         for p in r["processes"].as_array().unwrap() {
-            assert_eq!(
-                p["pid"].as_u64(),
-                Some(u64::from(pid)),
-                "unfiltered process {p}"
-            );
+            assert_eq!(p["pid"].as_u64(), Some(u64::from(pid)), "unfiltered process {p}");
         }
     }
 }
@@ -64,10 +54,7 @@ fn latency_percentiles_pick_the_right_group_of_sleeps() {
     // the true p99 a long one (a short sleep delayed past 20 ms by a busy
     // machine now and then does not move them).
     let (p50, p99) = (exact(0.5), exact(0.99));
-    assert!(
-        p50 < 10e6 && p99 >= 20e6,
-        "p50 {p50} ns, p99 {p99} ns: not one in each group"
-    );
+    assert!(p50 < 10e6 && p99 >= 20e6, "p50 {p50} ns, p99 {p99} ns: not one in each group");
 
     let items = syscall_items(&reports, pid, "nanosleep");
     assert_eq!(items.len(), 1, "all sleeps in one interval: {items:?}");
@@ -83,10 +70,7 @@ fn latency_percentiles_pick_the_right_group_of_sleeps() {
         );
     }
     let max = s["max_ns"].as_f64().unwrap();
-    assert!(
-        max >= 20e6 && max <= *sorted.last().unwrap() as f64,
-        "max {max} ns"
-    );
+    assert!(max >= 20e6 && max <= *sorted.last().unwrap() as f64, "max {max} ns");
     // The total is the sum of the calls, which the workload's clock bounds.
     let total = s["total_ns"].as_f64().unwrap();
     let measured: u64 = took.iter().sum();
@@ -135,11 +119,7 @@ fn process_churn_keeps_maps_bounded_and_loses_nothing() {
     // counted twice: the sum over their pids is what they made.
     assert_eq!(children.len() as u64, CHILDREN);
     let unique: std::collections::HashSet<u32> = children.iter().copied().collect();
-    assert_eq!(
-        unique.len() as u64,
-        CHILDREN,
-        "a pid was reused during the test"
-    );
+    assert_eq!(unique.len() as u64, CHILDREN, "a pid was reused during the test");
     let mut reported = 0;
     let mut short = Vec::new();
     for pid in &children {
@@ -169,29 +149,16 @@ fn process_churn_keeps_maps_bounded_and_loses_nothing() {
     // although some 40,000 (process, syscall) pairs passed through it.
     let last = reports.last().unwrap();
     let end = map_entries(last, "syscall", "SYSCALL_STATS");
-    let peak = reports
-        .iter()
-        .map(|r| map_entries(r, "syscall", "SYSCALL_STATS"))
-        .max()
-        .unwrap();
-    assert!(
-        end <= baseline + 200,
-        "SYSCALL_STATS: {baseline} entries before, {end} after"
-    );
+    let peak = reports.iter().map(|r| map_entries(r, "syscall", "SYSCALL_STATS")).max().unwrap();
+    assert!(end <= baseline + 200, "SYSCALL_STATS: {baseline} entries before, {end} after");
     assert!(peak < 16_384, "SYSCALL_STATS peaked at {peak}");
     for r in &reports {
         let status = probe_status(r, "syscall");
         assert_eq!(status["lost"].as_u64(), Some(0), "events lost: {status}");
     }
     // Every child's first return from clone/vfork was recognised as such.
-    let child_returns: u64 = reports
-        .iter()
-        .map(|r| {
-            probe_status(r, "syscall")["counters"]["child_returns"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum();
+    let child_returns: u64 =
+        reports.iter().map(|r| probe_status(r, "syscall")["counters"]["child_returns"].as_u64().unwrap()).sum();
     assert!(child_returns >= 2_000, "child returns: {child_returns}");
 }
 
@@ -220,19 +187,13 @@ fn exec_from_a_non_leader_thread_leaves_no_start_behind() {
         .flat_map(|p| p["syscalls"].as_array().into_iter().flatten())
         .filter(|s| s["count"].as_u64() != Some(0))
         .collect();
-    assert!(
-        bogus.is_empty(),
-        "the child {child} made no timed call, yet: {bogus:?}"
-    );
+    assert!(bogus.is_empty(), "the child {child} made no timed call, yet: {bogus:?}");
     let exec = syscall_items(&reports, pid, "execve");
     eprintln!("execve of pid {pid}: {exec:?}; workload measured at most {exec_ns} ns");
     assert_eq!(sum(&exec, "count"), 1, "{exec:?}");
     assert_eq!(sum(&exec, "missed_starts"), 0, "{exec:?}");
     let took = exec.iter().find_map(|s| s["max_ns"].as_u64()).unwrap_or(0);
-    assert!(
-        took > 0 && took <= exec_ns,
-        "execve took {took} ns, the workload measured at most {exec_ns} ns"
-    );
+    assert!(took > 0 && took <= exec_ns, "execve took {took} ns, the workload measured at most {exec_ns} ns");
 }
 
 #[test]
@@ -265,17 +226,12 @@ fn cgroup_filter_keeps_only_tasks_in_the_cgroup() {
 
     let w = Workload::spawn(&["getppid", &N.to_string()]);
     let pid = w.pid();
-    std::fs::write(dir.join("cgroup.procs"), pid.to_string())
-        .expect("move the workload into the cgroup");
+    std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("move the workload into the cgroup");
     let reports = measure(w, &["--cgroup", dir.to_str().unwrap()]);
     assert_eq!(sum(&syscall_items(&reports, pid, "getppid"), "count"), N);
     for r in &reports {
         for p in r["processes"].as_array().unwrap() {
-            assert_eq!(
-                p["pid"].as_u64(),
-                Some(u64::from(pid)),
-                "process outside the cgroup: {p}"
-            );
+            assert_eq!(p["pid"].as_u64(), Some(u64::from(pid)), "process outside the cgroup: {p}");
         }
     }
 }

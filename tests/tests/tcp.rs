@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use hostprobe_tests::{Agent, map_entries, probe_status, process_reports, workload_bin};
+use hostprobe_tests::{map_entries, probe_status, process_reports, workload_bin, Agent};
 use serde_json::Value;
 
 /// Two namespaces joined by a veth pair, IPv4 10.231.0.{1,2}/24 and IPv6
@@ -18,34 +18,21 @@ struct NetPair {
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 impl NetPair {
     fn new() -> NetPair {
         let id = std::process::id() % 100_000;
         let (a, b) = (format!("hpa{id}"), format!("hpb{id}"));
-        let pair = NetPair {
-            a: a.clone(),
-            b: b.clone(),
-        };
+        let pair = NetPair { a: a.clone(), b: b.clone() };
         ip(&["netns", "add", &a]);
         ip(&["netns", "add", &b]);
-        ip(&[
-            "link", "add", "va", "netns", &a, "type", "veth", "peer", "name", "vb", "netns", &b,
-        ]);
-        for (ns, dev, v4, v6) in [
-            (&a, "va", "10.231.0.1/24", "fd00:231::1/64"),
-            (&b, "vb", "10.231.0.2/24", "fd00:231::2/64"),
-        ] {
+        ip(&["link", "add", "va", "netns", &a, "type", "veth", "peer", "name", "vb", "netns", &b]);
+        for (ns, dev, v4, v6) in
+            [(&a, "va", "10.231.0.1/24", "fd00:231::1/64"), (&b, "vb", "10.231.0.2/24", "fd00:231::2/64")]
+        {
             ip(&["-n", ns, "addr", "add", v4, "dev", dev]);
             ip(&["-n", ns, "-6", "addr", "add", v6, "dev", dev, "nodad"]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
@@ -69,16 +56,8 @@ impl NetPair {
 
     /// Runs a command inside namespace `ns`; returns its stdout.
     fn run(&self, ns: &str, cmd: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(cmd)
-            .output()
-            .expect("ip netns exec");
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new("ip").args(["netns", "exec", ns]).args(cmd).output().expect("ip netns exec");
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -93,18 +72,12 @@ impl Drop for NetPair {
 
 fn say(c: &mut Child, line: &str) {
     use std::io::Write;
-    c.stdin
-        .as_mut()
-        .unwrap()
-        .write_all(line.as_bytes())
-        .unwrap();
+    c.stdin.as_mut().unwrap().write_all(line.as_bytes()).unwrap();
 }
 
 fn read_line(c: &mut Child) -> String {
     let mut line = String::new();
-    BufReader::new(c.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(c.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     line.trim().to_string()
 }
 
@@ -117,10 +90,7 @@ fn output(mut c: Child) -> String {
 
 /// A process's `tcp` items over all reports.
 fn tcp_items(reports: &[Value], pid: u32) -> Vec<Value> {
-    process_reports(reports, pid)
-        .iter()
-        .flat_map(|p| p["tcp"].as_array().cloned().unwrap_or_default())
-        .collect()
+    process_reports(reports, pid).iter().flat_map(|p| p["tcp"].as_array().cloned().unwrap_or_default()).collect()
 }
 
 fn sum(items: &[Value], field: &str) -> u64 {
@@ -132,19 +102,11 @@ fn exchange(server_ip: &str, remote: &str) {
     const ANSWER: u64 = 30_000;
     let net = NetPair::new();
     let mut agent = Agent::start(&["--probes", "tcp"]);
-    let mut server = net.spawn(
-        &net.b,
-        &["tcp-server", server_ip, "5001", &ANSWER.to_string()],
-    );
+    let mut server = net.spawn(&net.b, &["tcp-server", server_ip, "5001", &ANSWER.to_string()]);
     let mut line = String::new();
-    BufReader::new(server.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(server.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "listening");
-    let mut client = net.spawn(
-        &net.a,
-        &["tcp-client", server_ip, "5001", &SENT.to_string()],
-    );
+    let mut client = net.spawn(&net.a, &["tcp-client", server_ip, "5001", &SENT.to_string()]);
     say(&mut client, "go\n");
     let (client_pid, server_pid) = (client.id(), server.id());
     assert_eq!(output(client), ANSWER.to_string());
@@ -155,19 +117,12 @@ fn exchange(server_ip: &str, remote: &str) {
     let c = tcp_items(&reports, client_pid);
     let s = tcp_items(&reports, server_pid);
     assert!(!c.is_empty() && !s.is_empty(), "client {c:?}, server {s:?}");
-    assert!(
-        c.iter().all(|i| i["remote"] == remote),
-        "client's connection is to {remote}: {c:?}"
-    );
+    assert!(c.iter().all(|i| i["remote"] == remote), "client's connection is to {remote}: {c:?}");
     assert_eq!(sum(&c, "bytes_sent"), SENT, "{c:?}");
     assert_eq!(sum(&c, "bytes_received"), ANSWER, "{c:?}");
     assert_eq!(sum(&s, "bytes_received"), SENT, "{s:?}");
     assert_eq!(sum(&s, "bytes_sent"), ANSWER, "{s:?}");
-    assert!(
-        c.iter()
-            .any(|i| i["direction"] == "connect" && i["connect_p50_us"].as_u64().is_some()),
-        "{c:?}"
-    );
+    assert!(c.iter().any(|i| i["direction"] == "connect" && i["connect_p50_us"].as_u64().is_some()), "{c:?}");
     assert!(s.iter().all(|i| i["direction"] == "accept"), "{s:?}");
 }
 
@@ -192,12 +147,7 @@ fn a_connect_to_a_closed_port_is_refused() {
     agent.run_for(Duration::from_millis(600));
     let reports = agent.stop();
     let items = tcp_items(&reports, pid);
-    assert!(
-        items
-            .iter()
-            .any(|i| i["failed"] == "refused" && i["resets"].as_u64() >= Some(1)),
-        "{items:?}"
-    );
+    assert!(items.iter().any(|i| i["failed"] == "refused" && i["resets"].as_u64() >= Some(1)), "{items:?}");
 }
 
 #[test]
@@ -209,10 +159,7 @@ fn rtt_agrees_with_ss_through_a_queue() {
     let net = NetPair::new();
     net.run(
         &net.a,
-        &[
-            "tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate", "8mbit", "burst", "32kb",
-            "latency", "200ms",
-        ],
+        &["tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate", "8mbit", "burst", "32kb", "latency", "200ms"],
     );
     let mut agent = Agent::start(&["--probes", "tcp"]);
     let mut server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "5001", "0"]);
@@ -230,25 +177,12 @@ fn rtt_agrees_with_ss_through_a_queue() {
     let reports = agent.stop();
 
     let items = tcp_items(&reports, pid);
-    let last = items
-        .iter()
-        .rev()
-        .find(|i| i["bytes_sent"].as_u64().is_some())
-        .expect("client connection");
+    let last = items.iter().rev().find(|i| i["bytes_sent"].as_u64().is_some()).expect("client connection");
     let ours = last["rtt_last_us"].as_f64().unwrap();
     eprintln!("rtt: agent {ours} us, ss {ss_us} us");
-    assert!(
-        ss_us > 2_000.0,
-        "the queue did not build: ss rtt {ss_us} us"
-    );
-    assert!(
-        (ours - ss_us).abs() <= (0.2 * ss_us).max(1_000.0),
-        "agent {ours} us vs ss {ss_us} us"
-    );
-    assert!(
-        items.iter().any(|i| i["rtt_p99_us"].as_u64() > Some(1_000)),
-        "{items:?}"
-    );
+    assert!(ss_us > 2_000.0, "the queue did not build: ss rtt {ss_us} us");
+    assert!((ours - ss_us).abs() <= (0.2 * ss_us).max(1_000.0), "agent {ours} us vs ss {ss_us} us");
+    assert!(items.iter().any(|i| i["rtt_p99_us"].as_u64() > Some(1_000)), "{items:?}");
 }
 /// Runs `clients` short connections from namespace a to `ports` ports of
 /// a server in b, each sending `size` bytes; returns the client's pid and
@@ -257,39 +191,18 @@ fn many_connections(clients: u64, ports: u64, size: u64) -> (u32, Vec<Vec<Value>
     let net = NetPair::new();
     let mut agent = Agent::start(&["--probes", "tcp"]);
     let n = clients.to_string();
-    let mut server = net.spawn(
-        &net.b,
-        &[
-            "tcp-server",
-            "10.231.0.2",
-            "6000",
-            "10",
-            &n,
-            &ports.to_string(),
-        ],
-    );
+    let mut server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "6000", "10", &n, &ports.to_string()]);
     assert_eq!(read_line(&mut server), "listening");
-    let mut client = net.spawn(
-        &net.a,
-        &[
-            "tcp-clients",
-            "10.231.0.2",
-            "6000",
-            &n,
-            &ports.to_string(),
-            &size.to_string(),
-        ],
-    );
+    let mut client =
+        net.spawn(&net.a, &["tcp-clients", "10.231.0.2", "6000", &n, &ports.to_string(), &size.to_string()]);
     say(&mut client, "go\n");
     let pid = client.id();
     output(client);
     assert_eq!(output(server), (clients * size).to_string());
     agent.run_for(Duration::from_millis(600));
     let reports = agent.stop();
-    let per_report = process_reports(&reports, pid)
-        .iter()
-        .map(|p| p["tcp"].as_array().cloned().unwrap_or_default())
-        .collect();
+    let per_report =
+        process_reports(&reports, pid).iter().map(|p| p["tcp"].as_array().cloned().unwrap_or_default()).collect();
     (pid, per_report)
 }
 
@@ -298,46 +211,14 @@ fn closed_connections_fold_into_their_endpoint() {
     let (_, reports) = many_connections(200, 1, 1_000);
     let items: Vec<&Value> = reports.iter().flatten().collect();
     for r in &reports {
-        assert!(
-            r.len() <= 2,
-            "one endpoint item per report (plus a connection still open): {r:?}"
-        );
+        assert!(r.len() <= 2, "one endpoint item per report (plus a connection still open): {r:?}");
     }
     let closed: Vec<&&Value> = items.iter().filter(|i| i["state"] == "CLOSED").collect();
-    assert!(
-        closed
-            .iter()
-            .all(|i| i["remote"] == "10.231.0.2:6000" && i["local"] == "*"),
-        "{closed:?}"
-    );
-    assert_eq!(
-        closed
-            .iter()
-            .map(|i| i["connections"].as_u64().unwrap())
-            .sum::<u64>(),
-        200,
-        "{closed:?}"
-    );
-    assert_eq!(
-        items
-            .iter()
-            .map(|i| i["bytes_sent"].as_u64().unwrap())
-            .sum::<u64>(),
-        200_000
-    );
-    assert_eq!(
-        items
-            .iter()
-            .map(|i| i["bytes_received"].as_u64().unwrap())
-            .sum::<u64>(),
-        2_000
-    );
-    assert!(
-        closed
-            .iter()
-            .all(|i| i["connect_p50_us"].as_u64().is_some()
-                && i["connect_p99_us"].as_u64().is_some())
-    );
+    assert!(closed.iter().all(|i| i["remote"] == "10.231.0.2:6000" && i["local"] == "*"), "{closed:?}");
+    assert_eq!(closed.iter().map(|i| i["connections"].as_u64().unwrap()).sum::<u64>(), 200, "{closed:?}");
+    assert_eq!(items.iter().map(|i| i["bytes_sent"].as_u64().unwrap()).sum::<u64>(), 200_000);
+    assert_eq!(items.iter().map(|i| i["bytes_received"].as_u64().unwrap()).sum::<u64>(), 2_000);
+    assert!(closed.iter().all(|i| i["connect_p50_us"].as_u64().is_some() && i["connect_p99_us"].as_u64().is_some()));
 }
 
 #[test]
@@ -346,29 +227,10 @@ fn endpoints_past_the_limit_merge_into_other() {
     // `other` per report, and nothing lost in the merge.
     let (_, reports) = many_connections(80, 80, 500);
     let items: Vec<&Value> = reports.iter().flatten().collect();
-    assert!(
-        reports.iter().all(|r| r.len() <= 33),
-        "{:?}",
-        reports.iter().map(Vec::len).collect::<Vec<_>>()
-    );
-    assert!(
-        items.iter().any(|i| i["remote"] == "other"),
-        "80 endpoints, no other item"
-    );
-    assert_eq!(
-        items
-            .iter()
-            .map(|i| i["connections"].as_u64().unwrap())
-            .sum::<u64>(),
-        80
-    );
-    assert_eq!(
-        items
-            .iter()
-            .map(|i| i["bytes_sent"].as_u64().unwrap())
-            .sum::<u64>(),
-        40_000
-    );
+    assert!(reports.iter().all(|r| r.len() <= 33), "{:?}", reports.iter().map(Vec::len).collect::<Vec<_>>());
+    assert!(items.iter().any(|i| i["remote"] == "other"), "80 endpoints, no other item");
+    assert_eq!(items.iter().map(|i| i["connections"].as_u64().unwrap()).sum::<u64>(), 80);
+    assert_eq!(items.iter().map(|i| i["bytes_sent"].as_u64().unwrap()).sum::<u64>(), 40_000);
 }
 
 /// The smoothed RTT (us) `ss -tin` shows for the connection to `dst`.
@@ -393,10 +255,7 @@ fn connect_latency_through_a_queue_is_at_least_the_round_trip() {
     let net = NetPair::new();
     net.run(
         &net.a,
-        &[
-            "tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate", "8mbit", "burst", "32kb",
-            "latency", "400ms",
-        ],
+        &["tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate", "8mbit", "burst", "32kb", "latency", "400ms"],
     );
     let mut agent = Agent::start(&["--probes", "tcp"]);
     let mut bulk_server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "5001", "0"]);
@@ -421,45 +280,22 @@ fn connect_latency_through_a_queue_is_at_least_the_round_trip() {
     let reports = agent.stop();
 
     let items = tcp_items(&reports, pid);
-    let ours = items
-        .iter()
-        .find_map(|i| i["connect_p50_us"].as_f64())
-        .unwrap_or_else(|| panic!("{items:?}"));
+    let ours = items.iter().find_map(|i| i["connect_p50_us"].as_f64()).unwrap_or_else(|| panic!("{items:?}"));
     let rtt = before.min(after);
-    eprintln!(
-        "connect: agent {ours} us, connect() {wall_us} us; path rtt (ss) {before} us before, {after} us after"
-    );
-    assert!(
-        rtt > 5_000.0,
-        "the queue did not build: ss rtt {before}/{after} us"
-    );
-    assert!(
-        ours <= wall_us,
-        "SYN sent to established ({ours} us) within connect() ({wall_us} us)"
-    );
-    assert!(
-        ours >= 0.9 * wall_us,
-        "agent {ours} us, connect() {wall_us} us"
-    );
+    eprintln!("connect: agent {ours} us, connect() {wall_us} us; path rtt (ss) {before} us before, {after} us after");
+    assert!(rtt > 5_000.0, "the queue did not build: ss rtt {before}/{after} us");
+    assert!(ours <= wall_us, "SYN sent to established ({ours} us) within connect() ({wall_us} us)");
+    assert!(ours >= 0.9 * wall_us, "agent {ours} us, connect() {wall_us} us");
     // The smoothed RTT lags the queue it measures (7/8 of it is history):
     // the handshake, like the workload's own connect(), may come in a few
     // percent under it while the queue drains. Without the queue it would
     // be 1,000 times shorter.
-    assert!(
-        ours >= 0.9 * rtt,
-        "connect {ours} us is at least the path's round trip {rtt} us, within 10%"
-    );
+    assert!(ours >= 0.9 * rtt, "connect {ours} us is at least the path's round trip {rtt} us, within 10%");
     // The accepting side: its handshake's last ACK took the same queue.
     let accepted = tcp_items(&reports, server_pid);
-    let theirs = accepted
-        .iter()
-        .find_map(|i| i["connect_p50_us"].as_f64())
-        .unwrap_or_else(|| panic!("{accepted:?}"));
+    let theirs = accepted.iter().find_map(|i| i["connect_p50_us"].as_f64()).unwrap_or_else(|| panic!("{accepted:?}"));
     eprintln!("accept side: {theirs} us");
-    assert!(
-        accepted.iter().all(|i| i["direction"] == "accept"),
-        "{accepted:?}"
-    );
+    assert!(accepted.iter().all(|i| i["direction"] == "accept"), "{accepted:?}");
     assert!(
         theirs >= 0.9 * rtt,
         "accept-side handshake {theirs} us is at least the path's round trip {rtt} us, within 10%"
@@ -490,21 +326,13 @@ fn retransmits_match_the_kernel_count() {
     net.run(&net.b, &["nft", "add", "table", "inet", "hp"]);
     net.run(
         &net.b,
-        &[
-            "nft",
-            "add",
-            "chain",
-            "inet",
-            "hp",
-            "in",
-            "{ type filter hook input priority 0; policy accept; }",
-        ],
+        &["nft", "add", "chain", "inet", "hp", "in", "{ type filter hook input priority 0; policy accept; }"],
     );
     net.run(
         &net.b,
         &[
-            "nft", "add", "rule", "inet", "hp", "in", "tcp", "dport", "5001", "numgen", "random",
-            "mod", "20", "==", "0", "drop",
+            "nft", "add", "rule", "inet", "hp", "in", "tcp", "dport", "5001", "numgen", "random", "mod", "20", "==",
+            "0", "drop",
         ],
     );
     let mut agent = Agent::start(&["--probes", "tcp"]);
@@ -523,14 +351,8 @@ fn retransmits_match_the_kernel_count() {
     let kernel = nstat(&net, &net.a, "TcpRetransSegs");
     let ours = sum(&tcp_items(&reports, pid), "retransmits");
     eprintln!("retransmits: agent {ours}, kernel {kernel}");
-    assert!(
-        kernel > 0,
-        "nothing was retransmitted: the drop rule did not work"
-    );
-    assert_eq!(
-        ours, kernel,
-        "retransmitted segments: agent vs the kernel's TcpRetransSegs"
-    );
+    assert!(kernel > 0, "nothing was retransmitted: the drop rule did not work");
+    assert_eq!(ours, kernel, "retransmitted segments: agent vs the kernel's TcpRetransSegs");
 }
 
 #[test]
@@ -555,14 +377,8 @@ fn a_connection_no_process_touched_is_reported_as_unknown_owner() {
         .flat_map(|r| r["tcp_unknown_owner"].as_array().into_iter().flatten())
         .filter(|i| i["direction"] == "accept")
         .collect();
-    assert!(
-        !unknown.is_empty(),
-        "the accepted connection is reported as unknown owner"
-    );
-    assert!(
-        tcp_items(&reports, server_pid).is_empty(),
-        "and not given to the server process"
-    );
+    assert!(!unknown.is_empty(), "the accepted connection is reported as unknown owner");
+    assert!(tcp_items(&reports, server_pid).is_empty(), "and not given to the server process");
 }
 
 #[test]
@@ -574,17 +390,12 @@ fn a_peek_then_read_is_counted_once() {
     let mut agent = Agent::start(&["--probes", "tcp"]);
     let mut server = net.spawn(&net.b, &["tcp-peek-server", "10.231.0.2", "5004"]);
     assert_eq!(read_line(&mut server), "listening");
-    let mut client = net.spawn(
-        &net.a,
-        &["tcp-client", "10.231.0.2", "5004", &SENT.to_string()],
-    );
+    let mut client = net.spawn(&net.a, &["tcp-client", "10.231.0.2", "5004", &SENT.to_string()]);
     say(&mut client, "go\n");
     let server_pid = server.id();
     assert_eq!(output(client), "0");
     let out = output(server);
-    let (peeked, read) = out
-        .split_once(' ')
-        .unwrap_or_else(|| panic!("server said {out}"));
+    let (peeked, read) = out.split_once(' ').unwrap_or_else(|| panic!("server said {out}"));
     assert_eq!(read, SENT.to_string());
     agent.run_for(Duration::from_millis(600));
     let reports = agent.stop();
@@ -606,16 +417,10 @@ fn a_pid_filter_leaves_out_another_process_accepting_2000_connections() {
     let mut server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "7000", "300", "20"]);
     assert_eq!(read_line(&mut busy_server), "listening");
     assert_eq!(read_line(&mut server), "listening");
-    let mut client = net.spawn(
-        &net.a,
-        &["tcp-clients", "10.231.0.2", "7000", "20", "1", "1000"],
-    );
+    let mut client = net.spawn(&net.a, &["tcp-clients", "10.231.0.2", "7000", "20", "1", "1000"]);
     let pid = client.id();
     let mut agent = Agent::start(&["--probes", "tcp", "--pid", &pid.to_string()]);
-    let mut busy = net.spawn(
-        &net.a,
-        &["tcp-clients", "10.231.0.2", "6000", "2000", "1", "100"],
-    );
+    let mut busy = net.spawn(&net.a, &["tcp-clients", "10.231.0.2", "6000", "2000", "1", "100"]);
     say(&mut busy, "go\n");
     say(&mut client, "go\n");
     output(client);
@@ -625,31 +430,13 @@ fn a_pid_filter_leaves_out_another_process_accepting_2000_connections() {
     agent.run_for(Duration::from_millis(600));
     let reports = agent.stop();
 
-    let most = reports
-        .iter()
-        .map(|r| map_entries(r, "tcp", "TCP_CONNS"))
-        .max()
-        .unwrap_or(0);
-    let full: u64 = reports
-        .iter()
-        .map(|r| {
-            probe_status(r, "tcp")["counters"]["conns_map_full"]
-                .as_u64()
-                .unwrap_or(0)
-        })
-        .sum();
-    let untraced: u64 = reports
-        .iter()
-        .map(|r| {
-            probe_status(r, "tcp")["counters"]["accepts_not_traced"]
-                .as_u64()
-                .unwrap_or(0)
-        })
-        .sum();
-    let unknown: Vec<&Value> = reports
-        .iter()
-        .flat_map(|r| r["tcp_unknown_owner"].as_array().into_iter().flatten())
-        .collect();
+    let most = reports.iter().map(|r| map_entries(r, "tcp", "TCP_CONNS")).max().unwrap_or(0);
+    let full: u64 =
+        reports.iter().map(|r| probe_status(r, "tcp")["counters"]["conns_map_full"].as_u64().unwrap_or(0)).sum();
+    let untraced: u64 =
+        reports.iter().map(|r| probe_status(r, "tcp")["counters"]["accepts_not_traced"].as_u64().unwrap_or(0)).sum();
+    let unknown: Vec<&Value> =
+        reports.iter().flat_map(|r| r["tcp_unknown_owner"].as_array().into_iter().flatten()).collect();
     let others: u64 = reports
         .iter()
         .flat_map(|r| r["processes"].as_array().into_iter().flatten())
@@ -666,20 +453,11 @@ fn a_pid_filter_leaves_out_another_process_accepting_2000_connections() {
         sum(&c, "bytes_received"),
         sum(&c, "connections")
     );
-    assert!(
-        most <= 25,
-        "TCP_CONNS held {most} entries: the untraced server's connections are tracked"
-    );
-    assert!(
-        unknown.is_empty(),
-        "untraced processes' connections reported: {unknown:?}"
-    );
+    assert!(most <= 25, "TCP_CONNS held {most} entries: the untraced server's connections are tracked");
+    assert!(unknown.is_empty(), "untraced processes' connections reported: {unknown:?}");
     assert_eq!(others, 0, "bytes of processes outside the filter");
     assert_eq!(full, 0);
-    assert!(
-        untraced >= 2000,
-        "accepted connections left out are counted: {untraced}"
-    );
+    assert!(untraced >= 2000, "accepted connections left out are counted: {untraced}");
     assert_eq!(sum(&c, "bytes_sent"), 20_000, "{c:?}");
     assert_eq!(sum(&c, "bytes_received"), 6_000, "{c:?}");
     assert_eq!(sum(&c, "connections"), 20, "{c:?}");
@@ -695,15 +473,7 @@ fn syn_ack_retransmits_match_the_kernel_count() {
     net.run(&net.a, &["nft", "add", "table", "inet", "hp"]);
     net.run(
         &net.a,
-        &[
-            "nft",
-            "add",
-            "chain",
-            "inet",
-            "hp",
-            "in",
-            "{ type filter hook input priority 0; policy accept; }",
-        ],
+        &["nft", "add", "chain", "inet", "hp", "in", "{ type filter hook input priority 0; policy accept; }"],
     );
     net.run(
         &net.a,
@@ -735,10 +505,7 @@ fn syn_ack_retransmits_match_the_kernel_count() {
     let mut agent = Agent::start(&["--probes", "tcp"]);
     let mut server = net.spawn(&net.b, &["tcp-server", "10.231.0.2", "6000", "100", "3"]);
     assert_eq!(read_line(&mut server), "listening");
-    let mut client = net.spawn(
-        &net.a,
-        &["tcp-clients", "10.231.0.2", "6000", "3", "1", "1000"],
-    );
+    let mut client = net.spawn(&net.a, &["tcp-clients", "10.231.0.2", "6000", "3", "1", "1000"]);
     say(&mut client, "go\n");
     let server_pid = server.id();
     output(client);
@@ -749,12 +516,7 @@ fn syn_ack_retransmits_match_the_kernel_count() {
     let synack = nstat(&net, &net.b, "TcpExtTCPSynRetrans");
     let s = tcp_items(&reports, server_pid);
     let ours = sum(&s, "retransmits");
-    eprintln!(
-        "server retransmits: agent {ours}, kernel TcpRetransSegs {kernel} (SYN-ACKs {synack})"
-    );
-    assert!(
-        synack >= 3,
-        "the drop rule did not work: {synack} SYN-ACK retransmits"
-    );
+    eprintln!("server retransmits: agent {ours}, kernel TcpRetransSegs {kernel} (SYN-ACKs {synack})");
+    assert!(synack >= 3, "the drop rule did not work: {synack} SYN-ACK retransmits");
     assert_eq!(ours, kernel, "{s:?}");
 }

@@ -75,10 +75,14 @@ impl Tracer {
             Tracer::Hostprobe => "hostprobe (syscall probe, all processes, per-process per-syscall histograms)",
             Tracer::SyscountL => "libbpf-tools `syscount -L` (latency totals per syscall, no histograms)",
             Tracer::Bpftrace => "bpftrace `@[pid, args->id] = hist(nsecs - @start[tid])`",
-            Tracer::HostprobeDisk => "hostprobe (disk probe: per process, device and op; queue, service and total histograms)",
+            Tracer::HostprobeDisk => {
+                "hostprobe (disk probe: per process, device and op; queue, service and total histograms)"
+            }
             Tracer::Biolatency => "libbpf-tools `biolatency` (one histogram of issue-to-completion time)",
             Tracer::HostprobeOffcpu => "hostprobe (offcpu probe, all processes, no stacks)",
-            Tracer::HostprobeStacks(_) => "hostprobe offcpu --pid (kernel + user stacks at every switch of the process)",
+            Tracer::HostprobeStacks(_) => {
+                "hostprobe offcpu --pid (kernel + user stacks at every switch of the process)"
+            }
             Tracer::Runqlat => "libbpf-tools `runqlat` (one run-queue latency histogram)",
             Tracer::Offcputime => "libbpf-tools `offcputime` (stacks, all processes)",
             Tracer::HostprobeTcp => "hostprobe (tcp probe: every connection's bytes, RTT, retransmits)",
@@ -215,7 +219,11 @@ fn with_bpf_stats<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// Mean ns per getppid() of one pinned run.
@@ -312,7 +320,11 @@ pub fn run(args: Args) -> Result<()> {
         writeln!(md)?;
         for (peer, label) in [(Tracer::SyscountL, "`syscount -L`"), (Tracer::Bpftrace, "bpftrace")] {
             if let Some(theirs) = added(peer) {
-                writeln!(md, "- hostprobe adds {:.2}x what {label} adds ({ours:.1} vs {theirs:.1} ns).", ours / theirs)?;
+                writeln!(
+                    md,
+                    "- hostprobe adds {:.2}x what {label} adds ({ours:.1} vs {theirs:.1} ns).",
+                    ours / theirs
+                )?;
             }
         }
     }
@@ -345,7 +357,12 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     writeln!(md, "| measure | value |")?;
     writeln!(md, "|---|---|")?;
-    writeln!(md, "| agent CPU per 1 s interval | {:.1} ms ({:.2}% of one core) |", cost.cpu_ms_per_interval, cost.cpu_ms_per_interval / 10.0)?;
+    writeln!(
+        md,
+        "| agent CPU per 1 s interval | {:.1} ms ({:.2}% of one core) |",
+        cost.cpu_ms_per_interval,
+        cost.cpu_ms_per_interval / 10.0
+    )?;
     writeln!(md, "| agent peak RSS | {:.1} MiB |", cost.rss_mib)?;
     writeln!(md, "| (process, syscall) entries in the kernel map | {} |", cost.entries)?;
     writeln!(md, "| intervals measured | {} |", cost.intervals)?;
@@ -411,7 +428,12 @@ fn agent_cost(processes: usize, seconds: u64, extra: &[&str]) -> Result<AgentCos
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     };
     let main_ns = || -> Option<u64> {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat")).ok()?.split_whitespace().next()?.parse().ok()
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     };
     let mut first: Option<(usize, u64, u64)> = None;
     let mut last: Option<(usize, u64, u64)> = None;
@@ -493,7 +515,11 @@ fn kernel_cost(calls: u64) -> Result<Vec<(String, u64, f64)>> {
         stop(Some(agent));
         let now = syscall_status(&last).context("no syscall probe status")?;
         let runs = |s: &serde_json::Value, name: &str, field: &str| -> u64 {
-            s["programs"].as_array().and_then(|ps| ps.iter().find(|p| p["name"] == name)).and_then(|p| p[field].as_u64()).unwrap_or(0)
+            s["programs"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+                .and_then(|p| p[field].as_u64())
+                .unwrap_or(0)
         };
         let mut out = Vec::new();
         for p in now["programs"].as_array().into_iter().flatten() {
@@ -509,7 +535,11 @@ fn kernel_cost(calls: u64) -> Result<Vec<(String, u64, f64)>> {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -554,7 +584,15 @@ impl Drop for BenchLoop {
 /// (IOPS, I/Os completed) of a 3 s fio random 4 KiB direct read run.
 fn fio_iops(dev: &str) -> Result<(f64, u64)> {
     let out = Command::new("fio")
-        .args(["--name=bench", "--rw=randread", "--bs=4k", "--direct=1", "--ioengine=psync", "--time_based", "--runtime=3"])
+        .args([
+            "--name=bench",
+            "--rw=randread",
+            "--bs=4k",
+            "--direct=1",
+            "--ioengine=psync",
+            "--time_based",
+            "--runtime=3",
+        ])
         .arg(format!("--filename={dev}"))
         .arg("--output-format=json")
         .output()
@@ -652,8 +690,11 @@ impl DiskBench {
                  depend on the host's load and is the figure to compare."
             )?;
         }
-        writeln!(md, "\nKernel CPU per I/O: the tracer's BPF programs' run time (kernel.bpf_stats_enabled, from the \
-            tracer's /proc/<pid>/fdinfo) over one more fio run, divided by fio's I/O count.\n")?;
+        writeln!(
+            md,
+            "\nKernel CPU per I/O: the tracer's BPF programs' run time (kernel.bpf_stats_enabled, from the \
+            tracer's /proc/<pid>/fdinfo) over one more fio run, divided by fio's I/O count.\n"
+        )?;
         writeln!(md, "| tracer | ns of BPF program time per I/O |")?;
         writeln!(md, "|---|---|")?;
         for (t, ns) in &self.per_io {
@@ -699,16 +740,11 @@ struct SwitchBench {
 }
 
 fn switch_bench(rounds: usize) -> Result<SwitchBench> {
-    let tracers: Vec<Tracer> = [
-        Tracer::Nothing,
-        Tracer::HostprobeOffcpu,
-        Tracer::Runqlat,
-        Tracer::HostprobeStacks(0),
-        Tracer::Offcputime,
-    ]
-    .into_iter()
-    .filter(|t| t.available())
-    .collect();
+    let tracers: Vec<Tracer> =
+        [Tracer::Nothing, Tracer::HostprobeOffcpu, Tracer::Runqlat, Tracer::HostprobeStacks(0), Tracer::Offcputime]
+            .into_iter()
+            .filter(|t| t.available())
+            .collect();
     let samples = rotate("context switches", rounds, &tracers, pingpong)?;
     Ok(SwitchBench { rows: paired(&tracers, samples), rounds })
 }
@@ -856,7 +892,9 @@ impl CollectorProcess {
             Some((f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?) as f64 / 100.0)
         });
         let hwm = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         });
         (cpu.unwrap_or(0.0), hwm.unwrap_or(0.0) / 1024.0)
     }
@@ -930,10 +968,18 @@ impl CollectorBench {
         writeln!(md, "| measure | value |")?;
         writeln!(md, "|---|---|")?;
         writeln!(md, "| reports sent / acknowledged | {sent} / {acked} |")?;
-        writeln!(md, "| report size (protobuf, before gzip) | {} KiB |", self.load["report_bytes"].as_u64().unwrap_or(0) / 1024)?;
+        writeln!(
+            md,
+            "| report size (protobuf, before gzip) | {} KiB |",
+            self.load["report_bytes"].as_u64().unwrap_or(0) / 1024
+        )?;
         writeln!(md, "| ingest rate | {:.0} reports/s |", acked as f64 / elapsed.max(1e-9))?;
         writeln!(md, "| collector CPU | {:.2} cores of 2 |", self.cpu_cores)?;
-        writeln!(md, "| collector peak RSS | {:.0} MiB (reports kept encoded; `--max-memory` 1 GiB by default) |", self.rss_mib)?;
+        writeln!(
+            md,
+            "| collector peak RSS | {:.0} MiB (reports kept encoded; `--max-memory` 1 GiB by default) |",
+            self.rss_mib
+        )?;
         writeln!(
             md,
             "\nAgent side: `hostprobe run --output json --interval 1s` among 100 busy processes for 10 s, \

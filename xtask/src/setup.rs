@@ -58,16 +58,16 @@ fn bpf_linker() -> Result<()> {
     if output(Command::new("bpf-linker").arg("--version")).is_some_and(|v| v.trim() == want) {
         return Ok(());
     }
-    step(&format!(
-        "building {want} against the nightly toolchain's libLLVM (about 3 minutes on 2 cores)"
-    ));
+    step(&format!("building {want} against the nightly toolchain's libLLVM (about 3 minutes on 2 cores)"));
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
         .context("rustc +nightly --print sysroot")?;
     let libdir = PathBuf::from(sysroot.trim()).join("lib");
     let lib = std::fs::read_dir(&libdir)
         .with_context(|| format!("reading {}", libdir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-")))
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        })
         .with_context(|| format!("no libLLVM.so.*-rust-* in {}", libdir.display()))?;
     let verbose = output(Command::new("rustc").args(["+nightly", "-vV"])).unwrap_or_default();
     let major = verbose
@@ -114,10 +114,10 @@ fn otlp_venv() -> Result<()> {
     let dir = otlp_venv_dir();
     let python = dir.join("bin/python");
     let works = |p: &std::path::Path| {
-        output(Command::new(p).args([
-            "-c",
-            "import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc",
-        ]))
+        output(
+            Command::new(p)
+                .args(["-c", "import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc"]),
+        )
         .is_some()
     };
     if works(&python) {
@@ -147,7 +147,9 @@ pub fn debian_packages(packages: &[&str]) -> Result<()> {
     }
     step(&format!("installing Debian packages: {}", missing.join(" ")));
     let apt = |args: &[&str]| {
-        let mut c = if crate::is_root() { Command::new("apt-get") } else {
+        let mut c = if crate::is_root() {
+            Command::new("apt-get")
+        } else {
             let mut c = Command::new("sudo");
             c.arg("apt-get");
             c

@@ -57,10 +57,11 @@ fn offsets() -> Result<common::Offsets, ProbeError> {
         }
     }
     let preflush = ebpf::kernel_enum_value(NAME, "req_flag_bits", "__REQ_PREFLUSH")?;
-    let req_preflush = u32::try_from(preflush).ok().and_then(|b| 1u32.checked_shl(b)).ok_or_else(|| ProbeError::Config {
-        probe: NAME,
-        detail: format!("__REQ_PREFLUSH is bit {preflush} on this kernel, outside the 32-bit request flags"),
-    })?;
+    let req_preflush =
+        u32::try_from(preflush).ok().and_then(|b| 1u32.checked_shl(b)).ok_or_else(|| ProbeError::Config {
+            probe: NAME,
+            detail: format!("__REQ_PREFLUSH is bit {preflush} on this kernel, outside the 32-bit request flags"),
+        })?;
     let (disk_major, disk_first_minor) = (at("gendisk", "major")?, at("gendisk", "first_minor")?);
     if disk_first_minor != disk_major + 4 {
         return Err(ProbeError::Config {
@@ -273,10 +274,11 @@ impl Probe for DiskProbe {
         let dead: HashSet<u32> = known.into_iter().filter(|t| !super::alive(*t)).collect();
 
         let mut entries = 0u64;
-        let reader = self
-            .stats_reader
-            .read()
-            .map_err(|e| ProbeError::Read { probe: NAME, map: "DISK_STATS", detail: e.to_string() })?;
+        let reader = self.stats_reader.read().map_err(|e| ProbeError::Read {
+            probe: NAME,
+            map: "DISK_STATS",
+            detail: e.to_string(),
+        })?;
         for (k, v) in reader {
             entries += 1;
             let prev = self.prev.entry(*k).or_insert(Stats::ZERO);

@@ -210,8 +210,11 @@ impl Counters {
         map: aya::maps::Map,
         kinds: Vec<(&'static str, bool)>,
     ) -> Result<Self, ProbeError> {
-        let map = aya::maps::PerCpuArray::try_from(map)
-            .map_err(|e| ProbeError::Map { probe, map: map_name, detail: e.to_string() })?;
+        let map = aya::maps::PerCpuArray::try_from(map).map_err(|e| ProbeError::Map {
+            probe,
+            map: map_name,
+            detail: e.to_string(),
+        })?;
         let prev = vec![0; kinds.len()];
         Ok(Self { probe, map_name, map, kinds, prev, prev_missed: 0 })
     }

@@ -34,10 +34,7 @@ pub const SPEC: Spec = Spec {
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/offcpu"));
 
-const PROGRAMS: [(&str, &str); 2] = [
-    ("offcpu_sched_wakeup", "sched_wakeup"),
-    ("offcpu_sched_switch", "sched_switch"),
-];
+const PROGRAMS: [(&str, &str); 2] = [("offcpu_sched_wakeup", "sched_wakeup"), ("offcpu_sched_switch", "sched_switch")];
 /// Raw tracepoint: a non-leader thread's exec retires its old id.
 const EXEC_PROGRAM: (&str, &str) = ("offcpu_exec", "sched_process_exec");
 
@@ -93,19 +90,11 @@ pub struct OffcpuProbe {
 }
 
 fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {
-    ProbeError::Map {
-        probe: NAME,
-        map,
-        detail: detail.to_string(),
-    }
+    ProbeError::Map { probe: NAME, map, detail: detail.to_string() }
 }
 
 fn read_err(map: &'static str, e: std::io::Error) -> ProbeError {
-    ProbeError::Read {
-        probe: NAME,
-        map,
-        detail: e.to_string(),
-    }
+    ProbeError::Read { probe: NAME, map, detail: e.to_string() }
 }
 
 /// Whether thread `tid` of process `tgid` still exists.
@@ -123,10 +112,7 @@ const STALE_NS: u64 = 10_000_000_000;
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime fills the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -135,12 +121,7 @@ fn monotonic_ns() -> u64 {
 impl OffcpuProbe {
     pub fn load(opts: &Options) -> Result<Self, ProbeError> {
         ebpf::expect_fields(NAME, "sched", "sched_switch", &common::SWITCH_FIELDS)?;
-        ebpf::expect_fields(
-            NAME,
-            "sched",
-            "sched_wakeup",
-            &[("pid", common::WAKEUP_PID_OFFSET)],
-        )?;
+        ebpf::expect_fields(NAME, "sched", "sched_wakeup", &[("pid", common::WAKEUP_PID_OFFSET)])?;
         let filters = FilterGlobals::new(opts);
         let nr_offset = syscalls::PT_REGS_NR_OFFSET;
         let stacks_min_ns = opts.stacks_min_ns.map_or(0, |n| n.max(1));
@@ -162,32 +143,24 @@ impl OffcpuProbe {
         }
         ebpf::attach_raw_tracepoint(&mut bpf, NAME, EXEC_PROGRAM.0, EXEC_PROGRAM.1)?;
         let maps = ebpf::map_sizes(&bpf);
-        let mut take =
-            |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
+        let mut take = |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
         let threads = take(common::MAP_THREADS)?;
-        let threads_reader =
-            ebpf::BatchReader::new(&threads).map_err(|e| map_err("OFFCPU_THREADS", e))?;
+        let threads_reader = ebpf::BatchReader::new(&threads).map_err(|e| map_err("OFFCPU_THREADS", e))?;
         let threads = HashMap::try_from(threads).map_err(|e| map_err("OFFCPU_THREADS", e))?;
         let retired = take(common::MAP_RETIRED)?;
-        let retired_reader =
-            ebpf::BatchReader::new(&retired).map_err(|e| map_err("OFFCPU_RETIRED", e))?;
+        let retired_reader = ebpf::BatchReader::new(&retired).map_err(|e| map_err("OFFCPU_RETIRED", e))?;
         let retired = HashMap::try_from(retired).map_err(|e| map_err("OFFCPU_RETIRED", e))?;
         let stats = take(common::MAP_STATS)?;
-        let stats_reader =
-            ebpf::BatchReader::new(&stats).map_err(|e| map_err("OFFCPU_STATS", e))?;
+        let stats_reader = ebpf::BatchReader::new(&stats).map_err(|e| map_err("OFFCPU_STATS", e))?;
         let stats = HashMap::try_from(stats).map_err(|e| map_err("OFFCPU_STATS", e))?;
         let sleep = take(common::MAP_SLEEP)?;
-        let sleep_reader =
-            ebpf::BatchReader::new(&sleep).map_err(|e| map_err("OFFCPU_SLEEP", e))?;
+        let sleep_reader = ebpf::BatchReader::new(&sleep).map_err(|e| map_err("OFFCPU_SLEEP", e))?;
         let sleep = HashMap::try_from(sleep).map_err(|e| map_err("OFFCPU_SLEEP", e))?;
         let counters = super::Counters::new(
             NAME,
             common::MAP_COUNTERS,
             take(common::MAP_COUNTERS)?,
-            Counter::ALL
-                .iter()
-                .map(|c| (c.name(), c.is_error()))
-                .collect(),
+            Counter::ALL.iter().map(|c| (c.name(), c.is_error())).collect(),
         )?;
         Ok(Self {
             bpf,
@@ -213,42 +186,22 @@ impl OffcpuProbe {
     /// read, and (when `sweep`) records of threads that are gone: returns
     /// how many of those there were.
     #[allow(clippy::type_complexity)]
-    fn thread_times(
-        &mut self,
-        sweep: bool,
-    ) -> Result<(StdHashMap<u32, (Times, bool)>, u64), ProbeError> {
+    fn thread_times(&mut self, sweep: bool) -> Result<(StdHashMap<u32, (Times, bool)>, u64), ProbeError> {
         // Live records first, then retired ones: a thread that retires
         // between the two reads is seen in one or both, never in neither.
-        let live: Vec<(u32, Thread)> = self
-            .threads_reader
-            .read()
-            .map_err(|e| read_err("OFFCPU_THREADS", e))?
-            .map(|(k, v)| (*k, *v))
-            .collect();
+        let live: Vec<(u32, Thread)> =
+            self.threads_reader.read().map_err(|e| read_err("OFFCPU_THREADS", e))?.map(|(k, v)| (*k, *v)).collect();
         let now = monotonic_ns();
-        let retired: Vec<(RetiredKey, Thread)> = self
-            .retired_reader
-            .read()
-            .map_err(|e| read_err("OFFCPU_RETIRED", e))?
-            .map(|(k, v)| (*k, *v))
-            .collect();
-        self.status
-            .set_entries(common::MAP_THREADS, live.len() as u64);
-        self.status
-            .set_entries(common::MAP_RETIRED, retired.len() as u64);
+        let retired: Vec<(RetiredKey, Thread)> =
+            self.retired_reader.read().map_err(|e| read_err("OFFCPU_RETIRED", e))?.map(|(k, v)| (*k, *v)).collect();
+        self.status.set_entries(common::MAP_THREADS, live.len() as u64);
+        self.status.set_entries(common::MAP_RETIRED, retired.len() as u64);
 
-        let mut now_seen: StdHashMap<(u32, u64), (u32, Times, bool)> =
-            StdHashMap::with_capacity(live.len());
+        let mut now_seen: StdHashMap<(u32, u64), (u32, Times, bool)> = StdHashMap::with_capacity(live.len());
         let mut stale = Vec::new();
         for (tid, t) in &live {
-            now_seen.insert(
-                (*tid, t.born_ns),
-                (t.tgid, Times::of(t, now), t.flags & PF_KTHREAD != 0),
-            );
-            if sweep
-                && now.saturating_sub(t.off_ns.max(t.on_ns)) > STALE_NS
-                && !thread_alive(t.tgid, *tid)
-            {
+            now_seen.insert((*tid, t.born_ns), (t.tgid, Times::of(t, now), t.flags & PF_KTHREAD != 0));
+            if sweep && now.saturating_sub(t.off_ns.max(t.on_ns)) > STALE_NS && !thread_alive(t.tgid, *tid) {
                 stale.push(*tid);
             }
         }
@@ -256,10 +209,11 @@ impl OffcpuProbe {
             // A retired record's figures are final; a live copy read just
             // before it retired has at most a little more (counted to `now`).
             let times = Times::of(t, now);
-            now_seen
-                .entry((k.tid, k.born_ns))
-                .and_modify(|e| e.1 = e.1.max(&times))
-                .or_insert((t.tgid, times, t.flags & PF_KTHREAD != 0));
+            now_seen.entry((k.tid, k.born_ns)).and_modify(|e| e.1 = e.1.max(&times)).or_insert((
+                t.tgid,
+                times,
+                t.flags & PF_KTHREAD != 0,
+            ));
         }
 
         let mut per_process: StdHashMap<u32, (Times, bool)> = StdHashMap::new();
@@ -289,41 +243,25 @@ impl OffcpuProbe {
     /// Time off the CPU per (process, kernel stack, user stack) since load,
     /// with each stack's instruction pointers, innermost first (`--stacks`).
     pub fn stacks(&mut self) -> Result<Vec<OffcpuStack>, ProbeError> {
-        let times: aya::maps::HashMap<&MapData, common::StackKey, u64> =
-            aya::maps::HashMap::try_from(
-                self.bpf
-                    .map(common::MAP_STACK_TIME)
-                    .ok_or_else(|| map_err("OFFCPU_STACK_TIME", "missing"))?,
-            )
-            .map_err(|e| map_err("OFFCPU_STACK_TIME", e))?;
+        let times: aya::maps::HashMap<&MapData, common::StackKey, u64> = aya::maps::HashMap::try_from(
+            self.bpf.map(common::MAP_STACK_TIME).ok_or_else(|| map_err("OFFCPU_STACK_TIME", "missing"))?,
+        )
+        .map_err(|e| map_err("OFFCPU_STACK_TIME", e))?;
         let traces: aya::maps::StackTraceMap<&MapData> = aya::maps::StackTraceMap::try_from(
-            self.bpf
-                .map(common::MAP_STACKS)
-                .ok_or_else(|| map_err("OFFCPU_STACKS", "missing"))?,
+            self.bpf.map(common::MAP_STACKS).ok_or_else(|| map_err("OFFCPU_STACKS", "missing"))?,
         )
         .map_err(|e| map_err("OFFCPU_STACKS", e))?;
         let frames = |id: i32| -> Vec<u64> {
             if id < 0 {
                 return Vec::new();
             }
-            traces
-                .get(&(id as u32), 0)
-                .map(|t| t.frames().iter().map(|f| f.ip).collect())
-                .unwrap_or_default()
+            traces.get(&(id as u32), 0).map(|t| t.frames().iter().map(|f| f.ip).collect()).unwrap_or_default()
         };
         let mut out = Vec::new();
         for item in times.iter() {
-            let (k, ns) = item.map_err(|e| ProbeError::Read {
-                probe: NAME,
-                map: "OFFCPU_STACK_TIME",
-                detail: e.to_string(),
-            })?;
-            out.push(OffcpuStack {
-                tgid: k.tgid,
-                kernel: frames(k.kstack),
-                user: frames(k.ustack),
-                ns,
-            });
+            let (k, ns) =
+                item.map_err(|e| ProbeError::Read { probe: NAME, map: "OFFCPU_STACK_TIME", detail: e.to_string() })?;
+            out.push(OffcpuStack { tgid: k.tgid, kernel: frames(k.kstack), user: frames(k.ustack), ns });
         }
         Ok(out)
     }
@@ -338,15 +276,8 @@ impl Probe for OffcpuProbe {
         // Every REAP_EVERY intervals, processes that are gone lose their
         // entries once this read has their final figures.
         let reap = self.intervals.is_multiple_of(REAP_EVERY);
-        let dead: HashSet<u32> = if reap {
-            self.prev
-                .keys()
-                .copied()
-                .filter(|t| !super::alive(*t))
-                .collect()
-        } else {
-            HashSet::new()
-        };
+        let dead: HashSet<u32> =
+            if reap { self.prev.keys().copied().filter(|t| !super::alive(*t)).collect() } else { HashSet::new() };
         self.intervals += 1;
 
         let (times, stale) = self.thread_times(reap)?;
@@ -354,12 +285,7 @@ impl Probe for OffcpuProbe {
             if t.total() == 0 {
                 continue;
             }
-            let d = out
-                .processes
-                .entry(*tgid)
-                .or_default()
-                .offcpu
-                .get_or_insert_with(Default::default);
+            let d = out.processes.entry(*tgid).or_default().offcpu.get_or_insert_with(Default::default);
             d.on_cpu_ns = t.on_cpu_ns;
             d.runqueue_ns = t.runqueue_ns;
             d.blocked_ns = t.blocked_ns;
@@ -368,22 +294,13 @@ impl Probe for OffcpuProbe {
         }
 
         let mut entries = 0u64;
-        for (tgid, v) in self
-            .stats_reader
-            .read()
-            .map_err(|e| read_err("OFFCPU_STATS", e))?
-        {
+        for (tgid, v) in self.stats_reader.read().map_err(|e| read_err("OFFCPU_STATS", e))? {
             entries += 1;
             let prev = self.prev.entry(*tgid).or_insert(Stats::ZERO);
             if prev == v {
                 continue;
             }
-            let d = out
-                .processes
-                .entry(*tgid)
-                .or_default()
-                .offcpu
-                .get_or_insert_with(Default::default);
+            let d = out.processes.entry(*tgid).or_default().offcpu.get_or_insert_with(Default::default);
             // The episodes that ended in the interval, whole; their sums
             // are the sums of what the histograms hold.
             d.runqueue = Dist::between(
@@ -404,11 +321,7 @@ impl Probe for OffcpuProbe {
             );
             *prev = *v;
         }
-        for (k, v) in self
-            .sleep_reader
-            .read()
-            .map_err(|e| read_err("OFFCPU_SLEEP", e))?
-        {
+        for (k, v) in self.sleep_reader.read().map_err(|e| read_err("OFFCPU_SLEEP", e))? {
             let prev = self.prev_sleep.entry(*k).or_default();
             if prev == v {
                 continue;
@@ -416,10 +329,7 @@ impl Probe for OffcpuProbe {
             let (ns, n) = (v.ns.wrapping_sub(prev.ns), v.count.wrapping_sub(prev.count));
             *prev = *v;
             let p = out.processes.entry(k.tgid).or_default();
-            p.offcpu
-                .get_or_insert_with(Default::default)
-                .sleep_by_syscall
-                .insert(k.nr, (ns, n));
+            p.offcpu.get_or_insert_with(Default::default).sleep_by_syscall.insert(k.nr, (ns, n));
         }
         entries -= super::reclaim(&mut self.prev, &mut self.stats, &dead, |t| *t);
         super::reclaim(&mut self.prev_sleep, &mut self.sleep, &dead, |k| k.tgid);

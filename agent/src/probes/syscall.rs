@@ -93,11 +93,7 @@ pub struct SyscallProbe {
 }
 
 fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {
-    ProbeError::Map {
-        probe: NAME,
-        map,
-        detail: detail.to_string(),
-    }
+    ProbeError::Map { probe: NAME, map, detail: detail.to_string() }
 }
 
 impl SyscallProbe {
@@ -107,9 +103,11 @@ impl SyscallProbe {
         let fork_nrs = syscalls::fork_like();
         let mut loader = EbpfLoader::new();
         filters.apply(&mut loader);
-        loader
-            .override_global(globals::PT_REGS_NR_OFFSET, &nr_offset, true)
-            .override_global(globals::FORK_NRS, &fork_nrs, true);
+        loader.override_global(globals::PT_REGS_NR_OFFSET, &nr_offset, true).override_global(
+            globals::FORK_NRS,
+            &fork_nrs,
+            true,
+        );
         if let Some(n) = opts.max_entries {
             loader.map_max_entries(common::MAP_STATS, n);
         }
@@ -121,26 +119,20 @@ impl SyscallProbe {
         }
 
         let maps = ebpf::map_sizes(&bpf);
-        let mut take =
-            |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
+        let mut take = |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
         let stats = take(common::MAP_STATS)?;
-        let stats_reader =
-            ebpf::BatchReader::new(&stats).map_err(|e| map_err("SYSCALL_STATS", e))?;
+        let stats_reader = ebpf::BatchReader::new(&stats).map_err(|e| map_err("SYSCALL_STATS", e))?;
         let stats = HashMap::try_from(stats).map_err(|e| map_err("SYSCALL_STATS", e))?;
-        let inflight_reader = ebpf::BatchReader::new(&take(common::MAP_INFLIGHT)?)
-            .map_err(|e| map_err("SYSCALL_INFLIGHT", e))?;
+        let inflight_reader =
+            ebpf::BatchReader::new(&take(common::MAP_INFLIGHT)?).map_err(|e| map_err("SYSCALL_INFLIGHT", e))?;
         let exited = take(common::MAP_EXITED)?;
-        let exited_reader =
-            ebpf::BatchReader::new(&exited).map_err(|e| map_err("SYSCALL_EXITED", e))?;
+        let exited_reader = ebpf::BatchReader::new(&exited).map_err(|e| map_err("SYSCALL_EXITED", e))?;
         let exited = HashMap::try_from(exited).map_err(|e| map_err("SYSCALL_EXITED", e))?;
         let counters = super::Counters::new(
             NAME,
             common::MAP_COUNTERS,
             take(common::MAP_COUNTERS)?,
-            Counter::ALL
-                .iter()
-                .map(|c| (c.name(), c.is_error()))
-                .collect(),
+            Counter::ALL.iter().map(|c| (c.name(), c.is_error())).collect(),
         )?;
         Ok(Self {
             bpf,
@@ -169,23 +161,14 @@ impl SyscallProbe {
         let exited: Vec<u32> = self
             .exited_reader
             .read()
-            .map_err(|e| ProbeError::Read {
-                probe: NAME,
-                map: "SYSCALL_EXITED",
-                detail: e.to_string(),
-            })?
+            .map_err(|e| ProbeError::Read { probe: NAME, map: "SYSCALL_EXITED", detail: e.to_string() })?
             .map(|(k, _)| *k)
             .collect();
         for tgid in exited {
             let _ = self.exited.remove(&tgid);
             self.exiting.insert(tgid);
         }
-        let mut dead: HashSet<u32> = self
-            .exiting
-            .iter()
-            .copied()
-            .filter(|t| !super::alive(*t))
-            .collect();
+        let mut dead: HashSet<u32> = self.exiting.iter().copied().filter(|t| !super::alive(*t)).collect();
         self.exiting.retain(|t| !dead.contains(t));
         if self.intervals % SWEEP_EVERY == SWEEP_EVERY - 1 {
             let known: HashSet<u32> = self.prev.keys().map(|k| k.tgid).collect();
@@ -204,20 +187,12 @@ impl Probe for SyscallProbe {
     }
 
     fn collect(&mut self, out: &mut Interval) -> Result<(), ProbeError> {
-        let read_err = |map, e: std::io::Error| ProbeError::Read {
-            probe: NAME,
-            map,
-            detail: e.to_string(),
-        };
+        let read_err = |map, e: std::io::Error| ProbeError::Read { probe: NAME, map, detail: e.to_string() };
         let dead = self.gone()?;
 
         let mut entries = 0u64;
         let mut best_comm: StdHashMap<u32, (u64, [u8; 16])> = StdHashMap::new();
-        for (k, v) in self
-            .stats_reader
-            .read()
-            .map_err(|e| read_err("SYSCALL_STATS", e))?
-        {
+        for (k, v) in self.stats_reader.read().map_err(|e| read_err("SYSCALL_STATS", e))? {
             entries += 1;
             let prev = self.prev.entry(*k).or_insert(Stats::ZERO);
             let unchanged = prev.total_ns == v.total_ns
@@ -231,20 +206,12 @@ impl Probe for SyscallProbe {
             *prev = *v;
             // The name of the image the process runs last: an exec's entry is
             // made after the exec, so its comm wins; else the busiest entry's.
-            let weight = if self.exec_nrs.contains(&k.nr) {
-                u64::MAX
-            } else {
-                d.count
-            };
+            let weight = if self.exec_nrs.contains(&k.nr) { u64::MAX } else { d.count };
             let comm = best_comm.entry(k.tgid).or_insert((0, v.comm));
             if weight > comm.0 {
                 *comm = (weight, v.comm);
             }
-            out.processes
-                .entry(k.tgid)
-                .or_default()
-                .syscalls
-                .insert(k.nr, d);
+            out.processes.entry(k.tgid).or_default().syscalls.insert(k.nr, d);
         }
         for (tgid, (_, comm)) in best_comm {
             if let Some(p) = out.processes.get_mut(&tgid) {
@@ -257,11 +224,7 @@ impl Probe for SyscallProbe {
         // Counting the start-time map walks all of its buckets: every tenth
         // interval is enough to see it fill.
         if self.intervals.is_multiple_of(10) {
-            let inflight = self
-                .inflight_reader
-                .read()
-                .map_err(|e| read_err("SYSCALL_INFLIGHT", e))?
-                .count() as u64;
+            let inflight = self.inflight_reader.read().map_err(|e| read_err("SYSCALL_INFLIGHT", e))?.count() as u64;
             self.status.set_entries(common::MAP_INFLIGHT, inflight);
         }
         self.intervals += 1;

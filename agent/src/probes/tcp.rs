@@ -22,7 +22,8 @@ pub const NAME: &str = "tcp";
 
 pub const SPEC: Spec = Spec {
     name: NAME,
-    about: "TCP connections per process: bytes, smoothed RTT, connect latency, retransmits, resets (sock/tcp tracepoints)",
+    about:
+        "TCP connections per process: bytes, smoothed RTT, connect latency, retransmits, resets (sock/tcp tracepoints)",
     load: |opts| Ok(Box::new(TcpProbe::load(opts)?)),
 };
 
@@ -173,7 +174,15 @@ impl TcpProbe {
             take(common::MAP_COUNTERS)?,
             Counter::ALL.iter().map(|c| (c.name(), c.is_error())).collect(),
         )?;
-        Ok(Self { bpf, reader, closed, closed_reader, counters, prev: StdHashMap::new(), status: ProbeStatus::active(NAME, maps) })
+        Ok(Self {
+            bpf,
+            reader,
+            closed,
+            closed_reader,
+            counters,
+            prev: StdHashMap::new(),
+            status: ProbeStatus::active(NAME, maps),
+        })
     }
 }
 

@@ -91,11 +91,8 @@ async fn main() {
                 .send_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Gzip);
             let (tx, rx) = tokio::sync::mpsc::channel(4);
-            let mut acks = client
-                .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-                .expect("stream")
-                .into_inner();
+            let mut acks =
+                client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream").into_inner();
             let acked = tokio::spawn(async move {
                 let mut n = 0u64;
                 while let Ok(Some(_)) = acks.message().await {
@@ -110,7 +107,11 @@ async fn main() {
                 tick.tick().await;
                 let now = hostprobe::metrics::now_unix_ns();
                 let report = pb::Report {
-                    agent: Some(pb::AgentIdentity { agent_id: format!("synthetic-{a}"), epoch: 1, ..Default::default() }),
+                    agent: Some(pb::AgentIdentity {
+                        agent_id: format!("synthetic-{a}"),
+                        epoch: 1,
+                        ..Default::default()
+                    }),
                     sequence: seq,
                     interval_start_unix_ns: now - 1_000_000_000,
                     interval_end_unix_ns: now,

@@ -80,7 +80,11 @@ use std::{io::BufRead, time::Duration};
 
 /// Argument `i`, or `default` when absent.
 fn opt_arg(args: &[String], i: usize, default: u64) -> u64 {
-    if args.len() > i { arg(args, i) } else { default }
+    if args.len() > i {
+        arg(args, i)
+    } else {
+        default
+    }
 }
 
 fn arg(args: &[String], i: usize) -> u64 {
@@ -213,7 +217,9 @@ fn direct_io(dev: &str, reads: u64, writes: u64, io: usize) {
     // SAFETY: ptr is valid for `io` bytes and aligned for O_DIRECT.
     let buf = unsafe { std::slice::from_raw_parts_mut(ptr, io) };
     let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let blocks = if size > 0 { size / BLOCK as u64 } else {
+    let blocks = if size > 0 {
+        size / BLOCK as u64
+    } else {
         // Block devices report 0 length through metadata: ask the device.
         let mut bytes: u64 = 0;
         // SAFETY: BLKGETSIZE64 writes a u64.
@@ -478,7 +484,8 @@ fn main() {
         }
         Some("fsync") => {
             use std::io::Write as _;
-            let mut f = std::fs::OpenOptions::new().write(true).open(args.get(2).expect("device")).expect("open device");
+            let mut f =
+                std::fs::OpenOptions::new().write(true).open(args.get(2).expect("device")).expect("open device");
             f.write_all(&vec![0x5a; 1 << 20]).expect("write");
             f.sync_all().expect("fsync");
         }
@@ -626,8 +633,7 @@ fn main() {
             // SAFETY: ptr is valid for BLOCK bytes and aligned for O_DIRECT.
             let buf = unsafe { std::slice::from_raw_parts(ptr, BLOCK) };
             for k in 0..writes {
-                f.write_all_at(buf, offset + k * BLOCK as u64)
-                    .expect("direct write");
+                f.write_all_at(buf, offset + k * BLOCK as u64).expect("direct write");
             }
             // SAFETY: allocated above with this layout.
             unsafe { std::alloc::dealloc(ptr, layout) };
@@ -731,10 +737,11 @@ fn main() {
                     libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
                     (libc::syscall(libc::SYS_gettid), ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
                 };
-                let argv: Vec<std::ffi::CString> = [prog.to_bytes(), b"exec-leak-child", tid.to_string().as_bytes(), t0.to_string().as_bytes()]
-                    .iter()
-                    .map(|a| std::ffi::CString::new(*a).expect("argument"))
-                    .collect();
+                let argv: Vec<std::ffi::CString> =
+                    [prog.to_bytes(), b"exec-leak-child", tid.to_string().as_bytes(), t0.to_string().as_bytes()]
+                        .iter()
+                        .map(|a| std::ffi::CString::new(*a).expect("argument"))
+                        .collect();
                 let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
                 ptrs.push(std::ptr::null());
                 // SAFETY: NUL-terminated strings and a null-terminated array.
