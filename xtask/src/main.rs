@@ -61,6 +61,9 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test { args } => {
+            step("checking formatting (cargo fmt --check)");
+            run(cargo().args(["fmt", "--all", "--check"]))
+                .context("the code is not formatted: run `cargo fmt --all`, then commit")?;
             setup::all(false)?;
             build()?;
             step("running the tests (unit tests, then the end-to-end tests that load the probes)");
