@@ -384,22 +384,6 @@ impl From<&Dist> for DistReport {
     }
 }
 
-/// Adds `o` to `into`: times and per-syscall sleep summed, histograms
-/// bucket by bucket (for `other`).
-fn merge_offcpu(into: &mut OffcpuData, o: &OffcpuData) {
-    into.on_cpu_ns += o.on_cpu_ns;
-    into.runqueue_ns += o.runqueue_ns;
-    into.blocked_ns += o.blocked_ns;
-    into.sleep_ns += o.sleep_ns;
-    into.runqueue.merge(&o.runqueue);
-    into.offcpu.merge(&o.offcpu);
-    for (nr, (ns, count)) in &o.sleep_by_syscall {
-        let e = into.sleep_by_syscall.entry(*nr).or_default();
-        e.0 += ns;
-        e.1 += count;
-    }
-}
-
 fn disk_list(data: &BTreeMap<(u32, Op), DiskData>, names: &mut DeviceNames) -> Vec<DiskReport> {
     data.iter()
         .map(|((dev, op), d)| DiskReport {
@@ -560,7 +544,7 @@ pub fn build(
                 disk.entry(*k).or_default().merge(d);
             }
             if let Some(o) = &p.offcpu {
-                merge_offcpu(offcpu.get_or_insert_with(Default::default), o);
+                offcpu.get_or_insert_with(Default::default).merge(o);
             }
             tcp.extend(p.tcp);
         }

@@ -253,13 +253,6 @@ impl DiskProbe {
 /// reused anyway when its request is.
 const STALE_NS: u64 = 300_000_000_000;
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime fills the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 impl Probe for DiskProbe {
     fn name(&self) -> &'static str {
         NAME
@@ -291,7 +284,7 @@ impl Probe for DiskProbe {
         }
         entries -= super::reclaim(&mut self.prev, &mut self.stats, &dead, |k| k.tgid);
         self.status.set_entries(common::MAP_STATS, entries);
-        self.sweep(monotonic_ns())?;
+        self.sweep(super::monotonic_ns())?;
         self.counters.read(&self.bpf, &mut self.status)?;
         let swept = self.swept - self.swept_reported;
         self.swept_reported = self.swept;
@@ -335,7 +328,7 @@ mod tests {
     fn stale_in_flight_records_are_swept_and_counted() {
         crate::ebpf::ensure_tracefs().expect("tracefs");
         let mut p = DiskProbe::load(&Options::default()).expect("load the disk probe (as root)");
-        let now = monotonic_ns();
+        let now = crate::probes::monotonic_ns();
         let rec = |at: u64| common::Req { queued_ns: at, issued_ns: 0, tgid: 1, dev: 0, op: 0, len: 0 };
         // Addresses no kernel request has (not kernel space).
         let (old, fresh) = (0x1000u64, 0x2000u64);

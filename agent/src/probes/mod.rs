@@ -248,6 +248,15 @@ impl Counters {
     }
 }
 
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, which the
+/// probes' timestamps use.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Whether process `tgid` still exists (a zombie not yet reaped counts).
 pub fn alive(tgid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{tgid}")).exists()

@@ -59,6 +59,24 @@ pub struct OffcpuData {
     pub kernel_thread: bool,
 }
 
+impl OffcpuData {
+    /// Adds `o`: times and per-syscall sleep summed, histograms bucket by
+    /// bucket (for `other`).
+    pub fn merge(&mut self, o: &OffcpuData) {
+        self.on_cpu_ns += o.on_cpu_ns;
+        self.runqueue_ns += o.runqueue_ns;
+        self.blocked_ns += o.blocked_ns;
+        self.sleep_ns += o.sleep_ns;
+        self.runqueue.merge(&o.runqueue);
+        self.offcpu.merge(&o.offcpu);
+        for (nr, (ns, count)) in &o.sleep_by_syscall {
+            let e = self.sleep_by_syscall.entry(*nr).or_default();
+            e.0 += ns;
+            e.1 += count;
+        }
+    }
+}
+
 /// Time off the CPU spent with one pair of stacks.
 #[derive(Debug, Clone)]
 pub struct OffcpuStack {
@@ -109,14 +127,6 @@ const REAP_EVERY: u64 = 10;
 /// reap time): one whose exit the probe missed would otherwise be charged
 /// time forever.
 const STALE_NS: u64 = 10_000_000_000;
-
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime fills the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 impl OffcpuProbe {
     pub fn load(opts: &Options) -> Result<Self, ProbeError> {
@@ -191,7 +201,7 @@ impl OffcpuProbe {
         // between the two reads is seen in one or both, never in neither.
         let live: Vec<(u32, Thread)> =
             self.threads_reader.read().map_err(|e| read_err("OFFCPU_THREADS", e))?.map(|(k, v)| (*k, *v)).collect();
-        let now = monotonic_ns();
+        let now = super::monotonic_ns();
         let retired: Vec<(RetiredKey, Thread)> =
             self.retired_reader.read().map_err(|e| read_err("OFFCPU_RETIRED", e))?.map(|(k, v)| (*k, *v)).collect();
         self.status.set_entries(common::MAP_THREADS, live.len() as u64);
