@@ -290,6 +290,34 @@ fn main() {
             println!("{total}");
             return;
         }
+        Some("tcp-sink") => {
+            // Accepts one connection with its receive window clamped to
+            // CLAMP bytes (TCP_WINDOW_CLAMP, set on the listener so the
+            // handshake already advertises it), reads to EOF, prints the
+            // bytes. The sender then never has more than CLAMP in flight.
+            use std::io::Read;
+            use std::os::fd::AsRawFd;
+            let ip: std::net::IpAddr = args[2].parse().expect("address");
+            let listener = std::net::TcpListener::bind((ip, arg(&args, 3) as u16)).expect("bind");
+            let clamp = arg(&args, 4) as libc::c_int;
+            // SAFETY: setsockopt reads an int from a valid pointer.
+            let rc = unsafe {
+                libc::setsockopt(
+                    listener.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_WINDOW_CLAMP,
+                    (&raw const clamp).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "TCP_WINDOW_CLAMP");
+            println!("listening");
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("read");
+            println!("{}", got.len());
+            return;
+        }
         Some("tcp-peek-server") => {
             // Accepts one connection, peeks (MSG_PEEK) until bytes are
             // there, then reads to EOF; prints "PEEKED READ".
@@ -578,32 +606,36 @@ fn main() {
             s.read_to_end(&mut got).expect("read");
         }
         Some("tcp-steady") => {
-            // A send buffer of SNDBUF bytes keeps at most that much in
-            // flight: through a rate-limited queue the round trip settles.
-            // Sends for MS ms, then finishes like tcp-client.
+            // Sends for MS ms as fast as the connection takes it, then
+            // finishes like tcp-client; prints the bytes sent. Cubic fills
+            // the window it is given (BBR, the default on some hosts, paces
+            // to keep queues empty).
             use std::io::{Read, Write};
             use std::os::fd::AsRawFd;
             let ip: std::net::IpAddr = args[2].parse().expect("address");
             let mut s = std::net::TcpStream::connect((ip, arg(&args, 3) as u16)).expect("connect");
-            let size = arg(&args, 4) as libc::c_int;
-            // SAFETY: setsockopt reads an int from a valid pointer.
+            let cc = b"cubic";
+            // SAFETY: setsockopt reads `cc.len()` bytes from a valid pointer.
             let rc = unsafe {
                 libc::setsockopt(
                     s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_SNDBUF,
-                    (&raw const size).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_CONGESTION,
+                    cc.as_ptr().cast(),
+                    cc.len() as libc::socklen_t,
                 )
             };
-            assert_eq!(rc, 0, "SO_SNDBUF");
-            let end = std::time::Instant::now() + Duration::from_millis(arg(&args, 5));
-            let chunk = vec![1u8; 4096];
+            assert_eq!(rc, 0, "TCP_CONGESTION cubic: {}", std::io::Error::last_os_error());
+            let end = std::time::Instant::now() + Duration::from_millis(arg(&args, 4));
+            let chunk = vec![1u8; 16384];
+            let mut sent = 0;
             while std::time::Instant::now() < end {
                 s.write_all(&chunk).expect("write");
+                sent += chunk.len();
             }
             s.shutdown(std::net::Shutdown::Write).expect("shutdown");
             s.read_to_end(&mut Vec::new()).expect("read");
+            println!("{sent}");
         }
         Some("named-sleeper") => named_sleeper(arg(&args, 2), arg(&args, 3)),
         Some("steady") => {
