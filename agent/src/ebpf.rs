@@ -308,7 +308,10 @@ impl btfparse::Readable for BtfBytes {
     fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
         let at = usize::try_from(offset).ok();
         match at.and_then(|at| self.0.get(at..at.checked_add(buffer.len())?)) {
-            Some(src) => Ok(buffer.copy_from_slice(src)),
+            Some(src) => {
+                buffer.copy_from_slice(src);
+                Ok(())
+            }
             None => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
         }
     }
