@@ -14,11 +14,11 @@ use prost::Message as _;
 /// (epoch, sequence) of every report of `agent` in the collector's journal,
 /// in journal order.
 fn journal(dir: &Path, agent: &str) -> Vec<(u64, u64)> {
-    let data = std::fs::read(dir.join("journal.pb")).expect("journal");
-    let mut buf = data.as_slice();
+    let replay = hostprobe::collector::journal::read_dir(dir).expect("journal");
+    assert_eq!(replay.corrupt, 0, "damaged journal records");
     let mut out = Vec::new();
-    while !buf.is_empty() {
-        let r = pb::Report::decode_length_delimited(&mut buf).expect("journal entry");
+    for bytes in &replay.records {
+        let r = pb::Report::decode(bytes.as_slice()).expect("journal entry");
         let a = r.agent.expect("identity");
         if a.agent_id == agent {
             out.push((a.epoch, r.sequence));
