@@ -541,3 +541,67 @@ fn a_full_data_directory_refuses_clearly_then_loses_nothing_once_space_returns()
     drop(collector);
     assert_exactly_once(disk.0 .0.as_path(), "fulldisk", reports.len());
 }
+
+#[test]
+fn an_open_collector_is_asked_for_and_agents_and_readers_have_their_own_tokens() {
+    // Without credentials or --no-auth, the collector does not start.
+    let out = hostprobe()
+        .args(["collector", "--plaintext", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env_remove("HOSTPROBE_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--no-auth") && err.contains("--token-file"), "{err}");
+
+    // An agent's token sends reports but does not query; a reader's token
+    // queries but does not send.
+    let data = TempDir::new("tokens");
+    let (agent_token, reader_token) = (data.0.join("agent.token"), data.0.join("reader.token"));
+    std::fs::write(&agent_token, "agent-secret\n").unwrap();
+    std::fs::write(&reader_token, "reader-secret\n").unwrap();
+    let (agent_token, reader_token) = (agent_token.to_str().unwrap(), reader_token.to_str().unwrap());
+    let journal_dir = data.0.join("journal");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let collector = Collector::start(
+        port,
+        &[
+            "--plaintext",
+            "--token-file",
+            agent_token,
+            "--query-token-file",
+            reader_token,
+            "--data-dir",
+            journal_dir.to_str().unwrap(),
+        ],
+    );
+    let writer = agent_for_a_while(&agent_args(&url, "writer", &["--plaintext", "--token-file", agent_token]));
+    assert!(writer.contains("connected"), "{writer}");
+    let sent = journal(&journal_dir, "writer").len();
+    assert!(sent > 0, "the agent's token sends reports");
+    let reader = agent_for_a_while(&agent_args(&url, "reader", &["--plaintext", "--token-file", reader_token]));
+    assert!(reader.contains("refused our credentials"), "{reader}");
+    assert!(journal(&journal_dir, "reader").is_empty(), "a reader's token sends nothing");
+    let query = |token: &str| {
+        hostprobe()
+            .args(["query", "--collector", &url, "--plaintext", "--json", "--token-file", token])
+            .output()
+            .unwrap()
+    };
+    let as_agent = query(agent_token);
+    assert!(!as_agent.status.success(), "an agent's token must not read the fleet");
+    assert!(String::from_utf8_lossy(&as_agent.stderr).contains("refused our credentials"));
+    let as_reader = query(reader_token);
+    assert!(as_reader.status.success(), "{}", String::from_utf8_lossy(&as_reader.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&as_reader.stdout).unwrap();
+    assert!(v["reports"].as_u64().unwrap() >= sent as u64, "{v}");
+
+    // Only the collector's user reads what it keeps.
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&journal_dir).unwrap().permissions().mode() & 0o777, 0o700);
+    for e in std::fs::read_dir(&journal_dir).unwrap() {
+        let e = e.unwrap();
+        assert_eq!(e.metadata().unwrap().permissions().mode() & 0o777, 0o600, "{:?}", e.path());
+    }
+    drop(collector);
+}

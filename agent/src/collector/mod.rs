@@ -10,7 +10,9 @@
 //! group commit, checksums), [`query`] (the engine and `hostprobe query`).
 //!
 //! Defences, each refused with a clear gRPC status and logged, without
-//! disturbing other agents: bearer token and (m)TLS, a message size limit,
+//! disturbing other agents: bearer tokens (one for agents, which send, one
+//! for readers, which query; no authentication only when asked for with
+//! `--no-auth`) and (m)TLS, a message size limit,
 //! malformed protobuf, reports from the future or far past, a per-agent
 //! rate limit, a cap on the number of agents (idle ones make room), and a
 //! cap on the memory the windows take (the oldest reports go first).
@@ -32,7 +34,7 @@ use prost::Message as _;
 pub use query::{query_cmd, QueryArgs};
 use service::Service;
 use store::{Limits, Store};
-use tonic::{codec::CompressionEncoding, Request, Status};
+use tonic::codec::CompressionEncoding;
 
 use crate::wire::pb::{self, collector_server::CollectorServer};
 
@@ -52,9 +54,19 @@ pub struct CollectorArgs {
     /// Serve without TLS (reports and tokens in clear).
     #[arg(long, conflicts_with = "tls_cert")]
     pub plaintext: bool,
-    /// File holding the bearer token agents must present (or set HOSTPROBE_TOKEN).
+    /// File holding the bearer token agents must present to send reports
+    /// (or set HOSTPROBE_TOKEN). It does not let them query.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// File holding the bearer token readers (`hostprobe query`) must
+    /// present (or set HOSTPROBE_QUERY_TOKEN). It does not let them send
+    /// reports. Without it, with authentication on, queries are refused.
+    #[arg(long, value_name = "FILE")]
+    pub query_token_file: Option<PathBuf>,
+    /// Run without authentication: anyone who can reach the collector may
+    /// send reports and read the whole fleet's. Only on a network you trust.
+    #[arg(long, conflicts_with_all = ["token_file", "query_token_file"])]
+    pub no_auth: bool,
     /// Keep a journal of accepted reports here: each report is on stable
     /// storage before it is acknowledged, and the journal is replayed at
     /// start, so that a restart or a power loss loses nothing acknowledged
@@ -104,12 +116,28 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
     if args.tls_cert.is_none() && !args.plaintext {
         anyhow::bail!("give --tls-cert and --tls-key, or --plaintext to serve without TLS");
     }
-    let token = match &args.token_file {
-        Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?),
-        None => std::env::var("HOSTPROBE_TOKEN").ok(),
+    let read_token = |file: &Option<PathBuf>, var: &str| -> anyhow::Result<Option<String>> {
+        let raw = match file {
+            Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?),
+            None => std::env::var(var).ok(),
+        };
+        Ok(raw.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+    };
+    let auth = service::Auth {
+        write: read_token(&args.token_file, "HOSTPROBE_TOKEN")?,
+        query: read_token(&args.query_token_file, "HOSTPROBE_QUERY_TOKEN")?,
+        open: args.no_auth,
+    };
+    if !auth.open && auth.write.is_none() && args.client_ca.is_none() {
+        anyhow::bail!(
+            "no authentication: anyone who could reach this collector could send it reports and read the \
+             whole fleet's. Give --token-file (agents) and --query-token-file (readers), or --client-ca \
+             (agents with client certificates), or --no-auth to run open on a network you trust"
+        );
     }
-    .map(|t| t.trim().to_string())
-    .filter(|t| !t.is_empty());
+    if auth.open {
+        log::warn!("--no-auth: anyone who can reach {} may send reports and query them", args.listen);
+    }
     let limits = Limits {
         retention: args.retention,
         max_memory: usize::try_from(args.max_memory).unwrap_or(usize::MAX),
@@ -141,8 +169,13 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
     };
     let metrics = (args.prometheus_listen.is_some() || args.otlp.otlp_endpoint.is_some())
         .then(|| Arc::new(Mutex::new(crate::metrics::Metrics::new(args.metrics_max_processes as usize))));
-    let svc =
-        Service { store: Arc::new(Mutex::new(store)), limits: Arc::new(limits), journal, metrics: metrics.clone() };
+    let svc = Service {
+        store: Arc::new(Mutex::new(store)),
+        limits: Arc::new(limits),
+        journal,
+        metrics: metrics.clone(),
+        auth: Arc::new(auth),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let mut server = tonic::transport::Server::builder()
@@ -159,23 +192,10 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         }
         let (health, health_svc) = tonic_health::server::health_reporter();
         health.set_serving::<CollectorServer<Service>>().await;
-        let check = move |req: Request<()>| -> Result<Request<()>, Status> {
-            let Some(want) = &token else { return Ok(req) };
-            let got = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
-            let want = format!("Bearer {want}");
-            // Constant time in the token's length.
-            let same = got.len() == want.len() && got.bytes().zip(want.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
-            if same {
-                Ok(req)
-            } else {
-                Err(Status::unauthenticated("missing or wrong bearer token"))
-            }
-        };
         let collector = CollectorServer::new(svc.clone())
             .max_decoding_message_size(args.max_message as usize)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip);
-        let collector = tonic::service::interceptor::InterceptedService::new(collector, check);
         // Agents gone for longer than the retention are forgotten.
         let evicting = svc.clone();
         tokio::spawn(async move {

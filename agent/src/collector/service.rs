@@ -16,8 +16,39 @@ use super::{
 };
 use crate::wire::{self, pb};
 
+/// Who may do what: agents present the write token to stream reports,
+/// readers the query token to query; neither works for the other.
+pub struct Auth {
+    pub write: Option<String>,
+    pub query: Option<String>,
+    /// `--no-auth`: everything open.
+    pub open: bool,
+}
+
+impl Auth {
+    /// Whether `req` carries `want` as its bearer token.
+    fn check<T>(&self, req: &Request<T>, want: &Option<String>, what: &str, flag: &str) -> Result<(), Status> {
+        if self.open {
+            return Ok(());
+        }
+        let Some(want) = want else {
+            return Err(Status::permission_denied(format!("this collector takes no {what} (no {flag})")));
+        };
+        let got = req.metadata().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let want = format!("Bearer {want}");
+        // Constant time in the token's length.
+        let same = got.len() == want.len() && got.bytes().zip(want.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(format!("missing or wrong bearer token for {what}")))
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Service {
+    pub auth: Arc<Auth>,
     pub store: Arc<Mutex<Store>>,
     pub limits: Arc<Limits>,
     pub journal: Option<Journal>,
@@ -133,6 +164,12 @@ impl pb::collector_server::Collector for Service {
 
     async fn stream(&self, request: Request<Streaming<pb::Report>>) -> Result<Response<AckStream>, Status> {
         let peer = request.remote_addr().map_or_else(|| "a client".to_string(), |a| a.to_string());
+        // With client certificates and no token, the TLS handshake was the check.
+        if self.auth.write.is_some() || !self.auth.open && request.peer_certs().is_none() {
+            self.auth
+                .check(&request, &self.auth.write, "reports", "--token-file")
+                .inspect_err(|s| self.reject(&peer, s))?;
+        }
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let svc = self.clone();
@@ -183,6 +220,7 @@ impl pb::collector_server::Collector for Service {
     }
 
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
+        self.auth.check(&request, &self.auth.query, "queries", "--query-token-file")?;
         let q = request.into_inner();
         let (snapshot, agents) = {
             let store = self.lock();
