@@ -250,11 +250,11 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The first queued report at or after `seq`.
+    /// The first queued report at or after `seq` (the queue is in sequence
+    /// order, with gaps where a damaged spool file was skipped).
     fn at_or_after(&self, seq: u64) -> Option<Encoded> {
         let q = self.lock();
-        let first = q.reports.front()?.sequence;
-        let i = seq.saturating_sub(first) as usize;
+        let i = q.reports.partition_point(|r| r.sequence < seq);
         q.reports.get(i).cloned()
     }
 
@@ -293,18 +293,19 @@ impl Exporter {
         }
         token(&client)?;
         let now_ns = crate::metrics::now_unix_ns().max(1) as u64;
-        let (spool, epoch, next_seq, reports) = match &args.spool_dir {
+        let (spool, epoch, next_seq, reports, damaged) = match &args.spool_dir {
             Some(dir) => {
-                let (spool, epoch, next, reports) = Spool::open(dir, args.spool_max, now_ns)?;
-                (Some(spool), epoch, next, reports)
+                let (spool, epoch, next, reports, damaged) = Spool::open(dir, args.spool_max, now_ns)?;
+                (Some(spool), epoch, next, reports, damaged)
             }
-            None => (None, now_ns, 1, VecDeque::new()),
+            None => (None, now_ns, 1, VecDeque::new(), 0),
         };
         if !reports.is_empty() {
             log::info!("spool: {} unacknowledged reports from before, to send first", reports.len());
         }
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { reports, cap: args.queue as usize, next_seq, epoch, dropped: 0, spool }),
+            // Damaged spool files are reports lost: counted with the dropped.
+            queue: Mutex::new(Queue { reports, cap: args.queue as usize, next_seq, epoch, dropped: damaged, spool }),
             changed: Notify::new(),
             identity: identity(args.agent_id.as_deref(), epoch),
             closing: std::sync::atomic::AtomicBool::new(false),
@@ -328,10 +329,18 @@ impl Exporter {
                 q.drop_oldest("memory queue full (--queue)");
             }
             let bytes = bytes::Bytes::from(r.encode_to_vec());
-            if let Some(s) = &mut q.spool {
-                if let Err(e) = s.add(r.sequence, &bytes, r.agent.as_ref().map_or(0, |a| a.epoch), r.sequence + 1) {
+            let epoch = r.agent.as_ref().map_or(0, |a| a.epoch);
+            while let Some(s) = &mut q.spool {
+                let Err(e) = s.add(r.sequence, &bytes, epoch, r.sequence + 1) else { break };
+                // A full disk: the oldest reports make room for the newest.
+                let full = e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull)
+                });
+                if !full || q.reports.is_empty() {
                     log::warn!("spool: {e:#}; this report is in memory only");
+                    break;
                 }
+                q.drop_oldest("the spool's filesystem is full");
             }
             while q.spool.as_ref().is_some_and(|s| s.over_cap()) && !q.reports.is_empty() {
                 q.drop_oldest("spool full (--spool-max)");
@@ -477,8 +486,11 @@ async fn session(
     }
 }
 
-/// Reports on disk: one file per report (`<sequence>.pb`), and `state`
-/// (epoch and next sequence) so that numbering survives a restart.
+/// Reports on disk: one file per report (`<sequence>.hps`, framed with a
+/// checksum by [`crate::wire::frame`]), and `state` (epoch and next
+/// sequence) so that numbering survives a restart. A report counts as
+/// spooled once its file and the directory entry are synced. Files are
+/// 0600 in a 0700 directory: reports name processes and commands.
 struct Spool {
     dir: PathBuf,
     max_bytes: u64,
@@ -487,9 +499,18 @@ struct Spool {
     bytes: u64,
 }
 
+/// What opening a spool found: epoch, next sequence, the reports in it, and
+/// how many files were damaged (skipped and removed).
+type Opened = (Spool, u64, u64, VecDeque<Encoded>, u64);
+
 impl Spool {
-    fn open(dir: &Path, max_bytes: u64, now_ns: u64) -> anyhow::Result<(Spool, u64, u64, VecDeque<Encoded>)> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating --spool-dir {}", dir.display()))?;
+    fn open(dir: &Path, max_bytes: u64, now_ns: u64) -> anyhow::Result<Opened> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating --spool-dir {}", dir.display()))?;
         let state = dir.join("state");
         let (epoch, mut next) = match std::fs::read_to_string(&state) {
             Ok(s) => {
@@ -502,36 +523,54 @@ impl Spool {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (now_ns, 1),
             Err(e) => return Err(e).with_context(|| format!("reading {}", state.display())),
         };
-        let mut seqs: Vec<u64> = std::fs::read_dir(dir)
+        // `.pb`: unframed reports of agents before checksums.
+        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
             .with_context(|| format!("reading --spool-dir {}", dir.display()))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".pb")?.parse().ok())
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let name = path.file_name()?.to_str()?;
+                let seq = name.strip_suffix(".hps").or_else(|| name.strip_suffix(".pb"))?.parse().ok()?;
+                Some((seq, path))
+            })
             .collect();
-        seqs.sort_unstable();
+        files.sort_unstable();
         let mut spool = Spool { dir: dir.to_path_buf(), max_bytes, files: VecDeque::new(), bytes: 0 };
         let mut reports = VecDeque::new();
-        for seq in seqs {
-            let path = spool.path(seq);
-            let bytes = std::fs::read(&path).ok();
-            let decoded = bytes.as_deref().and_then(|b| pb::Report::decode(b).ok());
-            match (decoded, bytes) {
-                (Some(r), Some(bytes)) if r.sequence == seq && r.agent.as_ref().is_some_and(|a| a.epoch == epoch) => {
-                    spool.files.push_back((seq, bytes.len() as u64));
-                    spool.bytes += bytes.len() as u64;
+        let mut damaged = 0;
+        for (seq, path) in files {
+            let data = std::fs::read(&path).unwrap_or_default();
+            let legacy = path.extension().is_some_and(|e| e == "pb");
+            let payload = if legacy { Some(&data[..]) } else { crate::wire::unframe(&data) };
+            let report = payload.and_then(|p| pb::Report::decode(p).ok());
+            match (report, payload) {
+                (Some(r), Some(p)) if r.sequence == seq && r.agent.as_ref().is_some_and(|a| a.epoch == epoch) => {
+                    if legacy {
+                        spool.write(seq, p)?;
+                        let _ = std::fs::remove_file(&path);
+                    } else {
+                        spool.files.push_back((seq, data.len() as u64));
+                        spool.bytes += data.len() as u64;
+                    }
                     next = next.max(seq + 1);
-                    reports.push_back(Encoded { sequence: seq, bytes: bytes.into() });
+                    reports.push_back(Encoded { sequence: seq, bytes: bytes::Bytes::copy_from_slice(p) });
+                }
+                (Some(_), Some(_)) => {
+                    log::warn!("spool: {} is from another epoch or misnamed; removed", path.display());
+                    let _ = std::fs::remove_file(&path);
                 }
                 _ => {
-                    log::warn!("spool: {} is unreadable or from another epoch; removed", path.display());
+                    damaged += 1;
+                    log::warn!("spool: {} is damaged (checksum or format); skipped and removed", path.display());
                     let _ = std::fs::remove_file(&path);
                 }
             }
         }
         spool.write_state(epoch, next)?;
-        Ok((spool, epoch, next, reports))
+        Ok((spool, epoch, next, reports, damaged))
     }
 
     fn path(&self, seq: u64) -> PathBuf {
-        self.dir.join(format!("{seq:020}.pb"))
+        self.dir.join(format!("{seq:020}.hps"))
     }
 
     fn write_state(&self, epoch: u64, next: u64) -> anyhow::Result<()> {
@@ -540,14 +579,35 @@ impl Spool {
         std::fs::rename(&tmp, self.dir.join("state")).context("replacing the spool state")
     }
 
-    fn add(&mut self, sequence: u64, bytes: &[u8], epoch: u64, next: u64) -> anyhow::Result<()> {
-        let path = self.path(sequence);
+    /// Writes report `seq` durably: a temporary file, synced, renamed, and
+    /// the directory synced. A failure leaves nothing half-written behind.
+    fn write(&mut self, seq: u64, report: &[u8]) -> std::io::Result<()> {
+        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+        let (path, framed) = (self.path(seq), crate::wire::frame(report));
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        self.files.push_back((sequence, bytes.len() as u64));
-        self.bytes += bytes.len() as u64;
-        self.write_state(epoch, next)
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&framed).and_then(|()| f.sync_data()))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.files.push_back((seq, framed.len() as u64));
+        self.bytes += framed.len() as u64;
+        Ok(())
+    }
+
+    /// Spools report `sequence`; the state first (a next sequence ahead of
+    /// the files is harmless), so that a failure leaves nothing to undo.
+    fn add(&mut self, sequence: u64, bytes: &[u8], epoch: u64, next: u64) -> anyhow::Result<()> {
+        self.write_state(epoch, next)?;
+        self.write(sequence, bytes).with_context(|| format!("writing {}", self.path(sequence).display()))
     }
 
     fn over_cap(&self) -> bool {
