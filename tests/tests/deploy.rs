@@ -1,0 +1,270 @@
+//! Deployment (issue 15): flags from the environment, the OpenTelemetry
+//! variables, `--output none`, health endpoints, agent identity without a
+//! machine id, and the refusal to run outside the host's PID namespace.
+
+use std::{process::Command, time::Duration};
+
+use hostprobe_tests::{
+    free_port, hostprobe, hostprobe_bin, http_get, otlp_attr, otlp_num, otlp_points, process_reports, Agent, Collector,
+    OtlpReceiver, Workload,
+};
+
+/// One value for every flag of `hostprobe run` (files need not exist: flags
+/// are compared as parsed).
+const RUN_FLAGS: &[(&str, &str)] = &[
+    ("interval", "250ms"),
+    ("duration", "3s"),
+    ("top", "7"),
+    ("output", "json"),
+    ("cmdline", "true"),
+    ("max-entries", "4096"),
+    ("probes", "syscall,tcp"),
+    ("hostname", "node-7"),
+    ("pid", "1,2"),
+    ("comm", "nginx"),
+    ("cgroup", "/system.slice"),
+    ("collector", "https://a:7700,https://b:7700"),
+    ("plaintext", "true"),
+    ("ca-file", "/etc/hostprobe/ca.pem"),
+    ("client-cert", "/etc/hostprobe/c.pem"),
+    ("client-key", "/etc/hostprobe/c.key"),
+    ("token-file", "/etc/hostprobe/token"),
+    ("agent-id", "agent-7"),
+    ("queue", "99"),
+    ("spool-dir", "/var/lib/hostprobe/spool"),
+    ("spool-max", "64M"),
+    ("prometheus-listen", "127.0.0.1:9464"),
+    ("health-listen", "127.0.0.1:9465"),
+    ("metrics-max-processes", "5"),
+    ("otlp-endpoint", "https://otel:4317"),
+    ("otlp-header", "api-key=x"),
+    ("otlp-temporality", "delta"),
+    ("otlp-ca-file", "/etc/hostprobe/otel-ca.pem"),
+];
+
+fn var(flag: &str) -> String {
+    format!("HOSTPROBE_{}", flag.to_uppercase().replace('-', "_"))
+}
+
+#[test]
+fn flags_from_the_environment_equal_flags_on_the_command_line() {
+    // The table covers every flag `run` has: a new flag without its
+    // variable fails here.
+    let cmd = hostprobe::cli::command();
+    let run = cmd.find_subcommand("run").unwrap();
+    let mut flags: Vec<&str> = run.get_arguments().filter_map(|a| a.get_long()).filter(|l| *l != "verbose").collect();
+    let mut covered: Vec<&str> = RUN_FLAGS.iter().map(|(f, _)| *f).collect();
+    flags.sort_unstable();
+    covered.sort_unstable();
+    assert_eq!(flags, covered, "RUN_FLAGS must list every flag of `run`");
+
+    let mut args = vec!["hostprobe".to_string(), "run".to_string()];
+    for (flag, value) in RUN_FLAGS {
+        match *value {
+            "true" => args.push(format!("--{flag}")),
+            _ => args.extend([format!("--{flag}"), value.to_string()]),
+        }
+    }
+    let from_args = format!("{:?}", hostprobe::cli::parse_from(&args).unwrap());
+    for (flag, value) in RUN_FLAGS {
+        std::env::set_var(var(flag), value);
+    }
+    let from_env = format!("{:?}", hostprobe::cli::parse_from(["hostprobe", "run"]).unwrap());
+    // The command line wins over the environment.
+    let both = hostprobe::cli::parse_from(["hostprobe", "run", "--interval", "2s"]).unwrap();
+    for (flag, _) in RUN_FLAGS {
+        std::env::remove_var(var(flag));
+    }
+    assert_eq!(from_env, from_args);
+    let hostprobe::cli::Command::Run(both) = both.command else { panic!() };
+    assert_eq!(both.interval, Duration::from_secs(2));
+}
+
+#[test]
+fn otel_endpoint_alone_sends_otlp_and_output_none_prints_nothing() {
+    let receiver = OtlpReceiver::start("deploy-env", 0.0);
+    let mut workload = Workload::spawn(&["getppid", "5000"]);
+    let pid = workload.pid();
+    // Everything from the environment, as a unit's EnvironmentFile or a pod's env gives it.
+    let mut cmd = hostprobe();
+    cmd.arg("run")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url())
+        .env("OTEL_SERVICE_NAME", "hostprobe-node")
+        .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,k8s.cluster.name=c%2C1")
+        .env("HOSTPROBE_OUTPUT", "none")
+        .env("HOSTPROBE_PROBES", "syscall")
+        .env("HOSTPROBE_PID", pid.to_string())
+        .env("HOSTPROBE_INTERVAL", "200ms");
+    let mut agent = Agent::spawn_command(cmd);
+    agent.wait_attached();
+    workload.go();
+    workload.wait();
+    agent.run_for(Duration::from_secs(2));
+    // Any line on stdout would be read as a report (or fail as bad JSON).
+    let (reports, log) = agent.stop_logged();
+    assert!(reports.is_empty(), "--output none printed {} reports", reports.len());
+    std::thread::sleep(Duration::from_millis(300));
+
+    let requests = receiver.requests();
+    assert!(!requests.is_empty(), "nothing reached the OTLP receiver; agent log:\n{log}");
+    let resource = &requests[0]["resourceMetrics"][0]["resource"]["attributes"];
+    let attr = |k: &str| otlp_attr(resource, k).and_then(|v| v["stringValue"].as_str()).map(str::to_string);
+    assert_eq!(attr("service.name").as_deref(), Some("hostprobe-node"));
+    assert_eq!(attr("deployment.environment").as_deref(), Some("test"));
+    assert_eq!(attr("k8s.cluster.name").as_deref(), Some("c,1"), "values are percent-decoded");
+    let last = requests
+        .iter()
+        .flat_map(|r| otlp_points(r, "hostprobe.syscalls"))
+        .filter(|(p, _)| {
+            otlp_attr(&p["attributes"], "process.pid").map(|v| otlp_num(&v["intValue"])) == Some(u64::from(pid))
+                && otlp_attr(&p["attributes"], "hostprobe.syscall").and_then(|v| v["stringValue"].as_str())
+                    == Some("getppid")
+        })
+        .map(|(p, _)| otlp_num(&p["asInt"]))
+        .last();
+    assert_eq!(last, Some(5_000), "the workload's 5,000 getppid calls, exactly");
+}
+
+/// GET a health endpoint: `None` while nothing listens.
+fn health(port: u16, path: &str) -> Option<(String, String)> {
+    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    Some(http_get(port, path))
+}
+
+/// Polls `path` until its status line contains `want` (up to 60 s).
+fn wait_status(port: u16, path: &str, want: &str) -> (String, String) {
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(r) = health(port, path).filter(|(status, _)| status.contains(want)) {
+            return r;
+        }
+        assert!(std::time::Instant::now() < end, "{path} never answered {want}: {:?}", health(port, path));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn readyz_fails_while_the_collector_is_down_and_passes_once_it_is_up() {
+    let (port, health_port) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{port}");
+    let hp = format!("127.0.0.1:{health_port}");
+    let mut cmd = hostprobe();
+    cmd.args(["run", "--output", "none", "--probes", "syscall", "--interval", "200ms"]).args([
+        "--collector",
+        &url,
+        "--plaintext",
+        "--agent-id",
+        "readyz",
+        "--health-listen",
+        &hp,
+    ]);
+    let agent = Agent::spawn_command(cmd);
+    wait_status(health_port, "/healthz", "200");
+    agent.wait_attached();
+    // Probes attached, no collector: not ready, and why.
+    let (status, body) = health(health_port, "/readyz").unwrap();
+    assert!(status.contains("503") && body.contains("collector"), "{status}: {body}");
+
+    let collector = Collector::start(port, &["--plaintext"]);
+    let (_, body) = wait_status(health_port, "/readyz", "200");
+    assert_eq!(body.trim(), "ready");
+    collector.kill();
+    let (_, body) = wait_status(health_port, "/readyz", "503");
+    assert!(body.contains("not connected to the collector"), "{body}");
+    agent.stop();
+}
+
+/// `hostprobe run ARGS` with no machine id (empty /etc/machine-id and D-Bus's
+/// copy, in a mount namespace of its own) and `NODE_NAME` as given.
+fn without_machine_id(node_name: Option<&str>, args: &[&str]) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "for f in /etc/machine-id /var/lib/dbus/machine-id; do \
+               [ -e $f ] && mount --bind /dev/null $f; done; exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(hostprobe_bin())
+        .arg("run")
+        .args(args)
+        .env_remove("NODE_NAME");
+    if let Some(n) = node_name {
+        cmd.env("NODE_NAME", n);
+    }
+    cmd
+}
+
+#[test]
+fn two_agents_without_a_machine_id_are_told_apart_by_node_name() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let collector = Collector::start(port, &["--plaintext"]);
+    let mut workload = Workload::spawn(&["getppid", "20000"]);
+    let pid = workload.pid().to_string();
+    let args = ["--output", "json", "--interval", "200ms", "--probes", "syscall", "--pid", &pid];
+    let streaming = [&args[..], &["--collector", &url, "--plaintext"]].concat();
+
+    // Neither a machine id nor NODE_NAME: refused, not one more "hp-<hash of nothing>".
+    let out = without_machine_id(None, &streaming).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no agent id") && stderr.contains("NODE_NAME"), "{stderr}");
+
+    let a = Agent::spawn_command(without_machine_id(Some("node-a"), &streaming));
+    let b = Agent::spawn_command(without_machine_id(Some("node-b"), &streaming));
+    a.wait_attached();
+    b.wait_attached();
+    workload.go();
+    workload.wait();
+    let mut counts = Vec::new();
+    for (mut agent, node) in [(a, "node-a"), (b, "node-b")] {
+        agent.run_for(Duration::from_millis(600));
+        let reports = agent.stop();
+        assert!(reports.iter().all(|r| r["host"] == node), "the host is NODE_NAME");
+        let n: u64 = process_reports(&reports, pid.parse().unwrap())
+            .iter()
+            .map(|p| p["syscall_total"]["count"].as_u64().unwrap())
+            .sum();
+        assert!(n >= 20_000, "{node} saw the workload: {n}");
+        counts.push(n);
+    }
+
+    let out = hostprobe()
+        .args(["query", "--collector", &url, "--plaintext", "--comm", "workload", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &v["rows"][0];
+    assert_eq!(row["agents"], serde_json::json!(["node-a", "node-b"]), "{v}");
+    assert_eq!(row["count"].as_u64().unwrap(), counts.iter().sum::<u64>(), "nothing deduplicated across them: {v}");
+    drop(collector);
+}
+
+#[test]
+fn a_pid_namespace_other_than_the_hosts_is_refused() {
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(hostprobe_bin())
+        .args(["run", "--duration", "1s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("PID namespace") && stderr.contains("hostPID: true") && stderr.contains("--pid=host"));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_pid_that_names_no_process_warns() {
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let pid = gone.id().to_string();
+    let out = hostprobe()
+        .args(["run", "--output", "none", "--probes", "syscall", "--duration", "300ms", "--pid", &pid])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("--pid {pid}: no such process")), "{stderr}");
+}
