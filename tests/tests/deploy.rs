@@ -2,11 +2,11 @@
 //! variables, `--output none`, health endpoints, agent identity without a
 //! machine id, and the refusal to run outside the host's PID namespace.
 
-use std::{process::Command, time::Duration};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use hostprobe_tests::{
-    free_port, hostprobe, hostprobe_bin, http_get, otlp_attr, otlp_num, otlp_points, process_reports, Agent, Collector,
-    OtlpReceiver, Workload,
+    free_port, hostprobe, hostprobe_bin, http_get, otlp_attr, otlp_num, otlp_points, probe_status, process_reports,
+    sum, syscall_items, Agent, Collector, OtlpReceiver, TempDir, Workload,
 };
 
 /// One value for every flag of `hostprobe run` (files need not exist: flags
@@ -267,4 +267,114 @@ fn a_pid_that_names_no_process_warns() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains(&format!("--pid {pid}: no such process")), "{stderr}");
+}
+
+/// `deploy/` in the repository.
+fn deploy_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// The value of `key=` in a unit file (the last one, as systemd reads it).
+fn unit_setting(unit: &str, key: &str) -> String {
+    let text = std::fs::read_to_string(deploy_dir().join("systemd").join(unit)).unwrap();
+    text.lines().filter_map(|l| l.strip_prefix(&format!("{key}="))).last().unwrap_or_default().to_string()
+}
+
+/// The agent unit's capabilities (`AmbientCapabilities=`, which must equal
+/// its bounding set), e.g. `CAP_BPF`.
+fn unit_capabilities() -> Vec<String> {
+    let ambient = unit_setting("hostprobe.service", "AmbientCapabilities");
+    assert_eq!(ambient, unit_setting("hostprobe.service", "CapabilityBoundingSet"), "ambient = bounding set");
+    ambient.split_whitespace().map(str::to_string).collect()
+}
+
+/// `hostprobe ARGS` as user nobody holding exactly `caps` (ambient and
+/// bounding set) with no_new_privs, as the unit runs it.
+fn unprivileged(caps: &[String], args: &[&str]) -> Command {
+    let list: Vec<String> = caps.iter().map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase())).collect();
+    let list = list.join(",");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--no-new-privs"])
+        .arg(format!("--bounding-set=-all{}{list}", if list.is_empty() { "" } else { "," }))
+        .arg(format!("--inh-caps=-all{}{list}", if list.is_empty() { "" } else { "," }))
+        .arg(format!("--ambient-caps={}", if list.is_empty() { "-all" } else { &list }))
+        .arg(hostprobe_bin())
+        .args(args);
+    cmd
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_the_units() {
+    // The units name /usr/local/bin/hostprobe, which verify wants to exist:
+    // check copies that name the binary under test instead.
+    let dir = TempDir::new("units");
+    let mut units = Vec::new();
+    for unit in ["hostprobe.service", "hostprobe-collector.service"] {
+        let text = std::fs::read_to_string(deploy_dir().join("systemd").join(unit)).unwrap();
+        let path = dir.0.join(unit);
+        std::fs::write(&path, text.replace("/usr/local/bin/hostprobe", hostprobe_bin().to_str().unwrap())).unwrap();
+        units.push(path);
+    }
+    let out = Command::new("systemd-analyze").arg("verify").args(&units).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "systemd-analyze verify: {said}");
+    assert!(!said.contains("hostprobe"), "systemd-analyze verify has something to say: {said}");
+}
+
+#[test]
+fn the_units_capabilities_are_enough_and_each_is_needed() {
+    let caps = unit_capabilities();
+    let mut workload = Workload::spawn(&["getppid", "5000"]);
+    let pid = workload.pid();
+    let pid_s = pid.to_string();
+    let run = ["run", "--output", "json", "--interval", "200ms", "--pid", &pid_s];
+    let mut agent = Agent::spawn_command(unprivileged(&caps, &run));
+    agent.wait_attached();
+    workload.go();
+    workload.wait();
+    agent.run_for(Duration::from_millis(600));
+    let (reports, log) = agent.stop_logged();
+    for probe in ["syscall", "disk", "offcpu", "tcp"] {
+        assert_eq!(
+            probe_status(&reports[0], probe)["active"],
+            true,
+            "{probe} not attached as nobody with {caps:?}: {log}"
+        );
+    }
+    assert_eq!(sum(&syscall_items(&reports, pid, "getppid"), "count"), 5_000, "exact as nobody");
+    let exe = process_reports(&reports, pid).iter().find_map(|p| p["exe"].as_str().map(str::to_string));
+    assert!(exe.is_some_and(|e| e.ends_with("/workload")), "root's workload's exe read as nobody");
+
+    let check = |caps: &[String]| {
+        let out = unprivileged(caps, &["check"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let privileges = |out: &str| out.lines().find(|l| l.starts_with("privileges")).unwrap_or_default().to_string();
+    let all = check(&caps);
+    assert!(privileges(&all).contains(" ok "), "{all}");
+    assert!(all.contains("4 of 4 probes can run here"), "{all}");
+    for (i, cap) in caps.iter().enumerate() {
+        let mut fewer = caps.clone();
+        fewer.remove(i);
+        let out = check(&fewer);
+        let line = privileges(&out);
+        assert!(line.contains("FAIL") && line.contains(&format!("lacks {cap}")), "without {cap}: {out}");
+        // And it is needed: without it, something fails.
+        if cap == "CAP_SYS_PTRACE" {
+            let out = unprivileged(&fewer, &["run", "--output", "json", "--duration", "300ms", "--probes", "syscall"])
+                .output()
+                .unwrap();
+            let reports: Vec<serde_json::Value> =
+                String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            let me = hostprobe_bin();
+            let others: Vec<&serde_json::Value> = reports
+                .iter()
+                .flat_map(|r| r["processes"].as_array().unwrap())
+                .filter(|p| p["exe"].is_string() && p["exe"].as_str() != me.to_str())
+                .collect();
+            assert!(!reports.is_empty() && others.is_empty(), "without CAP_SYS_PTRACE: {others:?}");
+        } else {
+            assert!(!out.contains("4 of 4 probes can run here"), "without {cap} every probe still runs: {out}");
+        }
+    }
 }
