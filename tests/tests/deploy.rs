@@ -269,9 +269,10 @@ fn a_pid_that_names_no_process_warns() {
     assert!(stderr.contains(&format!("--pid {pid}: no such process")), "{stderr}");
 }
 
-/// `deploy/` in the repository.
+/// `deploy/` in the repository (canonical: checkov finds nothing under a
+/// path with `..` in it, and says nothing).
 fn deploy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy").canonicalize().unwrap()
 }
 
 /// The value of `key=` in a unit file (the last one, as systemd reads it).
@@ -377,4 +378,145 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
             assert!(!out.contains("4 of 4 probes can run here"), "without {cap} every probe still runs: {out}");
         }
     }
+}
+
+/// A file of `deploy/kubernetes`.
+fn manifest(name: &str) -> String {
+    std::fs::read_to_string(deploy_dir().join("kubernetes").join(name)).unwrap()
+}
+
+/// A tool of the Python environment `cargo xtask setup` makes for the manifests.
+fn deploy_tool(name: &str) -> Command {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let bin = PathBuf::from(home).join(".cache/hostprobe/deploy-venv/bin").join(name);
+    assert!(bin.exists(), "{} is missing: run `cargo xtask setup`", bin.display());
+    Command::new(bin)
+}
+
+#[test]
+fn the_manifests_validate_and_every_policy_finding_is_fixed_or_justified() {
+    let files = ["namespace.yaml", "agent.yaml", "collector.yaml"].map(|f| deploy_dir().join("kubernetes").join(f));
+    let out = deploy_tool("kubernetes-validate").args(["--strict", "--quiet"]).args(&files).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "kubernetes-validate: {said}");
+
+    let out = deploy_tool("checkov")
+        .args(["--framework", "kubernetes", "--skip-download", "--output", "json", "--directory"])
+        .arg(deploy_dir().join("kubernetes"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("checkov: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let results = &v["results"];
+    let failed: Vec<String> = results["failed_checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {} ({})", c["check_id"], c["resource"], c["check_name"]))
+        .collect();
+    assert!(failed.is_empty(), "checkov findings neither fixed nor justified: {failed:#?}");
+    assert!(v["summary"]["passed"].as_u64().unwrap() > 100, "checkov checked little: {}", v["summary"]);
+    for skipped in results["skipped_checks"].as_array().unwrap() {
+        let why = skipped["check_result"]["suppress_comment"].as_str().unwrap_or_default();
+        assert!(why.len() > 20, "{} on {} skipped without a reason", skipped["check_id"], skipped["resource"]);
+    }
+}
+
+/// The image `cargo xtask test` builds with `cargo xtask image`.
+const IMAGE: &str = "localhost/hostprobe:latest";
+
+/// A podman container, removed on drop (also when a test fails).
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman().args(["rm", "--force", "--ignore", &self.0]).output();
+    }
+}
+
+/// podman as `cargo xtask image` runs it (xtask/src/image.rs says why).
+fn podman() -> Command {
+    let mut c = Command::new("podman");
+    c.args(["--runtime", "runc", "--cgroup-manager", "cgroupfs", "--storage-driver", "vfs"]);
+    c
+}
+
+/// `podman run` of the image the way agent.yaml's DaemonSet runs it: its
+/// capabilities, hostPath mounts (the spool in `spool`), read-only root,
+/// memory limit, NODE_NAME; with the host's PID namespace when `host_pid`.
+fn as_in_the_daemonset(name: &str, host_pid: bool, spool: &TempDir, args: &[&str]) -> Command {
+    let yaml = manifest("agent.yaml");
+    let list = |line: &str| -> Vec<String> {
+        let (_, l) = line.split_once('[').unwrap();
+        l.trim_end_matches(']').split(',').map(|c| c.trim().trim_matches('"').to_string()).collect()
+    };
+    let add = yaml.lines().find(|l| l.trim_start().starts_with("add: [")).expect("capabilities in agent.yaml");
+    let caps = list(add);
+    assert_eq!(
+        caps.iter().map(|c| format!("CAP_{c}")).collect::<Vec<_>>(),
+        unit_capabilities(),
+        "the DaemonSet and the unit grant the same"
+    );
+    let lines: Vec<&str> = yaml.lines().map(str::trim).collect();
+    let host_paths: Vec<&str> = lines
+        .windows(2)
+        .filter(|w| w[0] == "hostPath:")
+        .map(|w| w[1].strip_prefix("path: ").expect("path after hostPath"))
+        .collect();
+    let memory = lines
+        .windows(2)
+        .find(|w| w[0] == "limits:" && w[1].starts_with("cpu:"))
+        .and_then(|_| lines.iter().skip_while(|l| **l != "limits:").find_map(|l| l.strip_prefix("memory: ")))
+        .expect("a memory limit in agent.yaml");
+    let memory = memory.replace("Mi", "m").replace("Gi", "g");
+
+    let mut cmd = podman();
+    cmd.args(["run", "--rm", "--name", name, "--read-only", "--security-opt", "seccomp=unconfined"])
+        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"])
+        .args(["--memory", &memory, "--memory-swap", &memory])
+        .args(["--cap-drop", "all", "--cap-add", &caps.join(",")])
+        .args(["--env", "NODE_NAME=test-node"]);
+    if host_pid {
+        cmd.arg("--pid=host");
+    }
+    for path in host_paths {
+        match path.starts_with("/sys/") {
+            true => cmd.args(["--volume", &format!("{path}:{path}:ro")]),
+            false => cmd.args(["--volume", &format!("{}:{path}", spool.path())]),
+        };
+    }
+    cmd.arg(IMAGE).args(args);
+    cmd
+}
+
+#[test]
+fn the_image_runs_as_the_daemonset_does_and_counts_a_host_process_exactly() {
+    let spool = TempDir::new("image-spool");
+    let name = format!("hostprobe-test-{}", std::process::id());
+    let _container = Container(name.clone());
+    let mut workload = Workload::spawn(&["getppid", "5000"]);
+    let pid = workload.pid();
+    let pid_s = pid.to_string();
+    let run = ["run", "--output", "json", "--interval", "200ms", "--pid", &pid_s];
+    let mut agent = Agent::spawn_command(as_in_the_daemonset(&name, true, &spool, &run));
+    agent.wait_attached();
+    workload.go();
+    workload.wait();
+    agent.run_for(Duration::from_millis(600));
+    let (reports, log) = agent.stop_logged();
+    for probe in ["syscall", "disk", "offcpu", "tcp"] {
+        assert_eq!(probe_status(&reports[0], probe)["active"], true, "{probe} not attached in the container: {log}");
+    }
+    assert_eq!(sum(&syscall_items(&reports, pid, "getppid"), "count"), 5_000, "the host process's count, exactly");
+    assert!(reports.iter().all(|r| r["host"] == "test-node"), "the host is NODE_NAME");
+    let exe = process_reports(&reports, pid).iter().find_map(|p| p["exe"].as_str().map(str::to_string));
+    assert!(exe.is_some_and(|e| e.ends_with("/workload")), "/proc of the host read from the container");
+
+    // Without the host's PID namespace: the clear error, exit 2.
+    let name = format!("hostprobe-test-nopid-{}", std::process::id());
+    let _container = Container(name.clone());
+    let out = as_in_the_daemonset(&name, false, &spool, &["run"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not in the host's PID namespace") && stderr.contains("hostPID: true"), "{stderr}");
 }
