@@ -62,6 +62,11 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         Err(e) => line("tracefs", false, &e),
     }
 
+    match crate::procinfo::host_pid_namespace() {
+        Ok(()) => line("PID namespace", true, "the host's"),
+        Err(e) => line("PID namespace", false, &e),
+    }
+
     let caps = effective_caps();
     let has = |c: u32| caps.is_some_and(|v| v & (1u64 << c) != 0);
     // SAFETY: geteuid has no preconditions.

@@ -584,7 +584,7 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         });
         if let (Some(addr), Some(m)) = (args.prometheus_listen, &metrics) {
             // Ready as soon as it listens: a collector has nothing to attach.
-            let ready = crate::prom::Readiness { attached: true.into(), collector_connected: None };
+            let ready = crate::prom::Readiness { attached: Arc::new(true.into()), exporters: Vec::new() };
             crate::prom::serve(addr, "--prometheus-listen", Some(m.clone()), Arc::new(ready)).await?;
         }
         if let (Some((url, _)), Some(m)) = (args.otlp.endpoint(), &metrics) {

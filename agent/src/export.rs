@@ -307,14 +307,8 @@ pub struct Exporter {
 
 impl Exporter {
     /// Loads the spool (if any) and starts the sender on the current tokio
-    /// runtime. Reports carry `agent_id` and `host`; `connected` is kept
-    /// true while a stream is up.
-    pub fn start(
-        args: &ExportArgs,
-        agent_id: &str,
-        host: &str,
-        connected: Arc<std::sync::atomic::AtomicBool>,
-    ) -> anyhow::Result<Self> {
+    /// runtime. Reports carry `agent_id` and `host`.
+    pub fn start(args: &ExportArgs, agent_id: &str, host: &str) -> anyhow::Result<Self> {
         let client = args.client.clone();
         for url in &client.collectors {
             if url.starts_with("http://") && !client.plaintext {
@@ -337,7 +331,7 @@ impl Exporter {
             queue: Mutex::new(Queue { reports, cap: args.queue as usize, next_seq, epoch, dropped: 0, spool }),
             changed: Notify::new(),
             identity: identity(agent_id, host, epoch),
-            connected,
+            connected: Default::default(),
             closing: std::sync::atomic::AtomicBool::new(false),
             errors: std::sync::atomic::AtomicU64::new(0),
             last_error_unix: std::sync::atomic::AtomicI64::new(0),
@@ -370,6 +364,11 @@ impl Exporter {
             q.reports.push_back(Encoded { sequence: r.sequence, bytes });
         }
         self.shared.changed.notify_one();
+    }
+
+    /// True while a stream to a collector is up (for /readyz).
+    pub fn connected(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.shared.connected.clone()
     }
 
     /// (queue length, failed sessions, when the last failed) for health metrics.

@@ -308,6 +308,8 @@ pub struct Exporter {
     resource: Resource,
     tx: tokio::sync::watch::Sender<u64>,
     queue: std::sync::Arc<std::sync::Mutex<VecDeque<(u64, ExportMetricsServiceRequest)>>>,
+    /// Whether the last export was accepted (for /readyz).
+    delivering: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Exporter {
@@ -340,8 +342,10 @@ impl Exporter {
         if args.otlp_ca_file.is_some() {
             client.ca_file = args.otlp_ca_file.clone();
         }
-        tokio::spawn(sender(url, client, headers, queue.clone(), rx));
+        let delivering = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(sender(url, client, headers, queue.clone(), rx, delivering.clone()));
         Ok(Self {
+            delivering,
             temporality: args.otlp_temporality,
             last: Default::default(),
             last_time: crate::metrics::now_unix_ns() as u64,
@@ -349,6 +353,11 @@ impl Exporter {
             tx,
             queue,
         })
+    }
+
+    /// True while the last export was accepted (for /readyz).
+    pub fn delivering(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.delivering.clone()
     }
 
     /// Builds this interval's request and hands it to the sender.
@@ -510,6 +519,7 @@ async fn sender(
     headers: MetadataMap,
     queue: std::sync::Arc<std::sync::Mutex<VecDeque<(u64, ExportMetricsServiceRequest)>>>,
     mut wake: tokio::sync::watch::Receiver<u64>,
+    delivering: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut client = None;
     let mut failures = 0u32;
@@ -531,6 +541,7 @@ async fn sender(
                     )
                 }
                 Err(e) => {
+                    delivering.store(false, std::sync::atomic::Ordering::Relaxed);
                     failures += 1;
                     backoff(&url, &format!("{e:#}"), failures).await;
                     continue;
@@ -548,6 +559,7 @@ async fn sender(
                     log::info!("OTLP {url}: export accepted again after {failures} failed attempts");
                 }
                 failures = 0;
+                delivering.store(true, std::sync::atomic::Ordering::Relaxed);
                 if let Some(p) = resp.into_inner().partial_success {
                     if p.rejected_data_points > 0 {
                         log::warn!("OTLP {url}: {} data points rejected: {}", p.rejected_data_points, p.error_message);
@@ -556,10 +568,12 @@ async fn sender(
                 sent(&queue, seq);
             }
             Err(s) if retryable(&s) => {
+                delivering.store(false, std::sync::atomic::Ordering::Relaxed);
                 failures += 1;
                 backoff(&url, &format!("{:?}: {}", s.code(), s.message()), failures).await;
             }
             Err(s) => {
+                delivering.store(false, std::sync::atomic::Ordering::Relaxed);
                 log::error!(
                     "OTLP {url}: export refused ({:?}: {}); dropped it (not retryable; check --otlp-header and the endpoint)",
                     s.code(),

@@ -253,25 +253,25 @@ fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
 }
 
 /// Serves `/metrics` on `addr` until the runtime stops.
-/// What `/readyz` answers: ready once the probes are attached and, when the
-/// agent streams to a collector, while a stream to one is up.
+/// What `/readyz` answers: ready once the probes are attached and while
+/// every exporter set delivers.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    pub attached: AtomicBool,
-    /// Set by the exporter; `None` without --collector.
-    pub collector_connected: Option<Arc<AtomicBool>>,
+    pub attached: Arc<AtomicBool>,
+    /// Each exporter (what it sends to) and whether it delivers now.
+    pub exporters: Vec<(&'static str, Arc<AtomicBool>)>,
 }
 
 impl Readiness {
     /// `Err(why)` while not ready.
-    fn check(&self) -> Result<(), &'static str> {
+    fn check(&self) -> Result<(), String> {
         if !self.attached.load(Relaxed) {
-            return Err("probes not attached yet");
+            return Err("probes not attached yet".into());
         }
-        if self.collector_connected.as_ref().is_some_and(|c| !c.load(Relaxed)) {
-            return Err("not connected to the collector");
+        match self.exporters.iter().find(|(_, ok)| !ok.load(Relaxed)) {
+            Some((to, _)) => Err(format!("not connected to {to}")),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

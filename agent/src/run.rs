@@ -59,16 +59,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         OutputFormat::Auto if stdout.is_terminal() => Some(Box::new(Live(stdout))),
         OutputFormat::Auto => Some(Box::new(Text(stdout))),
     };
-    let ready = Arc::new(Readiness {
-        attached: false.into(),
-        collector_connected: agent_id.as_ref().map(|_| Arc::new(AtomicBool::new(false))),
-    });
+    let attached = Arc::new(AtomicBool::new(false));
 
     let (report_tx, mut report_rx) = tokio::sync::mpsc::channel::<Report>(4);
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
     let (interval, limit, top, cmdline) = (args.interval, args.duration, args.top as usize, args.cmdline);
     let only = args.probes.clone();
-    let (worker_ready, worker_host) = (ready.clone(), host.clone());
+    let (worker_attached, worker_host) = (attached.clone(), host.clone());
     let worker = std::thread::Builder::new()
         .name("collect".into())
         .spawn(move || -> anyhow::Result<()> {
@@ -78,7 +75,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no probe could be attached; `hostprobe check` says why and how to fix it");
             }
             log::info!("running probes: {}; reporting every {:?}", active.join(", "), interval);
-            worker_ready.attached.store(true, Relaxed);
+            worker_attached.store(true, Relaxed);
             collect_loop(&mut agent, interval, limit, &stop_rx, &report_tx);
             Ok(())
         })
@@ -92,18 +89,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (prometheus_listen, health_listen) = (args.prometheus_listen, args.health_listen);
     let otlp_args = args.otlp;
     rt.block_on(async move {
-        let exporter = match (&agent_id, &ready.collector_connected) {
-            (Some(id), Some(connected)) => {
-                Some(crate::export::Exporter::start(&export, id, &host, connected.clone())?)
-            }
-            _ => None,
+        let exporter = match &agent_id {
+            Some(id) => Some(crate::export::Exporter::start(&export, id, &host)?),
+            None => None,
         };
-        if let Some(addr) = prometheus_listen {
-            crate::prom::serve(addr, "--prometheus-listen", metrics.clone(), ready.clone()).await?;
-        }
-        if let Some(addr) = health_listen {
-            crate::prom::serve(addr, "--health-listen", None, ready.clone()).await?;
-        }
         let mut otlp = match otlp_endpoint {
             Some((url, standard_plaintext)) => {
                 let mut client = export.client.clone();
@@ -112,6 +101,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
+        let mut exporters = Vec::new();
+        if let Some(x) = &exporter {
+            exporters.push(("the collector", x.connected()));
+        }
+        if let Some(o) = &otlp {
+            exporters.push(("the OTLP endpoint", o.delivering()));
+        }
+        let ready = Arc::new(Readiness { attached, exporters });
+        if let Some(addr) = prometheus_listen {
+            crate::prom::serve(addr, "--prometheus-listen", metrics.clone(), ready.clone()).await?;
+        }
+        if let Some(addr) = health_listen {
+            crate::prom::serve(addr, "--health-listen", None, ready).await?;
+        }
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut stopping = false;
         loop {

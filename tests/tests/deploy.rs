@@ -83,6 +83,7 @@ fn flags_from_the_environment_equal_flags_on_the_command_line() {
 #[test]
 fn otel_endpoint_alone_sends_otlp_and_output_none_prints_nothing() {
     let receiver = OtlpReceiver::start("deploy-env", 0.0);
+    let health_port = free_port();
     let mut workload = Workload::spawn(&["getppid", "5000"]);
     let pid = workload.pid();
     // Everything from the environment, as a unit's EnvironmentFile or a pod's env gives it.
@@ -94,12 +95,15 @@ fn otel_endpoint_alone_sends_otlp_and_output_none_prints_nothing() {
         .env("HOSTPROBE_OUTPUT", "none")
         .env("HOSTPROBE_PROBES", "syscall")
         .env("HOSTPROBE_PID", pid.to_string())
-        .env("HOSTPROBE_INTERVAL", "200ms");
+        .env("HOSTPROBE_INTERVAL", "200ms")
+        .env("HOSTPROBE_HEALTH_LISTEN", format!("127.0.0.1:{health_port}"));
     let mut agent = Agent::spawn_command(cmd);
     agent.wait_attached();
     workload.go();
     workload.wait();
     agent.run_for(Duration::from_secs(2));
+    // Ready: probes attached and the OTLP endpoint accepting exports.
+    wait_status(health_port, "/readyz", "200");
     // Any line on stdout would be read as a report (or fail as bad JSON).
     let (reports, log) = agent.stop_logged();
     assert!(reports.is_empty(), "--output none printed {} reports", reports.len());
