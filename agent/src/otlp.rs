@@ -603,15 +603,15 @@ async fn backoff(url: &str, why: &str, failures: u32) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn resource_attributes_follow_the_specification() {
-        let pairs = super::parse_resource_attributes("k8s.node.name=n1, deployment.environment=prod%2Ceu ,").unwrap();
+        let pairs = parse_resource_attributes("k8s.node.name=n1, deployment.environment=prod%2Ceu ,").unwrap();
         assert_eq!(pairs, [("k8s.node.name".into(), "n1".into()), ("deployment.environment".into(), "prod,eu".into())]);
-        assert!(super::parse_resource_attributes("a=1,novalue").unwrap_err().contains("novalue"));
-        assert!(super::parse_resource_attributes("a=%zz").is_err());
+        assert!(parse_resource_attributes("a=1,novalue").unwrap_err().contains("novalue"));
+        assert!(parse_resource_attributes("a=%zz").is_err());
     }
-
-    use super::*;
 
     /// An exporter whose requests stay in its queue (no sender runs).
     fn exporter(temporality: Temporality) -> Exporter {
@@ -619,6 +619,7 @@ mod tests {
             temporality,
             last: Default::default(),
             last_time: 0,
+            delivering: Default::default(),
             resource: Resource::default(),
             tx: tokio::sync::watch::channel(0u64).0,
             queue: Default::default(),

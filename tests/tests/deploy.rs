@@ -125,7 +125,7 @@ fn otel_endpoint_alone_sends_otlp_and_output_none_prints_nothing() {
                     == Some("getppid")
         })
         .map(|(p, _)| otlp_num(&p["asInt"]))
-        .last();
+        .next_back();
     assert_eq!(last, Some(5_000), "the workload's 5,000 getppid calls, exactly");
 }
 
@@ -282,7 +282,7 @@ fn deploy_dir() -> PathBuf {
 /// The value of `key=` in a unit file (the last one, as systemd reads it).
 fn unit_setting(unit: &str, key: &str) -> String {
     let text = std::fs::read_to_string(deploy_dir().join("systemd").join(unit)).unwrap();
-    text.lines().filter_map(|l| l.strip_prefix(&format!("{key}="))).last().unwrap_or_default().to_string()
+    text.lines().filter_map(|l| l.strip_prefix(&format!("{key}="))).next_back().unwrap_or_default().to_string()
 }
 
 /// The agent unit's capabilities (`AmbientCapabilities=`, which must equal
