@@ -133,6 +133,19 @@ mod tests {
     const ID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899";
 
     #[test]
+    fn ids_survive_a_path_relative_to_the_agents_cgroup_namespace() {
+        // What an agent in a pod with a cgroup namespace of its own reads
+        // for a process of another pod.
+        let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let path = format!(
+            "/../../../kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
+            uid.replace('-', "_")
+        );
+        assert_eq!(container_id(&path).as_deref(), Some(ID));
+        assert_eq!(pod_uid(&path).as_deref(), Some(uid));
+    }
+
+    #[test]
     fn container_ids_of_common_runtimes() {
         for path in [
             format!("/system.slice/docker-{ID}.scope"),
