@@ -491,6 +491,36 @@ pub fn program_stats(ebpf: &Ebpf) -> Vec<ProgramStatus> {
     out
 }
 
+/// Panics unless eBPF object `object` has every map, program and global
+/// named: what the user side of a probe reaches by name (a test for each
+/// probe calls it; no root needed).
+#[cfg(test)]
+pub fn assert_object_has(object: &[u8], maps: &[&str], programs: &[&str], globals: &[&str]) {
+    use object::{Object as _, ObjectSymbol as _};
+    let obj = aya_obj::Object::parse(object).expect("parse the eBPF object");
+    for m in maps {
+        assert!(obj.maps.contains_key(*m), "no map {m}; the object has {:?}", obj.maps.keys().collect::<Vec<_>>());
+    }
+    for p in programs {
+        assert!(obj.programs.contains_key(*p), "no program {p}; it has {:?}", obj.programs.keys().collect::<Vec<_>>());
+    }
+    let elf = object::File::parse(object).expect("parse the eBPF ELF");
+    let symbols: Vec<&str> = elf.symbols().filter_map(|s| s.name().ok()).collect();
+    for g in globals {
+        assert!(symbols.contains(g), "no global {g}");
+    }
+}
+
+/// The filter globals every probe has (`agent_ebpf::filters!`).
+#[cfg(test)]
+pub const FILTER_GLOBALS: [&str; 5] = [
+    agent_common::filter::FILTER_PIDS,
+    agent_common::filter::FILTER_COMM,
+    agent_common::filter::FILTER_COMM_VALUE,
+    agent_common::filter::FILTER_CGROUP_ID,
+    agent_common::filter::FILTER_CGROUP_LEVEL,
+];
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -437,6 +437,24 @@ mod tests {
     }
 
     #[test]
+    fn the_object_has_every_name_this_side_uses() {
+        let maps = [
+            common::MAP_THREADS,
+            common::MAP_RETIRED,
+            common::MAP_STATS,
+            common::MAP_SLEEP,
+            common::MAP_COUNTERS,
+            common::MAP_ZERO,
+            common::MAP_PIDS,
+            common::MAP_STACKS,
+            common::MAP_STACK_TIME,
+        ];
+        let programs: Vec<&str> = PROGRAMS.iter().chain([&EXEC_PROGRAM]).map(|p| p.0).collect();
+        let globals = [globals::PT_REGS_NR_OFFSET, globals::STACKS_MIN_NS, globals::TASK_FLAGS_OFFSET];
+        ebpf::assert_object_has(OBJECT, &maps, &programs, &[&globals[..], &ebpf::FILTER_GLOBALS].concat());
+    }
+
+    #[test]
     fn a_sleep_across_reads_is_charged_to_each_and_counted_once() {
         let key = SleepKey { tgid: 7, nr: 35 };
         let mut split = SleepSplit::default();
