@@ -54,7 +54,9 @@ pub struct ClientArgs {
 pub struct ExportArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// This agent's id (default: derived from /etc/machine-id, stable across restarts).
+    /// This agent's id, unique in the fleet (default: $NODE_NAME when set;
+    /// else a SHA-256 of /etc/machine-id, stable across restarts). Without
+    /// either, streaming refuses to start rather than collide with another agent.
     #[arg(long, value_name = "ID")]
     pub agent_id: Option<String>,
     /// Reports kept in memory while the collector is unreachable; past it
@@ -182,20 +184,40 @@ pub fn status_message(s: &tonic::Status) -> String {
     format!("{what} ({:?}: {detail}){hint}", s.code())
 }
 
+/// Where the machine id is (systemd's, then D-Bus's older copy).
+const MACHINE_ID_FILES: &[&str] = &["/etc/machine-id", "/var/lib/dbus/machine-id"];
+
+/// This agent's id: `explicit` (--agent-id), else $NODE_NAME, else
+/// `hp-` and the first 16 hex digits of SHA-256("hostprobe-agent\n" + machine
+/// id) (hashed: the machine id is not to be shown as it is; SHA-256 so the
+/// id stays the same across Rust releases). `Err` says what to do.
+pub fn agent_id(explicit: Option<&str>) -> Result<String, String> {
+    if let Some(id) = explicit.filter(|i| !i.trim().is_empty()) {
+        return Ok(id.trim().to_string());
+    }
+    if let Some(node) = std::env::var("NODE_NAME").ok().filter(|n| !n.trim().is_empty()) {
+        return Ok(node.trim().to_string());
+    }
+    let machine_id = MACHINE_ID_FILES
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+        .ok_or(
+            "no agent id: /etc/machine-id is missing or empty (as in most containers) and neither --agent-id \
+             (HOSTPROBE_AGENT_ID) nor NODE_NAME is set; agents without one would all share an id and the \
+             collector would drop one's reports as duplicates of another's. Set --agent-id, NODE_NAME (the \
+             DaemonSet sets it from spec.nodeName), or mount the host's /etc/machine-id read-only",
+        )?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("hostprobe-agent\n{machine_id}").as_bytes());
+    Ok(format!("hp-{}", digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
 /// Who this agent is, on every report.
-pub fn identity(agent_id: Option<&str>, epoch: u64) -> pb::AgentIdentity {
-    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
-    let agent_id = agent_id.map(str::to_string).unwrap_or_else(|| {
-        // Hashed: /etc/machine-id is not to be shown as it is.
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        ("hostprobe-agent", read("/etc/machine-id")).hash(&mut h);
-        format!("hp-{:016x}", h.finish())
-    });
+pub fn identity(agent_id: &str, host: &str, epoch: u64) -> pb::AgentIdentity {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     pb::AgentIdentity {
-        agent_id,
-        host_name: crate::agent::hostname(),
-        boot_id: read("/proc/sys/kernel/random/boot_id"),
+        agent_id: agent_id.to_string(),
+        host_name: host.to_string(),
+        boot_id: boot_id.trim().to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         epoch,
     }
@@ -240,6 +262,8 @@ struct Shared {
     identity: pb::AgentIdentity,
     /// Set at exit: end the stream cleanly once everything is acknowledged.
     closing: std::sync::atomic::AtomicBool,
+    /// Whether a stream to a collector is up (for /readyz).
+    connected: Arc<std::sync::atomic::AtomicBool>,
     /// Failed sessions, and when the last one failed (Unix seconds).
     errors: std::sync::atomic::AtomicU64,
     last_error_unix: std::sync::atomic::AtomicI64,
@@ -283,8 +307,8 @@ pub struct Exporter {
 
 impl Exporter {
     /// Loads the spool (if any) and starts the sender on the current tokio
-    /// runtime.
-    pub fn start(args: &ExportArgs) -> anyhow::Result<Self> {
+    /// runtime. Reports carry `agent_id` and `host`.
+    pub fn start(args: &ExportArgs, agent_id: &str, host: &str) -> anyhow::Result<Self> {
         let client = args.client.clone();
         for url in &client.collectors {
             if url.starts_with("http://") && !client.plaintext {
@@ -307,7 +331,8 @@ impl Exporter {
             // Damaged spool files are reports lost: counted with the dropped.
             queue: Mutex::new(Queue { reports, cap: args.queue as usize, next_seq, epoch, dropped: damaged, spool }),
             changed: Notify::new(),
-            identity: identity(args.agent_id.as_deref(), epoch),
+            identity: identity(agent_id, host, epoch),
+            connected: Default::default(),
             closing: std::sync::atomic::AtomicBool::new(false),
             errors: std::sync::atomic::AtomicU64::new(0),
             last_error_unix: std::sync::atomic::AtomicI64::new(0),
@@ -348,6 +373,11 @@ impl Exporter {
             q.reports.push_back(Encoded { sequence: r.sequence, bytes });
         }
         self.shared.changed.notify_one();
+    }
+
+    /// True while a stream to a collector is up (for /readyz).
+    pub fn connected(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.shared.connected.clone()
     }
 
     /// (queue length, failed sessions, when the last failed) for health metrics.
@@ -432,7 +462,7 @@ async fn session(
     }
     client.ready().await.map_err(|e| anyhow::anyhow!("{}", transport_error(url, &e)))?;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/hostprobe.v1.Collector/Stream");
-    let mut acks = client
+    let acks = client
         .streaming(request, path, EncodedCodec)
         .await
         .map_err(|s| {
@@ -447,6 +477,20 @@ async fn session(
             anyhow::anyhow!("{}{hint}", status_message(&s))
         })?
         .into_inner();
+    shared.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+    let result = stream(url, shared, acks, tx, outage_since).await;
+    shared.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+    result
+}
+
+/// Sends queued reports on an open stream and takes their acknowledgements.
+async fn stream(
+    url: &str,
+    shared: &Shared,
+    mut acks: tonic::Streaming<pb::Ack>,
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    outage_since: &mut Option<std::time::Instant>,
+) -> anyhow::Result<()> {
     let backlog = shared.len();
     match outage_since.take() {
         Some(t) => log::info!(
