@@ -155,7 +155,10 @@ impl AgentCost {
         writeln!(md)?;
         goal(
             md,
-            &format!("under 30 MiB resident with every probe and {} busy processes, peak included", self.processes),
+            &format!(
+                "agent memory under 30 MiB resident with every probe and {} busy processes, peak included",
+                self.processes
+            ),
             &format!("{:.1} MiB peak, {:.1} MiB at the end", self.peak_mib, self.end_mib),
             self.peak_mib < 30.0,
         )

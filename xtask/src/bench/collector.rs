@@ -265,7 +265,7 @@ impl CollectorBench {
         let all_acked = self.runs.iter().flatten().all(|i| i.sent > 0 && i.acked == i.sent);
         goal(
             md,
-            "every report of 1,000 agents at 1 s acknowledged, in memory and durable",
+            "the collector acknowledges every report of 1,000 agents at 1 s, in memory and durable",
             if all_acked { "every run" } else { "some runs short" },
             all_acked,
         )?;
@@ -273,7 +273,7 @@ impl CollectorBench {
             let ratio = per_round(&rate(q), &base, |x, b| x / b);
             goal(
                 md,
-                "ingest while a heavy query loop runs within 10% of ingest alone",
+                "collector ingest while a heavy query loop runs within 10% of ingest alone",
                 &format!("{:+.1}% (median of per-round ratios)", (ratio - 1.0) * 100.0),
                 ratio >= 0.9,
             )?;

@@ -67,18 +67,6 @@ pub fn run(args: Args) -> Result<()> {
         [args.syscall_only, args.agent_only, args.disk_only, args.switch_only, args.tcp_only, args.collector_only];
     let all = !only.contains(&true);
     let mut md = String::new();
-    if all {
-        writeln!(md, "# Benchmarks\n")?;
-        writeln!(
-            md,
-            "Written by `cargo xtask bench` on {} ({}); every table and sentence below comes from that run. \
-             The host is shared and noisy: configurations alternate round by round (the order rotated each \
-             round), and each comparison is the median of per-round ratios to the baseline measured in the \
-             same round, raw samples beside it.",
-            machine(),
-            date()
-        )?;
-    }
     if all || args.syscall_only {
         syscall::bench(args.rounds, args.calls)?.write(&mut md)?;
     }
@@ -97,11 +85,46 @@ pub fn run(args: Args) -> Result<()> {
     if all || args.collector_only {
         collector::bench(args.rounds, args.collector_seconds)?.write(&mut md)?;
     }
-    println!("{md}");
-    if all && !args.no_write {
-        std::fs::write(root().join("BENCHMARKS.md"), &md)?;
-        step("wrote BENCHMARKS.md");
+    if !all {
+        println!("{md}");
+        return Ok(());
     }
+    let date = date();
+    let goals: Vec<&str> = md.lines().filter(|l| l.starts_with("- Goal:")).collect();
+    let mut file = String::new();
+    writeln!(file, "# Benchmarks\n")?;
+    writeln!(
+        file,
+        "Written by `cargo xtask bench` on {} ({date}); every table and sentence below comes from that run. \
+         The host is shared and noisy: configurations alternate round by round (the order rotated each \
+         round), and each comparison is the median of per-round ratios to the baseline measured in the \
+         same round, raw samples beside it.\n",
+        machine()
+    )?;
+    writeln!(file, "## Goals\n\nEach is repeated below beside the baseline, floor and peers measured with it.\n")?;
+    writeln!(file, "{}", goals.join("\n"))?;
+    file.push_str(&md);
+    println!("{file}");
+    if !args.no_write {
+        std::fs::write(root().join("BENCHMARKS.md"), &file)?;
+        readme_goals(&goals, &date)?;
+        step("wrote BENCHMARKS.md and the README's goal lines");
+    }
+    Ok(())
+}
+
+/// Replaces the README's goal lines (between its two markers) with this
+/// run's, so that the README quotes BENCHMARKS.md and nothing else.
+fn readme_goals(goals: &[&str], date: &str) -> Result<()> {
+    const START: &str = "<!-- goals: written by `cargo xtask bench` -->";
+    const END: &str = "<!-- /goals -->";
+    let path = root().join("README.md");
+    let readme = std::fs::read_to_string(&path)?;
+    let (Some(a), Some(b)) = (readme.find(START), readme.find(END)) else {
+        anyhow::bail!("README.md has no {START} ... {END} block for the goal lines");
+    };
+    let block = format!("{START}\nFrom the run of {date} (BENCHMARKS.md):\n\n{}\n", goals.join("\n"));
+    std::fs::write(&path, format!("{}{block}{}", &readme[..a], &readme[b..]))?;
     Ok(())
 }
 

@@ -91,7 +91,7 @@ impl SwitchBench {
         if let (Some(ratio), Some(floor)) = (cost_ratio(&self.rows, offcpu, Tracer::SwitchFloor), floor) {
             goal(
                 md,
-                "the off-CPU probe alone costs at most 2x the floor",
+                "on the pipe ping-pong, the off-CPU probe alone costs at most 2x the floor",
                 &format!("{ratio:.2}x the floor (the floor costs {floor:.1}% of the switch rate)"),
                 ratio <= 2.0,
             )?;
@@ -101,7 +101,7 @@ impl SwitchBench {
             let cost = |t| row(&self.rows, t).map(|r| (1.0 - r.ratio) * 100.0).unwrap_or(f64::NAN);
             goal(
                 md,
-                "the default agent (every probe) costs no more than `runqlat` alone",
+                "on the pipe ping-pong, the default agent (every probe) costs no more than `runqlat` alone",
                 &format!(
                     "{ratio:.2}x what runqlat costs ({:.1}% vs {:.1}% of the switch rate{floor})",
                     cost(Tracer::Hostprobe),

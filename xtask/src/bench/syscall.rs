@@ -152,7 +152,12 @@ impl SyscallBench {
                 writeln!(md, "- hostprobe adds {ratio:.2}x what {label} adds (median of per-round ratios).")?;
                 if peer == Tracer::SyscountL {
                     let measured = format!("{ratio:.2}x");
-                    goal(md, "at most 0.65x what `syscount -L` adds per getppid", &measured, ratio <= 0.65)?;
+                    goal(
+                        md,
+                        "the syscall probe adds at most 0.65x what `syscount -L` adds per getppid",
+                        &measured,
+                        ratio <= 0.65,
+                    )?;
                 }
             }
         }
