@@ -54,6 +54,10 @@ struct Ingest {
     cpu_cores: f64,
     peak_mib: f64,
     report_bytes: u64,
+    /// Median and 99th percentile of the time from send to acknowledgement
+    /// of one more agent's reports, in ms (`workload ack-latency`).
+    ack_p50_ms: f64,
+    ack_p99_ms: f64,
     /// Queries completed during the run, and their median duration.
     queries: usize,
     query_s: f64,
@@ -108,6 +112,11 @@ fn ingest(setup: Setup, seconds: u64) -> Result<Ingest> {
     });
     let cpu0 = cpu_seconds(pid).unwrap_or(0.0);
     let started = Instant::now();
+    let probe = Command::new(root().join("target/release/workload"))
+        .args(["ack-latency", &collector.url, &seconds.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the ack-latency agent")?;
     let out = Command::new(root().join("target/release/loadgen"))
         .args([&collector.url, &AGENTS.to_string(), &PROCESSES.to_string(), &seconds.to_string()])
         .output()
@@ -115,6 +124,8 @@ fn ingest(setup: Setup, seconds: u64) -> Result<Ingest> {
     let wall = started.elapsed().as_secs_f64();
     let cpu1 = cpu_seconds(pid).unwrap_or(0.0);
     let peak_mib = status_mib(pid, "VmHWM").unwrap_or(0.0);
+    let acks = probe.wait_with_output().context("the ack-latency agent")?;
+    let acks: serde_json::Value = serde_json::from_slice(&acks.stdout).context("ack-latency output")?;
     stop.store(true, Ordering::SeqCst);
     let durations = match queries {
         Some(q) => q.join().map_err(|_| anyhow::anyhow!("query loop panicked"))??,
@@ -133,6 +144,8 @@ fn ingest(setup: Setup, seconds: u64) -> Result<Ingest> {
         cpu_cores: (cpu1 - cpu0) / wall,
         peak_mib,
         report_bytes: load["report_bytes"].as_u64().unwrap_or(0),
+        ack_p50_ms: acks["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        ack_p99_ms: acks["p99_ms"].as_f64().unwrap_or(f64::NAN),
         queries: durations.len(),
         query_s: median(&durations),
     })
@@ -221,7 +234,9 @@ impl CollectorBench {
              in memory while `hostprobe query --window 0s` (every kept report decoded and ranked) runs \
              back to back. Ingest rate: acknowledged reports over the load generator's run time. \
              Collector CPU: user + system from `/proc/<pid>/stat` over the run's wall time; memory: \
-             its `VmHWM`.\n",
+             its `VmHWM`. Ack latency: one more agent (`workload ack-latency`) streams a small report \
+             every 50 ms through each run and times each from its send to its acknowledgement; \
+             the median over rounds of each run's p50 and p99.\n",
             self.seconds,
             bytes / 1024,
             cores(),
@@ -231,9 +246,10 @@ impl CollectorBench {
         writeln!(
             md,
             "| set-up | acked / sent | ingest reports/s (median) | vs in memory | collector CPU, cores | \
-             CPU us per report | peak RSS MiB | queries (median s each) | rates per round |"
+             CPU us per report | ack latency p50 / p99, ms | peak RSS MiB | queries (median s each) | \
+             rates per round |"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
         let rate = |runs: &[Ingest]| runs.iter().map(|i| i.rate).collect::<Vec<f64>>();
         let base = self.runs.first().map(|r| rate(r)).unwrap_or_default();
         for (s, runs) in self.setups.iter().zip(&self.runs) {
@@ -252,12 +268,14 @@ impl CollectorBench {
             let raw: Vec<String> = rates.iter().map(|v| format!("{v:.0}")).collect();
             writeln!(
                 md,
-                "| {} | {acked} / {sent} | {:.0} | {:+.1}% | {:.2} | {:.0} | {peak:.0} | {queries} | {} |",
+                "| {} | {acked} / {sent} | {:.0} | {:+.1}% | {:.2} | {:.0} | {:.1} / {:.1} | {peak:.0} | {queries} | {} |",
                 s.name(),
                 median(&rates),
                 (per_round(&rates, &base, |x, b| x / b) - 1.0) * 100.0,
                 median(&cpu),
                 median(&us),
+                median(&runs.iter().map(|i| i.ack_p50_ms).collect::<Vec<f64>>()),
+                median(&runs.iter().map(|i| i.ack_p99_ms).collect::<Vec<f64>>()),
                 raw.join(", ")
             )?;
         }
@@ -281,9 +299,7 @@ impl CollectorBench {
         writeln!(
             md,
             "\nThe rate is bounded by the offered load ({AGENTS} reports/s): a collector that keeps up \
-             shows the same rate in every set-up, and the cost of a set-up is then its CPU per report. \
-             loadgen does not time each acknowledgement, so the latency fdatasync adds to an ack is not \
-             measured here."
+             shows the same rate in every set-up, and the cost of a set-up is then its CPU per report and the latency of its acks."
         )?;
         writeln!(
             md,
