@@ -186,6 +186,12 @@ impl CollectorProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut cmd = Command::new(root().join("target/release/hostprobe"));
         cmd.args(["collector", "--plaintext", "--listen", &format!("127.0.0.1:{port}")]);
+        // A collector that refuses to start without credentials says
+        // `--no-auth` in its help: the bench's agents carry none.
+        let help = Command::new(root().join("target/release/hostprobe")).args(["collector", "--help"]).output()?;
+        if String::from_utf8_lossy(&help.stdout).contains("--no-auth") {
+            cmd.arg("--no-auth");
+        }
         let data_dir = (setup == Setup::Durable).then(|| PathBuf::from(DATA_DIR));
         if let Some(d) = &data_dir {
             let _ = std::fs::remove_dir_all(d);

@@ -120,12 +120,22 @@ fn readme_goals(goals: &[&str], date: &str) -> Result<()> {
     const END: &str = "<!-- /goals -->";
     let path = root().join("README.md");
     let readme = std::fs::read_to_string(&path)?;
-    let (Some(a), Some(b)) = (readme.find(START), readme.find(END)) else {
-        anyhow::bail!("README.md has no {START} ... {END} block for the goal lines");
-    };
-    let block = format!("{START}\nFrom the run of {date} (BENCHMARKS.md):\n\n{}\n", goals.join("\n"));
-    std::fs::write(&path, format!("{}{block}{}", &readme[..a], &readme[b..]))?;
+    std::fs::write(
+        &path,
+        splice(&readme, START, END, &format!("From the run of {date} (BENCHMARKS.md):\n\n{}", goals.join("\n")))?,
+    )?;
     Ok(())
+}
+
+/// `text` with what lies between the lines `start` and `end` replaced by `block`.
+fn splice(text: &str, start: &str, end: &str, block: &str) -> Result<String> {
+    let (Some(a), Some(b)) = (text.find(start), text.find(end)) else {
+        anyhow::bail!("README.md has no {start} ... {end} block for the goal lines");
+    };
+    if b < a {
+        anyhow::bail!("README.md: {end} comes before {start}");
+    }
+    Ok(format!("{}{start}\n{block}\n{}", &text[..a], &text[b..]))
 }
 
 /// Something measured in turn with others: a tracer, a collector set-up.
@@ -281,4 +291,17 @@ fn date() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn splice_replaces_only_the_block() {
+        let text = "a\n<!-- s -->\nold\nlines\n<!-- /s -->\nb\n";
+        let out = super::splice(text, "<!-- s -->", "<!-- /s -->", "- Goal: x").unwrap();
+        assert_eq!(out, "a\n<!-- s -->\n- Goal: x\n<!-- /s -->\nb\n");
+        // Run twice, the same.
+        assert_eq!(super::splice(&out, "<!-- s -->", "<!-- /s -->", "- Goal: x").unwrap(), out);
+        assert!(super::splice("no markers", "<!-- s -->", "<!-- /s -->", "x").is_err());
+    }
 }
