@@ -24,7 +24,7 @@ use tracer::Tracer;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Rounds per configuration (medians of per-round ratios are reported).
+    /// Rounds per configuration (medians of per-round ratios are reported; the collector's at most 3).
     #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// getppid() calls per measurement.
@@ -42,22 +42,22 @@ pub struct Args {
     /// Print the results only; leave BENCHMARKS.md alone.
     #[arg(long)]
     no_write: bool,
-    /// Only the syscall measurement (implies --no-write).
+    /// Only the syscall measurement (implies --no-write; several `--*-only` flags run those parts).
     #[arg(long)]
     syscall_only: bool,
-    /// Only the agent-cost measurement (implies --no-write).
+    /// Only the agent-cost measurement (implies --no-write; several `--*-only` flags run those parts).
     #[arg(long)]
     agent_only: bool,
-    /// Only the disk measurement (implies --no-write).
+    /// Only the disk measurement (implies --no-write; several `--*-only` flags run those parts).
     #[arg(long)]
     disk_only: bool,
-    /// Only the context-switch measurement (implies --no-write).
+    /// Only the context-switch measurement (implies --no-write; several `--*-only` flags run those parts).
     #[arg(long)]
     switch_only: bool,
-    /// Only the TCP measurement (implies --no-write).
+    /// Only the TCP measurement (implies --no-write; several `--*-only` flags run those parts).
     #[arg(long)]
     tcp_only: bool,
-    /// Only the collector measurement (implies --no-write).
+    /// Only the collector measurement (implies --no-write; several `--*-only` flags run those parts).
     #[arg(long)]
     collector_only: bool,
 }
