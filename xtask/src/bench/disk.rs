@@ -211,7 +211,6 @@ impl DiskBench {
                 // A ratio of figures lost in the noise would read as a verdict.
                 writeln!(md, "- Goal: {GOAL}. Not measurable in this run: an added cost is not above zero.")?;
             }
-            writeln!(md)?;
         }
         writeln!(
             md,
