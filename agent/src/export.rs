@@ -236,7 +236,11 @@ struct Queue {
     cap: usize,
     next_seq: u64,
     epoch: u64,
+    /// Reports given up on and not acknowledged (sent in `dropped_reports`).
     dropped: u64,
+    /// Sequences dropped while they may have been on their way: an
+    /// acknowledgement for one takes it back off `dropped`.
+    dropped_seqs: std::collections::BTreeSet<u64>,
     spool: Option<Spool>,
 }
 
@@ -244,6 +248,7 @@ impl Queue {
     fn drop_oldest(&mut self, why: &str) {
         if let Some(r) = self.reports.pop_front() {
             self.dropped += 1;
+            self.dropped_seqs.insert(r.sequence);
             if let Some(s) = &mut self.spool {
                 s.remove(r.sequence);
             }
@@ -287,6 +292,12 @@ impl Shared {
         if epoch != q.epoch {
             return;
         }
+        // A report dropped after it was sent arrived after all. Acks come
+        // in the order of one stream: earlier drops can no longer arrive.
+        if q.dropped_seqs.remove(&seq) {
+            q.dropped -= 1;
+        }
+        q.dropped_seqs = q.dropped_seqs.split_off(&seq);
         while q.reports.front().is_some_and(|r| r.sequence <= seq) {
             let r = q.reports.pop_front().expect("checked");
             if let Some(s) = &mut q.spool {
@@ -329,7 +340,15 @@ impl Exporter {
         }
         let shared = Arc::new(Shared {
             // Damaged spool files are reports lost: counted with the dropped.
-            queue: Mutex::new(Queue { reports, cap: args.queue as usize, next_seq, epoch, dropped: damaged, spool }),
+            queue: Mutex::new(Queue {
+                reports,
+                cap: args.queue as usize,
+                next_seq,
+                epoch,
+                dropped: damaged,
+                dropped_seqs: Default::default(),
+                spool,
+            }),
             changed: Notify::new(),
             identity: identity(agent_id, host, epoch),
             connected: Default::default(),
