@@ -52,6 +52,19 @@ pub enum Command {
     ///
     /// Example: hostprobe offcpu --pid 1234 --duration 10s --svg out.svg
     Offcpu(OffcpuArgs),
+    /// Name each process's bottleneck: watch for a while, then say where
+    /// its threads' time went, one verdict (cpu-bound, cpu-starved, disk,
+    /// network, lock, syscall-heavy, idle) and the figures that decided it.
+    ///
+    /// Without --pid, lists the --top processes that lose the most time,
+    /// worst first (idle ones last). The rules and their thresholds are in
+    /// the README (section "diagnose").
+    ///
+    /// Examples:
+    ///   hostprobe diagnose                           the whole host, 10 s
+    ///   hostprobe diagnose --pid 1234 --duration 30s
+    ///   hostprobe diagnose --comm postgres --output json
+    Diagnose(DiagnoseArgs),
     /// Receive reports from agents (`hostprobe run --collector`), keep a
     /// window of them, and answer fleet queries.
     ///
@@ -82,6 +95,27 @@ pub struct OffcpuArgs {
     /// format flamegraph.pl and inferno read. Default without --svg: stdout.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    /// How long to watch.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Duration,
+    /// Processes listed when none is named with --pid, worst first.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub top: u32,
+    /// text (for people) or json (one object: duration_ns, processes[]).
+    #[arg(long, short, value_enum, default_value_t = DiagnoseOutput::Text)]
+    pub output: DiagnoseOutput,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiagnoseOutput {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]

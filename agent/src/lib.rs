@@ -9,6 +9,7 @@ pub mod agent;
 pub mod check;
 pub mod cli;
 pub mod collector;
+pub mod diagnose;
 pub mod ebpf;
 pub mod export;
 pub mod hist;

@@ -1,0 +1,234 @@
+//! `hostprobe diagnose` against scenarios whose bottleneck is known because
+//! the test makes it: a cgroup I/O limit, a device saturated by other
+//! readers, a token-bucket-shaped link, a contended mutex, CPUs shared by
+//! pinned spinners, one-byte writes, an idle event loop, a pipe reader.
+//! Each runs the real command (real probes, real kernel) for 3 s and reads
+//! the verdict it gives the process the test names.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use hostprobe_tests::{hostprobe, LoopDevice, NetPair, Workload};
+use serde_json::Value;
+
+/// How long each diagnosis watches.
+const WINDOW: &str = "3s";
+/// How long each workload runs: longer than the probes' attach plus WINDOW.
+const RUN_MS: &str = "10000";
+
+/// `hostprobe diagnose --output json --duration WINDOW ARGS`, parsed.
+fn diagnose(args: &[&str]) -> Value {
+    let out = hostprobe()
+        .args(["diagnose", "--output", "json", "--duration", WINDOW])
+        .args(args)
+        .output()
+        .expect("run hostprobe diagnose");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "hostprobe diagnose failed: {stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    eprintln!("{}", serde_json::to_string_pretty(&v).unwrap());
+    v
+}
+
+/// The process item for `pid` in an answer.
+fn item(answer: &Value, pid: u32) -> &Value {
+    answer["processes"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["pid"].as_u64() == Some(u64::from(pid))))
+        .unwrap_or_else(|| panic!("pid {pid} not in the answer: {answer}"))
+}
+
+fn kind(answer: &Value, pid: u32) -> String {
+    item(answer, pid)["verdict"]["kind"].as_str().unwrap_or_default().to_string()
+}
+
+fn pid_arg(pids: &[u32]) -> String {
+    pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// The loop device's `major:minor`, as cgroup files want it.
+fn dev_numbers(dev: &LoopDevice) -> String {
+    std::fs::read_to_string(format!("/sys/block/{}/dev", dev.name())).expect("device numbers").trim().to_string()
+}
+
+/// A cgroup v1 blkio group, removed on drop (its tasks moved back to the root).
+struct BlkioGroup(std::path::PathBuf);
+
+impl BlkioGroup {
+    fn new(limit_file: &str, value: &str) -> BlkioGroup {
+        let dir = std::path::PathBuf::from("/sys/fs/cgroup/blkio")
+            .join(format!("hostprobe-test-diagnose-{}", std::process::id()));
+        std::fs::create_dir(&dir).expect("create a blkio cgroup (cgroup v1 blkio controller)");
+        let g = BlkioGroup(dir);
+        std::fs::write(g.0.join(limit_file), value).unwrap_or_else(|e| panic!("{limit_file} {value}: {e}"));
+        g
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into the blkio cgroup");
+    }
+}
+
+impl Drop for BlkioGroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::fs::write("/sys/fs/cgroup/blkio/cgroup.procs", pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn writes_throttled_by_a_cgroup_limit_are_disk_above_the_device() {
+    // A buffered loop device answers a 4 KiB write in microseconds; the
+    // cgroup lets its writer make 50 a second, so each synchronous write
+    // waits ~20 ms before it reaches the device.
+    let dev = LoopDevice::new(64);
+    let group = BlkioGroup::new("blkio.throttle.write_iops_device", &format!("{} 50", dev_numbers(&dev)));
+    let mut w = Workload::spawn(&["dio-loop", &dev.path, RUN_MS]);
+    group.add(w.pid());
+    w.go();
+    let a = diagnose(&["--pid", &w.pid().to_string()]);
+    let v = &item(&a, w.pid())["verdict"];
+    assert_eq!(v["kind"], "disk", "{v}");
+    assert_eq!(v["detail"], "above the device", "{v}");
+    assert!(item(&a, w.pid())["shares"]["disk"].as_f64().unwrap() > 0.8, "{a}");
+}
+
+#[test]
+fn writes_behind_competing_readers_are_disk_saturated() {
+    // The device takes 4 requests at a time (mq-deadline, nr_requests 4,
+    // which prefers reads); eight fio readers keep it full, so the test's
+    // writer, at queue depth 1, waits for a slot far longer than the
+    // device takes to serve it.
+    let dev = LoopDevice::on_disk(128);
+    dev.set_queue("scheduler", "mq-deadline");
+    dev.set_queue("nr_requests", "4");
+    let mut fio = Command::new("fio")
+        .args(["--name=compete", "--rw=randread", "--bs=4k", "--direct=1", "--ioengine=psync", "--numjobs=8"])
+        .args(["--time_based", "--runtime=12", "--output=/dev/null"])
+        .arg(format!("--filename={}", dev.path))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run fio (cargo xtask setup installs it)");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut w = Workload::spawn(&["dio-loop", &dev.path, RUN_MS]);
+    w.go();
+    let a = diagnose(&["--pid", &w.pid().to_string()]);
+    let _ = fio.kill();
+    let _ = fio.wait();
+    let v = &item(&a, w.pid())["verdict"];
+    assert_eq!(v["kind"], "disk", "{v}");
+    assert_eq!(v["detail"], "saturated", "{v}");
+}
+
+#[test]
+fn a_bulk_transfer_through_a_shaped_link_is_network_with_the_remote_and_its_rtt() {
+    // The client's egress is an 8 Mbit/s token bucket and the receiver
+    // clamps its window to 48 KB: the sender always has 48 KB in flight,
+    // mostly queued, so it waits in write() for room, and the round trip
+    // settles near 48 KB / 1 MB/s, about 50 ms.
+    let net = NetPair::new();
+    net.run(
+        &net.a,
+        &["tc", "qdisc", "add", "dev", "va", "root", "tbf", "rate", "8mbit", "burst", "32kb", "latency", "400ms"],
+    );
+    let mut server = net.spawn(&net.b, &["tcp-sink", "10.231.0.2", "5003", "49152"]);
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let mut client = net.spawn(&net.a, &["tcp-steady", "10.231.0.2", "5003", RUN_MS]);
+    client.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let pid = client.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let a = diagnose(&["--pid", &pid.to_string()]);
+    let _ = client.kill();
+    let _ = server.kill();
+    let _ = (client.wait(), server.wait());
+    let v = &item(&a, pid)["verdict"];
+    assert_eq!(v["kind"], "network", "{v}");
+    let detail = v["detail"].as_str().unwrap();
+    assert!(detail.starts_with("10.231.0.2:5003 (RTT "), "{detail}");
+    // The RTT it names is the queueing delay the link makes (tens of ms).
+    let rtt = detail.split("(RTT ").nth(1).and_then(|r| r.strip_suffix("ms)")).and_then(|r| r.parse::<f64>().ok());
+    assert!(rtt.is_some_and(|ms| (20.0..=200.0).contains(&ms)), "RTT in {detail}");
+}
+
+#[test]
+fn four_threads_contending_for_a_mutex_are_lock() {
+    // Each holds the mutex 5 ms (asleep), so at any time one thread has
+    // it and three wait for it in futex.
+    let mut w = Workload::spawn(&["contend", "4", "5", RUN_MS]);
+    w.go();
+    let a = diagnose(&["--pid", &w.pid().to_string()]);
+    assert_eq!(kind(&a, w.pid()), "lock", "{a}");
+}
+
+/// `workload spin MS CPU`, started (it waits for a line to exit).
+fn spinner(cpu: &str) -> Workload {
+    let mut w = Workload::spawn(&["spin", RUN_MS, cpu]);
+    w.go();
+    w
+}
+
+#[test]
+fn three_spinners_on_one_cpu_are_cpu_starved_and_one_alone_is_cpu_bound() {
+    let three = [spinner("1"), spinner("1"), spinner("1")];
+    let pids: Vec<u32> = three.iter().map(Workload::pid).collect();
+    let a = diagnose(&["--pid", &pid_arg(&pids)]);
+    for pid in &pids {
+        assert_eq!(kind(&a, *pid), "cpu-starved", "pid {pid}: {a}");
+    }
+    drop(three);
+    let alone = spinner("0");
+    let a = diagnose(&["--pid", &alone.pid().to_string()]);
+    assert_eq!(kind(&a, alone.pid()), "cpu-bound", "{a}");
+}
+
+#[test]
+fn millions_of_one_byte_writes_are_syscall_heavy() {
+    let mut w = Workload::spawn(&["chatty", RUN_MS]);
+    w.go();
+    let a = diagnose(&["--pid", &w.pid().to_string()]);
+    assert_eq!(kind(&a, w.pid()), "syscall-heavy", "{a}");
+}
+
+#[test]
+fn an_idle_event_loop_is_idle_and_listed_after_a_real_bottleneck() {
+    // Picked by name among all processes (no --pid): the daemon wakes
+    // every 100 ms, finds nothing and sleeps again.
+    let mut daemon = Workload::spawn(&["epoll-idle", RUN_MS]);
+    daemon.go();
+    let busy = spinner("0");
+    let a = diagnose(&["--comm", "workload", "--top", "5"]);
+    assert_eq!(kind(&a, daemon.pid()), "idle", "{a}");
+    assert_ne!(kind(&a, busy.pid()), "idle", "{a}");
+    let order: Vec<u64> = a["processes"].as_array().unwrap().iter().map(|p| p["pid"].as_u64().unwrap()).collect();
+    let at = |pid: u32| order.iter().position(|p| *p == u64::from(pid)).unwrap();
+    assert!(at(busy.pid()) < at(daemon.pid()), "idle listed above the bottleneck: {order:?}");
+}
+
+#[test]
+fn asleep_in_read_on_a_pipe_is_not_network() {
+    let mut w = Workload::spawn(&["pipe-read", RUN_MS]);
+    w.go();
+    let a = diagnose(&["--pid", &w.pid().to_string()]);
+    let p = item(&a, w.pid());
+    assert_eq!(p["verdict"]["kind"], "idle", "{p}");
+    assert_eq!(p["shares"]["network"], 0.0, "{p}");
+    assert!(p["shares"]["sleep"].as_f64().unwrap() > 0.8, "asleep in read, waiting for work: {p}");
+}
+
+#[test]
+fn a_missing_pid_is_a_clear_error() {
+    let out = hostprobe().args(["diagnose", "--pid", "4000000"]).output().expect("run hostprobe");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--pid 4000000: no such process"), "{err}");
+}
