@@ -20,10 +20,9 @@
 //!   progress at the end, other syscalls) is `other`.
 //! - Verdict: the largest of on-CPU, run queue, disk, network and lock,
 //!   if it is at least [`MATTERS`] of one thread's wall time; else `idle`.
-//!   An on-CPU verdict is `syscall-heavy` when the process made at least
-//!   [`CHATTY_PER_S`] syscalls a second, cheap ones (p50 under
-//!   [`CHEAP_NS`]), that took at least [`CHATTY_CPU`] of its CPU time;
-//!   else `cpu-bound`.
+//!   An on-CPU verdict is `syscall-heavy` when the process made a syscall
+//!   for every [`CHATTY_CPU_NS`] of CPU time or less, cheap ones (p50
+//!   under [`CHEAP_NS`]); else `cpu-bound`.
 //! - Disk detail: `above the device` when the process's own requests spent
 //!   less than [`ABOVE_DEVICE`] of its D time in the block layer and the
 //!   device (or it had none: throttled or written back by a kernel thread);
@@ -43,12 +42,12 @@ pub const MATTERS: f64 = 0.2;
 /// Futex waits shorter than this on average are lock contention; longer
 /// ones are threads parked until there is work.
 pub const LOCK_MEAN_NS: u64 = 20_000_000;
-/// Syscall-heavy: at least this many syscalls a second...
-pub const CHATTY_PER_S: f64 = 10_000.0;
-/// ... with a median under this...
+/// Syscall-heavy: a syscall for every this much CPU time or less (at
+/// 0.1-1 us of fixed cost per call, entering the kernel is then a large
+/// part of the work)...
+pub const CHATTY_CPU_NS: u64 = 5_000;
+/// ... and cheap ones: median under this.
 pub const CHEAP_NS: u64 = 10_000;
-/// ... taking at least this share of the process's CPU time.
-pub const CHATTY_CPU: f64 = 0.3;
 /// Disk waits are above the device when the process's requests account for
 /// less than this share of its D time.
 pub const ABOVE_DEVICE: f64 = 0.5;
@@ -244,19 +243,18 @@ pub fn diagnose(p: &ProcessReport, devices: &[DiskReport], interval_ns: u64) -> 
         Kind::CpuBound => {
             let sc = &p.syscall_total;
             let per_s = sc.count as f64 * 1e9 / interval_ns.max(1) as f64;
-            // Time in syscalls that was not spent asleep is CPU time in the kernel.
-            let in_kernel = sc.total_ns.saturating_sub(o.blocked_io_ns + o.sleep_ns + o.runqueue_ns);
-            let kernel_share = in_kernel as f64 / o.on_cpu_ns.max(1) as f64;
+            // CPU time between two syscalls, on average.
+            let cpu_per_call = o.on_cpu_ns / sc.count.max(1);
             evidence.push(format!("on a CPU {} of its thread time", time(s.on_cpu)));
-            if per_s >= CHATTY_PER_S && sc.p50_ns < CHEAP_NS && kernel_share >= CHATTY_CPU {
+            if cpu_per_call < CHATTY_CPU_NS && sc.p50_ns < CHEAP_NS {
                 kind = Kind::SyscallHeavy;
                 let top: Vec<String> =
                     p.syscalls.iter().take(2).map(|c| format!("{} {}", c.name, c.latency.count)).collect();
                 evidence.push(format!(
-                    "{per_s:.0} syscalls/s, p50 {}: {} of its CPU time in the kernel for them ({})",
+                    "{per_s:.0} syscalls/s ({}), p50 {}: one per {} of its CPU time",
+                    top.join(", "),
                     duration(sc.p50_ns),
-                    pct(kernel_share.min(1.0)),
-                    top.join(", ")
+                    duration(cpu_per_call)
                 ));
                 ("many cheap syscalls".into(), "batch the calls (larger buffers, writev, fewer flushes)".into())
             } else {

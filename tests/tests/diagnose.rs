@@ -104,14 +104,14 @@ fn writes_throttled_by_a_cgroup_limit_are_disk_above_the_device() {
 #[test]
 fn writes_behind_competing_readers_are_disk_saturated() {
     // The device takes 4 requests at a time (mq-deadline, nr_requests 4,
-    // which prefers reads); eight fio readers keep it full, so the test's
+    // which prefers reads); fio keeps 64 reads outstanding, so the test's
     // writer, at queue depth 1, waits for a slot far longer than the
     // device takes to serve it.
     let dev = LoopDevice::on_disk(128);
     dev.set_queue("scheduler", "mq-deadline");
     dev.set_queue("nr_requests", "4");
     let mut fio = Command::new("fio")
-        .args(["--name=compete", "--rw=randread", "--bs=4k", "--direct=1", "--ioengine=psync", "--numjobs=8"])
+        .args(["--name=compete", "--rw=randread", "--bs=4k", "--direct=1", "--ioengine=io_uring", "--iodepth=64"])
         .args(["--time_based", "--runtime=12", "--output=/dev/null"])
         .arg(format!("--filename={}", dev.path))
         .stdout(Stdio::null())
