@@ -539,3 +539,112 @@ pub fn text(a: &Answer) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        probes::{offcpu::OffcpuData, tcp::ConnData, Interval},
+        procinfo::ProcCache,
+        report::build,
+    };
+
+    const SECOND: u64 = 1_000_000_000;
+
+    /// A one-thread process (pid that cannot exist) that spent one second
+    /// `on` ns on a CPU and the rest asleep in `syscall`, in `sleeps` sleeps.
+    fn sleeper(syscall: &str, on: u64, sleeps: u64) -> OffcpuData {
+        let nr = crate::syscalls::number(syscall).unwrap();
+        OffcpuData {
+            on_cpu_ns: on,
+            sleep_ns: SECOND - on,
+            sleep_by_syscall: [(nr, (SECOND - on, sleeps))].into_iter().collect(),
+            ..Default::default()
+        }
+    }
+
+    fn conn(active: bool, bytes: u64) -> ConnData {
+        ConnData {
+            local: Some("10.0.0.1:40000".parse().unwrap()),
+            remote: Some("10.0.0.2:5432".parse().unwrap()),
+            state: 1,
+            active,
+            connect_ns: None,
+            failed: None,
+            closed: false,
+            bytes_sent: bytes,
+            bytes_received: bytes,
+            retransmits: 0,
+            resets: 0,
+            rtt: Default::default(),
+            rtt_last_us: 30_000,
+        }
+    }
+
+    /// The diagnoses of processes 4000000, 4000001, ... built from these
+    /// figures over a one-second interval, worst first.
+    fn diagnoses(procs: Vec<(OffcpuData, Vec<ConnData>)>) -> Vec<Diagnosis> {
+        let mut interval = Interval::default();
+        for (i, (o, tcp)) in procs.into_iter().enumerate() {
+            let p = interval.processes.entry(4_000_000 + i as u32).or_default();
+            p.offcpu = Some(o);
+            p.tcp = tcp;
+        }
+        let r = build(interval, 100, &mut ProcCache::new(false), &mut Default::default(), SECOND, "h", vec![]);
+        let mut out: Vec<Diagnosis> = r.processes.iter().filter_map(|p| diagnose(p, &r.devices, SECOND)).collect();
+        rank(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_read_is_network_only_for_the_client_of_a_connection_that_moved_data() {
+        let pipe = &diagnoses(vec![(sleeper("read", 0, 50), vec![])])[0];
+        assert_eq!(pipe.verdict.kind, Kind::Idle);
+        assert!(pipe.shares.network == 0.0 && pipe.shares.sleep > 0.99, "{:?}", pipe.shares);
+        let client = &diagnoses(vec![(sleeper("read", 0, 50), vec![conn(true, 1000)])])[0];
+        assert_eq!(client.verdict.kind, Kind::Network);
+        assert_eq!(client.verdict.detail, "10.0.0.2:5432 (RTT 30ms)");
+        // A server waiting to read its clients' next requests waits for work.
+        let server = &diagnoses(vec![(sleeper("recvfrom", 0, 50), vec![conn(false, 1000)])])[0];
+        assert_eq!(server.verdict.kind, Kind::Idle);
+        // ... but one that cannot send its answers fast enough is network-bound.
+        let sender = &diagnoses(vec![(sleeper("write", 0, 50), vec![conn(false, 1000)])])[0];
+        assert_eq!(sender.verdict.kind, Kind::Network);
+        // An idle connection is no evidence.
+        let idle_conn = &diagnoses(vec![(sleeper("read", 0, 50), vec![conn(true, 0)])])[0];
+        assert_eq!(idle_conn.verdict.kind, Kind::Idle);
+    }
+
+    #[test]
+    fn short_futex_waits_are_lock_long_ones_are_parked_threads() {
+        let contended = &diagnoses(vec![(sleeper("futex", 0, 500), vec![])])[0];
+        assert_eq!(contended.verdict.kind, Kind::Lock);
+        let parked = &diagnoses(vec![(sleeper("futex", 0, 20), vec![])])[0];
+        assert_eq!(parked.verdict.kind, Kind::Idle, "50 ms timed waits");
+    }
+
+    #[test]
+    fn shares_add_up_and_whole_episodes_never_exceed_the_sleep() {
+        // Sleep per syscall counts episodes whole where they end: more than
+        // the interval's sleep here.
+        let mut o = sleeper("nanosleep", 400_000_000, 10);
+        o.sleep_by_syscall.values_mut().for_each(|v| v.0 = 2 * SECOND);
+        let d = &diagnoses(vec![(o, vec![])])[0];
+        let s = &d.shares;
+        let sum = s.on_cpu + s.runqueue + s.disk + s.network + s.lock + s.sleep + s.other;
+        assert!((sum - 1.0).abs() < 1e-9, "{s:?}");
+        assert!((s.sleep - 0.6).abs() < 1e-9, "{s:?}");
+        assert_eq!(d.verdict.kind, Kind::CpuBound, "40% on a CPU");
+    }
+
+    #[test]
+    fn idle_is_never_ranked_above_a_bottleneck() {
+        // A busy but idle process (19% on a CPU), and one that waits 25% of
+        // the time for a lock and sleeps the rest in a syscall not classified.
+        let idle = sleeper("epoll_wait", 190_000_000, 10);
+        let mut lock = sleeper("futex", 0, 500);
+        lock.sleep_by_syscall.values_mut().for_each(|v| v.0 = 250_000_000);
+        let kinds: Vec<Kind> = diagnoses(vec![(idle, vec![]), (lock, vec![])]).iter().map(|d| d.verdict.kind).collect();
+        assert_eq!(kinds, [Kind::Lock, Kind::Idle]);
+    }
+}

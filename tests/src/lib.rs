@@ -776,6 +776,8 @@ pub fn ip(args: &[&str]) {
 }
 
 impl NetPair {
+    /// Makes the namespaces (a side effect, so no `Default`).
+    #[allow(clippy::new_without_default)]
     pub fn new() -> NetPair {
         let id = std::process::id() % 100_000;
         let (a, b) = (format!("hpa{id}"), format!("hpb{id}"));
