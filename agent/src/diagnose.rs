@@ -224,9 +224,9 @@ pub fn diagnose(p: &ProcessReport, devices: &[DiskReport], interval_ns: u64) -> 
     let time = |share: f64| {
         let t = threads(share);
         if t > 1.05 {
-            format!("{} ({:.1} threads' time)", pct(share), t)
+            format!("{} of its thread time ({t:.1} threads all the time)", pct(share))
         } else {
-            pct(share)
+            format!("{} of its thread time", pct(share))
         }
     };
     let top_sleep = |n: usize| {
@@ -245,7 +245,7 @@ pub fn diagnose(p: &ProcessReport, devices: &[DiskReport], interval_ns: u64) -> 
             let per_s = sc.count as f64 * 1e9 / interval_ns.max(1) as f64;
             // CPU time between two syscalls, on average.
             let cpu_per_call = o.on_cpu_ns / sc.count.max(1);
-            evidence.push(format!("on a CPU {} of its thread time", time(s.on_cpu)));
+            evidence.push(format!("on a CPU {}", time(s.on_cpu)));
             if cpu_per_call < CHATTY_CPU_NS && sc.p50_ns < CHEAP_NS {
                 kind = Kind::SyscallHeavy;
                 let top: Vec<String> =
@@ -264,9 +264,9 @@ pub fn diagnose(p: &ProcessReport, devices: &[DiskReport], interval_ns: u64) -> 
         }
         Kind::CpuStarved => {
             evidence.push(format!(
-                "waiting for a CPU {} of its thread time, on one {}; run-queue wait p99 {}",
+                "waiting for a CPU {}, on one {}; run-queue wait p99 {}",
                 time(s.runqueue),
-                time(s.on_cpu),
+                pct(s.on_cpu),
                 duration(o.runqueue_p99_ns)
             ));
             (
@@ -275,29 +275,27 @@ pub fn diagnose(p: &ProcessReport, devices: &[DiskReport], interval_ns: u64) -> 
             )
         }
         Kind::Disk => {
-            evidence.push(format!("blocked (D state) {} of its thread time, in {}", time(s.disk), top_sleep(2)));
+            evidence.push(format!("blocked (D state) {}, in {}", time(s.disk), top_sleep(2)));
             let detail = disk_detail(p, devices, o.blocked_io_ns, &mut evidence);
             (detail, format!("hostprobe offcpu --pid {pid} (the kernel stacks of its D waits)"))
         }
         Kind::Network => {
-            evidence.push(format!("waiting on sockets {} of its thread time, in {}", time(s.network), top_sleep(2)));
+            evidence.push(format!("waiting on sockets {}, in {}", time(s.network), top_sleep(2)));
             (network_detail(p, interval_ns, &mut evidence), format!("hostprobe run --pid {pid} (its connections)"))
         }
         Kind::Lock => {
             let (ns, n) = slept(p, LOCK_CALLS);
-            evidence.push(format!(
-                "waiting for locks {} of its thread time: {n} futex waits, mean {}",
-                time(s.lock),
-                duration(ns / n.max(1))
-            ));
+            evidence.push(format!("waiting for locks {}: {n} waits, mean {}", time(s.lock), duration(ns / n.max(1))));
             ("contended lock".into(), format!("hostprobe offcpu --pid {pid} (the stacks of the lock waits)"))
         }
         Kind::Idle | Kind::SyscallHeavy => {
+            let busy = s.on_cpu + s.runqueue + s.disk + s.network + s.lock;
             evidence.push(format!(
-                "nothing takes {} of a thread's time: on-CPU {}, waiting for work {}",
-                pct(MATTERS),
-                pct(s.on_cpu),
-                pct(s.sleep)
+                "running or waiting on something {} of the {} ({} of its thread time): under {} of one thread's",
+                duration((busy * total as f64) as u64),
+                duration(interval_ns),
+                pct(busy),
+                pct(MATTERS)
             ));
             if !o.sleep_by_syscall.is_empty() {
                 evidence.push(format!("asleep in {}", top_sleep(3)));
