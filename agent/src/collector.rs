@@ -366,6 +366,20 @@ fn query(store: &Store, q: &pb::QueryRequest) -> pb::QueryResponse {
     let by = By::try_from(q.by).unwrap_or(By::Syscalls);
     let now = crate::metrics::now_unix_ns();
     let since = if q.window_seconds == 0 { i64::MIN } else { now - i64::from(q.window_seconds) * 1_000_000_000 };
+    if by == By::Diagnose {
+        let mut agents = std::collections::BTreeMap::new();
+        let mut reports = 0;
+        for (id, agent) in &store.agents {
+            for stored in agent.window.iter().filter(|r| r.end_ns >= since) {
+                let Ok(r) = pb::Report::decode(stored.bytes.as_slice()) else { continue };
+                reports += 1;
+                agents.entry(id.clone()).or_insert_with(crate::fleet::AgentWindow::default).add(&r);
+            }
+        }
+        let limit = if q.limit == 0 { 10 } else { q.limit as usize };
+        let diagnoses = crate::fleet::diagnose_fleet(&agents, &q.comm, limit);
+        return pb::QueryResponse { agents: store.agents.len() as u32, reports, diagnoses, ..Default::default() };
+    }
     let mut rows: HashMap<String, Row> = HashMap::new();
     let mut reports = 0;
     for (id, agent) in &store.agents {
@@ -388,7 +402,9 @@ fn query(store: &Store, q: &pb::QueryRequest) -> pb::QueryResponse {
                     row.sum_unknown |= total.is_none();
                 };
                 match by {
-                    By::Syscalls | By::Unspecified => p.syscalls.iter().for_each(|s| add(&s.latency, Some(s.total_ns))),
+                    By::Syscalls | By::Unspecified | By::Diagnose => {
+                        p.syscalls.iter().for_each(|s| add(&s.latency, Some(s.total_ns)))
+                    }
                     By::DiskP99 => p.disk.iter().for_each(|d| add(&d.total, d.total.as_ref().and_then(|h| h.sum_ns))),
                     By::Offcpu => {
                         if let Some(o) = &p.offcpu {
@@ -423,7 +439,7 @@ fn query(store: &Store, q: &pb::QueryRequest) -> pb::QueryResponse {
         _ => out.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.comm.cmp(&b.comm))),
     }
     out.truncate(if q.limit == 0 { 10 } else { q.limit as usize });
-    pb::QueryResponse { rows: out, agents: store.agents.len() as u32, reports }
+    pb::QueryResponse { rows: out, agents: store.agents.len() as u32, reports, diagnoses: Vec::new() }
 }
 
 /// Accepted reports, length-delimited protobuf, appended before each ack.
@@ -657,6 +673,10 @@ pub struct QueryArgs {
     pub window: Duration,
     #[arg(long, default_value_t = 10)]
     pub limit: u32,
+    /// Each process's bottleneck over the window, per host, worst first
+    /// (the rules of `hostprobe diagnose`); --by does not apply.
+    #[arg(long)]
+    pub diagnose: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -682,6 +702,7 @@ pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
         let mut client = pb::collector_client::CollectorClient::new(channel);
         let mut req = Request::new(pb::QueryRequest {
             by: match args.by {
+                _ if args.diagnose => By::Diagnose,
                 QueryBy::Syscalls => By::Syscalls,
                 QueryBy::Disk => By::DiskP99,
                 QueryBy::Offcpu => By::Offcpu,
@@ -697,6 +718,10 @@ pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
         }
         let resp =
             client.query(req).await.map_err(|s| anyhow::anyhow!("{}", crate::export::status_message(&s)))?.into_inner();
+        if args.diagnose {
+            print!("{}", crate::fleet::render(&resp, args.json));
+            return Ok(());
+        }
         if args.json {
             let rows: Vec<serde_json::Value> = resp
                 .rows

@@ -388,10 +388,12 @@ fn network_detail(p: &ProcessReport, interval_ns: u64, evidence: &mut Vec<String
 /// Worst first: the most thread time lost to a bottleneck; idle processes
 /// (no bottleneck) after every other, by their busy time.
 pub fn rank(list: &mut [Diagnosis]) {
-    list.sort_by(|a, b| {
-        let idle = |d: &Diagnosis| d.verdict.kind == Kind::Idle;
-        idle(a).cmp(&idle(b)).then(b.verdict.weight_ns.cmp(&a.verdict.weight_ns)).then(a.pid.cmp(&b.pid))
-    });
+    list.sort_by_key(rank_key);
+}
+
+/// The order of [`rank`]: sort by this, ascending.
+pub fn rank_key(d: &Diagnosis) -> (bool, std::cmp::Reverse<u64>, u32) {
+    (d.verdict.kind == Kind::Idle, std::cmp::Reverse(d.verdict.weight_ns), d.pid)
 }
 
 /// `hostprobe diagnose`'s answer.

@@ -12,6 +12,7 @@ pub mod collector;
 pub mod diagnose;
 pub mod ebpf;
 pub mod export;
+pub mod fleet;
 pub mod hist;
 pub mod metrics;
 pub mod otlp;

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use hostprobe_tests::{hostprobe, LoopDevice, NetPair, Workload};
+use hostprobe_tests::{free_port, hostprobe, hostprobe_bin, Agent, Collector, LoopDevice, NetPair, Workload};
 use serde_json::Value;
 
 /// How long each diagnosis watches.
@@ -231,4 +231,62 @@ fn a_missing_pid_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--pid 4000000: no such process"), "{err}");
+}
+
+#[test]
+fn the_fleet_lists_a_disk_bound_and_a_cpu_starved_process_with_their_hosts_worst_first() {
+    // Two agents stream to one collector: one on this host, watching a
+    // writer throttled by a cgroup; one in a UTS namespace of its own
+    // (host name hp-fleet-b), watching three spinners sharing CPU 1.
+    let collector = Collector::start(free_port(), &["--plaintext"]);
+    let url = collector.url();
+    let dev = LoopDevice::new(64);
+    let group = BlkioGroup::new("blkio.throttle.write_iops_device", &format!("{} 50", dev_numbers(&dev)));
+    let mut writer = Workload::spawn(&["dio-loop", &dev.path, RUN_MS]);
+    group.add(writer.pid());
+    writer.go();
+    let three = [spinner("1"), spinner("1"), spinner("1")];
+    let spinners: Vec<u32> = three.iter().map(Workload::pid).collect();
+    let common = ["--plaintext", "--interval", "500ms", "--probes", "syscall,disk,offcpu"];
+    let a = Agent::start(
+        &[&["--collector", &url, "--agent-id", "fleet-a", "--pid", &writer.pid().to_string()][..], &common].concat(),
+    );
+    let mut b = Command::new("unshare")
+        .args(["--uts", "sh", "-c", "echo hp-fleet-b > /proc/sys/kernel/hostname && exec \"$0\" \"$@\""])
+        .arg(hostprobe_bin())
+        .args(["run", "--output", "json", "--collector", &url, "--agent-id", "fleet-b", "--pid", &pid_arg(&spinners)])
+        .args(common)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("unshare (util-linux)");
+    std::thread::sleep(Duration::from_secs(5));
+    let out = hostprobe()
+        .args(["query", "--collector", &url, "--plaintext", "--diagnose", "--json", "--limit", "10"])
+        .output()
+        .expect("hostprobe query");
+    let _ = b.kill();
+    let _ = b.wait();
+    drop(a);
+    assert!(out.status.success(), "query: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("query JSON");
+    eprintln!("{}", serde_json::to_string_pretty(&v).unwrap());
+    let list = v["processes"].as_array().expect("processes");
+    let find = |pid: u32| {
+        list.iter().find(|p| p["pid"].as_u64() == Some(u64::from(pid))).unwrap_or_else(|| panic!("pid {pid}: {v}"))
+    };
+    let here = hostprobe::agent::hostname();
+    let w = find(writer.pid());
+    assert_eq!((w["host"].as_str(), w["verdict"]["kind"].as_str()), (Some(here.as_str()), Some("disk")), "{w}");
+    assert_eq!(w["verdict"]["detail"], "above the device", "{w}");
+    for pid in &spinners {
+        let s = find(*pid);
+        assert_eq!(
+            (s["host"].as_str(), s["verdict"]["kind"].as_str()),
+            (Some("hp-fleet-b"), Some("cpu-starved")),
+            "{s}"
+        );
+    }
+    let lost: Vec<u64> = list.iter().map(|p| p["lost_ns"].as_u64().unwrap()).collect();
+    assert!(lost.windows(2).all(|w| w[0] >= w[1]), "not worst first: {lost:?}");
 }
