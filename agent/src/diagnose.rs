@@ -11,8 +11,8 @@
 //! - S sleep goes by the syscall it was in: `lock` for futex (only when its
 //!   waits are short, mean under [`LOCK_MEAN_NS`]: contention; long ones are
 //!   threads parked waiting for work), flock, semop; `network` for a
-//!   syscall that can wait on a socket, only when the process moved TCP
-//!   data (or tried to connect) in the interval: receive-type calls only as
+//!   `connect`; for another syscall that can wait on a socket, only when the
+//!   process moved TCP data (or failed to connect) in the interval: receive-type calls only as
 //!   the client of a connection (a server waiting to receive waits for
 //!   requests), send-type calls with any connection; `sleep` (waiting for
 //!   work) for the rest of the known waits: timers, epoll, accept, pipes
@@ -125,7 +125,10 @@ fn slept(p: &ProcessReport, names: &[&str]) -> (u64, u64) {
 const LOCK_CALLS: &[&str] = &["futex", "futex_waitv", "flock", "semop", "semtimedop"];
 /// Calls that wait for data to arrive on a socket (or a pipe, a terminal).
 const RECEIVE_CALLS: &[&str] =
-    &["read", "readv", "recvfrom", "recvmsg", "recvmmsg", "poll", "ppoll", "select", "pselect6", "connect"];
+    &["read", "readv", "recvfrom", "recvmsg", "recvmmsg", "poll", "ppoll", "select", "pselect6"];
+/// Calls that wait only on a remote: network with or without TCP figures
+/// (a connect that has not finished has moved nothing yet).
+const REMOTE_CALLS: &[&str] = &["connect"];
 /// Calls that wait for room to send.
 const SEND_CALLS: &[&str] = &["write", "writev", "sendto", "sendmsg", "sendmmsg", "sendfile", "splice"];
 /// Waiting for work or for time: timers, event loops, children, signals.
@@ -183,7 +186,7 @@ fn sleep_split(p: &ProcessReport) -> [u64; 3] {
     let (lock, mut idle) = if lock_is_wait { (futex_ns, 0) } else { (0, futex_ns) };
     let (receive, _) = slept(p, RECEIVE_CALLS);
     let (send, _) = slept(p, SEND_CALLS);
-    let mut network = 0;
+    let mut network = slept(p, REMOTE_CALLS).0;
     if client {
         network += receive;
     } else {
@@ -613,6 +616,9 @@ mod tests {
         // An idle connection is no evidence.
         let idle_conn = &diagnoses(vec![(sleeper("read", 0, 50), vec![conn(true, 0)])])[0];
         assert_eq!(idle_conn.verdict.kind, Kind::Idle);
+        // A connect still waiting for its handshake has moved nothing yet.
+        let connecting = &diagnoses(vec![(sleeper("connect", 0, 1), vec![])])[0];
+        assert_eq!(connecting.verdict.kind, Kind::Network);
     }
 
     #[test]
