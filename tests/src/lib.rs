@@ -452,6 +452,8 @@ pub struct DiskStats {
     pub writes: u64,
     pub write_sectors: u64,
     pub flushes: u64,
+    /// Time the device had I/O in flight (busy), ms.
+    pub io_ticks_ms: u64,
 }
 
 impl LoopDevice {
@@ -463,7 +465,15 @@ impl LoopDevice {
             .find(|f| f.get(2) == Some(&self.name()))
             .unwrap_or_else(|| panic!("{} not in /proc/diskstats", self.name()));
         let n = |i: usize| line.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
-        DiskStats { reads: n(3), read_sectors: n(5), read_ms: n(6), writes: n(7), write_sectors: n(9), flushes: n(18) }
+        DiskStats {
+            reads: n(3),
+            read_sectors: n(5),
+            read_ms: n(6),
+            writes: n(7),
+            write_sectors: n(9),
+            flushes: n(18),
+            io_ticks_ms: n(12),
+        }
     }
 }
 
@@ -477,6 +487,7 @@ impl std::ops::Sub for DiskStats {
             writes: self.writes - b.writes,
             write_sectors: self.write_sectors - b.write_sectors,
             flushes: self.flushes - b.flushes,
+            io_ticks_ms: self.io_ticks_ms - b.io_ticks_ms,
         }
     }
 }

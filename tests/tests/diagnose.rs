@@ -94,7 +94,15 @@ fn writes_throttled_by_a_cgroup_limit_are_disk_above_the_device() {
     let mut w = Workload::spawn(&["dio-loop", &dev.path, RUN_MS]);
     group.add(w.pid());
     w.go();
+    let before = dev.stats();
     let a = diagnose(&["--pid", &w.pid().to_string()]);
+    let kernel = dev.stats() - before;
+    // The kernel's own accounting: the limit held (at most 50 writes a
+    // second over the attach and the window, ~5 s), and the device was idle
+    // nearly all the time: the writer waited above it.
+    eprintln!("diskstats: {} writes, busy {} ms", kernel.writes, kernel.io_ticks_ms);
+    assert!(kernel.writes > 50 && kernel.writes <= 50 * 8, "{kernel:?}");
+    assert!(kernel.io_ticks_ms < 300, "the device was busy {} ms", kernel.io_ticks_ms);
     let v = &item(&a, w.pid())["verdict"];
     assert_eq!(v["kind"], "disk", "{v}");
     assert_eq!(v["detail"], "above the device", "{v}");
@@ -120,7 +128,12 @@ fn writes_behind_competing_readers_are_disk_saturated() {
     std::thread::sleep(Duration::from_millis(500));
     let mut w = Workload::spawn(&["dio-loop", &dev.path, RUN_MS]);
     w.go();
+    let (before, t0) = (dev.stats(), std::time::Instant::now());
     let a = diagnose(&["--pid", &w.pid().to_string()]);
+    let (kernel, ms) = (dev.stats() - before, t0.elapsed().as_millis() as u64);
+    // The kernel's own accounting: the device had I/O in flight all along.
+    eprintln!("diskstats: busy {} of {ms} ms", kernel.io_ticks_ms);
+    assert!(kernel.io_ticks_ms * 10 >= ms * 9, "the device was busy {} of {ms} ms", kernel.io_ticks_ms);
     let _ = fio.kill();
     let _ = fio.wait();
     let v = &item(&a, w.pid())["verdict"];
@@ -170,6 +183,13 @@ fn four_threads_contending_for_a_mutex_are_lock() {
     assert_eq!(kind(&a, w.pid()), "lock", "{a}");
 }
 
+/// (on-CPU ns, run-queue ns) from /proc/<pid>/schedstat.
+fn schedstat(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).expect("schedstat");
+    let f: Vec<u64> = s.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    (f[0], f[1])
+}
+
 /// `workload spin MS CPU`, started (it waits for a line to exit).
 fn spinner(cpu: &str) -> Workload {
     let mut w = Workload::spawn(&["spin", RUN_MS, cpu]);
@@ -179,10 +199,20 @@ fn spinner(cpu: &str) -> Workload {
 
 #[test]
 fn three_spinners_on_one_cpu_are_cpu_starved_and_one_alone_is_cpu_bound() {
+    // Truth: the kernel's per-task accounting (/proc/<pid>/schedstat: time
+    // on a CPU, time waiting for one) over the same stretch; the agent's
+    // run-queue share within 0.1 of it.
     let three = [spinner("1"), spinner("1"), spinner("1")];
     let pids: Vec<u32> = three.iter().map(Workload::pid).collect();
+    let before: Vec<(u64, u64)> = pids.iter().map(|p| schedstat(*p)).collect();
     let a = diagnose(&["--pid", &pid_arg(&pids)]);
-    for pid in &pids {
+    for (pid, (on0, rq0)) in pids.iter().zip(before) {
+        let (on, rq) = schedstat(*pid);
+        let truth = (rq - rq0) as f64 / ((on - on0) + (rq - rq0)) as f64;
+        let ours = item(&a, *pid)["shares"]["runqueue"].as_f64().unwrap();
+        eprintln!("pid {pid}: run-queue share {ours:.3}, schedstat {truth:.3}");
+        assert!(truth > 0.5, "pid {pid} was not starved: {truth:.3}");
+        assert!((ours - truth).abs() < 0.1, "pid {pid}: run-queue share {ours:.3}, schedstat {truth:.3}");
         assert_eq!(kind(&a, *pid), "cpu-starved", "pid {pid}: {a}");
     }
     drop(three);
