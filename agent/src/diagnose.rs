@@ -383,7 +383,20 @@ fn network_detail(p: &ProcessReport, interval_ns: u64, evidence: &mut Vec<String
             e.push_str(&format!(", failed connects: {} refused, {} timed out", t.refused, t.timeouts));
         }
         evidence.push(e);
-        names.push(format!("{} (RTT {})", t.remote, duration(t.rtt_p50_us * 1_000)));
+        let mut what = Vec::new();
+        if t.rtt_p50_us > 0 {
+            what.push(format!("RTT {}", duration(t.rtt_p50_us * 1_000)));
+        }
+        if t.retransmits > 0 {
+            what.push(format!("{} retransmits", t.retransmits));
+        }
+        if t.refused + t.timeouts > 0 {
+            what.push(format!("{} connects failed", t.refused + t.timeouts));
+        }
+        names.push(format!("{} ({})", t.remote, what.join(", ")));
+    }
+    if names.is_empty() {
+        return "no TCP figures: a connect in progress, or not TCP".into();
     }
     names.join(", ")
 }
@@ -619,6 +632,12 @@ mod tests {
         // A connect still waiting for its handshake has moved nothing yet.
         let connecting = &diagnoses(vec![(sleeper("connect", 0, 1), vec![])])[0];
         assert_eq!(connecting.verdict.kind, Kind::Network);
+        // Failed connects are evidence, and named.
+        let mut refused = conn(true, 0);
+        refused.failed = Some("refused");
+        refused.rtt_last_us = 0;
+        let d = &diagnoses(vec![(sleeper("poll", 0, 50), vec![refused])])[0];
+        assert_eq!((d.verdict.kind, d.verdict.detail.as_str()), (Kind::Network, "10.0.0.2:5432 (1 connects failed)"));
     }
 
     #[test]
