@@ -719,6 +719,12 @@ pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
         let resp =
             client.query(req).await.map_err(|s| anyhow::anyhow!("{}", crate::export::status_message(&s)))?.into_inner();
         if args.diagnose {
+            // An older collector reads DIAGNOSE as unspecified (proto rule
+            // 5) and ranks by syscalls instead.
+            anyhow::ensure!(
+                !(resp.diagnoses.is_empty() && !resp.rows.is_empty()),
+                "this collector does not know --diagnose: upgrade it"
+            );
             print!("{}", crate::fleet::render(&resp, args.json));
             return Ok(());
         }
