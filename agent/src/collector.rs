@@ -722,7 +722,7 @@ pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
             // An older collector reads DIAGNOSE as unspecified (proto rule
             // 5) and ranks by syscalls instead.
             anyhow::ensure!(
-                !(resp.diagnoses.is_empty() && !resp.rows.is_empty()),
+                !resp.diagnoses.is_empty() || resp.rows.is_empty(),
                 "this collector does not know --diagnose: upgrade it"
             );
             print!("{}", crate::fleet::render(&resp, args.json));

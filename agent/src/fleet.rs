@@ -253,7 +253,7 @@ pub fn render(resp: &pb::QueryResponse, json: bool) -> String {
             .diagnoses
             .iter()
             .map(|d| {
-                let s = d.shares.clone().unwrap_or_default();
+                let s = d.shares.unwrap_or_default();
                 serde_json::json!({
                     "host": d.host_name, "agent_id": d.agent_id, "pid": d.pid, "comm": d.comm,
                     "window_ns": d.window_ns, "lost_ns": d.lost_ns,
