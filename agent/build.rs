@@ -15,6 +15,10 @@ fn main() -> anyhow::Result<()> {
         .compile_protos(&[proto.as_str()], &[proto_root])
         .context("compiling proto/hostprobe/v1/hostprobe.proto")?;
 
+    // aya-build forwards every line the nested cargo prints as a build
+    // warning: quiet, it prints only what matters (compiler diagnostics).
+    // SAFETY: as above.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     let package = aya_build::Package {
         name: "agent-ebpf",
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../agent-ebpf"),

@@ -161,6 +161,32 @@ pub struct RetiredKey {
 }
 const _: () = assert!(core::mem::size_of::<RetiredKey>() == 16);
 
+impl Thread {
+    /// The episode off the CPU in progress (`off_ns != 0`) up to `now`:
+    /// (asleep, in the run queue since woken).
+    fn off_so_far(&self, now: u64) -> (u64, u64) {
+        let off = self.off_ns.min(now);
+        if self.reason == Reason::Runnable as u32 {
+            (0, now - off)
+        } else if self.wake_ns >= off {
+            let wake = self.wake_ns.min(now);
+            (wake - off, now - wake)
+        } else {
+            (now - off, 0)
+        }
+    }
+
+    /// The sleep in a syscall in progress up to `now`, as the kernel side
+    /// will add it to [`MAP_SLEEP`] when the thread gets a CPU: its key and
+    /// its length so far.
+    pub fn sleep_so_far(&self, now: u64) -> Option<(SleepKey, u64)> {
+        if self.off_ns == 0 || self.nr == u32::MAX || self.reason == Reason::Runnable as u32 {
+            return None;
+        }
+        Some((SleepKey { tgid: self.tgid, nr: self.nr }, self.off_so_far(now).0))
+    }
+}
+
 /// A thread's time since it was first seen, up to `now`: its totals and the
 /// part in progress. Both sides' clock is CLOCK_MONOTONIC
 /// (`bpf_ktime_get_ns`); stamps after `now` (written while the map was
@@ -182,15 +208,7 @@ impl Times {
             sleep_ns: t.sleep_ns,
         };
         if t.off_ns != 0 {
-            let off = t.off_ns.min(now);
-            let (asleep, runq) = if t.reason == Reason::Runnable as u32 {
-                (0, now - off)
-            } else if t.wake_ns >= off {
-                let wake = t.wake_ns.min(now);
-                (wake - off, now - wake)
-            } else {
-                (now - off, 0)
-            };
+            let (asleep, runq) = t.off_so_far(now);
             x.runqueue_ns += runq;
             if t.reason == Reason::Blocked as u32 {
                 x.blocked_ns += asleep;
@@ -390,6 +408,19 @@ mod tests {
         assert_eq!(t.total(), 1111);
         let t = Times::of(&thread(Reason::Sleep, 900, 0, 0), 800);
         assert_eq!(t.total(), 1111);
+    }
+
+    #[test]
+    fn the_sleep_so_far_is_the_asleep_part_of_the_episode() {
+        let mut t = Thread { nr: 35, ..thread(Reason::Sleep, 500, 0, 0) };
+        assert_eq!(t.sleep_so_far(800), Some((SleepKey { tgid: 1, nr: 35 }, 300)));
+        t.wake_ns = 700; // woken: the run-queue wait after it is not sleep
+        assert_eq!(t.sleep_so_far(800), Some((SleepKey { tgid: 1, nr: 35 }, 200)));
+        t.reason = Reason::Blocked as u32; // the kernel side adds D sleep too
+        assert_eq!(t.sleep_so_far(800), Some((SleepKey { tgid: 1, nr: 35 }, 200)));
+        assert_eq!(Thread { nr: u32::MAX, ..t }.sleep_so_far(800), None, "no syscall");
+        assert_eq!(thread(Reason::Runnable, 500, 0, 0).sleep_so_far(800), None, "preempted");
+        assert_eq!(Thread { nr: 35, ..thread(Reason::Sleep, 0, 0, 500) }.sleep_so_far(800), None, "running");
     }
 
     #[test]

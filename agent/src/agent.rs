@@ -45,6 +45,7 @@ impl Agent {
                 }
             }
         }
+        crate::ebpf::forget_kernel_types();
         Self {
             probes: loaded,
             failed,

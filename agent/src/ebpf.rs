@@ -257,62 +257,37 @@ fn declared_fields(probe: &'static str, category: &str, event: &str) -> Result<V
 /// bpf_probe_read_kernel at the offset it is given.
 pub fn kernel_offset(probe: &'static str, ty: &str, path: &str) -> Result<u32, ProbeError> {
     let config = |detail: String| ProbeError::Config { probe, detail };
-    let btf = vmlinux().map_err(config)?;
-    let id = btf.id_of(ty).ok_or_else(|| config(format!("this kernel's BTF has no type {ty}")))?;
-    match btf.offset_of(id, path) {
-        Ok((_, btfparse::Offset::ByteOffset(at))) => Ok(at),
-        Ok((_, other)) => Err(config(format!("{ty}.{path} is a bit field ({other:?}); hostprobe reads whole bytes"))),
-        Err(e) => Err(config(format!("{ty}.{path} not found in this kernel's BTF: {e:?}"))),
-    }
+    vmlinux().map_err(config)?.member_offset(ty, path).map_err(config)
 }
 
 /// The value of enumerator `name` of kernel enum `ty`, from the kernel's
 /// BTF: for flag bits and operation codes a program tests.
 pub fn kernel_enum_value(probe: &'static str, ty: &str, name: &str) -> Result<i64, ProbeError> {
     let config = |detail: String| ProbeError::Config { probe, detail };
-    let btf = vmlinux().map_err(config)?;
-    let id = btf.id_of(ty).ok_or_else(|| config(format!("this kernel's BTF has no type {ty}")))?;
-    let Some(btfparse::TypeVariant::Enum(e)) = btf.from_id(id) else {
-        return Err(config(format!("{ty} is not an enum in this kernel's BTF")));
-    };
-    e.named_value_list()
-        .iter()
-        .find(|v| v.name == name)
-        .map(|v| match v.value {
-            btfparse::Integer32Value::Signed(v) => i64::from(v),
-            btfparse::Integer32Value::Unsigned(v) => i64::from(v),
-        })
-        .ok_or_else(|| config(format!("enum {ty} has no {name} in this kernel's BTF")))
+    vmlinux().map_err(config)?.enum_value(ty, name).map_err(config)
 }
 
-/// The kernel's BTF, parsed once.
-fn vmlinux() -> Result<&'static btfparse::TypeInformation, String> {
-    static VMLINUX: std::sync::OnceLock<Result<btfparse::TypeInformation, String>> = std::sync::OnceLock::new();
-    VMLINUX
-        .get_or_init(|| {
-            let bytes = std::fs::read(BTF_VMLINUX).map_err(|e| {
-                format!("cannot read {BTF_VMLINUX} ({e}): the kernel was built without CONFIG_DEBUG_INFO_BTF")
-            })?;
-            btfparse::TypeInformation::new(&BtfBytes(bytes)).map_err(|e| format!("cannot parse {BTF_VMLINUX}: {e:?}"))
-        })
-        .as_ref()
-        .map_err(Clone::clone)
+/// The kernel's BTF, read at the first use and kept until
+/// [`forget_kernel_types`].
+fn vmlinux() -> Result<std::sync::Arc<crate::btf::Btf>, String> {
+    let mut cached = VMLINUX.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(btf) = &*cached {
+        return Ok(btf.clone());
+    }
+    let bytes = std::fs::read(BTF_VMLINUX)
+        .map_err(|e| format!("cannot read {BTF_VMLINUX} ({e}): the kernel was built without CONFIG_DEBUG_INFO_BTF"))?;
+    let btf = crate::btf::Btf::parse(bytes).map_err(|e| format!("cannot parse {BTF_VMLINUX}: {e}"))?;
+    Ok(cached.insert(std::sync::Arc::new(btf)).clone())
+}
+
+static VMLINUX: std::sync::Mutex<Option<std::sync::Arc<crate::btf::Btf>>> = std::sync::Mutex::new(None);
+
+/// Forgets the kernel's BTF (5 MiB) once the probes have their offsets.
+pub fn forget_kernel_types() {
+    VMLINUX.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
 }
 
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
-
-/// The BTF file in memory (parsing it through small file reads takes seconds).
-struct BtfBytes(Vec<u8>);
-
-impl btfparse::Readable for BtfBytes {
-    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
-        let at = usize::try_from(offset).ok();
-        match at.and_then(|at| self.0.get(at..at.checked_add(buffer.len())?)) {
-            Some(src) => Ok(buffer.copy_from_slice(src)),
-            None => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
-        }
-    }
-}
 
 /// A kernel map's size as the kernel accounts for it.
 #[derive(Debug, Clone, Serialize)]
@@ -512,6 +487,36 @@ pub fn program_stats(ebpf: &Ebpf) -> Vec<ProgramStatus> {
     out
 }
 
+/// Panics unless eBPF object `object` has every map, program and global
+/// named: what the user side of a probe reaches by name (a test for each
+/// probe calls it; no root needed).
+#[cfg(test)]
+pub fn assert_object_has(object: &[u8], maps: &[&str], programs: &[&str], globals: &[&str]) {
+    use object::{Object as _, ObjectSymbol as _};
+    let obj = aya_obj::Object::parse(object).expect("parse the eBPF object");
+    for m in maps {
+        assert!(obj.maps.contains_key(*m), "no map {m}; the object has {:?}", obj.maps.keys().collect::<Vec<_>>());
+    }
+    for p in programs {
+        assert!(obj.programs.contains_key(*p), "no program {p}; it has {:?}", obj.programs.keys().collect::<Vec<_>>());
+    }
+    let elf = object::File::parse(object).expect("parse the eBPF ELF");
+    let symbols: Vec<&str> = elf.symbols().filter_map(|s| s.name().ok()).collect();
+    for g in globals {
+        assert!(symbols.contains(g), "no global {g}");
+    }
+}
+
+/// The filter globals every probe has (`agent_ebpf::filters!`).
+#[cfg(test)]
+pub const FILTER_GLOBALS: [&str; 5] = [
+    agent_common::filter::FILTER_PIDS,
+    agent_common::filter::FILTER_COMM,
+    agent_common::filter::FILTER_COMM_VALUE,
+    agent_common::filter::FILTER_CGROUP_ID,
+    agent_common::filter::FILTER_CGROUP_LEVEL,
+];
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -527,5 +532,72 @@ mod tests {
         assert!(super::kernel_enum_value("test", "req_op", "NO_SUCH").is_err());
         let e = super::kernel_offset("test", "sk_buff", "no_such_field").unwrap_err().to_string();
         assert!(e.contains("sk_buff.no_such_field"), "{e}");
+    }
+
+    /// Every offset and value the probes ask for, against an independent
+    /// BTF parser (btfparse, a dev-dependency only: it holds about 60 MiB).
+    #[test]
+    fn every_offset_the_probes_use_agrees_with_btfparse() {
+        struct Bytes(Vec<u8>);
+        impl btfparse::Readable for Bytes {
+            fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+                let at = offset as usize;
+                let src =
+                    self.0.get(at..at + buffer.len()).ok_or(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                buffer.copy_from_slice(src);
+                Ok(())
+            }
+        }
+        let theirs = btfparse::TypeInformation::new(&Bytes(std::fs::read(super::BTF_VMLINUX).unwrap())).unwrap();
+        let fields = [
+            ("sock", "sk_protocol"),
+            ("sock", "__sk_common.skc_family"),
+            ("sock", "__sk_common.skc_num"),
+            ("sock", "__sk_common.skc_dport"),
+            ("sock", "__sk_common.skc_rcv_saddr"),
+            ("sock", "__sk_common.skc_daddr"),
+            ("sock", "__sk_common.skc_v6_rcv_saddr"),
+            ("sock", "__sk_common.skc_v6_daddr"),
+            ("sock", "__sk_common.skc_state"),
+            ("tcp_sock", "srtt_us"),
+            ("tcp_sock", "total_retrans"),
+            ("sk_buff", "cb"),
+            ("tcp_skb_cb", "tcp_gso_segs"),
+            ("task_struct", "flags"),
+            ("gendisk", "major"),
+            ("gendisk", "first_minor"),
+            ("request", "q"),
+            ("request", "cmd_flags"),
+            ("request", "__data_len"),
+            ("request", "bio"),
+            ("request_queue", "disk"),
+            ("bio", "bi_bdev"),
+            ("bio", "bi_opf"),
+            ("bio", "bi_iter.bi_size"),
+            ("block_device", "bd_disk"),
+        ];
+        for (ty, path) in fields {
+            let ours = super::kernel_offset("test", ty, path).unwrap();
+            let id = theirs.id_of(ty).unwrap();
+            let Ok((_, btfparse::Offset::ByteOffset(at))) = theirs.offset_of(id, path) else { panic!("{ty}.{path}") };
+            assert_eq!(ours, at, "{ty}.{path}");
+        }
+        for (ty, name) in [
+            ("req_op", "REQ_OP_READ"),
+            ("req_op", "REQ_OP_WRITE"),
+            ("req_op", "REQ_OP_FLUSH"),
+            ("req_op", "REQ_OP_DISCARD"),
+            ("req_flag_bits", "__REQ_PREFLUSH"),
+        ] {
+            let Some(btfparse::TypeVariant::Enum(e)) = theirs.from_id(theirs.id_of(ty).unwrap()) else {
+                panic!("{ty}")
+            };
+            let v = e.named_value_list().iter().find(|v| v.name == name).unwrap().value;
+            let theirs = match v {
+                btfparse::Integer32Value::Signed(v) => i64::from(v),
+                btfparse::Integer32Value::Unsigned(v) => i64::from(v),
+            };
+            assert_eq!(super::kernel_enum_value("test", ty, name).unwrap(), theirs, "{ty}::{name}");
+        }
     }
 }

@@ -33,11 +33,17 @@ impl Histogram {
         h
     }
 
-    /// Adds `count` to bucket `i` (which must be in range); fails rather
-    /// than overflow.
-    pub fn add(&mut self, i: usize, count: u64) -> Result<(), ()> {
-        self.buckets[i] = self.buckets[i].checked_add(count).ok_or(())?;
-        Ok(())
+    /// Adds `count` to bucket `i` (which must be in range); refuses
+    /// (returns false, adds nothing) rather than overflow.
+    #[must_use]
+    pub fn add(&mut self, i: usize, count: u64) -> bool {
+        match self.buckets[i].checked_add(count) {
+            Some(n) => {
+                self.buckets[i] = n;
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn record(&mut self, ns: u64) {

@@ -6,6 +6,7 @@
 //! [`run`].
 
 pub mod agent;
+pub mod btf;
 pub mod check;
 pub mod cli;
 pub mod collector;

@@ -41,7 +41,9 @@ pub fn from_wire(h: &pb::Histogram) -> Result<Histogram, String> {
         if *b as usize >= agent_common::hist::BUCKETS {
             return Err(format!("histogram bucket {b} out of range"));
         }
-        out.add(*b as usize, *c).map_err(|()| "histogram count overflows".to_string())?;
+        if !out.add(*b as usize, *c) {
+            return Err("histogram count overflows".to_string());
+        }
     }
     Ok(out)
 }

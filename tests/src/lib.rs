@@ -363,11 +363,15 @@ pub fn free_port() -> u16 {
 }
 
 impl Collector {
-    /// `hostprobe collector --listen 127.0.0.1:PORT ARGS`, once it listens.
+    /// `hostprobe collector --listen 127.0.0.1:PORT ARGS`, once it listens;
+    /// with `--no-auth` added unless `args` bring credentials (a token file
+    /// or a client CA): most tests are about something else.
     pub fn start(port: u16, args: &[&str]) -> Collector {
+        let credentials = args.iter().any(|a| a.ends_with("token-file") || *a == "--client-ca");
         let mut child = hostprobe()
             .args(["collector", "--listen", &format!("127.0.0.1:{port}")])
             .args(args)
+            .args(if credentials { &[][..] } else { &["--no-auth"][..] })
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

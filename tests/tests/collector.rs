@@ -14,11 +14,11 @@ use prost::Message as _;
 /// (epoch, sequence) of every report of `agent` in the collector's journal,
 /// in journal order.
 fn journal(dir: &Path, agent: &str) -> Vec<(u64, u64)> {
-    let data = std::fs::read(dir.join("journal.pb")).expect("journal");
-    let mut buf = data.as_slice();
+    let replay = hostprobe::collector::journal::read_dir(dir).expect("journal");
+    assert_eq!(replay.corrupt, 0, "damaged journal records");
     let mut out = Vec::new();
-    while !buf.is_empty() {
-        let r = pb::Report::decode_length_delimited(&mut buf).expect("journal entry");
+    for bytes in &replay.records {
+        let r = pb::Report::decode(bytes.as_slice()).expect("journal entry");
         let a = r.agent.expect("identity");
         if a.agent_id == agent {
             out.push((a.epoch, r.sequence));
@@ -425,5 +425,183 @@ fn query_window_zero_means_everything_the_collector_keeps() {
 
     assert_eq!(query_json(&url, &["--comm", "oldtimer", "--window", "1m"]), (1, 5), "the last minute");
     assert_eq!(query_json(&url, &["--comm", "oldtimer", "--window", "0s"]), (2, 12), "everything kept");
+    drop(collector);
+}
+
+/// Streams `reports` to the collector at `url`; returns how many were
+/// acknowledged and the status that ended the stream, if any.
+fn send(url: &str, reports: Vec<pb::Report>) -> (usize, Option<String>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut client = pb::collector_client::CollectorClient::connect(url.to_string()).await.unwrap();
+        let n = reports.len();
+        let mut acks = client.stream(tokio_stream::iter(reports)).await.unwrap().into_inner();
+        let mut acked = 0;
+        while acked < n {
+            match acks.message().await {
+                Ok(Some(_)) => acked += 1,
+                Ok(None) => break,
+                Err(s) => return (acked, Some(format!("{s:?}"))),
+            }
+        }
+        (acked, None)
+    })
+}
+
+#[test]
+fn a_damaged_journal_record_is_skipped_and_counted_and_the_rest_survive_a_restart() {
+    // Ten reports whose getppid counts are 1..=10, journaled and acked; the
+    // fifth record's payload is damaged on disk while the collector is
+    // down. After a restart the collector holds the other nine: 9 reports,
+    // 55 - 5 calls, exactly.
+    let data = TempDir::new("damaged");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let args = ["--plaintext", "--data-dir", data.path(), "--retention", "10m"];
+    let collector = Collector::start(port, &args);
+    let reports = (1..=10).map(|s| aged_report("damaged", s, "journaled", s, Duration::ZERO)).collect();
+    assert_eq!(send(&url, reports), (10, None));
+    collector.kill();
+    let segment = std::fs::read_dir(&data.0)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+        .expect("a journal segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let fifth = (0..bytes.len()).filter(|i| bytes[*i..].starts_with(b"HPJ1")).nth(4).expect("a fifth record");
+    bytes[fifth + 12 + 20] ^= 0x55;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let collector = Collector::start(port, &args);
+    collector.wait_for("collector listening", Duration::from_secs(10));
+    assert_eq!(query_json(&url, &["--comm", "journaled", "--window", "0s"]), (9, 50));
+    assert!(collector.log().contains("1 damaged stretches"), "{}", collector.log());
+    // Still acknowledged as stored: sending them again stores nothing.
+    let again = (1..=10).map(|s| aged_report("damaged", s, "journaled", s, Duration::ZERO)).collect();
+    assert_eq!(send(&url, again), (10, None));
+    assert_eq!(query_json(&url, &["--comm", "journaled", "--window", "0s"]), (9, 50));
+}
+
+/// A tmpfs of `size` mounted on a fresh directory; unmounted on drop.
+struct SmallDisk(TempDir);
+
+impl SmallDisk {
+    fn new(name: &str, size: &str) -> SmallDisk {
+        let dir = TempDir::new(name);
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs", dir.path()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs on {}", dir.path());
+        SmallDisk(dir)
+    }
+
+    /// Fills what is left with a file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write as _;
+        let path = self.0 .0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_data_directory_refuses_clearly_then_loses_nothing_once_space_returns() {
+    // The collector's --data-dir is a 1 MiB filesystem. A real agent
+    // streams; the filesystem fills up: the collector refuses with a clear
+    // status and acknowledges nothing it could not journal; the agent keeps
+    // its reports. Space comes back: every report the agent printed is in
+    // the journal exactly once, in order.
+    let disk = SmallDisk::new("fulldisk", "1m");
+    let data = disk.0.path().to_string();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let collector = Collector::start(port, &["--plaintext", "--data-dir", &data]);
+    let mut agent = Agent::start(&agent_args(&url, "fulldisk", &["--plaintext"]));
+    agent.run_for(Duration::from_secs(1));
+    let filler = disk.fill();
+    until_logged(&mut agent, "cannot journal", Duration::from_secs(20));
+    agent.run_for(Duration::from_secs(2));
+    std::fs::remove_file(filler).unwrap();
+    until_logged(&mut agent, "caught up", Duration::from_secs(60));
+    agent.run_for(Duration::from_secs(1));
+    let (reports, log) = agent.stop_logged();
+    assert!(log.contains("is --data-dir full?"), "the agent shows the collector's reason: {log}");
+    assert!(collector.log().contains("No space left on device"), "{}", collector.log());
+    drop(collector);
+    assert_exactly_once(disk.0 .0.as_path(), "fulldisk", reports.len());
+}
+
+#[test]
+fn an_open_collector_is_asked_for_and_agents_and_readers_have_their_own_tokens() {
+    // Without credentials or --no-auth, the collector does not start.
+    let out = hostprobe()
+        .args(["collector", "--plaintext", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env_remove("HOSTPROBE_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--no-auth") && err.contains("--token-file"), "{err}");
+
+    // An agent's token sends reports but does not query; a reader's token
+    // queries but does not send.
+    let data = TempDir::new("tokens");
+    let (agent_token, reader_token) = (data.0.join("agent.token"), data.0.join("reader.token"));
+    std::fs::write(&agent_token, "agent-secret\n").unwrap();
+    std::fs::write(&reader_token, "reader-secret\n").unwrap();
+    let (agent_token, reader_token) = (agent_token.to_str().unwrap(), reader_token.to_str().unwrap());
+    let journal_dir = data.0.join("journal");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let collector = Collector::start(
+        port,
+        &[
+            "--plaintext",
+            "--token-file",
+            agent_token,
+            "--query-token-file",
+            reader_token,
+            "--data-dir",
+            journal_dir.to_str().unwrap(),
+        ],
+    );
+    let writer = agent_for_a_while(&agent_args(&url, "writer", &["--plaintext", "--token-file", agent_token]));
+    assert!(writer.contains("connected"), "{writer}");
+    let sent = journal(&journal_dir, "writer").len();
+    assert!(sent > 0, "the agent's token sends reports");
+    let reader = agent_for_a_while(&agent_args(&url, "reader", &["--plaintext", "--token-file", reader_token]));
+    assert!(reader.contains("refused our credentials"), "{reader}");
+    assert!(journal(&journal_dir, "reader").is_empty(), "a reader's token sends nothing");
+    let query = |token: &str| {
+        hostprobe()
+            .args(["query", "--collector", &url, "--plaintext", "--json", "--token-file", token])
+            .output()
+            .unwrap()
+    };
+    let as_agent = query(agent_token);
+    assert!(!as_agent.status.success(), "an agent's token must not read the fleet");
+    assert!(String::from_utf8_lossy(&as_agent.stderr).contains("refused our credentials"));
+    let as_reader = query(reader_token);
+    assert!(as_reader.status.success(), "{}", String::from_utf8_lossy(&as_reader.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&as_reader.stdout).unwrap();
+    assert!(v["reports"].as_u64().unwrap() >= sent as u64, "{v}");
+
+    // Only the collector's user reads what it keeps.
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&journal_dir).unwrap().permissions().mode() & 0o777, 0o700);
+    for e in std::fs::read_dir(&journal_dir).unwrap() {
+        let e = e.unwrap();
+        assert_eq!(e.metadata().unwrap().permissions().mode() & 0o777, 0o600, "{:?}", e.path());
+    }
     drop(collector);
 }

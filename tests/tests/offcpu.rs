@@ -135,9 +135,20 @@ fn every_interval_adds_up_to_the_interval() {
     for (i, r) in reports.iter().enumerate().take(last).skip(first + 1) {
         let interval = r["interval_ns"].as_u64().unwrap();
         let t = ours(r).map_or(0, |p| thread_time(&p));
-        eprintln!("interval {i}: {interval} ns, sleeper {t} ns ({:.1}%)", t as f64 * 100.0 / interval as f64);
+        // Its sleep per syscall is split the same way: all in nanosleep.
+        let (sleep, in_nanosleep) = (offcpu_sum(std::slice::from_ref(r), pid, "sleep_ns"), {
+            slept_in(std::slice::from_ref(r), pid, "nanosleep")
+                + slept_in(std::slice::from_ref(r), pid, "clock_nanosleep")
+        });
+        eprintln!(
+            "interval {i}: {interval} ns, sleeper {t} ns ({:.1}%), asleep {sleep} ns, {in_nanosleep} ns of it in nanosleep",
+            t as f64 * 100.0 / interval as f64
+        );
         if (t as f64 - interval as f64).abs() > 0.02 * interval as f64 {
             bad.push(format!("interval {i}: {t} of {interval} ns"));
+        }
+        if (in_nanosleep as f64 - sleep as f64).abs() > 0.02 * interval as f64 {
+            bad.push(format!("interval {i}: {in_nanosleep} ns in nanosleep, {sleep} ns asleep"));
         }
     }
     assert!(last >= first + 4, "the sleeper was alive across too few intervals: reports {first}..{last}");

@@ -65,6 +65,7 @@ fn main() -> Result<()> {
             run(cargo().args(["fmt", "--all", "--check"]))
                 .context("the code is not formatted: run `cargo fmt --all`, then commit")?;
             setup::all(false)?;
+            lint()?;
             build()?;
             step("running the tests (unit tests, then the end-to-end tests that load the probes)");
             let mut cmd = cargo();
@@ -92,6 +93,25 @@ pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root());
     c
+}
+
+/// Clippy with warnings as errors: the agent, the tests and xtask, then
+/// the eBPF programs for their own target (nightly, core built from
+/// source, in a target directory of their own so the build's is kept).
+fn lint() -> Result<()> {
+    step("linting (cargo clippy, warnings are errors)");
+    let fix = "clippy found problems: fix them (or, where clippy is wrong, allow the lint where it \
+               fires, with the reason beside it), then commit";
+    run(cargo()
+        .args(["clippy", "--release", "--workspace", "--exclude", "agent-ebpf", "--all-targets"])
+        .args(["--", "-D", "warnings"]))
+    .context(fix)?;
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "clippy", "--release", "-p", "agent-ebpf", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+        .current_dir(root())
+        .env("CARGO_TARGET_DIR", root().join("target/ebpf-clippy")))
+    .context(fix)
 }
 
 fn build() -> Result<()> {

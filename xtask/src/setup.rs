@@ -20,7 +20,9 @@ const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools", "fio", "iperf3"];
 
 pub fn all(bench: bool) -> Result<()> {
     nightly()?;
-    rust_src()?;
+    component("nightly", "rust-src", "to build core for the BPF target")?;
+    component("nightly", "clippy", "to lint the eBPF programs")?;
+    component("stable", "clippy", "to lint the agent")?;
     bpf_linker()?;
     debian_packages(TEST_PACKAGES)?;
     otlp_venv()?;
@@ -43,14 +45,15 @@ fn nightly() -> Result<()> {
     run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
 }
 
-fn rust_src() -> Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+/// Installs rustup component `name` for `toolchain` unless it is there.
+fn component(toolchain: &str, name: &str, why: &str) -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", toolchain]))
         .unwrap_or_default();
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
+    if installed.lines().any(|l| l.starts_with(name)) {
         return Ok(());
     }
-    step("installing rust-src for the nightly toolchain (to build core for the BPF target)");
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    step(&format!("installing {name} for the {toolchain} toolchain ({why})"));
+    run(Command::new("rustup").args(["component", "add", name, "--toolchain", toolchain]))
 }
 
 fn bpf_linker() -> Result<()> {

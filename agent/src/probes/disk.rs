@@ -345,3 +345,27 @@ mod tests {
         assert_eq!(p.status().counters.get("stale_swept"), Some(&0));
     }
 }
+
+#[cfg(test)]
+mod object_tests {
+    use super::*;
+
+    #[test]
+    fn the_object_has_every_name_this_side_uses() {
+        let maps = [
+            common::MAP_STATS,
+            common::MAP_INFLIGHT,
+            common::MAP_SUBMITS,
+            common::MAP_PIDS,
+            common::MAP_COUNTERS,
+            common::MAP_ZERO,
+        ];
+        let programs: Vec<&str> = PROGRAMS.iter().map(|p| p.0).collect();
+        ebpf::assert_object_has(
+            OBJECT,
+            &maps,
+            &programs,
+            &[&[common::GLOBAL_OFFSETS][..], &ebpf::FILTER_GLOBALS].concat(),
+        );
+    }
+}

@@ -8,8 +8,9 @@
 //! the read ([`Times::of`]), so an interval gets what passed in it and the
 //! next interval the rest. Threads that exited or stopped being traced
 //! leave their final record in `OFFCPU_RETIRED`, read once and deleted.
-//! Histograms, their sums and the sleep per syscall take each episode once,
-//! whole, in the interval in which it ends.
+//! The sleep per syscall is split the same way ([`SleepSplit`]).
+//! Histograms and their sums take each episode once, whole, in the interval
+//! in which it ends.
 
 use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 
@@ -51,9 +52,9 @@ pub struct OffcpuData {
     pub runqueue: Dist,
     /// Whole episodes off the CPU.
     pub offcpu: Dist,
-    /// Time asleep (S or D) per syscall number, and how many sleeps: each
-    /// sleep whole, in the interval in which it ends. Threads without
-    /// syscalls (kernel threads, io_uring and vhost workers) have none.
+    /// Time asleep (S or D) per syscall number, split at reads like the
+    /// times above, and how many sleeps ended. Threads without syscalls
+    /// (kernel threads, io_uring and vhost workers) have none.
     pub sleep_by_syscall: BTreeMap<u32, (u64, u64)>,
     /// A kernel thread: its sleep is in no syscall.
     pub kernel_thread: bool,
@@ -103,6 +104,7 @@ pub struct OffcpuProbe {
     counters: super::Counters,
     prev: StdHashMap<u32, Stats>,
     prev_sleep: StdHashMap<SleepKey, Sleep>,
+    sleep_split: SleepSplit,
     intervals: u64,
     status: ProbeStatus,
 }
@@ -113,6 +115,58 @@ fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {
 
 fn read_err(map: &'static str, e: std::io::Error) -> ProbeError {
     ProbeError::Read { probe: NAME, map, detail: e.to_string() }
+}
+
+/// The sleep per syscall, split at reads: the kernel adds a sleep to
+/// `OFFCPU_SLEEP` whole when the thread gets a CPU back; a sleep still in
+/// progress at a read is charged up to then from the thread's record, and
+/// what was charged is taken back from the whole when it arrives.
+#[derive(Default)]
+struct SleepSplit {
+    /// Per thread (id, first seen): the sleep in progress (its start, key)
+    /// and how much of it was charged.
+    charged: StdHashMap<(u32, u64), (u64, SleepKey, u64)>,
+    /// Per (process, syscall): charged minus taken back, to settle against
+    /// the kernel's figures at the next read. A negative rest waits for the
+    /// next one: a sleep that ends between the read of the threads and the
+    /// read of `OFFCPU_SLEEP` is taken back one interval late.
+    owed: StdHashMap<SleepKey, i64>,
+}
+
+impl SleepSplit {
+    /// Charges the sleeps in progress in `live` up to `now`; takes back
+    /// what was charged to sleeps that have ended since the last read.
+    fn charge(&mut self, live: &[(u32, Thread)], now: u64) {
+        let mut charged = StdHashMap::new();
+        for (tid, t) in live {
+            let Some((key, ns)) = t.sleep_so_far(now) else { continue };
+            let id = (*tid, t.born_ns);
+            let before = match self.charged.remove(&id) {
+                Some((start, _, before)) if start == t.off_ns => before,
+                Some((_, k, before)) => {
+                    *self.owed.entry(k).or_default() -= before as i64;
+                    0
+                }
+                None => 0,
+            };
+            *self.owed.entry(key).or_default() += ns.saturating_sub(before) as i64;
+            charged.insert(id, (t.off_ns, key, ns.max(before)));
+        }
+        for (_, (_, key, before)) in self.charged.drain() {
+            *self.owed.entry(key).or_default() -= before as i64;
+        }
+        self.charged = charged;
+    }
+
+    /// The kernel's whole sleeps `ns` for `key` since the last read, net of
+    /// what was charged and taken back.
+    fn settle(&mut self, key: &SleepKey, ns: u64) -> u64 {
+        let net = ns as i64 + self.owed.remove(key).unwrap_or(0);
+        if net < 0 {
+            self.owed.insert(*key, net);
+        }
+        net.max(0) as u64
+    }
 }
 
 /// Whether thread `tid` of process `tgid` still exists.
@@ -186,6 +240,7 @@ impl OffcpuProbe {
             counters,
             prev: StdHashMap::new(),
             prev_sleep: StdHashMap::new(),
+            sleep_split: SleepSplit::default(),
             intervals: 0,
             status: ProbeStatus::active(NAME, maps),
         })
@@ -202,6 +257,7 @@ impl OffcpuProbe {
         let live: Vec<(u32, Thread)> =
             self.threads_reader.read().map_err(|e| read_err("OFFCPU_THREADS", e))?.map(|(k, v)| (*k, *v)).collect();
         let now = super::monotonic_ns();
+        self.sleep_split.charge(&live, now);
         let retired: Vec<(RetiredKey, Thread)> =
             self.retired_reader.read().map_err(|e| read_err("OFFCPU_RETIRED", e))?.map(|(k, v)| (*k, *v)).collect();
         self.status.set_entries(common::MAP_THREADS, live.len() as u64);
@@ -331,18 +387,33 @@ impl Probe for OffcpuProbe {
             );
             *prev = *v;
         }
+        let mut slept = Vec::new();
         for (k, v) in self.sleep_reader.read().map_err(|e| read_err("OFFCPU_SLEEP", e))? {
             let prev = self.prev_sleep.entry(*k).or_default();
-            if prev == v {
-                continue;
+            if prev != v {
+                slept.push((*k, v.ns.wrapping_sub(prev.ns), v.count.wrapping_sub(prev.count)));
+                *prev = *v;
             }
-            let (ns, n) = (v.ns.wrapping_sub(prev.ns), v.count.wrapping_sub(prev.count));
-            *prev = *v;
-            let p = out.processes.entry(k.tgid).or_default();
-            p.offcpu.get_or_insert_with(Default::default).sleep_by_syscall.insert(k.nr, (ns, n));
+        }
+        // Sleeps only in progress: charged, none ended.
+        let split = &mut self.sleep_split;
+        let pending: Vec<_> = split
+            .owed
+            .iter()
+            .filter(|(k, n)| **n > 0 && !slept.iter().any(|(s, _, _)| s == *k))
+            .map(|(k, _)| (*k, 0, 0))
+            .collect();
+        slept.extend(pending);
+        for (k, ns, n) in slept {
+            let ns = split.settle(&k, ns);
+            if ns != 0 || n != 0 {
+                let p = out.processes.entry(k.tgid).or_default();
+                p.offcpu.get_or_insert_with(Default::default).sleep_by_syscall.insert(k.nr, (ns, n));
+            }
         }
         entries -= super::reclaim(&mut self.prev, &mut self.stats, &dead, |t| *t);
         super::reclaim(&mut self.prev_sleep, &mut self.sleep, &dead, |k| k.tgid);
+        self.sleep_split.owed.retain(|k, _| !dead.contains(&k.tgid));
         self.status.set_entries(common::MAP_STATS, entries);
         self.counters.read(&self.bpf, &mut self.status)?;
         // Records of threads gone without a seen exit (see STALE_NS).
@@ -352,5 +423,58 @@ impl Probe for OffcpuProbe {
 
     fn status(&self) -> ProbeStatus {
         self.status.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::offcpu::Reason;
+
+    use super::*;
+
+    fn asleep_since(off_ns: u64) -> Thread {
+        Thread { tgid: 7, nr: 35, reason: Reason::Sleep as u32, off_ns, born_ns: 1, ..Default::default() }
+    }
+
+    #[test]
+    fn the_object_has_every_name_this_side_uses() {
+        let maps = [
+            common::MAP_THREADS,
+            common::MAP_RETIRED,
+            common::MAP_STATS,
+            common::MAP_SLEEP,
+            common::MAP_COUNTERS,
+            common::MAP_ZERO,
+            common::MAP_PIDS,
+            common::MAP_STACKS,
+            common::MAP_STACK_TIME,
+        ];
+        let programs: Vec<&str> = PROGRAMS.iter().chain([&EXEC_PROGRAM]).map(|p| p.0).collect();
+        let globals = [globals::PT_REGS_NR_OFFSET, globals::STACKS_MIN_NS, globals::TASK_FLAGS_OFFSET];
+        ebpf::assert_object_has(OBJECT, &maps, &programs, &[&globals[..], &ebpf::FILTER_GLOBALS].concat());
+    }
+
+    #[test]
+    fn a_sleep_across_reads_is_charged_to_each_and_counted_once() {
+        let key = SleepKey { tgid: 7, nr: 35 };
+        let mut split = SleepSplit::default();
+        // Asleep since 100, read at 1000 and 2000: charged as it goes.
+        split.charge(&[(9, asleep_since(100))], 1000);
+        assert_eq!(split.settle(&key, 0), 900);
+        split.charge(&[(9, asleep_since(100))], 2000);
+        assert_eq!(split.settle(&key, 0), 1000);
+        // Woken at 2500: the kernel adds the whole 2,400; the read at 3000
+        // gets the 500 not yet charged.
+        split.charge(&[(9, Thread { off_ns: 0, on_ns: 2500, ..asleep_since(0) })], 3000);
+        assert_eq!(split.settle(&key, 2400), 500);
+        // A sleep that ends between the two reads (from 3100, seen in
+        // progress at 4000, whole 1,000 in the map already): counted twice
+        // for one interval, given back at the next.
+        split.charge(&[(9, asleep_since(3100))], 4000);
+        assert_eq!(split.settle(&key, 1000), 1900);
+        split.charge(&[], 5000);
+        assert_eq!(split.settle(&key, 300), 0);
+        assert_eq!(split.settle(&key, 700), 100);
+        // In all: 900 + 1000 + 500 + 1900 + 100, the kernel's 2400 + 1000 + 300 + 700.
     }
 }

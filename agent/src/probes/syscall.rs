@@ -235,3 +235,24 @@ impl Probe for SyscallProbe {
         self.status.clone()
     }
 }
+
+#[cfg(test)]
+mod object_tests {
+    use super::*;
+
+    #[test]
+    fn the_object_has_every_name_this_side_uses() {
+        let globals = [globals::PT_REGS_NR_OFFSET, globals::FORK_NRS];
+        let maps = [
+            common::MAP_STATS,
+            common::MAP_INFLIGHT,
+            common::MAP_SLOT,
+            common::MAP_EXITED,
+            common::MAP_PIDS,
+            common::MAP_COUNTERS,
+            common::MAP_ZERO,
+        ];
+        let programs: Vec<&str> = PROGRAMS.iter().map(|p| p.0).collect();
+        ebpf::assert_object_has(OBJECT, &maps, &programs, &[&globals[..], &ebpf::FILTER_GLOBALS].concat());
+    }
+}

@@ -226,3 +226,27 @@ impl Probe for TcpProbe {
         self.status.clone()
     }
 }
+
+#[cfg(test)]
+mod object_tests {
+    use super::*;
+
+    #[test]
+    fn the_object_has_every_name_this_side_uses() {
+        let maps = [
+            common::MAP_CONNS,
+            common::MAP_CLOSED,
+            common::MAP_ACCEPTED,
+            common::MAP_PIDS,
+            common::MAP_COUNTERS,
+            common::MAP_ZERO,
+        ];
+        let programs: Vec<&str> = PROGRAMS.iter().map(|p| p.0).collect();
+        ebpf::assert_object_has(
+            OBJECT,
+            &maps,
+            &programs,
+            &[&[common::GLOBAL_OFFSETS][..], &ebpf::FILTER_GLOBALS].concat(),
+        );
+    }
+}

@@ -687,7 +687,6 @@ fn main() {
             let (s, _) = listener.accept().expect("accept");
             drop(s);
             println!("dropped");
-            return;
         }
         Some("tcp-connect") => {
             let ip: std::net::IpAddr = args[2].parse().expect("address");
