@@ -22,8 +22,8 @@ pub struct Agent {
 impl Agent {
     /// Loads and attaches every probe. One that cannot is logged with the
     /// kernel's reason and left out; the others run.
-    /// `only` names the probes to run; empty means all.
-    pub fn start(opts: &Options, only: &[&str], top: usize, cmdline: bool) -> Self {
+    /// `only` names the probes to run; empty means all. Reports name `host`.
+    pub fn start(opts: &Options, only: &[&str], top: usize, cmdline: bool, host: String) -> Self {
         match crate::ebpf::ensure_tracefs() {
             Ok(crate::ebpf::TracefsState::MountedNow) => {
                 log::info!("mounted tracefs at {}", crate::ebpf::TRACEFS)
@@ -52,7 +52,7 @@ impl Agent {
             procs: ProcCache::new(cmdline),
             devices: Default::default(),
             top,
-            host: hostname(),
+            host,
             last: Instant::now(),
         }
     }

@@ -12,10 +12,26 @@ use crate::{
 
 static CHECK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/check"));
 
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
-const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
+
+/// The capabilities the agent needs without root (the systemd unit's and
+/// the DaemonSet's set), each with one that also grants it, and what it is for.
+const NEEDED: &[(u32, &str, u32, &str)] = &[
+    (CAP_BPF, "CAP_BPF", CAP_SYS_ADMIN, "load BPF programs and maps"),
+    (CAP_PERFMON, "CAP_PERFMON", CAP_SYS_ADMIN, "attach to tracepoints; read kernel memory and stacks in BPF"),
+    (
+        CAP_DAC_READ_SEARCH,
+        "CAP_DAC_READ_SEARCH",
+        CAP_DAC_OVERRIDE,
+        "read the tracepoint formats under /sys/kernel/tracing, which only root may",
+    ),
+    (CAP_SYS_PTRACE, "CAP_SYS_PTRACE", CAP_SYS_PTRACE, "read other processes' /proc/PID/exe and maps"),
+];
 
 fn line(what: &str, ok: bool, detail: &str) {
     println!("{what:<22} {:<5} {detail}", if ok { "ok" } else { "FAIL" });
@@ -46,32 +62,33 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         Err(e) => line("tracefs", false, &e),
     }
 
+    match crate::procinfo::host_pid_namespace() {
+        Ok(()) => line("PID namespace", true, "the host's"),
+        Err(e) => line("PID namespace", false, &e),
+    }
+
     let caps = effective_caps();
     let has = |c: u32| caps.is_some_and(|v| v & (1u64 << c) != 0);
-    let priv_ok = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     let who = if euid == 0 { "root".to_string() } else { format!("uid {euid}") };
-    let mut names = Vec::new();
-    for (c, n) in [
-        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-        (CAP_BPF, "CAP_BPF"),
-        (CAP_PERFMON, "CAP_PERFMON"),
-        (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),
-    ] {
-        if has(c) {
-            names.push(n);
-        }
+    let (held, missing): (Vec<_>, Vec<_>) = NEEDED.iter().partition(|(c, _, also, _)| has(*c) || has(*also));
+    let names = |caps: &[&(u32, &str, u32, &str)]| caps.iter().map(|c| c.1).collect::<Vec<_>>().join(", ");
+    if missing.is_empty() {
+        line("privileges", true, &format!("{who} with {}", names(&held)));
+    } else {
+        let why: Vec<String> = missing.iter().map(|(_, name, _, what)| format!("{name} (to {what})")).collect();
+        line(
+            "privileges",
+            false,
+            &format!(
+                "{who} lacks {}; has {}. Run as root, or grant them: AmbientCapabilities= in a systemd unit, \
+                 securityContext.capabilities.add in a pod",
+                why.join(", "),
+                if held.is_empty() { "none of them".to_string() } else { names(&held) }
+            ),
+        );
     }
-    line(
-        "privileges",
-        priv_ok,
-        &if priv_ok {
-            format!("{who} with {}", names.join(", "))
-        } else {
-            format!("{who} without CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN): run as root, e.g. `sudo hostprobe ...`")
-        },
-    );
 
     let mut usable = 0;
     for spec in probes::ALL {

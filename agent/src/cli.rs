@@ -3,7 +3,7 @@
 
 use std::{path::Path, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 
 use crate::probes::{CgroupFilter, Options};
 
@@ -23,7 +23,9 @@ hostprobe run --pid 1234 --interval 5s  one process, every 5 s\n  \
 hostprobe run --output json --duration 1m > out.jsonl\n  \
 hostprobe run --prometheus-listen 127.0.0.1:9464 --collector https://c:7700 --ca-file ca.pem\n  \
 hostprobe offcpu --pid 1234 --svg wait.svg  where one process waits, as a flame graph\n  \
-hostprobe check                        what works on this host, and how to fix what does not"
+hostprobe check                        what works on this host, and how to fix what does not\n\n\
+Every flag can also come from the environment: --spool-dir from HOSTPROBE_SPOOL_DIR, --plaintext from \
+HOSTPROBE_PLAINTEXT=true, and so on (shown as [env: ...] in each command's --help); the command line wins."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,6 +33,34 @@ pub struct Cli {
     /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG also works.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// The command line, with every long flag also read from `HOSTPROBE_<FLAG>`
+/// (`--spool-dir` from `HOSTPROBE_SPOOL_DIR`) in every subcommand; a flag
+/// given on the command line wins. Flags that name their own variable
+/// (none yet) keep it.
+pub fn command() -> clap::Command {
+    fn with_env(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|a| match a.get_long() {
+            Some(long) if a.get_env().is_none() && long != "verbose" => {
+                let var = format!("HOSTPROBE_{}", long.to_uppercase().replace('-', "_"));
+                a.env(var)
+            }
+            _ => a,
+        })
+        .mut_subcommands(with_env)
+    }
+    with_env(Cli::command())
+}
+
+/// Parses `args` (the program name first) with [`command`].
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut cmd = command();
+    Cli::from_arg_matches_mut(&mut cmd.try_get_matches_from_mut(args)?).map_err(|e| e.format(&mut cmd))
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,7 +159,8 @@ pub struct RunArgs {
     /// Show this many processes (by time spent in syscalls); the rest are merged into "other".
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub top: u32,
-    /// Output format. auto: live view on a terminal, text otherwise.
+    /// Output format. auto: live view on a terminal, text otherwise; none:
+    /// nothing on stdout (for a service: logs only, on stderr).
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Auto)]
     pub output: OutputFormat,
     /// Include each process's command line (off by default: command lines can hold secrets).
@@ -142,6 +173,10 @@ pub struct RunArgs {
     /// Probes to run (comma-separated): syscall, disk, offcpu, tcp. Default: all.
     #[arg(long, value_delimiter = ',', value_parser = parse_probe, value_name = "NAME")]
     pub probes: Vec<&'static str>,
+    /// The host name on reports and metrics (default: $NODE_NAME when set,
+    /// as Kubernetes' downward API gives it; else the kernel's host name).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
     #[command(flatten)]
     pub filters: FilterArgs,
     #[command(flatten)]
@@ -149,6 +184,11 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (off by default).
     #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
     pub prometheus_listen: Option<std::net::SocketAddr>,
+    /// Serve /healthz (alive) and /readyz (probes attached and, with
+    /// --collector, connected to one) here, e.g. 0.0.0.0:9465. They are
+    /// also on --prometheus-listen.
+    #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
+    pub health_listen: Option<std::net::SocketAddr>,
     /// Process names exported as series of their own; the rest are summed
     /// as `other` (pids are never labels: they churn).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N", help_heading = "Metrics")]
@@ -192,6 +232,7 @@ pub enum OutputFormat {
     Live,
     Text,
     Json,
+    None,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -261,7 +302,17 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("hostprobe").chain(args.iter().copied()))
+        parse_from(std::iter::once("hostprobe").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn every_flag_has_its_variable() {
+        let cmd = command();
+        let run = cmd.find_subcommand("run").unwrap();
+        for a in run.get_arguments().filter(|a| a.get_long().is_some_and(|l| l != "verbose")) {
+            let want = format!("HOSTPROBE_{}", a.get_long().unwrap().to_uppercase().replace('-', "_"));
+            assert_eq!(a.get_env(), Some(std::ffi::OsStr::new(&want)), "--{}", a.get_long().unwrap());
+        }
     }
 
     #[test]

@@ -439,7 +439,7 @@ pub fn run(args: &crate::cli::DiagnoseArgs) -> std::process::ExitCode {
     if let Some(pid) = args.filters.pids.iter().find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
         return usage(&format!("--pid {pid}: no such process (see `ps -e`)"));
     }
-    let mut agent = crate::agent::Agent::start(&opts, &[], usize::MAX, false);
+    let mut agent = crate::agent::Agent::start(&opts, &[], usize::MAX, false, crate::agent::hostname());
     if !agent.active().contains(&crate::probes::offcpu::NAME) {
         eprintln!("hostprobe: diagnose needs the offcpu probe, which could not attach; `hostprobe check` says why");
         return std::process::ExitCode::FAILURE;

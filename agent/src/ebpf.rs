@@ -105,8 +105,12 @@ fn attach_reason(tracepoint: &str, e: &ProgramError) -> String {
 /// Mounts tracefs when it is missing. Raw tracepoints do not need it, but
 /// classic tracepoints do, and so do `check`'s listings. Returns what it did.
 pub fn ensure_tracefs() -> Result<TracefsState, String> {
-    if Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(TracefsState::Mounted);
+    match std::fs::metadata(Path::new(TRACEFS).join("events")) {
+        Ok(m) if m.is_dir() => return Ok(TracefsState::Mounted),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(format!("cannot read {TRACEFS} ({e}): only root may; run as root or with CAP_DAC_READ_SEARCH"))
+        }
+        _ => {}
     }
     let src = c"tracefs";
     let target = c"/sys/kernel/tracing";

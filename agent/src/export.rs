@@ -54,7 +54,9 @@ pub struct ClientArgs {
 pub struct ExportArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// This agent's id (default: derived from /etc/machine-id, stable across restarts).
+    /// This agent's id, unique in the fleet (default: $NODE_NAME when set;
+    /// else a SHA-256 of /etc/machine-id, stable across restarts). Without
+    /// either, streaming refuses to start rather than collide with another agent.
     #[arg(long, value_name = "ID")]
     pub agent_id: Option<String>,
     /// Reports kept in memory while the collector is unreachable; past it
@@ -182,20 +184,40 @@ pub fn status_message(s: &tonic::Status) -> String {
     format!("{what} ({:?}: {detail}){hint}", s.code())
 }
 
+/// Where the machine id is (systemd's, then D-Bus's older copy).
+const MACHINE_ID_FILES: &[&str] = &["/etc/machine-id", "/var/lib/dbus/machine-id"];
+
+/// This agent's id: `explicit` (--agent-id), else $NODE_NAME, else
+/// `hp-` and the first 16 hex digits of SHA-256("hostprobe-agent\n" + machine
+/// id) (hashed: the machine id is not to be shown as it is; SHA-256 so the
+/// id stays the same across Rust releases). `Err` says what to do.
+pub fn agent_id(explicit: Option<&str>) -> Result<String, String> {
+    if let Some(id) = explicit.filter(|i| !i.trim().is_empty()) {
+        return Ok(id.trim().to_string());
+    }
+    if let Some(node) = std::env::var("NODE_NAME").ok().filter(|n| !n.trim().is_empty()) {
+        return Ok(node.trim().to_string());
+    }
+    let machine_id = MACHINE_ID_FILES
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+        .ok_or(
+            "no agent id: /etc/machine-id is missing or empty (as in most containers) and neither --agent-id \
+             (HOSTPROBE_AGENT_ID) nor NODE_NAME is set; agents without one would all share an id and the \
+             collector would drop one's reports as duplicates of another's. Set --agent-id, NODE_NAME (the \
+             DaemonSet sets it from spec.nodeName), or mount the host's /etc/machine-id read-only",
+        )?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("hostprobe-agent\n{machine_id}").as_bytes());
+    Ok(format!("hp-{}", digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
 /// Who this agent is, on every report.
-pub fn identity(agent_id: Option<&str>, epoch: u64) -> pb::AgentIdentity {
-    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default();
-    let agent_id = agent_id.map(str::to_string).unwrap_or_else(|| {
-        // Hashed: /etc/machine-id is not to be shown as it is.
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        ("hostprobe-agent", read("/etc/machine-id")).hash(&mut h);
-        format!("hp-{:016x}", h.finish())
-    });
+pub fn identity(agent_id: &str, host: &str, epoch: u64) -> pb::AgentIdentity {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     pb::AgentIdentity {
-        agent_id,
-        host_name: crate::agent::hostname(),
-        boot_id: read("/proc/sys/kernel/random/boot_id"),
+        agent_id: agent_id.to_string(),
+        host_name: host.to_string(),
+        boot_id: boot_id.trim().to_string(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         epoch,
     }
@@ -240,6 +262,8 @@ struct Shared {
     identity: pb::AgentIdentity,
     /// Set at exit: end the stream cleanly once everything is acknowledged.
     closing: std::sync::atomic::AtomicBool,
+    /// Whether a stream to a collector is up (for /readyz).
+    connected: Arc<std::sync::atomic::AtomicBool>,
     /// Failed sessions, and when the last one failed (Unix seconds).
     errors: std::sync::atomic::AtomicU64,
     last_error_unix: std::sync::atomic::AtomicI64,
@@ -250,11 +274,11 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The first queued report at or after `seq`.
+    /// The first queued report at or after `seq` (the queue is in sequence
+    /// order, with gaps where a damaged spool file was skipped).
     fn at_or_after(&self, seq: u64) -> Option<Encoded> {
         let q = self.lock();
-        let first = q.reports.front()?.sequence;
-        let i = seq.saturating_sub(first) as usize;
+        let i = q.reports.partition_point(|r| r.sequence < seq);
         q.reports.get(i).cloned()
     }
 
@@ -283,8 +307,8 @@ pub struct Exporter {
 
 impl Exporter {
     /// Loads the spool (if any) and starts the sender on the current tokio
-    /// runtime.
-    pub fn start(args: &ExportArgs) -> anyhow::Result<Self> {
+    /// runtime. Reports carry `agent_id` and `host`.
+    pub fn start(args: &ExportArgs, agent_id: &str, host: &str) -> anyhow::Result<Self> {
         let client = args.client.clone();
         for url in &client.collectors {
             if url.starts_with("http://") && !client.plaintext {
@@ -293,20 +317,22 @@ impl Exporter {
         }
         token(&client)?;
         let now_ns = crate::metrics::now_unix_ns().max(1) as u64;
-        let (spool, epoch, next_seq, reports) = match &args.spool_dir {
+        let (spool, epoch, next_seq, reports, damaged) = match &args.spool_dir {
             Some(dir) => {
-                let (spool, epoch, next, reports) = Spool::open(dir, args.spool_max, now_ns)?;
-                (Some(spool), epoch, next, reports)
+                let (spool, epoch, next, reports, damaged) = Spool::open(dir, args.spool_max, now_ns)?;
+                (Some(spool), epoch, next, reports, damaged)
             }
-            None => (None, now_ns, 1, VecDeque::new()),
+            None => (None, now_ns, 1, VecDeque::new(), 0),
         };
         if !reports.is_empty() {
             log::info!("spool: {} unacknowledged reports from before, to send first", reports.len());
         }
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { reports, cap: args.queue as usize, next_seq, epoch, dropped: 0, spool }),
+            // Damaged spool files are reports lost: counted with the dropped.
+            queue: Mutex::new(Queue { reports, cap: args.queue as usize, next_seq, epoch, dropped: damaged, spool }),
             changed: Notify::new(),
-            identity: identity(args.agent_id.as_deref(), epoch),
+            identity: identity(agent_id, host, epoch),
+            connected: Default::default(),
             closing: std::sync::atomic::AtomicBool::new(false),
             errors: std::sync::atomic::AtomicU64::new(0),
             last_error_unix: std::sync::atomic::AtomicI64::new(0),
@@ -328,10 +354,18 @@ impl Exporter {
                 q.drop_oldest("memory queue full (--queue)");
             }
             let bytes = bytes::Bytes::from(r.encode_to_vec());
-            if let Some(s) = &mut q.spool {
-                if let Err(e) = s.add(r.sequence, &bytes, r.agent.as_ref().map_or(0, |a| a.epoch), r.sequence + 1) {
+            let epoch = r.agent.as_ref().map_or(0, |a| a.epoch);
+            while let Some(s) = &mut q.spool {
+                let Err(e) = s.add(r.sequence, &bytes, epoch, r.sequence + 1) else { break };
+                // A full disk: the oldest reports make room for the newest.
+                let full = e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull)
+                });
+                if !full || q.reports.is_empty() {
                     log::warn!("spool: {e:#}; this report is in memory only");
+                    break;
                 }
+                q.drop_oldest("the spool's filesystem is full");
             }
             while q.spool.as_ref().is_some_and(|s| s.over_cap()) && !q.reports.is_empty() {
                 q.drop_oldest("spool full (--spool-max)");
@@ -339,6 +373,11 @@ impl Exporter {
             q.reports.push_back(Encoded { sequence: r.sequence, bytes });
         }
         self.shared.changed.notify_one();
+    }
+
+    /// True while a stream to a collector is up (for /readyz).
+    pub fn connected(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.shared.connected.clone()
     }
 
     /// (queue length, failed sessions, when the last failed) for health metrics.
@@ -423,7 +462,7 @@ async fn session(
     }
     client.ready().await.map_err(|e| anyhow::anyhow!("{}", transport_error(url, &e)))?;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/hostprobe.v1.Collector/Stream");
-    let mut acks = client
+    let acks = client
         .streaming(request, path, EncodedCodec)
         .await
         .map_err(|s| {
@@ -438,6 +477,20 @@ async fn session(
             anyhow::anyhow!("{}{hint}", status_message(&s))
         })?
         .into_inner();
+    shared.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+    let result = stream(url, shared, acks, tx, outage_since).await;
+    shared.connected.store(false, std::sync::atomic::Ordering::Relaxed);
+    result
+}
+
+/// Sends queued reports on an open stream and takes their acknowledgements.
+async fn stream(
+    url: &str,
+    shared: &Shared,
+    mut acks: tonic::Streaming<pb::Ack>,
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    outage_since: &mut Option<std::time::Instant>,
+) -> anyhow::Result<()> {
     let backlog = shared.len();
     match outage_since.take() {
         Some(t) => log::info!(
@@ -477,8 +530,11 @@ async fn session(
     }
 }
 
-/// Reports on disk: one file per report (`<sequence>.pb`), and `state`
-/// (epoch and next sequence) so that numbering survives a restart.
+/// Reports on disk: one file per report (`<sequence>.hps`, framed with a
+/// checksum by [`crate::wire::frame`]), and `state` (epoch and next
+/// sequence) so that numbering survives a restart. A report counts as
+/// spooled once its file and the directory entry are synced. Files are
+/// 0600 in a 0700 directory: reports name processes and commands.
 struct Spool {
     dir: PathBuf,
     max_bytes: u64,
@@ -487,9 +543,18 @@ struct Spool {
     bytes: u64,
 }
 
+/// What opening a spool found: epoch, next sequence, the reports in it, and
+/// how many files were damaged (skipped and removed).
+type Opened = (Spool, u64, u64, VecDeque<Encoded>, u64);
+
 impl Spool {
-    fn open(dir: &Path, max_bytes: u64, now_ns: u64) -> anyhow::Result<(Spool, u64, u64, VecDeque<Encoded>)> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating --spool-dir {}", dir.display()))?;
+    fn open(dir: &Path, max_bytes: u64, now_ns: u64) -> anyhow::Result<Opened> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating --spool-dir {}", dir.display()))?;
         let state = dir.join("state");
         let (epoch, mut next) = match std::fs::read_to_string(&state) {
             Ok(s) => {
@@ -502,36 +567,54 @@ impl Spool {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (now_ns, 1),
             Err(e) => return Err(e).with_context(|| format!("reading {}", state.display())),
         };
-        let mut seqs: Vec<u64> = std::fs::read_dir(dir)
+        // `.pb`: unframed reports of agents before checksums.
+        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
             .with_context(|| format!("reading --spool-dir {}", dir.display()))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".pb")?.parse().ok())
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let name = path.file_name()?.to_str()?;
+                let seq = name.strip_suffix(".hps").or_else(|| name.strip_suffix(".pb"))?.parse().ok()?;
+                Some((seq, path))
+            })
             .collect();
-        seqs.sort_unstable();
+        files.sort_unstable();
         let mut spool = Spool { dir: dir.to_path_buf(), max_bytes, files: VecDeque::new(), bytes: 0 };
         let mut reports = VecDeque::new();
-        for seq in seqs {
-            let path = spool.path(seq);
-            let bytes = std::fs::read(&path).ok();
-            let decoded = bytes.as_deref().and_then(|b| pb::Report::decode(b).ok());
-            match (decoded, bytes) {
-                (Some(r), Some(bytes)) if r.sequence == seq && r.agent.as_ref().is_some_and(|a| a.epoch == epoch) => {
-                    spool.files.push_back((seq, bytes.len() as u64));
-                    spool.bytes += bytes.len() as u64;
+        let mut damaged = 0;
+        for (seq, path) in files {
+            let data = std::fs::read(&path).unwrap_or_default();
+            let legacy = path.extension().is_some_and(|e| e == "pb");
+            let payload = if legacy { Some(&data[..]) } else { crate::wire::unframe(&data) };
+            let report = payload.and_then(|p| pb::Report::decode(p).ok());
+            match (report, payload) {
+                (Some(r), Some(p)) if r.sequence == seq && r.agent.as_ref().is_some_and(|a| a.epoch == epoch) => {
+                    if legacy {
+                        spool.write(seq, p)?;
+                        let _ = std::fs::remove_file(&path);
+                    } else {
+                        spool.files.push_back((seq, data.len() as u64));
+                        spool.bytes += data.len() as u64;
+                    }
                     next = next.max(seq + 1);
-                    reports.push_back(Encoded { sequence: seq, bytes: bytes.into() });
+                    reports.push_back(Encoded { sequence: seq, bytes: bytes::Bytes::copy_from_slice(p) });
+                }
+                (Some(_), Some(_)) => {
+                    log::warn!("spool: {} is from another epoch or misnamed; removed", path.display());
+                    let _ = std::fs::remove_file(&path);
                 }
                 _ => {
-                    log::warn!("spool: {} is unreadable or from another epoch; removed", path.display());
+                    damaged += 1;
+                    log::warn!("spool: {} is damaged (checksum or format); skipped and removed", path.display());
                     let _ = std::fs::remove_file(&path);
                 }
             }
         }
         spool.write_state(epoch, next)?;
-        Ok((spool, epoch, next, reports))
+        Ok((spool, epoch, next, reports, damaged))
     }
 
     fn path(&self, seq: u64) -> PathBuf {
-        self.dir.join(format!("{seq:020}.pb"))
+        self.dir.join(format!("{seq:020}.hps"))
     }
 
     fn write_state(&self, epoch: u64, next: u64) -> anyhow::Result<()> {
@@ -540,14 +623,35 @@ impl Spool {
         std::fs::rename(&tmp, self.dir.join("state")).context("replacing the spool state")
     }
 
-    fn add(&mut self, sequence: u64, bytes: &[u8], epoch: u64, next: u64) -> anyhow::Result<()> {
-        let path = self.path(sequence);
+    /// Writes report `seq` durably: a temporary file, synced, renamed, and
+    /// the directory synced. A failure leaves nothing half-written behind.
+    fn write(&mut self, seq: u64, report: &[u8]) -> std::io::Result<()> {
+        use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+        let (path, framed) = (self.path(seq), crate::wire::frame(report));
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        self.files.push_back((sequence, bytes.len() as u64));
-        self.bytes += bytes.len() as u64;
-        self.write_state(epoch, next)
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&framed).and_then(|()| f.sync_data()))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.files.push_back((seq, framed.len() as u64));
+        self.bytes += framed.len() as u64;
+        Ok(())
+    }
+
+    /// Spools report `sequence`; the state first (a next sequence ahead of
+    /// the files is harmless), so that a failure leaves nothing to undo.
+    fn add(&mut self, sequence: u64, bytes: &[u8], epoch: u64, next: u64) -> anyhow::Result<()> {
+        self.write_state(epoch, next)?;
+        self.write(sequence, bytes).with_context(|| format!("writing {}", self.path(sequence).display()))
     }
 
     fn over_cap(&self) -> bool {

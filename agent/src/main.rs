@@ -1,10 +1,10 @@
 use std::process::ExitCode;
 
-use clap::{error::ErrorKind, Parser as _};
-use hostprobe::cli::{Cli, Command};
+use clap::error::ErrorKind;
+use hostprobe::cli::Command;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match hostprobe::cli::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             return match e.kind() {

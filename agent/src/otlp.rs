@@ -39,6 +39,9 @@ pub enum Temporality {
 pub struct OtlpArgs {
     /// OTLP/gRPC endpoint, e.g. https://otel-collector:4317 (http:// with
     /// --plaintext). TLS settings are --ca-file/--client-cert/--client-key.
+    /// Also from OTEL_EXPORTER_OTLP_ENDPOINT, where http:// means plaintext
+    /// as in every OpenTelemetry SDK; OTEL_SERVICE_NAME and
+    /// OTEL_RESOURCE_ATTRIBUTES (key=value,...) set the resource.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
     /// Header sent with every export, e.g. `api-key=SECRET` (repeatable).
@@ -51,6 +54,73 @@ pub struct OtlpArgs {
     /// CA certificate(s) (PEM) for the OTLP endpoint (default: --ca-file, or the system's roots).
     #[arg(long, value_name = "FILE")]
     pub otlp_ca_file: Option<std::path::PathBuf>,
+}
+
+impl OtlpArgs {
+    /// The endpoint, and whether plaintext was asked for by the standard
+    /// variable: --otlp-endpoint (HOSTPROBE_OTLP_ENDPOINT) first, else
+    /// OTEL_EXPORTER_OTLP_ENDPOINT.
+    pub fn endpoint(&self) -> Option<(String, bool)> {
+        if let Some(url) = &self.otlp_endpoint {
+            return Some((url.clone(), false));
+        }
+        let url = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|u| !u.trim().is_empty())?;
+        let plaintext = url.starts_with("http://");
+        Some((url.trim().to_string(), plaintext))
+    }
+}
+
+/// The resource: ours, then OTEL_RESOURCE_ATTRIBUTES over it, then
+/// OTEL_SERVICE_NAME over `service.name` (the OpenTelemetry SDKs' order).
+fn resource(service: &str, host: &str) -> Resource {
+    let mut attrs =
+        vec![s("service.name", service), s("service.version", env!("CARGO_PKG_VERSION")), s("host.name", host)];
+    let mut set = |key: &str, value: &str| match attrs.iter_mut().find(|a| a.key == key) {
+        Some(a) => *a = s(key, value),
+        None => attrs.push(s(key, value)),
+    };
+    if let Ok(env) = std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
+        match parse_resource_attributes(&env) {
+            Ok(pairs) => pairs.iter().for_each(|(k, v)| set(k, v)),
+            Err(e) => log::warn!("OTEL_RESOURCE_ATTRIBUTES ignored: {e}"),
+        }
+    }
+    if let Some(name) = std::env::var("OTEL_SERVICE_NAME").ok().filter(|n| !n.is_empty()) {
+        set("service.name", &name);
+    }
+    Resource { attributes: attrs, ..Default::default() }
+}
+
+/// `key=value,key=value`, values percent-encoded (the specification's
+/// format); one bad pair discards all, as the specification says.
+fn parse_resource_attributes(s: &str) -> Result<Vec<(String, String)>, String> {
+    let decode = |v: &str| -> Result<String, String> {
+        let b = v.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                let hex = v.get(i + 1..i + 3).ok_or(format!("{v:?}: a % must start %XX"))?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("{v:?}: bad %{hex}"))?);
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).map_err(|_| format!("{v:?} is not UTF-8 once decoded"))
+    };
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').ok_or(format!("{p:?}: expected key=value"))?;
+            let k = k.trim();
+            if k.is_empty() {
+                return Err(format!("{p:?}: empty key"));
+            }
+            Ok((k.to_string(), decode(v.trim())?))
+        })
+        .collect()
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -238,29 +308,25 @@ pub struct Exporter {
     resource: Resource,
     tx: tokio::sync::watch::Sender<u64>,
     queue: std::sync::Arc<std::sync::Mutex<VecDeque<(u64, ExportMetricsServiceRequest)>>>,
+    /// Whether the last export was accepted (for /readyz).
+    delivering: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Exporter {
     /// `service` names the exporter in the resource (`hostprobe`, or
-    /// `hostprobe-collector`).
+    /// `hostprobe-collector`) unless OTEL_SERVICE_NAME does; `host` is its
+    /// `host.name`.
     pub fn start(
         args: &OtlpArgs,
         client: &crate::export::ClientArgs,
         url: String,
         service: &str,
+        host: &str,
     ) -> anyhow::Result<Self> {
         if url.starts_with("http://") && !client.plaintext {
             anyhow::bail!("--otlp-endpoint {url} is plaintext (http://): use https://, or add --plaintext");
         }
-        let host = crate::agent::hostname();
-        let resource = Resource {
-            attributes: vec![
-                s("service.name", service),
-                s("service.version", env!("CARGO_PKG_VERSION")),
-                s("host.name", &host),
-            ],
-            ..Default::default()
-        };
+        let resource = resource(service, host);
         let mut headers = MetadataMap::new();
         for (k, v) in &args.otlp_headers {
             let key: tonic::metadata::MetadataKey<tonic::metadata::Ascii> =
@@ -276,8 +342,10 @@ impl Exporter {
         if args.otlp_ca_file.is_some() {
             client.ca_file = args.otlp_ca_file.clone();
         }
-        tokio::spawn(sender(url, client, headers, queue.clone(), rx));
+        let delivering = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(sender(url, client, headers, queue.clone(), rx, delivering.clone()));
         Ok(Self {
+            delivering,
             temporality: args.otlp_temporality,
             last: Default::default(),
             last_time: crate::metrics::now_unix_ns() as u64,
@@ -285,6 +353,11 @@ impl Exporter {
             tx,
             queue,
         })
+    }
+
+    /// True while the last export was accepted (for /readyz).
+    pub fn delivering(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.delivering.clone()
     }
 
     /// Builds this interval's request and hands it to the sender.
@@ -446,6 +519,7 @@ async fn sender(
     headers: MetadataMap,
     queue: std::sync::Arc<std::sync::Mutex<VecDeque<(u64, ExportMetricsServiceRequest)>>>,
     mut wake: tokio::sync::watch::Receiver<u64>,
+    delivering: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut client = None;
     let mut failures = 0u32;
@@ -467,6 +541,7 @@ async fn sender(
                     )
                 }
                 Err(e) => {
+                    delivering.store(false, std::sync::atomic::Ordering::Relaxed);
                     failures += 1;
                     backoff(&url, &format!("{e:#}"), failures).await;
                     continue;
@@ -484,6 +559,7 @@ async fn sender(
                     log::info!("OTLP {url}: export accepted again after {failures} failed attempts");
                 }
                 failures = 0;
+                delivering.store(true, std::sync::atomic::Ordering::Relaxed);
                 if let Some(p) = resp.into_inner().partial_success {
                     if p.rejected_data_points > 0 {
                         log::warn!("OTLP {url}: {} data points rejected: {}", p.rejected_data_points, p.error_message);
@@ -492,10 +568,12 @@ async fn sender(
                 sent(&queue, seq);
             }
             Err(s) if retryable(&s) => {
+                delivering.store(false, std::sync::atomic::Ordering::Relaxed);
                 failures += 1;
                 backoff(&url, &format!("{:?}: {}", s.code(), s.message()), failures).await;
             }
             Err(s) => {
+                delivering.store(false, std::sync::atomic::Ordering::Relaxed);
                 log::error!(
                     "OTLP {url}: export refused ({:?}: {}); dropped it (not retryable; check --otlp-header and the endpoint)",
                     s.code(),
@@ -527,12 +605,21 @@ async fn backoff(url: &str, why: &str, failures: u32) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn resource_attributes_follow_the_specification() {
+        let pairs = parse_resource_attributes("k8s.node.name=n1, deployment.environment=prod%2Ceu ,").unwrap();
+        assert_eq!(pairs, [("k8s.node.name".into(), "n1".into()), ("deployment.environment".into(), "prod,eu".into())]);
+        assert!(parse_resource_attributes("a=1,novalue").unwrap_err().contains("novalue"));
+        assert!(parse_resource_attributes("a=%zz").is_err());
+    }
+
     /// An exporter whose requests stay in its queue (no sender runs).
     fn exporter(temporality: Temporality) -> Exporter {
         Exporter {
             temporality,
             last: Default::default(),
             last_time: 0,
+            delivering: Default::default(),
             resource: Resource::default(),
             tx: tokio::sync::watch::channel(0u64).0,
             queue: Default::default(),

@@ -92,6 +92,28 @@ pub fn pod_uid(cgroup: &str) -> Option<String> {
     })
 }
 
+/// The inode of the kernel's initial PID namespace, the host's: fixed
+/// (`PROC_PID_INIT_INO`, include/linux/proc_ns.h, since Linux 3.8).
+const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
+
+/// `Err` when this process is not in the host's PID namespace, saying what
+/// to do. The probes report host pids; in another namespace /proc names
+/// other processes (or none) by them, so every name, cgroup and --pid would
+/// be wrong.
+pub fn host_pid_namespace() -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ns = std::fs::metadata("/proc/self/ns/pid").map_err(|e| format!("cannot read /proc/self/ns/pid: {e}"))?;
+    if ns.ino() == INIT_PID_NS_INO {
+        return Ok(());
+    }
+    Err(format!(
+        "not in the host's PID namespace (this one is pid:[{}]): the kernel reports host pids, which this /proc \
+         cannot resolve, so every process name, cgroup and --pid would be wrong. Run in the host's PID namespace: \
+         `hostPID: true` in a Kubernetes pod spec, `--pid=host` for podman or docker",
+        ns.ino()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +131,19 @@ mod tests {
     }
 
     const ID: &str = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899";
+
+    #[test]
+    fn ids_survive_a_path_relative_to_the_agents_cgroup_namespace() {
+        // What an agent in a pod with a cgroup namespace of its own reads
+        // for a process of another pod.
+        let uid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0";
+        let path = format!(
+            "/../../../kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
+            uid.replace('-', "_")
+        );
+        assert_eq!(container_id(&path).as_deref(), Some(ID));
+        assert_eq!(pod_uid(&path).as_deref(), Some(uid));
+    }
 
     #[test]
     fn container_ids_of_common_runtimes() {

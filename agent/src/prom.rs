@@ -6,7 +6,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc, Mutex,
+    },
 };
 
 use anyhow::Context as _;
@@ -250,35 +253,72 @@ fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
 }
 
 /// Serves `/metrics` on `addr` until the runtime stops.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Mutex<Metrics>>) -> anyhow::Result<()> {
+/// What `/readyz` answers: ready once the probes are attached and while
+/// every exporter set delivers.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    pub attached: Arc<AtomicBool>,
+    /// Each exporter (what it sends to) and whether it delivers now.
+    pub exporters: Vec<(&'static str, Arc<AtomicBool>)>,
+}
+
+impl Readiness {
+    /// `Err(why)` while not ready.
+    fn check(&self) -> Result<(), String> {
+        if !self.attached.load(Relaxed) {
+            return Err("probes not attached yet".into());
+        }
+        match self.exporters.iter().find(|(_, ok)| !ok.load(Relaxed)) {
+            Some((to, _)) => Err(format!("not connected to {to}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Serves `GET /metrics` (when `metrics` is given), `/healthz` (200 while the
+/// process serves) and `/readyz` (200 when `ready`, else 503 and why) on
+/// `addr`; `flag` names where the address came from, for errors.
+pub async fn serve(
+    addr: SocketAddr,
+    flag: &str,
+    metrics: Option<Arc<Mutex<Metrics>>>,
+    ready: Arc<Readiness>,
+) -> anyhow::Result<()> {
     use http_body_util::Full;
     use hyper::{body::Bytes, service::service_fn, Response, StatusCode};
 
-    let registry = Arc::new(registry(metrics));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("--prometheus-listen {addr}: cannot listen there"))?;
-    log::info!("Prometheus metrics on http://{addr}/metrics");
+    let registry = metrics.map(|m| Arc::new(registry(m)));
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{flag} {addr}: cannot listen there"))?;
+    match registry {
+        Some(_) => log::info!("Prometheus metrics on http://{addr}/metrics; health on /healthz and /readyz"),
+        None => log::info!("health on http://{addr}/healthz and /readyz"),
+    }
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let registry = registry.clone();
+            let (registry, ready) = (registry.clone(), ready.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let registry = registry.clone();
+                    let (registry, ready) = (registry.clone(), ready.clone());
                     async move {
-                        if req.uri().path() != "/metrics" {
-                            return Response::builder()
-                                .status(StatusCode::NOT_FOUND)
-                                .body(Full::new(Bytes::from("see /metrics\n")));
-                        }
-                        match render(&registry) {
-                            Ok(body) => Response::builder()
-                                .header("content-type", prometheus_client::encoding::prometheus_text::CONTENT_TYPE)
-                                .body(Full::new(Bytes::from(body))),
-                            Err(e) => Response::builder()
-                                .status(StatusCode::INTERNAL_SERVER_ERROR)
-                                .body(Full::new(Bytes::from(format!("encoding failed: {e}\n")))),
+                        let text = |status: StatusCode, body: String| {
+                            Response::builder().status(status).body(Full::new(Bytes::from(body)))
+                        };
+                        match (req.uri().path(), &registry) {
+                            ("/healthz", _) => text(StatusCode::OK, "ok\n".into()),
+                            ("/readyz", _) => match ready.check() {
+                                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                            },
+                            ("/metrics", Some(registry)) => match render(registry) {
+                                Ok(body) => Response::builder()
+                                    .header("content-type", prometheus_client::encoding::prometheus_text::CONTENT_TYPE)
+                                    .body(Full::new(Bytes::from(body))),
+                                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding failed: {e}\n")),
+                            },
+                            (_, Some(_)) => text(StatusCode::NOT_FOUND, "see /metrics, /healthz, /readyz\n".into()),
+                            (_, None) => text(StatusCode::NOT_FOUND, "see /healthz, /readyz\n".into()),
                         }
                     }
                 });

@@ -4,7 +4,10 @@
 
 use std::{
     process::ExitCode,
-    sync::mpsc as std_mpsc,
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        mpsc as std_mpsc, Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -15,64 +18,103 @@ use crate::{
     agent::Agent,
     cli::{OutputFormat, RunArgs},
     output::{Json, Live, Sink, Text},
+    prom::Readiness,
     report::Report,
 };
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Errors of deployment exit 2 like bad flags: restarting cannot fix them
+    // (the systemd unit's RestartPreventExitStatus=2).
+    let refuse = |e: String| {
+        eprintln!("hostprobe: {e}");
+        Ok(ExitCode::from(2))
+    };
+    if let Err(e) = crate::procinfo::host_pid_namespace() {
+        return refuse(e);
+    }
     let opts = match args.filters.resolve(args.max_entries) {
         Ok(o) => o,
-        Err(e) => {
-            eprintln!("hostprobe: {e}");
-            return Ok(ExitCode::from(2));
+        Err(e) => return refuse(e),
+    };
+    for pid in &opts.pids {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            log::warn!("--pid {pid}: no such process is running now; nothing is reported for it unless one starts");
         }
+    }
+    let host = args.hostname.clone().or_else(node_name).unwrap_or_else(crate::agent::hostname);
+    let export = args.export;
+    let agent_id = match export.client.collectors.is_empty() {
+        true => None,
+        false => match crate::export::agent_id(export.agent_id.as_deref()) {
+            Ok(id) => Some(id),
+            Err(e) => return refuse(e),
+        },
     };
     let stdout = std::io::stdout();
-    let mut sink: Box<dyn Sink> = match args.output {
-        OutputFormat::Json => Box::new(Json(stdout)),
-        OutputFormat::Text => Box::new(Text(stdout)),
-        OutputFormat::Live => Box::new(Live(stdout)),
-        OutputFormat::Auto if stdout.is_terminal() => Box::new(Live(stdout)),
-        OutputFormat::Auto => Box::new(Text(stdout)),
+    let mut sink: Option<Box<dyn Sink>> = match args.output {
+        OutputFormat::None => None,
+        OutputFormat::Json => Some(Box::new(Json(stdout))),
+        OutputFormat::Text => Some(Box::new(Text(stdout))),
+        OutputFormat::Live => Some(Box::new(Live(stdout))),
+        OutputFormat::Auto if stdout.is_terminal() => Some(Box::new(Live(stdout))),
+        OutputFormat::Auto => Some(Box::new(Text(stdout))),
     };
+    let attached = Arc::new(AtomicBool::new(false));
 
     let (report_tx, mut report_rx) = tokio::sync::mpsc::channel::<Report>(4);
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
     let (interval, limit, top, cmdline) = (args.interval, args.duration, args.top as usize, args.cmdline);
     let only = args.probes.clone();
+    let (worker_attached, worker_host) = (attached.clone(), host.clone());
     let worker = std::thread::Builder::new()
         .name("collect".into())
         .spawn(move || -> anyhow::Result<()> {
-            let mut agent = Agent::start(&opts, &only, top, cmdline);
+            let mut agent = Agent::start(&opts, &only, top, cmdline, worker_host);
             let active = agent.active();
             if active.is_empty() {
                 anyhow::bail!("no probe could be attached; `hostprobe check` says why and how to fix it");
             }
             log::info!("running probes: {}; reporting every {:?}", active.join(", "), interval);
+            worker_attached.store(true, Relaxed);
             collect_loop(&mut agent, interval, limit, &stop_rx, &report_tx);
             Ok(())
         })
         .context("starting the collection thread")?;
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let export = args.export;
-    let metrics = (args.prometheus_listen.is_some() || args.otlp.otlp_endpoint.is_some()).then(|| {
+    let otlp_endpoint = args.otlp.endpoint();
+    let metrics = (args.prometheus_listen.is_some() || otlp_endpoint.is_some()).then(|| {
         std::sync::Arc::new(std::sync::Mutex::new(crate::metrics::Metrics::new(args.metrics_max_processes as usize)))
     });
-    let prometheus_listen = args.prometheus_listen;
+    let (prometheus_listen, health_listen) = (args.prometheus_listen, args.health_listen);
     let otlp_args = args.otlp;
     rt.block_on(async move {
-        let exporter = if export.client.collectors.is_empty() {
-            None
-        } else {
-            Some(crate::export::Exporter::start(&export)?)
-        };
-        if let (Some(addr), Some(m)) = (prometheus_listen, &metrics) {
-            crate::prom::serve(addr, m.clone()).await?;
-        }
-        let mut otlp = match &otlp_args.otlp_endpoint {
-            Some(url) => Some(crate::otlp::Exporter::start(&otlp_args, &export.client, url.clone(), "hostprobe")?),
+        let exporter = match &agent_id {
+            Some(id) => Some(crate::export::Exporter::start(&export, id, &host)?),
             None => None,
         };
+        let mut otlp = match otlp_endpoint {
+            Some((url, standard_plaintext)) => {
+                let mut client = export.client.clone();
+                client.plaintext |= standard_plaintext;
+                Some(crate::otlp::Exporter::start(&otlp_args, &client, url, "hostprobe", &host)?)
+            }
+            None => None,
+        };
+        let mut exporters = Vec::new();
+        if let Some(x) = &exporter {
+            exporters.push(("the collector", x.connected()));
+        }
+        if let Some(o) = &otlp {
+            exporters.push(("the OTLP endpoint", o.delivering()));
+        }
+        let ready = Arc::new(Readiness { attached, exporters });
+        if let Some(addr) = prometheus_listen {
+            crate::prom::serve(addr, "--prometheus-listen", metrics.clone(), ready.clone()).await?;
+        }
+        if let Some(addr) = health_listen {
+            crate::prom::serve(addr, "--health-listen", None, ready).await?;
+        }
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut stopping = false;
         loop {
@@ -92,7 +134,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                                 o.export(&m, report.end_unix_ns);
                             }
                         }
-                        if let Err(e) = sink.emit(&report) {
+                        if let Err(e) = sink.as_mut().map_or(Ok(()), |s| s.emit(&report)) {
                             if e.kind() == std::io::ErrorKind::BrokenPipe {
                                 let _ = stop_tx.send(());
                                 break;
@@ -130,6 +172,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(_) => anyhow::bail!("the collection thread panicked"),
     }
+}
+
+/// $NODE_NAME (Kubernetes' downward API: `spec.nodeName`), when set.
+fn node_name() -> Option<String> {
+    std::env::var("NODE_NAME").ok().map(|n| n.trim().to_string()).filter(|n| !n.is_empty())
 }
 
 /// Ticks every `interval` on a fixed schedule (no drift), until stopped or

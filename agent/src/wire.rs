@@ -163,3 +163,31 @@ pub fn report(r: &report::Report) -> pb::Report {
         tcp_unknown_owner: r.tcp_unknown_owner.iter().map(tcp).collect(),
     }
 }
+
+/// A report framed for a file (the collector's journal, the agent's spool):
+/// `HPR1`, the payload's length (u32, little-endian), its CRC-32, then the
+/// payload. The checksum tells a damaged record from a good one.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(FRAME_HEADER + payload.len());
+    r.extend_from_slice(FRAME_MAGIC);
+    r.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    r.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    r.extend_from_slice(payload);
+    r
+}
+
+pub const FRAME_MAGIC: &[u8; 4] = b"HPR1";
+pub const FRAME_HEADER: usize = 12;
+/// Larger payloads are not records (messages are at most a few MiB).
+const FRAME_MAX: usize = 256 << 20;
+
+/// The payload of the record at the start of `data`, if it checks out.
+pub fn unframe(data: &[u8]) -> Option<&[u8]> {
+    if data.len() < FRAME_HEADER || &data[..4] != FRAME_MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes(data[4..8].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(data[8..12].try_into().ok()?);
+    let payload = data.get(FRAME_HEADER..FRAME_HEADER + len).filter(|_| len <= FRAME_MAX)?;
+    (crc32fast::hash(payload) == crc).then_some(payload)
+}

@@ -69,12 +69,17 @@ impl Agent {
     /// probes run, without waiting for a report: for long intervals.
     pub fn start_attached(args: &[&str]) -> Agent {
         let agent = Agent::spawn(args);
+        agent.wait_attached();
+        agent
+    }
+
+    /// Waits (up to 30 s) until the agent logs that its probes run.
+    pub fn wait_attached(&self) {
         let end = Instant::now() + Duration::from_secs(30);
-        while !agent.stderr().contains("running probes") {
-            assert!(Instant::now() < end, "hostprobe did not attach within 30 s; stderr:\n{}", agent.stderr());
+        while !self.stderr().contains("running probes") {
+            assert!(Instant::now() < end, "hostprobe did not attach within 30 s; stderr:\n{}", self.stderr());
             std::thread::sleep(Duration::from_millis(20));
         }
-        agent
     }
 
     fn spawn(args: &[&str]) -> Agent {
@@ -83,6 +88,12 @@ impl Agent {
         if !args.contains(&"--interval") {
             cmd.args(["--interval", INTERVAL]);
         }
+        Agent::spawn_command(cmd)
+    }
+
+    /// Spawns `cmd`, a `hostprobe run` started some other way (through
+    /// `unshare` or `setpriv`, its flags in the environment), without waiting.
+    pub fn spawn_command(mut cmd: Command) -> Agent {
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn hostprobe");
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");

@@ -468,7 +468,10 @@ fn a_damaged_journal_record_is_skipped_and_counted_and_the_rest_survive_a_restar
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
         .expect("a journal segment");
     let mut bytes = std::fs::read(&segment).unwrap();
-    let fifth = (0..bytes.len()).filter(|i| bytes[*i..].starts_with(b"HPJ1")).nth(4).expect("a fifth record");
+    let fifth = (0..bytes.len())
+        .filter(|i| bytes[*i..].starts_with(hostprobe::wire::FRAME_MAGIC))
+        .nth(4)
+        .expect("a fifth record");
     bytes[fifth + 12 + 20] ^= 0x55;
     std::fs::write(&segment, &bytes).unwrap();
 
@@ -604,4 +607,87 @@ fn an_open_collector_is_asked_for_and_agents_and_readers_have_their_own_tokens()
         assert_eq!(e.metadata().unwrap().permissions().mode() & 0o777, 0o600, "{:?}", e.path());
     }
     drop(collector);
+}
+
+/// The spool's report files, oldest first.
+fn spooled(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "hps"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `dropped_reports` of the last report of `agent` in the journal.
+fn last_dropped(dir: &Path, agent: &str) -> u64 {
+    let replay = hostprobe::collector::journal::read_dir(dir).unwrap();
+    replay
+        .records
+        .iter()
+        .rev()
+        .filter_map(|b| pb::Report::decode(b.as_slice()).ok())
+        .find(|r| r.agent.as_ref().is_some_and(|a| a.agent_id == agent))
+        .map_or(0, |r| r.dropped_reports)
+}
+
+#[test]
+fn a_damaged_spool_file_is_skipped_and_counted_and_the_rest_arrive() {
+    // The collector is down; the agent spools its reports and stops. One
+    // spooled report is damaged on disk. The agent starts again with the
+    // collector up: every other report arrives exactly once, and the
+    // reports say one was lost.
+    let (data, spool) = (TempDir::new("spool-damage-collector"), TempDir::new("spool-damage-agent"));
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let args = agent_args(&url, "spool-damage", &["--plaintext", "--spool-dir", spool.path()]);
+    let mut first = Agent::start(&args);
+    first.run_for(Duration::from_secs(2));
+    let n1 = first.stop().len();
+    let files = spooled(&spool.0);
+    assert_eq!(files.len(), n1, "every report spooled");
+    let victim = &files[files.len() / 2];
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[hostprobe::wire::FRAME_HEADER + 10] ^= 0x55;
+    std::fs::write(victim, &bytes).unwrap();
+    let lost: u64 = victim.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+
+    let collector = Collector::start(port, &["--plaintext", "--data-dir", data.path()]);
+    let mut second = Agent::start(&args);
+    assert!(second.stderr().contains("is damaged"), "{}", second.stderr());
+    until_logged(&mut second, "caught up", Duration::from_secs(60));
+    let n2 = second.stop().len();
+    drop(collector);
+    let got: Vec<u64> = journal(&data.0, "spool-damage").iter().map(|(_, s)| *s).collect();
+    let want: Vec<u64> = (1..=(n1 + n2) as u64).filter(|s| *s != lost).collect();
+    assert_eq!(got, want, "all but the damaged report {lost}, once each, in order");
+    assert_eq!(last_dropped(&data.0, "spool-damage"), 1, "the reports count the one lost");
+}
+
+#[test]
+fn a_full_spool_filesystem_drops_the_oldest_and_counts_them() {
+    // The spool is a 64 KiB filesystem and the collector is down: the
+    // agent keeps the newest reports that fit and drops the oldest, saying
+    // so. Once the collector is up, what it gets plus what the reports say
+    // was dropped is every report the agent printed, and what it gets is
+    // the newest, contiguous.
+    let spool = SmallDisk::new("fullspool", "64k");
+    let data = TempDir::new("fullspool-collector");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut agent = Agent::start(&agent_args(&url, "fullspool", &["--plaintext", "--spool-dir", spool.0.path()]));
+    until_logged(&mut agent, "the spool's filesystem is full", Duration::from_secs(60));
+    agent.run_for(Duration::from_secs(1));
+    let collector = Collector::start(port, &["--plaintext", "--data-dir", data.path()]);
+    until_logged(&mut agent, "caught up", Duration::from_secs(60));
+    agent.run_for(Duration::from_secs(1));
+    let (reports, log) = agent.stop_logged();
+    drop(collector);
+    let n = reports.len() as u64;
+    let got: Vec<u64> = journal(&data.0, "fullspool").iter().map(|(_, s)| *s).collect();
+    let dropped = last_dropped(&data.0, "fullspool");
+    assert!(dropped > 0 && log.contains("dropped report 1 "), "{log}");
+    assert_eq!(got.len() as u64 + dropped, n, "{} arrived + {dropped} dropped = {n} printed", got.len());
+    assert_eq!(got, (dropped + 1..=n).collect::<Vec<_>>(), "the newest arrived, once each, in order");
 }

@@ -4,10 +4,12 @@
 //! cargo xtask run [-- ARGS]   set up, build, run `hostprobe run ARGS` as root
 //! cargo xtask test [-- ARGS]  set up, build, run every test (ARGS go to cargo test)
 //! cargo xtask bench           set up (with the peers), measure, write BENCHMARKS.md
+//! cargo xtask image           set up, build the container image (static binary, FROM scratch)
 //! cargo xtask setup           only install what is missing (idempotent)
 //! ```
 
 mod bench;
+mod image;
 mod setup;
 
 use std::{
@@ -47,6 +49,12 @@ enum Task {
     },
     /// Measure the probes' overhead against a baseline and the peers; writes BENCHMARKS.md.
     Bench(bench::Args),
+    /// Build the container image with podman: the static (musl) binary alone, FROM scratch
+    /// (deploy/container/Containerfile). No base image is downloaded.
+    Image {
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -67,6 +75,8 @@ fn main() -> Result<()> {
             setup::all(false)?;
             lint()?;
             build()?;
+            // tests/tests/deploy.rs runs it.
+            image::build(image::DEFAULT_TAG)?;
             step("running the tests (unit tests, then the end-to-end tests that load the probes)");
             let mut cmd = cargo();
             cmd.args(["test", "--release"]).args(&args).args(["--", "--test-threads=1"]);
@@ -75,6 +85,10 @@ fn main() -> Result<()> {
                 cmd.env(format!("CARGO_TARGET_{}_RUNNER", host_triple()?.to_uppercase().replace('-', "_")), "sudo -E");
             }
             run(&mut cmd)
+        }
+        Task::Image { tag } => {
+            setup::all(false)?;
+            image::build(&tag)
         }
         Task::Bench(args) => {
             setup::all(true)?;

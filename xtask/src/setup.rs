@@ -12,9 +12,15 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the tests use: fio (the disk probe's ground truth),
 /// iproute2 (network namespaces, tc, ss and nstat for the TCP probe), nftables
-/// (packet loss for the retransmit test), ethtool (offloads off there) and
-/// prometheus (a real server scraping the agent, and promtool).
-const TEST_PACKAGES: &[&str] = &["fio", "iproute2", "nftables", "ethtool", "prometheus"];
+/// (packet loss for the retransmit test), ethtool (offloads off there),
+/// prometheus (a real server scraping the agent, and promtool); for the
+/// deployment: musl-tools (C parts of the static build), podman and runc
+/// (building and running the image; crun fails on hybrid cgroup hosts).
+const TEST_PACKAGES: &[&str] =
+    &["fio", "iproute2", "nftables", "ethtool", "prometheus", "musl-tools", "podman", "runc"];
+
+/// The target of the static build in the container image.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 /// Debian packages `cargo xtask bench` compares against or loads with.
 const BENCH_PACKAGES: &[&str] = &["bpftrace", "libbpf-tools", "fio", "iperf3"];
 
@@ -25,7 +31,13 @@ pub fn all(bench: bool) -> Result<()> {
     component("stable", "clippy", "to lint the agent")?;
     bpf_linker()?;
     debian_packages(TEST_PACKAGES)?;
-    otlp_venv()?;
+    musl_target()?;
+    venv(
+        &otlp_venv_dir(),
+        OTLP_PYTHON,
+        "import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc",
+    )?;
+    venv(&deploy_venv_dir(), DEPLOY_PYTHON, "import checkov, kubernetes_validate")?;
     if bench {
         debian_packages(BENCH_PACKAGES)?;
     }
@@ -102,35 +114,50 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+fn musl_target() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if installed.lines().any(|l| l.trim() == MUSL_TARGET) {
+        return Ok(());
+    }
+    step(&format!("adding the {MUSL_TARGET} target (the static binary in the container image)"));
+    run(Command::new("rustup").args(["target", "add", MUSL_TARGET]))
+}
+
 /// Python packages of the OTLP test receiver (tests/otlp_receiver.py): the
 /// official generated classes and grpcio, in a virtual environment.
 const OTLP_PYTHON: &[&str] = &["opentelemetry-proto", "grpcio"];
 
-/// Where that environment lives (the tests look for it there too).
-pub fn otlp_venv_dir() -> PathBuf {
+/// Python packages that check the Kubernetes manifests: a schema validator
+/// that works offline, and a policy scanner.
+const DEPLOY_PYTHON: &[&str] = &["kubernetes-validate", "checkov"];
+
+fn cache_dir() -> PathBuf {
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache/hostprobe/otlp-venv")
+    PathBuf::from(home).join(".cache/hostprobe")
 }
 
-/// Creates the OTLP receiver's virtual environment unless it works already.
-fn otlp_venv() -> Result<()> {
-    let dir = otlp_venv_dir();
+/// Where the OTLP receiver's environment lives (the tests look for it there too).
+pub fn otlp_venv_dir() -> PathBuf {
+    cache_dir().join("otlp-venv")
+}
+
+/// Where the manifest checkers' environment lives (the tests look there too).
+pub fn deploy_venv_dir() -> PathBuf {
+    cache_dir().join("deploy-venv")
+}
+
+/// Creates a virtual environment with `packages` unless `import` works in it already.
+fn venv(dir: &std::path::Path, packages: &[&str], import: &str) -> Result<()> {
     let python = dir.join("bin/python");
-    let works = |p: &std::path::Path| {
-        output(
-            Command::new(p)
-                .args(["-c", "import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc"]),
-        )
-        .is_some()
-    };
-    if works(&python) {
+    let works = || output(Command::new(&python).args(["-c", import])).is_some();
+    if works() {
         return Ok(());
     }
-    step(&format!("creating the OTLP test receiver's Python environment: {}", dir.display()));
-    run(Command::new("python3").arg("-m").arg("venv").arg(&dir))?;
-    run(Command::new(dir.join("bin/pip")).args(["install", "--quiet"]).args(OTLP_PYTHON))?;
-    if !works(&python) {
-        bail!("{} cannot import grpc and opentelemetry.proto after installing them", python.display());
+    step(&format!("creating a Python environment with {}: {}", packages.join(", "), dir.display()));
+    run(Command::new("python3").arg("-m").arg("venv").arg(dir))?;
+    run(Command::new(dir.join("bin/pip")).args(["install", "--quiet"]).args(packages))?;
+    if !works() {
+        bail!("{} cannot `{import}` after installing {}", python.display(), packages.join(", "));
     }
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! collector acknowledges it, replayed at start.
 //!
 //! Segments `journal-NNNNNNNN.hpj` in `--data-dir` (0700; files 0600), each a
-//! run of records: `HPJ1`, payload length (u32, little-endian), CRC-32 of
-//! the payload, then the payload (an encoded `Report`). One thread owns the
+//! run of records framed by [`crate::wire::frame`] (magic, length, CRC-32,
+//! then an encoded `Report`). One thread owns the
 //! files: appends queue to it, and each pass writes everything queued at
 //! once and syncs it once (group commit), then answers every append in the
 //! pass; the gRPC workers only wait. A failed write (a full disk) is cut
@@ -26,11 +26,8 @@ use std::{
 
 use anyhow::Context as _;
 
-const MAGIC: &[u8; 4] = b"HPJ1";
-const HEADER: usize = 12;
-/// Larger payloads are not records (the collector refuses messages past
-/// `--max-message`, at most a few MiB).
-const MAX_RECORD: usize = 256 << 20;
+use crate::wire::{frame, unframe, FRAME_HEADER, FRAME_MAGIC};
+
 /// A new segment past this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// The journal of collectors before segments: length-delimited reports,
@@ -47,42 +44,22 @@ pub struct Replay {
     pub corrupt_bytes: u64,
 }
 
-/// One record as written.
-fn record(payload: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(HEADER + payload.len());
-    r.extend_from_slice(MAGIC);
-    r.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    r.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    r.extend_from_slice(payload);
-    r
-}
-
-/// The record at the start of `data`, if it checks out: its payload.
-fn parse(data: &[u8]) -> Option<&[u8]> {
-    if data.len() < HEADER || &data[..4] != MAGIC {
-        return None;
-    }
-    let len = u32::from_le_bytes(data[4..8].try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(data[8..12].try_into().ok()?);
-    let payload = data.get(HEADER..HEADER + len).filter(|_| len <= MAX_RECORD)?;
-    (crc32fast::hash(payload) == crc).then_some(payload)
-}
-
 /// Reads one segment into `out`; returns the length of its good prefix
 /// (where a torn last record begins, or the whole file).
 pub fn read_segment(data: &[u8], out: &mut Replay) -> usize {
     let mut at = 0;
     let mut good = 0;
     while at < data.len() {
-        if let Some(p) = parse(&data[at..]) {
+        if let Some(p) = unframe(&data[at..]) {
             out.records.push(p.to_vec());
-            at += HEADER + p.len();
+            at += FRAME_HEADER + p.len();
             good = at;
             continue;
         }
         // Damaged: the next place a record checks out, if any.
-        let next =
-            (at + 1..data.len()).filter(|i| data[*i..].starts_with(MAGIC)).find(|i| parse(&data[*i..]).is_some());
+        let next = (at + 1..data.len())
+            .filter(|i| data[*i..].starts_with(FRAME_MAGIC))
+            .find(|i| unframe(&data[*i..]).is_some());
         match next {
             Some(next) => {
                 out.corrupt += 1;
@@ -207,7 +184,7 @@ impl Journal {
             let mut moved = Vec::new();
             while let Ok(len) = prost::encoding::decode_varint(&mut buf) {
                 let Some(p) = buf.get(..len as usize) else { break };
-                moved.extend_from_slice(&record(p));
+                moved.extend_from_slice(&frame(p));
                 replay.records.push(p.to_vec());
                 buf = &buf[len as usize..];
             }
@@ -249,7 +226,7 @@ impl Writer {
             let mut buf = Vec::new();
             let mut newest = i64::MIN;
             for Cmd::Append { payload, end_ns, .. } in &batch {
-                buf.extend_from_slice(&record(payload));
+                buf.extend_from_slice(&frame(payload));
                 newest = newest.max(*end_ns);
             }
             let result = self.write(&buf).map_err(|e| e.to_string());
@@ -313,21 +290,21 @@ mod tests {
     #[test]
     fn a_damaged_record_is_skipped_and_the_rest_kept() {
         let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 100 + i as usize]).collect();
-        let mut data: Vec<u8> = payloads.iter().flat_map(|p| record(p)).collect();
+        let mut data: Vec<u8> = payloads.iter().flat_map(|p| frame(p)).collect();
         // Damage the third record's payload, and tear the last one.
-        let third = 2 * HEADER + 100 + 101;
-        data[third + HEADER + 10] ^= 0xff;
+        let third = 2 * FRAME_HEADER + 100 + 101;
+        data[third + FRAME_HEADER + 10] ^= 0xff;
         let whole = data.len();
         data.truncate(whole - 7);
         let mut out = Replay::default();
         let good = read_segment(&data, &mut out);
         assert_eq!(out.records, vec![payloads[0].clone(), payloads[1].clone(), payloads[3].clone()]);
-        assert_eq!((out.corrupt, out.corrupt_bytes), (1, (HEADER + 102) as u64));
-        assert_eq!(good, whole - (HEADER + 104), "the torn last record is where the good prefix ends");
+        assert_eq!((out.corrupt, out.corrupt_bytes), (1, (FRAME_HEADER + 102) as u64));
+        assert_eq!(good, whole - (FRAME_HEADER + 104), "the torn last record is where the good prefix ends");
         // Damaged headers too: a wrong length, a wrong magic.
-        let mut data: Vec<u8> = payloads.iter().flat_map(|p| record(p)).collect();
+        let mut data: Vec<u8> = payloads.iter().flat_map(|p| frame(p)).collect();
         data[4] = 0xff;
-        data[HEADER + 100] = b'X';
+        data[FRAME_HEADER + 100] = b'X';
         let mut out = Replay::default();
         read_segment(&data, &mut out);
         assert_eq!(out.records, payloads[2..].to_vec());

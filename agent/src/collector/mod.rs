@@ -167,7 +167,7 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let metrics = (args.prometheus_listen.is_some() || args.otlp.otlp_endpoint.is_some())
+    let metrics = (args.prometheus_listen.is_some() || args.otlp.endpoint().is_some())
         .then(|| Arc::new(Mutex::new(crate::metrics::Metrics::new(args.metrics_max_processes as usize))));
     let svc = Service {
         store: Arc::new(Mutex::new(store)),
@@ -206,12 +206,20 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
             }
         });
         if let (Some(addr), Some(m)) = (args.prometheus_listen, &metrics) {
-            crate::prom::serve(addr, m.clone()).await?;
+            // Ready as soon as it listens: a collector has nothing to attach.
+            let ready = crate::prom::Readiness { attached: Arc::new(true.into()), exporters: Vec::new() };
+            crate::prom::serve(addr, "--prometheus-listen", Some(m.clone()), Arc::new(ready)).await?;
         }
-        if let (Some(url), Some(m)) = (&args.otlp.otlp_endpoint, &metrics) {
+        if let (Some((url, _)), Some(m)) = (args.otlp.endpoint(), &metrics) {
             // The scheme is the ask: http:// forwards in clear.
             let client = crate::export::ClientArgs { plaintext: url.starts_with("http://"), ..Default::default() };
-            let mut otlp = crate::otlp::Exporter::start(&args.otlp, &client, url.clone(), "hostprobe-collector")?;
+            let mut otlp = crate::otlp::Exporter::start(
+                &args.otlp,
+                &client,
+                url.clone(),
+                "hostprobe-collector",
+                &crate::agent::hostname(),
+            )?;
             let (m, every) = (m.clone(), args.otlp_interval);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);

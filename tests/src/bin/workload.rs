@@ -82,6 +82,10 @@
 //!                               prints round trips per second
 //! workload pingpong MS          (waits for stdin) two processes bounce a byte over
 //!                               pipes for MS ms; prints round trips per second
+//! workload ack-latency URL SECS one more agent streaming a small report every 50 ms
+//!                               to the collector at URL (plaintext) for SECS;
+//!                               prints {"acked","p50_ms","p99_ms"} of the time from
+//!                               each send to its acknowledgement
 //! ```
 use std::{io::BufRead, time::Duration};
 
@@ -204,6 +208,47 @@ fn pingpong(ms: u64) -> f64 {
         libc::waitpid(child, std::ptr::null_mut(), 0);
     }
     rate
+}
+
+/// Sends a small report every 50 ms for `secs` over one stream and times
+/// each acknowledgement (matched by sequence); sorted milliseconds.
+async fn ack_latency(url: String, secs: u64) -> Vec<f64> {
+    use hostprobe::wire::pb::{self, collector_client::CollectorClient};
+    let channel = tonic::transport::Endpoint::from_shared(url).expect("url").connect().await.expect("connect");
+    let mut client = CollectorClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut acks = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream").into_inner();
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let times = sent.clone();
+    let collect = tokio::spawn(async move {
+        let mut ms = Vec::new();
+        while let Ok(Some(ack)) = acks.message().await {
+            if let Some(t) = times.lock().expect("lock").remove(&ack.sequence) {
+                ms.push(std::time::Instant::elapsed(&t).as_secs_f64() * 1e3);
+            }
+        }
+        ms
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for seq in 1..=secs * 20 {
+        tick.tick().await;
+        let now = hostprobe::metrics::now_unix_ns();
+        let report = pb::Report {
+            agent: Some(pb::AgentIdentity { agent_id: "ack-latency".into(), epoch: 1, ..Default::default() }),
+            sequence: seq,
+            interval_start_unix_ns: now - 50_000_000,
+            interval_end_unix_ns: now,
+            ..Default::default()
+        };
+        sent.lock().expect("lock").insert(seq, std::time::Instant::now());
+        if tx.send(report).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let mut ms = collect.await.unwrap_or_default();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    ms
 }
 
 /// `reads` then `writes` 4 KiB O_DIRECT transfers, each at its own offset
@@ -415,6 +460,14 @@ fn main() {
             // SAFETY: reaps the child just made.
             unsafe { libc::waitpid(child as libc::pid_t, &mut status, 0) };
             println!("{{\"pid\":{},\"child\":{child},\"exec_ns\":{}}}", std::process::id(), now.saturating_sub(t0));
+            return;
+        }
+        Some("ack-latency") => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            let ms = rt.block_on(ack_latency(args[2].clone(), arg(&args, 3)));
+            let pct = |p: f64| ms.get(((ms.len() as f64 * p) as usize).min(ms.len().saturating_sub(1))).copied();
+            let json = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.2}"));
+            println!("{{\"acked\":{},\"p50_ms\":{},\"p99_ms\":{}}}", ms.len(), json(pct(0.5)), json(pct(0.99)));
             return;
         }
         Some("busy") => {
