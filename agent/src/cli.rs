@@ -82,6 +82,19 @@ pub enum Command {
     ///
     /// Example: hostprobe offcpu --pid 1234 --duration 10s --svg out.svg
     Offcpu(OffcpuArgs),
+    /// Name each process's bottleneck: watch for a while, then say where
+    /// its threads' time went, one verdict (cpu-bound, cpu-starved, disk,
+    /// network, lock, syscall-heavy, idle) and the figures that decided it.
+    ///
+    /// Without --pid, lists the --top processes that lose the most time,
+    /// worst first (idle ones last). The rules and their thresholds are in
+    /// the README (section "What is each process waiting for?").
+    #[command(after_help = "Examples:\n  \
+hostprobe diagnose                                the whole host for 10 s: the 10 worst processes\n  \
+hostprobe diagnose --pid 1234 --duration 30s      one process, with the figures that decided\n  \
+hostprobe diagnose --comm postgres --output json  every thread named postgres, as JSON\n  \
+hostprobe query --collector URL --diagnose        the same rules over a collector's fleet")]
+    Diagnose(DiagnoseArgs),
     /// Receive reports from agents (`hostprobe run --collector`), keep a
     /// window of them, and answer fleet queries.
     ///
@@ -112,6 +125,27 @@ pub struct OffcpuArgs {
     /// format flamegraph.pl and inferno read. Default without --svg: stdout.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    /// How long to watch.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Duration,
+    /// Processes listed when none is named with --pid, worst first (each --pid is always listed).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub top: u32,
+    /// text (for people) or json (one object: duration_ns, processes[]).
+    #[arg(long, short, value_enum, default_value_t = DiagnoseOutput::Text)]
+    pub output: DiagnoseOutput,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiagnoseOutput {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -341,6 +375,32 @@ mod tests {
             let c = resolve_cgroup("/").unwrap();
             assert_eq!(c.level, 0);
             assert!(resolve_cgroup("/no/such/group").unwrap_err().contains("not a cgroup"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod diagnose_tests {
+    use super::*;
+
+    #[test]
+    fn diagnose_defaults_and_bad_values() {
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("hostprobe").chain(args.iter().copied()));
+        let Command::Diagnose(d) = parse(&["diagnose"]).unwrap().command else { panic!() };
+        assert_eq!((d.duration, d.top, d.output), (Duration::from_secs(10), 10, DiagnoseOutput::Text));
+        let Command::Diagnose(d) = parse(&["diagnose", "--pid", "1,2", "--duration", "3s"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!((d.filters.pids, d.duration), (vec![1, 2], Duration::from_secs(3)));
+        for bad in [
+            &["diagnose", "--duration", "0"][..],
+            &["diagnose", "--duration", "soon"],
+            &["diagnose", "--top", "0"],
+            &["diagnose", "--output", "xml"],
+            &["diagnose", "--pid", "0"],
+            &["diagnose", "--comm", "a-name-longer-than-15"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -92,10 +92,10 @@ fn top_syscalls(list: &[SyscallReport], total_ns: u64) -> String {
         .join(", ")
 }
 
-fn row(out: &mut String, pid: &str, comm: &str, l: &Latency, list: &[SyscallReport], interval_ns: u64) {
+fn row(out: &mut String, pid: &str, comm: &str, verdict: &str, l: &Latency, list: &[SyscallReport], interval_ns: u64) {
     let time_pct = if interval_ns == 0 { 0.0 } else { l.total_ns as f64 * 100.0 / interval_ns as f64 };
     out.push_str(&format!(
-        "{pid:>8} {comm:<16} {:>10} {:>7} {:>6.1}% {:>7} {:>7} {:>7}  {}\n",
+        "{pid:>8} {comm:<16} {verdict:<13} {:>10} {:>7} {:>6.1}% {:>7} {:>7} {:>7}  {}\n",
         rate(l.count, interval_ns),
         rate(l.errors, interval_ns),
         time_pct,
@@ -135,15 +135,16 @@ pub fn table(r: &Report, rows: usize, out: &mut String) {
         out.push_str(&format!("  ! {p}\n"));
     }
     out.push_str(&format!(
-        "{:>8} {:<16} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7}  {}\n",
-        "PID", "COMM", "CALLS/s", "ERR/s", "TIME%", "P50", "P99", "MAX", "TOP SYSCALLS BY TIME"
+        "{:>8} {:<16} {:<13} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7}  {}\n",
+        "PID", "COMM", "VERDICT", "CALLS/s", "ERR/s", "TIME%", "P50", "P99", "MAX", "TOP SYSCALLS BY TIME"
     ));
     for p in r.processes.iter().take(rows) {
         let comm = if p.exited { format!("{}*", p.meta.comm) } else { p.meta.comm.clone() };
-        row(out, &p.pid.to_string(), &comm, &p.syscall_total, &p.syscalls, r.interval_ns);
+        let verdict = p.verdict.as_ref().map_or("-", |v| v.kind.name());
+        row(out, &p.pid.to_string(), &comm, verdict, &p.syscall_total, &p.syscalls, r.interval_ns);
     }
     if let Some(o) = &r.other {
-        row(out, "", &format!("({} others)", o.processes), &o.syscall_total, &o.syscalls, r.interval_ns);
+        row(out, "", &format!("({} others)", o.processes), "", &o.syscall_total, &o.syscalls, r.interval_ns);
     }
     if r.processes.is_empty() {
         out.push_str("  (no syscalls seen in this interval)\n");

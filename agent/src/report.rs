@@ -73,6 +73,10 @@ pub struct ProcessReport {
     /// into one `other` item.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<TcpReport>,
+    /// The process's bottleneck in this interval ([`crate::diagnose`]);
+    /// absent without the off-CPU probe's figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<crate::diagnose::Verdict>,
 }
 
 /// TCP items listed per process before the rest merge into `other`.
@@ -512,7 +516,7 @@ pub fn build(
     let rest_len = rest.len();
 
     let mut live = std::collections::HashSet::new();
-    let processes = ranked
+    let mut processes: Vec<ProcessReport> = ranked
         .into_iter()
         .map(|(pid, p)| {
             let (meta, exited) = match procs.get(pid) {
@@ -526,7 +530,7 @@ pub fn build(
             let disk = disk_list(&p.disk, devices);
             let offcpu = p.offcpu.as_ref().map(Into::into);
             let tcp = tcp_list(&p.tcp);
-            ProcessReport { pid, meta, exited, syscall_total, syscalls, disk, offcpu, tcp }
+            ProcessReport { pid, meta, exited, syscall_total, syscalls, disk, offcpu, tcp, verdict: None }
         })
         .collect();
     procs.retain(&live);
@@ -559,6 +563,10 @@ pub fn build(
         }
     });
 
+    let device_list = disk_list(&per_device, devices);
+    for p in &mut processes {
+        p.verdict = crate::diagnose::diagnose(p, &device_list, interval_ns).map(|d| d.verdict);
+    }
     let now = std::time::SystemTime::now();
     Report {
         time: humantime::format_rfc3339_millis(now).to_string(),
@@ -567,7 +575,7 @@ pub fn build(
         host: host.to_string(),
         processes,
         other,
-        devices: disk_list(&per_device, devices),
+        devices: device_list,
         tcp_unknown_owner,
         probes,
     }

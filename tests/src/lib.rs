@@ -467,6 +467,8 @@ pub struct DiskStats {
     pub writes: u64,
     pub write_sectors: u64,
     pub flushes: u64,
+    /// Time the device had I/O in flight (busy), ms.
+    pub io_ticks_ms: u64,
 }
 
 impl LoopDevice {
@@ -478,7 +480,15 @@ impl LoopDevice {
             .find(|f| f.get(2) == Some(&self.name()))
             .unwrap_or_else(|| panic!("{} not in /proc/diskstats", self.name()));
         let n = |i: usize| line.get(i).and_then(|v| v.parse().ok()).unwrap_or(0);
-        DiskStats { reads: n(3), read_sectors: n(5), read_ms: n(6), writes: n(7), write_sectors: n(9), flushes: n(18) }
+        DiskStats {
+            reads: n(3),
+            read_sectors: n(5),
+            read_ms: n(6),
+            writes: n(7),
+            write_sectors: n(9),
+            flushes: n(18),
+            io_ticks_ms: n(12),
+        }
     }
 }
 
@@ -492,6 +502,7 @@ impl std::ops::Sub for DiskStats {
             writes: self.writes - b.writes,
             write_sectors: self.write_sectors - b.write_sectors,
             flushes: self.flushes - b.flushes,
+            io_ticks_ms: self.io_ticks_ms - b.io_ticks_ms,
         }
     }
 }
@@ -776,4 +787,66 @@ pub fn is_kernel_thread(pid: u32) -> Option<bool> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let flags: u64 = rest.split_whitespace().nth(6)?.parse().ok()?;
     Some(flags & 0x0020_0000 != 0)
+}
+
+/// Two namespaces joined by a veth pair, IPv4 10.231.0.{1,2}/24 and IPv6
+/// fd00:231::{1,2}/64; deleted on drop.
+pub struct NetPair {
+    pub a: String,
+    pub b: String,
+}
+
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl NetPair {
+    /// Makes the namespaces (a side effect, so no `Default`).
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> NetPair {
+        let id = std::process::id() % 100_000;
+        let (a, b) = (format!("hpa{id}"), format!("hpb{id}"));
+        let pair = NetPair { a: a.clone(), b: b.clone() };
+        ip(&["netns", "add", &a]);
+        ip(&["netns", "add", &b]);
+        ip(&["link", "add", "va", "netns", &a, "type", "veth", "peer", "name", "vb", "netns", &b]);
+        for (ns, dev, v4, v6) in
+            [(&a, "va", "10.231.0.1/24", "fd00:231::1/64"), (&b, "vb", "10.231.0.2/24", "fd00:231::2/64")]
+        {
+            ip(&["-n", ns, "addr", "add", v4, "dev", dev]);
+            ip(&["-n", ns, "-6", "addr", "add", v6, "dev", dev, "nodad"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// The workload with `args`, inside namespace `ns` (`ip netns exec`
+    /// execs it: the child's pid is the workload's).
+    pub fn spawn(&self, ns: &str, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(workload_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn in namespace")
+    }
+
+    /// Runs a command inside namespace `ns`; returns its stdout.
+    pub fn run(&self, ns: &str, cmd: &[&str]) -> String {
+        let out = Command::new("ip").args(["netns", "exec", ns]).args(cmd).output().expect("ip netns exec");
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NetPair {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
 }

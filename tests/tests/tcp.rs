@@ -3,72 +3,12 @@
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
-use hostprobe_tests::{map_entries, probe_status, process_reports, workload_bin, Agent};
+use hostprobe_tests::{ip, map_entries, probe_status, process_reports, Agent, NetPair};
 use serde_json::Value;
-
-/// Two namespaces joined by a veth pair, IPv4 10.231.0.{1,2}/24 and IPv6
-/// fd00:231::{1,2}/64; deleted on drop.
-struct NetPair {
-    a: String,
-    b: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-impl NetPair {
-    fn new() -> NetPair {
-        let id = std::process::id() % 100_000;
-        let (a, b) = (format!("hpa{id}"), format!("hpb{id}"));
-        let pair = NetPair { a: a.clone(), b: b.clone() };
-        ip(&["netns", "add", &a]);
-        ip(&["netns", "add", &b]);
-        ip(&["link", "add", "va", "netns", &a, "type", "veth", "peer", "name", "vb", "netns", &b]);
-        for (ns, dev, v4, v6) in
-            [(&a, "va", "10.231.0.1/24", "fd00:231::1/64"), (&b, "vb", "10.231.0.2/24", "fd00:231::2/64")]
-        {
-            ip(&["-n", ns, "addr", "add", v4, "dev", dev]);
-            ip(&["-n", ns, "-6", "addr", "add", v6, "dev", dev, "nodad"]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        pair
-    }
-
-    /// The workload with `args`, inside namespace `ns` (`ip netns exec`
-    /// execs it: the child's pid is the workload's).
-    fn spawn(&self, ns: &str, args: &[&str]) -> Child {
-        Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(workload_bin())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn in namespace")
-    }
-
-    /// Runs a command inside namespace `ns`; returns its stdout.
-    fn run(&self, ns: &str, cmd: &[&str]) -> String {
-        let out = Command::new("ip").args(["netns", "exec", ns]).args(cmd).output().expect("ip netns exec");
-        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for NetPair {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
 
 fn say(c: &mut Child, line: &str) {
     use std::io::Write;

@@ -42,6 +42,20 @@ pub fn since(q: &pb::QueryRequest) -> i64 {
 /// `agents`: how many the collector knows.
 pub fn answer(snapshot: &[(String, Vec<Arc<[u8]>>)], agents: usize, q: &pb::QueryRequest) -> pb::QueryResponse {
     let by = By::try_from(q.by).unwrap_or(By::Syscalls);
+    if by == By::Diagnose {
+        let mut windows = std::collections::BTreeMap::new();
+        let mut reports = 0;
+        for (id, window) in snapshot {
+            for bytes in window {
+                let Ok(r) = pb::Report::decode(&bytes[..]) else { continue };
+                reports += 1;
+                windows.entry(id.clone()).or_insert_with(crate::fleet::AgentWindow::default).add(&r);
+            }
+        }
+        let limit = if q.limit == 0 { 10 } else { q.limit as usize };
+        let diagnoses = crate::fleet::diagnose_fleet(&windows, &q.comm, limit);
+        return pb::QueryResponse { agents: agents as u32, reports, diagnoses, ..Default::default() };
+    }
     let mut rows: HashMap<String, Row> = HashMap::new();
     let mut reports = 0;
     for (id, window) in snapshot {
@@ -64,7 +78,9 @@ pub fn answer(snapshot: &[(String, Vec<Arc<[u8]>>)], agents: usize, q: &pb::Quer
                     row.sum_unknown |= total.is_none();
                 };
                 match by {
-                    By::Syscalls | By::Unspecified => p.syscalls.iter().for_each(|s| add(&s.latency, Some(s.total_ns))),
+                    By::Syscalls | By::Unspecified | By::Diagnose => {
+                        p.syscalls.iter().for_each(|s| add(&s.latency, Some(s.total_ns)))
+                    }
                     By::DiskP99 => p.disk.iter().for_each(|d| add(&d.total, d.total.as_ref().and_then(|h| h.sum_ns))),
                     By::Offcpu => {
                         if let Some(o) = &p.offcpu {
@@ -99,7 +115,7 @@ pub fn answer(snapshot: &[(String, Vec<Arc<[u8]>>)], agents: usize, q: &pb::Quer
         _ => out.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.comm.cmp(&b.comm))),
     }
     out.truncate(if q.limit == 0 { 10 } else { q.limit as usize });
-    pb::QueryResponse { rows: out, agents: agents as u32, reports }
+    pb::QueryResponse { rows: out, agents: agents as u32, reports, diagnoses: Vec::new() }
 }
 
 /// `hostprobe query`.
@@ -121,6 +137,10 @@ pub struct QueryArgs {
     pub window: Duration,
     #[arg(long, default_value_t = 10)]
     pub limit: u32,
+    /// Each process's bottleneck over the window, per host, worst first
+    /// (the rules of `hostprobe diagnose`); --by does not apply.
+    #[arg(long)]
+    pub diagnose: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -146,6 +166,7 @@ pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
         let mut client = pb::collector_client::CollectorClient::new(channel);
         let mut req = Request::new(pb::QueryRequest {
             by: match args.by {
+                _ if args.diagnose => By::Diagnose,
                 QueryBy::Syscalls => By::Syscalls,
                 QueryBy::Disk => By::DiskP99,
                 QueryBy::Offcpu => By::Offcpu,
@@ -161,6 +182,16 @@ pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
         }
         let resp =
             client.query(req).await.map_err(|s| anyhow::anyhow!("{}", crate::export::status_message(&s)))?.into_inner();
+        if args.diagnose {
+            // An older collector reads DIAGNOSE as unspecified (proto rule
+            // 5) and ranks by syscalls instead.
+            anyhow::ensure!(
+                !resp.diagnoses.is_empty() || resp.rows.is_empty(),
+                "this collector does not know --diagnose: upgrade it"
+            );
+            print!("{}", crate::fleet::render(&resp, args.json));
+            return Ok(());
+        }
         if args.json {
             let rows: Vec<serde_json::Value> = resp
                 .rows

@@ -21,6 +21,13 @@
 //!                               waits for a second line before exiting
 //! workload mutex MS             a thread holds a mutex MS ms; the main thread
 //!                               blocks on it meanwhile
+//! workload dio-loop DEV MS      4 KiB O_DIRECT writes to DEV, one at a time, for
+//!                               MS ms; prints how many
+//! workload chatty MS            one-byte writes to /dev/null for MS ms; prints how many
+//! workload contend T HOLD MS    T threads take one mutex in turn for MS ms, each
+//!                               holding it HOLD ms
+//! workload epoll-idle MS        epoll_wait (100 ms timeout) on an idle eventfd for MS ms
+//! workload pipe-read MS         reads a pipe a child writes a byte to every 20 ms
 //! workload named-sleeper N MS   N nanosleep(MS ms) from a function named
 //!                               `named_sleeper`, for stack tests
 //! workload rename-sleep FROM TO N MS SECS  names itself FROM, then (after
@@ -497,6 +504,103 @@ fn main() {
             println!("{took:?}");
         }
         Some("openat-missing") => halves(arg(&args, 2), openat_missing),
+        Some("dio-loop") => {
+            // 4 KiB O_DIRECT writes at successive offsets of DEV (wrapping)
+            // for MS ms: synchronous, one at a time.
+            use std::os::unix::fs::{FileExt, OpenOptionsExt};
+            let (dev, end) = (&args[2], std::time::Instant::now() + Duration::from_millis(arg(&args, 3)));
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(dev)
+                .unwrap_or_else(|e| panic!("open {dev} with O_DIRECT: {e}"));
+            let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("layout");
+            // SAFETY: a non-zero-sized layout, never freed (the process ends).
+            let buf = unsafe { std::slice::from_raw_parts(std::alloc::alloc_zeroed(layout), 4096) };
+            let mut i = 0u64;
+            while std::time::Instant::now() < end {
+                f.write_all_at(buf, (i % 4096) * 4096).expect("direct write");
+                i += 1;
+            }
+            println!("{i}");
+        }
+        Some("chatty") => {
+            // One-byte writes to /dev/null for MS ms; prints how many.
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().write(true).open("/dev/null").expect("/dev/null");
+            let end = std::time::Instant::now() + Duration::from_millis(arg(&args, 2));
+            let mut n = 0u64;
+            while std::time::Instant::now() < end {
+                for _ in 0..1000 {
+                    f.write_all(b"x").expect("write");
+                }
+                n += 1000;
+            }
+            println!("{n}");
+        }
+        Some("contend") => {
+            // THREADS threads take one mutex in turn for MS ms, each holding
+            // it HOLD ms (asleep); the main thread waits for them.
+            let (threads, hold, ms) = (arg(&args, 2), arg(&args, 3), arg(&args, 4));
+            let lock = std::sync::Arc::new(std::sync::Mutex::new(0u64));
+            let end = std::time::Instant::now() + Duration::from_millis(ms);
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    let lock = lock.clone();
+                    std::thread::spawn(move || {
+                        while std::time::Instant::now() < end {
+                            let mut held = lock.lock().expect("lock");
+                            *held += 1;
+                            nanosleep(hold);
+                        }
+                    })
+                })
+                .collect();
+            workers.into_iter().for_each(|w| w.join().expect("join"));
+            println!("{}", lock.lock().expect("lock"));
+        }
+        Some("epoll-idle") => {
+            // A daemon's event loop with nothing to do: epoll_wait on an
+            // eventfd nobody signals, 100 ms timeout, for MS ms.
+            // SAFETY: plain fd syscalls on descriptors made here.
+            unsafe {
+                let ep = libc::epoll_create1(0);
+                let ev = libc::eventfd(0, 0);
+                let mut e = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+                assert_eq!(libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, ev, &mut e), 0, "epoll_ctl");
+                let end = std::time::Instant::now() + Duration::from_millis(arg(&args, 2));
+                while std::time::Instant::now() < end {
+                    libc::epoll_wait(ep, &mut e, 1, 100);
+                }
+            }
+        }
+        Some("pipe-read") => {
+            // Reads a pipe a child writes one byte to every 20 ms, for MS ms:
+            // asleep in read almost all the time.
+            let ms = arg(&args, 2);
+            let mut fds = [0i32; 2];
+            // SAFETY: pipe() fills the array; the child only writes, sleeps
+            // and exits (async-signal-safe).
+            unsafe {
+                assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+                if libc::fork() == 0 {
+                    libc::close(fds[0]);
+                    for _ in 0..ms / 20 {
+                        nanosleep(20);
+                        libc::write(fds[1], b"x".as_ptr().cast(), 1);
+                    }
+                    libc::_exit(0);
+                }
+                libc::close(fds[1]);
+                let mut b = [0u8; 1];
+                let mut n = 0;
+                while libc::read(fds[0], b.as_mut_ptr().cast(), 1) == 1 {
+                    n += 1;
+                }
+                libc::wait(std::ptr::null_mut());
+                println!("{n}");
+            }
+        }
         Some("churn") => {
             for _ in 0..arg(&args, 2) {
                 let ok = std::process::Command::new("/bin/true").status().map(|s| s.success());
