@@ -168,19 +168,7 @@ impl Process {
 }
 
 fn disk_list(disk: &BTreeMap<(String, &'static str), DiskData>) -> Vec<DiskReport> {
-    disk.iter()
-        .map(|((device, op), d)| DiskReport {
-            device: device.clone(),
-            op,
-            count: d.count,
-            merged: d.merged,
-            bytes: d.bytes,
-            errors: d.errors,
-            queue: (&d.queue).into(),
-            service: (&d.service).into(),
-            total: (&d.total).into(),
-        })
-        .collect()
+    disk.iter().map(|((device, op), d)| DiskReport::new(device.clone(), op, d)).collect()
 }
 
 /// One agent's reports in the window, merged.

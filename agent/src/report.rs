@@ -389,10 +389,14 @@ impl From<&Dist> for DistReport {
 }
 
 fn disk_list(data: &BTreeMap<(u32, Op), DiskData>, names: &mut DeviceNames) -> Vec<DiskReport> {
-    data.iter()
-        .map(|((dev, op), d)| DiskReport {
-            device: names.name(*dev),
-            op: op.name(),
+    data.iter().map(|((dev, op), d)| DiskReport::new(names.name(*dev), op.name(), d)).collect()
+}
+
+impl DiskReport {
+    pub fn new(device: String, op: &'static str, d: &DiskData) -> DiskReport {
+        DiskReport {
+            device,
+            op,
             count: d.count,
             merged: d.merged,
             bytes: d.bytes,
@@ -400,8 +404,8 @@ fn disk_list(data: &BTreeMap<(u32, Op), DiskData>, names: &mut DeviceNames) -> V
             queue: (&d.queue).into(),
             service: (&d.service).into(),
             total: (&d.total).into(),
-        })
-        .collect()
+        }
+    }
 }
 
 /// The processes below the `--top` cut, merged: the same figures as a

@@ -64,12 +64,21 @@ fn inflate(payload: &[u8]) -> Option<Vec<u8>> {
 /// Reads one segment into `out`; returns the length of its good prefix
 /// (where a torn last record begins, or the whole file).
 pub fn read_segment(data: &[u8], out: &mut Replay) -> usize {
+    let mut records = Vec::new();
+    let good = scan(data, &mut |r| records.push(r), out);
+    out.records.append(&mut records);
+    good
+}
+
+/// Hands each good report of one segment to `each`, counting damage in
+/// `out`; returns the length of the segment's good prefix.
+fn scan(data: &[u8], each: &mut dyn FnMut(Vec<u8>), out: &mut Replay) -> usize {
     let mut at = 0;
     let mut good = 0;
     while at < data.len() {
         if let Some(p) = unframe(&data[at..]) {
             match inflate(p) {
-                Some(report) => out.records.push(report),
+                Some(report) => each(report),
                 None => {
                     out.corrupt += 1;
                     out.corrupt_bytes += (FRAME_HEADER + p.len()) as u64;
@@ -159,33 +168,42 @@ struct Writer {
 }
 
 impl Journal {
-    /// Opens the journal in `dir` (created 0700 if missing), reads it all
-    /// (cutting a torn tail off the last segment), and starts the writer.
+    /// Opens the journal in `dir` (created 0700 if missing), hands every
+    /// report in it to `keep` (which returns the end of its interval, for
+    /// deleting segments past the retention), cuts a torn tail off the last
+    /// segment, and starts the writer. Returns how many reports it read.
     pub fn open(
         dir: &Path,
         retention: Duration,
-        end_of: fn(&[u8]) -> Option<i64>,
-    ) -> anyhow::Result<(Journal, Replay)> {
+        mut keep: impl FnMut(Vec<u8>) -> Option<i64>,
+    ) -> anyhow::Result<(Journal, u64)> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating --data-dir {}", dir.display()))?;
-        let mut replay = Replay::default();
+        let mut damage = Replay::default();
+        let mut read = 0u64;
         let mut closed = Vec::new();
         let segs = segments(dir)?;
         for (i, (n, path)) in segs.iter().enumerate() {
             let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let before = replay.records.len();
-            let good = read_segment(&data, &mut replay);
+            let mut newest = i64::MIN;
+            let good = scan(
+                &data,
+                &mut |r| {
+                    read += 1;
+                    newest = newest.max(keep(r).unwrap_or(i64::MIN));
+                },
+                &mut damage,
+            );
             if good < data.len() && i + 1 == segs.len() {
                 log::warn!("journal {}: {} bytes of a torn last write dropped", path.display(), data.len() - good);
                 std::fs::OpenOptions::new().write(true).open(path)?.set_len(good as u64)?;
             } else if good < data.len() {
-                replay.corrupt += 1;
-                replay.corrupt_bytes += (data.len() - good) as u64;
+                damage.corrupt += 1;
+                damage.corrupt_bytes += (data.len() - good) as u64;
             }
-            let newest = replay.records[before..].iter().filter_map(|r| end_of(r)).max().unwrap_or(i64::MIN);
             closed.push((*n, newest));
         }
         let n = segs.last().map_or(1, |(n, _)| n + 1);
@@ -208,19 +226,19 @@ impl Journal {
             while let Ok(len) = prost::encoding::decode_varint(&mut buf) {
                 let Some(p) = buf.get(..len as usize) else { break };
                 moved.extend_from_slice(&frame(&deflate(p)));
-                replay.records.push(p.to_vec());
+                read += 1;
+                keep(p.to_vec());
                 buf = &buf[len as usize..];
             }
             w.write(&moved).with_context(|| format!("moving {} into segments", legacy.display()))?;
             std::fs::remove_file(&legacy)?;
             log::info!("journal: {} moved into {}", legacy.display(), segment_path(dir, n).display());
         }
-        if replay.corrupt > 0 {
+        if damage.corrupt > 0 {
             log::warn!(
-                "journal: {} damaged stretches ({} bytes) skipped; the {} reports around them are kept",
-                replay.corrupt,
-                replay.corrupt_bytes,
-                replay.records.len()
+                "journal: {} damaged stretches ({} bytes) skipped; the {read} reports around them are kept",
+                damage.corrupt,
+                damage.corrupt_bytes,
             );
         }
         let (tx, rx) = mpsc::channel();
@@ -228,7 +246,7 @@ impl Journal {
             .name("journal".into())
             .spawn(move || w.run(rx))
             .context("starting the journal thread")?;
-        Ok((Journal { tx }, replay))
+        Ok((Journal { tx }, read))
     }
 
     /// Appends one encoded report; returns once it is on stable storage.

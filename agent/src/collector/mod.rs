@@ -151,15 +151,13 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
     let mut store = Store::default();
     let journal = match &args.data_dir {
         Some(dir) => {
-            let (journal, replay) = journal::Journal::open(dir, limits.retention, |r| {
-                pb::Report::decode(r).ok().map(|r| r.interval_end_unix_ns)
-            })?;
-            let n = replay.records.len();
-            for bytes in replay.records {
-                let Ok(r) = pb::Report::decode(bytes.as_slice()) else { continue };
-                let Some(a) = &r.agent else { continue };
+            // Each report decoded once, into the windows as it is read.
+            let (journal, n) = journal::Journal::open(dir, limits.retention, |bytes| {
+                let r = pb::Report::decode(bytes.as_slice()).ok()?;
+                let a = r.agent.as_ref()?;
                 store.keep(&a.agent_id, a.epoch, r.sequence, r.interval_end_unix_ns, bytes.into(), &limits);
-            }
+                Some(r.interval_end_unix_ns)
+            })?;
             if n > 0 {
                 log::info!("journal: replayed {n} reports from {} agents", store.agents.len());
             }

@@ -387,24 +387,21 @@ impl Probe for OffcpuProbe {
             );
             *prev = *v;
         }
-        let mut slept = Vec::new();
+        // Whole sleeps that ended, per key; then the keys with only a sleep
+        // in progress (charged, none ended).
+        let mut slept: StdHashMap<SleepKey, (u64, u64)> = StdHashMap::new();
         for (k, v) in self.sleep_reader.read().map_err(|e| read_err("OFFCPU_SLEEP", e))? {
             let prev = self.prev_sleep.entry(*k).or_default();
             if prev != v {
-                slept.push((*k, v.ns.wrapping_sub(prev.ns), v.count.wrapping_sub(prev.count)));
+                slept.insert(*k, (v.ns.wrapping_sub(prev.ns), v.count.wrapping_sub(prev.count)));
                 *prev = *v;
             }
         }
-        // Sleeps only in progress: charged, none ended.
         let split = &mut self.sleep_split;
-        let pending: Vec<_> = split
-            .owed
-            .iter()
-            .filter(|(k, n)| **n > 0 && !slept.iter().any(|(s, _, _)| s == *k))
-            .map(|(k, _)| (*k, 0, 0))
-            .collect();
-        slept.extend(pending);
-        for (k, ns, n) in slept {
+        for (k, _) in split.owed.iter().filter(|(_, n)| **n > 0) {
+            slept.entry(*k).or_default();
+        }
+        for (k, (ns, n)) in slept {
             let ns = split.settle(&k, ns);
             if ns != 0 || n != 0 {
                 let p = out.processes.entry(k.tgid).or_default();
