@@ -1,11 +1,12 @@
 //! Disk I/O probe against block I/O whose truth is known: exact O_DIRECT
-//! transfers on a loop device the test makes, the kernel's /proc/diskstats,
-//! and fio's own latency percentiles.
+//! transfers on a loop device the test makes, the kernel's /proc/diskstats
+//! and its trace of each request, and fio's own latency percentiles.
 
 use std::{process::Command, time::Duration};
 
 use hostprobe_tests::{
-    device_items, disk_items, measure, probe_status, process_reports, sum, Agent, LoopDevice, Workload,
+    device_items, disk_items, exact_quantile, measure, probe_status, process_reports, sum, Agent, BlockTrace,
+    LoopDevice, Workload,
 };
 
 #[test]
@@ -65,33 +66,50 @@ fn fio_read(child: std::process::Child) -> serde_json::Value {
 }
 
 #[test]
-fn latency_percentiles_agree_with_fio() {
-    // fio times each read in userspace, from preparing it to reaping its
-    // completion (its total latency, `lat`, with --lat_percentiles): it adds
-    // its own submission path before the bio, completion delivery and the
-    // wake-up of its thread (5-20 us on this 2-vCPU VM; io_uring, used here,
-    // adds the least) to the block layer's submitted-to-completed time. (Its
-    // completion latency, `clat`, starts after io_uring_enter returns, which
-    // with a synchronous submission is after the bio was queued: the agent's
-    // time may exceed it.) On a loop device whose reads reach the real disk
-    // (~70 us) the bound used is: the agent's p50 and p99 within 25% of
-    // fio's total latency, and never more than 5% above it.
+fn latency_percentiles_agree_with_the_kernels_trace() {
+    // Truth: the kernel's own trace of every request on the device (an
+    // ftrace instance, no BPF), from its bio's submission to its completion,
+    // the span the agent times; exact percentiles from every request. On a
+    // loop device whose reads reach the real disk the latencies spread over
+    // many buckets. The agent's estimate lies within its bucket of the exact
+    // value (a bucket is at most 12.5% wide), plus the trace's 1 us
+    // resolution.
+    //
+    // Outside that, fio's own clock (total latency, from preparing each read
+    // to reaping it) holds the agent's span and more: the agent may never
+    // exceed it by more than the two histograms' widths (12.5% and ~3%).
+    // fio's extra (its submission path, the completion's delivery and its
+    // thread's wake-up) is 5-40 us and noisy on a shared VM: no lower bound.
     let dev = LoopDevice::on_disk(128);
     // One long interval holds the whole run; SIGTERM reports it.
     let agent = Agent::start_attached(&["--interval", "60s", "--comm", "fio"]);
+    let trace = BlockTrace::start(&dev);
     let (pid, child) = fio(&dev, 3, &["--ioengine=io_uring", "--iodepth=1", "--lat_percentiles=1"]);
     let lat = fio_read(child)["lat_ns"].clone();
+    let kernel = trace.latencies();
     std::thread::sleep(Duration::from_millis(200));
     let reports = agent.stop();
 
     let items = disk_items(&reports, pid, dev.name(), "read");
     assert_eq!(items.len(), 1, "one interval: {items:?}");
     let total = &items[0]["total"];
-    for (ours, theirs) in [("p50_ns", "50.000000"), ("p99_ns", "99.000000")] {
+    // Every request is counted; a rare few (0 to 20 of ~37,000 in runs
+    // here) are not timed: their completion never reached the agent's
+    // program, and they are counted as `completion_not_seen` (the kernel's
+    // recursion_misses for the program stays 0; the cause is not known).
+    assert_eq!(items[0]["count"].as_u64().unwrap(), kernel.len() as u64, "requests vs the kernel's trace");
+    let timed = total["count"].as_u64().unwrap();
+    let status = &probe_status(reports.last().unwrap(), "disk")["counters"];
+    assert!(timed * 1000 >= kernel.len() as u64 * 999, "timed {timed} of {} requests: {status}", kernel.len());
+    let (lo, hi) = (exact_quantile(&kernel, 0.01), exact_quantile(&kernel, 0.99));
+    assert!(hi > 2 * lo, "the latencies must spread over many buckets: p1 {lo} ns, p99 {hi} ns");
+    for (ours, q, theirs) in [("p50_ns", 0.5, "50.000000"), ("p99_ns", 0.99, "99.000000")] {
         let a = total[ours].as_f64().unwrap();
+        let k = exact_quantile(&kernel, q) as f64;
         let f = lat["percentile"][theirs].as_f64().expect("fio's lat percentiles");
-        eprintln!("{ours}: agent {a} ns, fio {f} ns");
-        assert!((a - f).abs() <= 0.25 * f && a <= 1.05 * f, "{ours}: agent {a} ns, fio {f} ns");
+        eprintln!("{ours}: agent {a} ns, kernel trace {k} ns, fio {f} ns");
+        assert!((a - k).abs() <= 0.125 * k + 1_000.0, "{ours}: agent {a} ns, kernel trace {k} ns");
+        assert!(a <= 1.15 * f, "{ours}: agent {a} ns above fio's {f} ns");
     }
 }
 
