@@ -12,7 +12,7 @@ use crate::{
 pub struct Agent {
     probes: Vec<Box<dyn Probe>>,
     failed: Vec<ProbeStatus>,
-    procs: ProcCache,
+    pub procs: ProcCache,
     devices: crate::probes::disk::DeviceNames,
     top: usize,
     host: String,

@@ -166,6 +166,12 @@ pub struct RunArgs {
     /// Include each process's command line (off by default: command lines can hold secrets).
     #[arg(long)]
     pub cmdline: bool,
+    /// Where the kubelet links container logs, named
+    /// `<pod>_<namespace>_<container>-<container id>.log`: the source of
+    /// pod, namespace and container names (no API access needed; mount it
+    /// read-only in a DaemonSet). Missing: no Kubernetes names.
+    #[arg(long, default_value = "/var/log/containers", value_name = "DIR")]
+    pub pod_log_dir: std::path::PathBuf,
     /// Size of the per-(process, syscall) kernel map (default 16384 entries,
     /// 1.1 KiB each); new pairs past it are counted as lost, not recorded.
     #[arg(long, value_parser = clap::value_parser!(u32).range(64..=4_194_304), value_name = "N")]

@@ -187,6 +187,13 @@ pub fn status_message(s: &tonic::Status) -> String {
 /// Where the machine id is (systemd's, then D-Bus's older copy).
 const MACHINE_ID_FILES: &[&str] = &["/etc/machine-id", "/var/lib/dbus/machine-id"];
 
+/// The host's machine id (OpenTelemetry's `host.id`), if there is one.
+pub fn machine_id() -> Option<String> {
+    MACHINE_ID_FILES
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+}
+
 /// This agent's id: `explicit` (--agent-id), else $NODE_NAME, else
 /// `hp-` and the first 16 hex digits of SHA-256("hostprobe-agent\n" + machine
 /// id) (hashed: the machine id is not to be shown as it is; SHA-256 so the
@@ -198,15 +205,12 @@ pub fn agent_id(explicit: Option<&str>) -> Result<String, String> {
     if let Some(node) = std::env::var("NODE_NAME").ok().filter(|n| !n.trim().is_empty()) {
         return Ok(node.trim().to_string());
     }
-    let machine_id = MACHINE_ID_FILES
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
-        .ok_or(
-            "no agent id: /etc/machine-id is missing or empty (as in most containers) and neither --agent-id \
+    let machine_id = machine_id().ok_or(
+        "no agent id: /etc/machine-id is missing or empty (as in most containers) and neither --agent-id \
              (HOSTPROBE_AGENT_ID) nor NODE_NAME is set; agents without one would all share an id and the \
              collector would drop one's reports as duplicates of another's. Set --agent-id, NODE_NAME (the \
              DaemonSet sets it from spec.nodeName), or mount the host's /etc/machine-id read-only",
-        )?;
+    )?;
     let digest = ring::digest::digest(&ring::digest::SHA256, format!("hostprobe-agent\n{machine_id}").as_bytes());
     Ok(format!("hp-{}", digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }

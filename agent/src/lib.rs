@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod btf;
+pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod collector;

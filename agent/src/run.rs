@@ -65,11 +65,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
     let (interval, limit, top, cmdline) = (args.interval, args.duration, args.top as usize, args.cmdline);
     let only = args.probes.clone();
+    let pod_log_dir = args.pod_log_dir.clone();
     let (worker_attached, worker_host) = (attached.clone(), host.clone());
     let worker = std::thread::Builder::new()
         .name("collect".into())
         .spawn(move || -> anyhow::Result<()> {
             let mut agent = Agent::start(&opts, &only, top, cmdline, worker_host);
+            agent.procs.pod_logs = Some(crate::procinfo::PodLogs::new(pod_log_dir));
             let active = agent.active();
             if active.is_empty() {
                 anyhow::bail!("no probe could be attached; `hostprobe check` says why and how to fix it");
@@ -84,7 +86,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let otlp_endpoint = args.otlp.endpoint();
     let metrics = (args.prometheus_listen.is_some() || otlp_endpoint.is_some()).then(|| {
-        std::sync::Arc::new(std::sync::Mutex::new(crate::metrics::Metrics::new(args.metrics_max_processes as usize)))
+        let mut m = crate::metrics::Metrics::new(args.metrics_max_processes as usize);
+        m.host.clone_from(&host);
+        m.agent_id = crate::export::agent_id(export.agent_id.as_deref()).unwrap_or_default();
+        m.host_id = crate::export::machine_id().unwrap_or_default();
+        std::sync::Arc::new(std::sync::Mutex::new(m))
     });
     let (prometheus_listen, health_listen) = (args.prometheus_listen, args.health_listen);
     let otlp_args = args.otlp;

@@ -675,16 +675,23 @@ pub fn otlp_str<'a>(point: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// The data points of metric `name` in one OTLP request, with their
-/// temporality.
-pub fn otlp_points<'a>(request: &'a Value, name: &str) -> Vec<(&'a Value, &'a str)> {
+/// temporality; each point's attributes followed by its resource's (as an
+/// OpenTelemetry Collector's `resource_to_telemetry_conversion` flattens
+/// them), so a test reads process and container attributes off the point.
+pub fn otlp_points(request: &Value, name: &str) -> Vec<(Value, String)> {
     let mut out = Vec::new();
     for rm in request["resourceMetrics"].as_array().into_iter().flatten() {
+        let resource = rm["resource"]["attributes"].as_array().cloned().unwrap_or_default();
         for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
             for m in sm["metrics"].as_array().into_iter().flatten().filter(|m| m["name"] == name) {
-                for kind in ["sum", "histogram"] {
-                    let t = m[kind]["aggregationTemporality"].as_str().unwrap_or("");
+                for kind in ["sum", "histogram", "gauge"] {
+                    let t = m[kind]["aggregationTemporality"].as_str().unwrap_or("").to_string();
                     for p in m[kind]["dataPoints"].as_array().into_iter().flatten() {
-                        out.push((p, t));
+                        let mut p = p.clone();
+                        let mut attrs = p["attributes"].as_array().cloned().unwrap_or_default();
+                        attrs.extend(resource.iter().cloned());
+                        p["attributes"] = Value::Array(attrs);
+                        out.push((p, t.clone()));
                     }
                 }
             }

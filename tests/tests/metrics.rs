@@ -32,7 +32,7 @@ fn prometheus_scrapes_the_exact_syscall_count() {
     workload.go();
     workload.wait();
     agent.run_for(Duration::from_millis(600));
-    let promql = r#"hostprobe_syscalls_total{process="workload",syscall="getppid"}"#;
+    let promql = r#"hostprobe_syscalls_total{process_executable_name="workload",hostprobe_syscall="getppid"}"#;
     let end = Instant::now() + Duration::from_secs(30);
     let mut got = None;
     while Instant::now() < end {
@@ -49,7 +49,7 @@ fn prometheus_scrapes_the_exact_syscall_count() {
     let (status, body) = http_get(port, "/metrics");
     assert!(status.contains("200"), "{status}");
     assert!(body.contains("hostprobe_syscall_duration_seconds_bucket{"), "{body}");
-    assert!(body.contains("hostprobe_probe_active{probe=\"syscall\"} 1"), "{body}");
+    assert!(body.contains("hostprobe_probe_active{hostprobe_probe=\"syscall\"} 1"), "{body}");
     promtool_check(&body);
     drop(agent);
 
@@ -60,11 +60,11 @@ fn prometheus_scrapes_the_exact_syscall_count() {
         .lines()
         .find(|l| {
             l.starts_with("hostprobe_syscalls_total{")
-                && l.contains("process=\"workload\"")
-                && l.contains("syscall=\"getppid\"")
+                && l.contains("process_executable_name=\"workload\"")
+                && l.contains("hostprobe_syscall=\"getppid\"")
         })
         .unwrap_or_else(|| panic!("no workload getppid series at the collector: {body}"));
-    assert!(line.contains("host=\""), "{line}");
+    assert!(line.contains("host_name=\""), "{line}");
     assert!(line.ends_with(" 5000"), "exact at the collector too: {line}");
     promtool_check(&body);
 }
@@ -81,7 +81,7 @@ fn five_thousand_short_lived_processes_do_not_make_five_thousand_series() {
     let processes: std::collections::BTreeSet<&str> = body
         .lines()
         .filter(|l| l.starts_with("hostprobe_syscalls_total{"))
-        .filter_map(|l| l.split("process=\"").nth(1)?.split('"').next())
+        .filter_map(|l| l.split("process_executable_name=\"").nth(1)?.split('"').next())
         .collect();
     assert!(processes.len() <= 21, "{} process label values: {processes:?}", processes.len());
     assert!(processes.contains("other"), "the churned processes are summed as other: {processes:?}");

@@ -165,8 +165,11 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let metrics = (args.prometheus_listen.is_some() || args.otlp.endpoint().is_some())
-        .then(|| Arc::new(Mutex::new(crate::metrics::Metrics::new(args.metrics_max_processes as usize))));
+    let metrics = (args.prometheus_listen.is_some() || args.otlp.endpoint().is_some()).then(|| {
+        let mut m = crate::metrics::Metrics::new(args.metrics_max_processes as usize);
+        m.host = crate::agent::hostname();
+        Arc::new(Mutex::new(m))
+    });
     let svc = Service {
         store: Arc::new(Mutex::new(store)),
         limits: Arc::new(limits),
