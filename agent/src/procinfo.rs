@@ -103,10 +103,12 @@ impl ProcCache {
         Self { entries: HashMap::new(), with_cmdline, pod_logs: None }
     }
 
-    /// Metadata of a live process, or `None` when it is gone.
+    /// Metadata of a process; once it is gone, what was read while it
+    /// lived (its last interval, with its exit, keeps its name), else `None`.
     pub fn get(&mut self, pid: u32) -> Option<ProcMeta> {
-        let proc = procfs::process::Process::new(pid as i32).ok()?;
-        let stat = proc.stat().ok()?;
+        let gone = |entries: &HashMap<u32, (u64, ProcMeta)>| entries.get(&pid).map(|(_, m)| m.clone());
+        let Some(proc) = procfs::process::Process::new(pid as i32).ok() else { return gone(&self.entries) };
+        let Some(stat) = proc.stat().ok() else { return gone(&self.entries) };
         if let Some((start, meta)) = self.entries.get_mut(&pid) {
             if *start == stat.starttime {
                 meta.comm = stat.comm; // may change (exec, prctl)

@@ -299,8 +299,7 @@ pub struct OffcpuReport {
     pub sleep_ns: u64,
     /// Episodes off the CPU (leaving it to running again).
     pub offcpu: DistReport,
-    /// Run-queue waits (for exporters; JSON has the percentiles above).
-    #[serde(skip)]
+    /// Run-queue waits: how many, their percentiles and exact sum.
     pub runqueue: DistReport,
     /// Time asleep (S or D) per syscall the threads slept in, most first.
     pub sleep_by_syscall: Vec<SleepReport>,

@@ -570,6 +570,17 @@ impl Prometheus {
         p
     }
 
+    /// How many series an instant PromQL query returns; `Err` with what
+    /// Prometheus said when it refuses the query.
+    pub fn series(&self, promql: &str) -> Result<usize, String> {
+        let (_, body) = http_get(self.port, &format!("/api/v1/query?query={}", url_encode(promql)));
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if v["status"] != "success" {
+            return Err(body);
+        }
+        Ok(v["data"]["result"].as_array().map_or(0, Vec::len))
+    }
+
     /// The value of an instant PromQL query with one result, if any.
     pub fn query(&self, promql: &str) -> Option<f64> {
         let (_, body) = http_get(self.port, &format!("/api/v1/query?query={}", url_encode(promql)));

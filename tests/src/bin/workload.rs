@@ -722,6 +722,20 @@ fn main() {
                 Err(e) => panic!("connect: {e}"),
             }
         }
+        // `connect-refused PORT N [LINGER_MS]`: N connects to a closed
+        // loopback port, each refused; prints how many were, then stays
+        // LINGER_MS (so that its /proc entry is read while it lives).
+        Some("connect-refused") => {
+            let (port, n) = (arg(&args, 2) as u16, arg(&args, 3));
+            let refused = (0..n)
+                .filter(|_| {
+                    matches!(std::net::TcpStream::connect(("127.0.0.1", port)),
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+                })
+                .count();
+            println!("{refused}");
+            std::thread::sleep(Duration::from_millis(args.get(4).map_or(0, |_| arg(&args, 4))));
+        }
         Some("tcp-clients") => {
             use std::io::{Read, Write};
             let ip: std::net::IpAddr = args[2].parse().expect("address");
