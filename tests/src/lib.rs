@@ -270,6 +270,8 @@ pub fn map_entries(report: &Value, probe: &str, map: &str) -> u64 {
 pub struct LoopDevice {
     pub path: String,
     backing: PathBuf,
+    /// A filesystem mounted for the backing file alone, unmounted on drop.
+    mount: Option<PathBuf>,
 }
 
 impl LoopDevice {
@@ -299,6 +301,26 @@ impl LoopDevice {
         Self::attach(backing, &["--direct-io=on"])
     }
 
+    /// A loop device of `mib` MiB over a sparse file on a tmpfs of only
+    /// `room_kib` KiB: writes past the room fail in the loop driver
+    /// (ENOSPC from the backing store), as block requests that complete
+    /// with an error.
+    pub fn on_full_tmpfs(mib: u64, room_kib: u64) -> LoopDevice {
+        let mount = std::env::temp_dir().join(format!("hostprobe-test-tmpfs-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&mount).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={room_kib}k"), "tmpfs"])
+            .arg(&mount)
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "mount a tmpfs at {}", mount.display());
+        let backing = mount.join("backing.img");
+        std::fs::File::create(&backing).and_then(|f| f.set_len(mib << 20)).expect("sparse backing file");
+        let mut dev = Self::attach(backing, &[]);
+        dev.mount = Some(mount);
+        dev
+    }
+
     fn backing_path() -> PathBuf {
         // /var/tmp: on a real disk (a tmpfs /tmp would refuse direct I/O).
         PathBuf::from("/var/tmp").join(format!("hostprobe-test-{}-{}.img", std::process::id(), unique()))
@@ -309,7 +331,7 @@ impl LoopDevice {
             Command::new("losetup").args(["--find", "--show"]).args(args).arg(&backing).output().expect("run losetup");
         assert!(out.status.success(), "losetup failed: {}", String::from_utf8_lossy(&out.stderr));
         let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        LoopDevice { path, backing }
+        LoopDevice { path, backing, mount: None }
     }
 
     /// `loop3` for `/dev/loop3`.
@@ -335,6 +357,10 @@ impl Drop for LoopDevice {
     fn drop(&mut self) {
         let _ = Command::new("losetup").arg("--detach").arg(&self.path).status();
         let _ = std::fs::remove_file(&self.backing);
+        if let Some(m) = &self.mount {
+            let _ = Command::new("umount").arg(m).status();
+            let _ = std::fs::remove_dir(m);
+        }
     }
 }
 

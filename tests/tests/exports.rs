@@ -170,6 +170,59 @@ fn new_figures_agree_on_every_path_with_kubernetes_names() {
 }
 
 #[test]
+fn failed_disk_writes_are_counted_on_every_path() {
+    // Truth: the workload's own count of writes that failed. The loop
+    // device's backing file sits on a 1 MiB tmpfs: the first writes fit,
+    // the rest fail in the loop driver (no space), as requests that
+    // complete with an error.
+    let dev = LoopDevice::on_full_tmpfs(16, 1024);
+    std::thread::sleep(Duration::from_millis(200)); // let any probing of the new device finish
+    let receiver = OtlpReceiver::start("disk-errors", 0.0);
+    let mut workload = Workload::spawn(&["dio-write-errors", &dev.path, "600"]);
+    let (port, pid_s, url) = (free_port(), workload.pid().to_string(), receiver.url());
+    let listen = format!("127.0.0.1:{port}");
+    let mut agent = Agent::start(&[
+        "--probes",
+        "disk",
+        "--pid",
+        &pid_s,
+        "--prometheus-listen",
+        &listen,
+        "--otlp-endpoint",
+        &url,
+        "--plaintext",
+    ]);
+    workload.go();
+    let failed: u64 = workload.wait().trim().parse().unwrap();
+    assert!(failed > 100 && failed < 600, "{failed} of 600 writes failed: some must fit, some not");
+    agent.run_for(Duration::from_millis(1500));
+    let (_, body) = http_get(port, "/metrics");
+    let reports = agent.stop();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let name = dev.name();
+    let json: u64 = reports
+        .iter()
+        .flat_map(|r| r["processes"].as_array().into_iter().flatten())
+        .flat_map(|p| p["disk"].as_array().into_iter().flatten())
+        .filter(|d| d["device"] == name && d["op"] == "write")
+        .map(|d| d["errors"].as_u64().unwrap())
+        .sum();
+    assert_eq!(json, failed, "JSON errors");
+    let labels = [&format!("system_device=\"{name}\"") as &str, "hostprobe_disk_op=\"write\""];
+    assert_eq!(scraped(&body, "hostprobe_disk_errors_total", &labels), failed as f64, "{body}");
+    let last = receiver.requests().pop().expect("OTLP exports");
+    let otlp: u64 = otlp_points(&last, "hostprobe.disk.errors")
+        .iter()
+        .filter(|(p, _)| {
+            otlp_str(p, "system.device") == Some(name) && otlp_str(p, "disk.io.direction") == Some("write")
+        })
+        .map(|(p, _)| hostprobe_tests::otlp_num(&p["asInt"]))
+        .sum();
+    assert_eq!(otlp, failed, "OTLP errors");
+}
+
+#[test]
 fn every_dashboard_expression_returns_series_from_a_real_agent() {
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/hostprobe.json")).unwrap(),
