@@ -309,27 +309,30 @@ fn add_group<'a>(b: &mut Builder<'a>, gi: Option<usize>, g: &'a Group, unknown_o
             b.push("hostprobe.sleeps", "Sleeps, by the syscall slept in.", gi, a, Int(*count));
         }
     }
-    let c = &g.tcp;
-    if c.bytes_sent + c.bytes_received + c.connections + c.refused + c.timeouts > 0 {
-        for (dir, v) in [("transmit", c.bytes_sent), ("receive", c.bytes_received)] {
-            b.push("hostprobe.tcp.io", "TCP bytes.", gi, with(l, &[("network.io.direction", dir)]), Int(v));
+    for (remote, c) in &g.tcp {
+        let r = with(l, &[("hostprobe.tcp.remote", remote)]);
+        if c.bytes_sent + c.bytes_received + c.connections + c.refused + c.timeouts > 0 {
+            for (dir, v) in [("transmit", c.bytes_sent), ("receive", c.bytes_received)] {
+                let a = with(&r, &[("network.io.direction", dir)]);
+                b.push("hostprobe.tcp.io", "TCP bytes.", gi, a, Int(v));
+            }
+            b.push("hostprobe.tcp.retransmits", "TCP segments retransmitted.", gi, r.clone(), Int(c.retransmits));
+            b.push("hostprobe.tcp.resets", "TCP resets sent or received.", gi, r.clone(), Int(c.resets));
+            b.push("hostprobe.tcp.connections.closed", "TCP connections closed.", gi, r.clone(), Int(c.connections));
+            for (why, v) in [("refused", c.refused), ("timeout", c.timeouts)] {
+                let a = with(&r, &[("hostprobe.tcp.failure", why)]);
+                b.push("hostprobe.tcp.connect.failures", "TCP connects that failed, by why.", gi, a, Int(v));
+            }
         }
-        b.push("hostprobe.tcp.retransmits", "TCP segments retransmitted.", gi, l.clone(), Int(c.retransmits));
-        b.push("hostprobe.tcp.resets", "TCP resets sent or received.", gi, l.clone(), Int(c.resets));
-        b.push("hostprobe.tcp.connections.closed", "TCP connections closed.", gi, l.clone(), Int(c.connections));
-        for (why, v) in [("refused", c.refused), ("timeout", c.timeouts)] {
-            let a = with(l, &[("hostprobe.tcp.failure", why)]);
-            b.push("hostprobe.tcp.connect.failures", "TCP connects that failed, by why.", gi, a, Int(v));
-        }
+        b.push(
+            "hostprobe.tcp.rtt",
+            "TCP smoothed RTT samples (at most one per 10 ms per connection).",
+            gi,
+            r.clone(),
+            Hist(&c.rtt),
+        );
+        b.push("hostprobe.tcp.connect.duration", "TCP connect latency.", gi, r, Hist(&c.connect));
     }
-    b.push(
-        "hostprobe.tcp.rtt",
-        "TCP smoothed RTT samples (at most one per 10 ms per connection).",
-        gi,
-        l.clone(),
-        Hist(&c.rtt),
-    );
-    b.push("hostprobe.tcp.connect.duration", "TCP connect latency.", gi, l.clone(), Hist(&c.connect));
 }
 
 fn add_agent<'a>(b: &mut Builder<'a>, m: &'a Metrics) {

@@ -199,6 +199,11 @@ pub struct RunArgs {
     /// as `other` (pids are never labels: they churn).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N", help_heading = "Metrics")]
     pub metrics_max_processes: u32,
+    /// TCP remote endpoints per process exported as series of their own
+    /// (`ip:port` for connections made, the address for accepted ones); the
+    /// rest are summed as `other`.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1_000), value_name = "N", help_heading = "Metrics")]
+    pub metrics_max_remotes: u32,
     #[command(flatten)]
     pub otlp: crate::otlp::OtlpArgs,
 }

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 
 use crate::{hist::Histogram, probes::ProbeStatus, report::Report};
 
+/// Remote endpoints per group with series of their own, by default.
+pub const DEFAULT_MAX_REMOTES: usize = 5;
+
 /// A group unseen this long is forgotten.
 pub const IDLE_EVICT: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -123,7 +126,24 @@ pub struct Group {
     /// Per (device, op).
     pub disk: BTreeMap<(String, String), DiskCum>,
     pub threads: ThreadCum,
-    pub tcp: TcpCum,
+    /// Per remote endpoint (see [`remote_key`]): the first
+    /// `Metrics::max_remotes` seen, the rest under [`OTHER_REMOTE`].
+    pub tcp: BTreeMap<String, TcpCum>,
+}
+
+/// The remote of connections past a group's `max_remotes`.
+pub const OTHER_REMOTE: &str = "other";
+
+/// How a connection's remote is labelled: `ip:port` for connections made
+/// (the server's port says which service), the address alone for accepted
+/// ones (the client's port is ephemeral: one series per connection).
+pub fn remote_key(t: &crate::wire::pb::TcpStats) -> String {
+    if t.direction == "accept" {
+        if let Some((ip, _)) = t.remote.rsplit_once(':') {
+            return ip.trim_start_matches('[').trim_end_matches(']').to_string();
+        }
+    }
+    t.remote.clone()
 }
 
 /// A histogram of the wire, if it parses (the collector checked it on
@@ -144,7 +164,7 @@ impl CumHist {
 /// One interval's figures of a process (or `other`) into a group: the wire
 /// form, which the agent's own reports are turned into too (one path).
 impl Group {
-    fn add_process(&mut self, p: &crate::wire::pb::Process) {
+    fn add_process(&mut self, p: &crate::wire::pb::Process, max_remotes: usize) {
         for sc in &p.syscalls {
             let e = self.syscalls.entry(sc.name.clone()).or_default();
             e.calls += sc.count;
@@ -175,13 +195,17 @@ impl Group {
                 e.1 += s.count;
             }
         }
-        self.add_tcp(&p.tcp);
+        self.add_tcp(&p.tcp, max_remotes);
     }
 
     /// TCP items; connections count once closed (state `CLOSED`).
-    fn add_tcp(&mut self, tcp: &[crate::wire::pb::TcpStats]) {
-        let c = &mut self.tcp;
+    fn add_tcp(&mut self, tcp: &[crate::wire::pb::TcpStats], max_remotes: usize) {
         for t in tcp {
+            let mut key = remote_key(t);
+            if !self.tcp.contains_key(&key) && self.tcp.keys().filter(|k| *k != OTHER_REMOTE).count() >= max_remotes {
+                key = OTHER_REMOTE.to_string();
+            }
+            let c = self.tcp.entry(key).or_default();
             c.bytes_sent += t.bytes_sent;
             c.bytes_received += t.bytes_received;
             c.retransmits += t.retransmits;
@@ -218,6 +242,8 @@ pub struct Metrics {
     pub unknown_owner: BTreeMap<String, Group>,
     pub health: Health,
     pub max_groups: usize,
+    /// Remote endpoints with series of their own, per group.
+    pub max_remotes: usize,
     /// When the agent started counting (the `other` group's start).
     pub start_unix_ns: i64,
     /// Reports folded in so far.
@@ -234,6 +260,7 @@ impl Metrics {
         let now = now_unix_ns();
         Self {
             max_groups,
+            max_remotes: DEFAULT_MAX_REMOTES,
             start_unix_ns: now,
             other: Group { start_unix_ns: now, ..Default::default() },
             ..Default::default()
@@ -293,6 +320,7 @@ impl Metrics {
         let began = r.interval_start_unix_ns;
         let agent_id = r.agent.as_ref().map_or("", |a| a.agent_id.as_str());
         self.reports += 1;
+        let max_remotes = self.max_remotes;
         for p in r.processes.iter().chain(&r.other) {
             let group = if p.merged > 1 || p.pid == 0 {
                 self.other.last_seen_unix_ns = now;
@@ -302,10 +330,10 @@ impl Metrics {
                     GroupKey { host: host.to_string(), process: p.comm.clone(), container_id: p.container_id.clone() };
                 self.group(key, p, agent_id, began, now)
             };
-            group.add_process(p);
+            group.add_process(p, max_remotes);
         }
         if !r.tcp_unknown_owner.is_empty() {
-            self.unknown_owner(host.to_string(), began, now).add_tcp(&r.tcp_unknown_owner);
+            self.unknown_owner(host.to_string(), began, now).add_tcp(&r.tcp_unknown_owner, max_remotes);
         }
         self.evict(now);
     }
@@ -368,8 +396,8 @@ pub(crate) mod tests {
         for (_, g) in m.all() {
             t.0 += g.disk.values().map(|d| d.bytes).sum::<u64>();
             t.1 += g.disk.values().map(|d| d.total.sum_ns).sum::<u64>();
-            t.2 += g.tcp.bytes_sent;
-            t.3 += g.tcp.bytes_received;
+            t.2 += g.tcp.values().map(|c| c.bytes_sent).sum::<u64>();
+            t.3 += g.tcp.values().map(|c| c.bytes_received).sum::<u64>();
             t.4 += g.threads.sleep_ns;
             t.5 += g.syscalls.values().map(|s| s.calls).sum::<u64>();
         }
@@ -392,9 +420,9 @@ pub(crate) mod tests {
         assert_eq!(totals(&m), expected());
         let unknown: Vec<_> = m.all().filter(|(k, _)| k.process == UNKNOWN_OWNER).collect();
         assert_eq!(unknown.len(), 1, "the unknown owner's connections are a group of their own");
-        assert_eq!(unknown[0].1.tcp.connections, 1);
+        assert_eq!(unknown[0].1.tcp.values().map(|c| c.connections).sum::<u64>(), 1);
         assert!(m.other.disk.values().all(|d| !d.total.sum_unknown), "disk sums are exact");
-        assert!(!m.other.tcp.rtt.sum_unknown && m.other.tcp.rtt.sum_seconds().is_some(), "RTT sums are exact");
+        assert!(m.other.tcp.values().all(|c| c.rtt.sum_seconds().is_some()), "RTT sums are exact");
     }
 
     #[test]
@@ -416,6 +444,32 @@ pub(crate) mod tests {
         m.add_wire("h1", &decoded);
         assert_eq!(totals(&m), expected());
         assert!(m.all().any(|(k, _)| k.process == UNKNOWN_OWNER && k.host == "h1"));
+    }
+
+    #[test]
+    fn remotes_past_the_cap_are_summed_as_other_and_accepted_ones_lose_their_port() {
+        let conn = |remote: String, direction: &str| crate::wire::pb::TcpStats {
+            remote,
+            direction: direction.into(),
+            bytes_sent: 10,
+            ..Default::default()
+        };
+        let mut tcp: Vec<_> = (0..12).map(|i| conn(format!("10.0.0.{i}:443"), "connect")).collect();
+        tcp.extend((0..3).map(|p| conn(format!("[fd00::9]:{}", 40_000 + p), "accept")));
+        let mut g = Group::default();
+        g.add_tcp(&tcp, 5);
+        g.add_tcp(&tcp, 5);
+        let keys: Vec<&str> = g.tcp.keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 6, "{keys:?}");
+        assert!(keys.contains(&OTHER_REMOTE) && keys.contains(&"10.0.0.0:443"), "{keys:?}");
+        assert_eq!(g.tcp.values().map(|c| c.bytes_sent).sum::<u64>(), 2 * 15 * 10, "nothing lost");
+        let mut g = Group::default();
+        g.add_tcp(&tcp[12..], 5);
+        assert_eq!(
+            g.tcp.keys().collect::<Vec<_>>(),
+            ["fd00::9"],
+            "one series for every accepted connection of a client"
+        );
     }
 
     #[test]

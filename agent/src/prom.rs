@@ -274,7 +274,10 @@ mod tests {
         let sum: u64 = (1..=10u64).map(|k| 51_000 * k * k).sum();
         assert!((total(&body, "hostprobe_disk_io_duration_seconds_sum") - sum as f64 / 1e9).abs() < 1e-12, "{body}");
         assert!(
-            body.contains("hostprobe_tcp_connections_closed_total{process_executable_name=\"tcp_unknown_owner\"} 1"),
+            body.contains(
+                "hostprobe_tcp_connections_closed_total{process_executable_name=\"tcp_unknown_owner\",\
+                 hostprobe_tcp_remote=\"127.0.0.1:80\"} 1"
+            ),
             "{body}"
         );
         assert!(body.contains("hostprobe_tcp_rtt_seconds_count{"), "{body}");

@@ -88,6 +88,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let metrics = (args.prometheus_listen.is_some() || otlp_endpoint.is_some()).then(|| {
         let mut m = crate::metrics::Metrics::new(args.metrics_max_processes as usize);
         m.host.clone_from(&host);
+        m.max_remotes = args.metrics_max_remotes as usize;
         m.agent_id = crate::export::agent_id(export.agent_id.as_deref()).unwrap_or_default();
         m.host_id = crate::export::machine_id().unwrap_or_default();
         std::sync::Arc::new(std::sync::Mutex::new(m))

@@ -37,6 +37,7 @@ const RUN_FLAGS: &[(&str, &str)] = &[
     ("prometheus-listen", "127.0.0.1:9464"),
     ("health-listen", "127.0.0.1:9465"),
     ("metrics-max-processes", "5"),
+    ("metrics-max-remotes", "3"),
     ("otlp-endpoint", "https://otel:4317"),
     ("otlp-header", "api-key=x"),
     ("otlp-temporality", "delta"),

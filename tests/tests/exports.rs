@@ -125,9 +125,10 @@ fn new_figures_agree_on_every_path_with_kubernetes_names() {
         format!("k8s_container_name=\"{CONTAINER}\""),
     ];
     let mut labels: Vec<&str> = group.iter().map(String::as_str).collect();
-    labels.push("hostprobe_tcp_failure=\"refused\"");
+    let remote = format!("hostprobe_tcp_remote=\"127.0.0.1:{closed}\"");
+    labels.extend(["hostprobe_tcp_failure=\"refused\"", &remote]);
     assert_eq!(scraped(&body, "hostprobe_tcp_connect_failures_total", &labels), 7.0, "{body}");
-    labels.pop();
+    labels.truncate(group.len());
     assert_eq!(scraped(&body, "hostprobe_runqueue_duration_seconds_count", &labels), runqueue as f64, "{body}");
 
     // OTLP: the last cumulative export says the same, and the resource
