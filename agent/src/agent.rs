@@ -86,8 +86,3 @@ impl Agent {
         report::build(interval, self.top, &mut self.procs, &mut self.devices, interval_ns, &self.host, statuses)
     }
 }
-
-/// This host's name (the kernel's).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
-}

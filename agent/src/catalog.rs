@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn every_figure_of_the_sample_report_is_in_the_catalog() {
         let mut m = Metrics::new(2);
-        m.add(&crate::metrics::tests::report());
+        m.add(&crate::report::tests::sample());
         let c = catalog(&m);
         let names: Vec<&str> = c.families.iter().map(|f| f.name).collect();
         for (name, _, _) in NAMES {

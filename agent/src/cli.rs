@@ -5,7 +5,10 @@ use std::{path::Path, time::Duration};
 
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 
-use crate::probes::{CgroupFilter, Options};
+use crate::{
+    probes::{CgroupFilter, Options},
+    units::{parse_duration, parse_interval},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -244,27 +247,6 @@ pub enum OutputFormat {
     Text,
     Json,
     None,
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 1s, 2m)"))?;
-    if d.is_zero() {
-        return Err("must be more than zero".into());
-    }
-    Ok(d)
-}
-
-/// A query window: any duration, and `0s` for everything the collector keeps.
-pub fn parse_window(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, or 0s for everything kept)"))
-}
-
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d < Duration::from_millis(10) {
-        return Err("must be at least 10ms".into());
-    }
-    Ok(d)
 }
 
 fn parse_comm(s: &str) -> Result<String, String> {

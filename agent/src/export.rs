@@ -68,25 +68,8 @@ pub struct ExportArgs {
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
     /// Size cap of --spool-dir (e.g. 500M, 2G); past it the oldest reports go.
-    #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "SIZE")]
+    #[arg(long, default_value = "256M", value_parser = crate::units::parse_size, value_name = "SIZE")]
     pub spool_max: u64,
-}
-
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.trim().char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (s, 1),
-        Some((i, _)) => {
-            let mult = match s[i..].to_ascii_uppercase().as_str() {
-                "K" | "KB" | "KIB" => 1 << 10,
-                "M" | "MB" | "MIB" => 1 << 20,
-                "G" | "GB" | "GIB" => 1 << 30,
-                other => return Err(format!("unknown size unit {other:?}: use K, M or G, e.g. 500M")),
-            };
-            (&s[..i], mult)
-        }
-    };
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size, e.g. 500M or 2G"))?;
-    n.checked_mul(mult).filter(|n| *n > 0).ok_or_else(|| format!("{s:?}: out of range"))
 }
 
 /// A gRPC channel to `url`, with TLS unless plaintext is allowed and asked
@@ -721,17 +704,5 @@ impl tonic::codec::Decoder for EncodedCodec {
     type Error = tonic::Status;
     fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<pb::Ack>, tonic::Status> {
         pb::Ack::decode(src).map(Some).map_err(|e| tonic::Status::internal(format!("bad acknowledgement: {e}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes() {
-        assert_eq!(super::parse_size("500M"), Ok(500 << 20));
-        assert_eq!(super::parse_size("2G"), Ok(2 << 30));
-        assert_eq!(super::parse_size("4096"), Ok(4096));
-        assert!(super::parse_size("5X").unwrap_err().contains("unit"));
-        assert!(super::parse_size("0").is_err());
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{hist::Histogram, probes::ProbeStatus, report::Report};
+use crate::{hist::Histogram, report::Report, status::ProbeStatus};
 
 /// Remote endpoints per group with series of their own, by default.
 pub const DEFAULT_MAX_REMOTES: usize = 5;
@@ -291,7 +291,11 @@ impl Metrics {
                 exe: p.exe.clone(),
                 agent_id: agent_id.to_string(),
                 pod_uid: crate::procinfo::pod_uid(&p.cgroup),
-                k8s: crate::procinfo::K8sNames::from_wire(p),
+                k8s: (!p.k8s_pod_name.is_empty()).then(|| crate::procinfo::K8sNames {
+                    namespace: p.k8s_namespace_name.clone(),
+                    pod: p.k8s_pod_name.clone(),
+                    container: p.k8s_container_name.clone(),
+                }),
                 ..Default::default()
             })
         } else {
@@ -378,16 +382,7 @@ pub fn octave_buckets(h: &Histogram) -> Vec<(f64, u64)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{
-        probes::disk::DeviceNames,
-        procinfo::ProcCache,
-        report::{build, tests::every_probe},
-    };
-
-    /// The report of [`every_probe`]`(10)` with the top 3 shown.
-    pub(crate) fn report() -> Report {
-        build(every_probe(10), 3, &mut ProcCache::new(false), &mut DeviceNames::default(), 1_000_000_000, "h", vec![])
-    }
+    use crate::report::tests::sample as report;
 
     /// Host totals over every group: (disk bytes, disk latency sum, TCP
     /// sent, TCP received, sleep ns, syscalls).

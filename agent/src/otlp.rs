@@ -629,7 +629,7 @@ mod tests {
     #[test]
     fn other_unknown_owner_and_exact_sums_are_exported() {
         let mut m = Metrics::new(2);
-        m.add(&crate::metrics::tests::report());
+        m.add(&crate::report::tests::sample());
         for temporality in [Temporality::Cumulative, Temporality::Delta] {
             let mut e = exporter(temporality);
             e.export(&m, 2_000_000_000);

@@ -31,17 +31,6 @@ pub struct K8sNames {
     pub container: String,
 }
 
-impl K8sNames {
-    /// The names a wire process carries, if any.
-    pub fn from_wire(p: &crate::wire::pb::Process) -> Option<K8sNames> {
-        (!p.k8s_pod_name.is_empty()).then(|| K8sNames {
-            namespace: p.k8s_namespace_name.clone(),
-            pod: p.k8s_pod_name.clone(),
-            container: p.k8s_container_name.clone(),
-        })
-    }
-}
-
 /// Kubernetes names by container id, without access to the API: the
 /// kubelet links each container's log as
 /// `/var/log/containers/<pod>_<namespace>_<container>-<container id>.log`
@@ -165,6 +154,11 @@ pub fn pod_uid(cgroup: &str) -> Option<String> {
         };
         (uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then_some(uid)
     })
+}
+
+/// This host's name (the kernel's).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// The inode of the kernel's initial PID namespace, the host's: fixed

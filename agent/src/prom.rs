@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn other_unknown_owner_and_exact_sums_are_exported() {
         let mut m = Metrics::new(2);
-        m.add(&crate::metrics::tests::report());
+        m.add(&crate::report::tests::sample());
         let body = scrape(m);
         assert_eq!(total(&body, "hostprobe_disk_io_bytes_total"), (4096 * 55) as f64, "{body}");
         let sent: f64 = body

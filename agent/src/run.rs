@@ -41,7 +41,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             log::warn!("--pid {pid}: no such process is running now; nothing is reported for it unless one starts");
         }
     }
-    let host = args.hostname.clone().or_else(node_name).unwrap_or_else(crate::agent::hostname);
+    let host = args.hostname.clone().or_else(node_name).unwrap_or_else(crate::procinfo::hostname);
     let export = args.export;
     let agent_id = match export.client.collectors.is_empty() {
         true => None,
@@ -205,7 +205,8 @@ fn collect_loop(
             Err(std_mpsc::RecvTimeoutError::Timeout) => end.is_some_and(|e| due >= e),
         };
         let began = Instant::now();
-        let report = agent.tick();
+        let mut report = agent.tick();
+        crate::diagnose::judge(&mut report);
         log::debug!("interval collected in {:?}", began.elapsed());
         let sent = out.blocking_send(report);
         if sent.is_err() || last {
@@ -218,4 +219,59 @@ fn collect_loop(
             next += interval;
         }
     }
+}
+
+static DIAGNOSE_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_diagnose_signal(_: libc::c_int) {
+    DIAGNOSE_STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `hostprobe diagnose`: the agent's probes for `--duration` (Ctrl-C ends
+/// the window early), one report over the window, the rules on it.
+pub fn diagnose(args: &crate::cli::DiagnoseArgs) -> std::process::ExitCode {
+    use std::io::IsTerminal as _;
+    let opts = match args.filters.resolve(None) {
+        Ok(o) => o,
+        Err(e) => return diagnose_usage(&e),
+    };
+    if let Some(pid) = args.filters.pids.iter().find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+        return diagnose_usage(&format!("--pid {pid}: no such process (see `ps -e`)"));
+    }
+    let mut agent = crate::agent::Agent::start(&opts, &[], usize::MAX, false, crate::procinfo::hostname());
+    if !agent.active().contains(&crate::probes::offcpu::NAME) {
+        eprintln!("hostprobe: diagnose needs the offcpu probe, which could not attach; `hostprobe check` says why");
+        return std::process::ExitCode::FAILURE;
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_diagnose_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_diagnose_signal as *const () as libc::sighandler_t);
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let total = humantime::format_duration(args.duration);
+    eprintln!("hostprobe: watching for {total} (Ctrl-C to stop early)...");
+    let start = std::time::Instant::now();
+    while start.elapsed() < args.duration && !DIAGNOSE_STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(100).min(args.duration.saturating_sub(start.elapsed())));
+        if terminal {
+            eprint!("\rhostprobe: {:.0}s of {total}  ", start.elapsed().as_secs_f64().floor());
+        }
+    }
+    if terminal {
+        eprintln!();
+    }
+    let report = agent.tick();
+    let answer = crate::diagnose::answer(&report, &args.filters.pids, args.top as usize);
+    let out = match args.output {
+        crate::cli::DiagnoseOutput::Json => serde_json::to_string(&answer).unwrap_or_default() + "\n",
+        crate::cli::DiagnoseOutput::Text => crate::diagnose::text(&answer),
+    };
+    print!("{out}");
+    std::process::ExitCode::SUCCESS
+}
+
+fn diagnose_usage(e: &str) -> std::process::ExitCode {
+    eprintln!("hostprobe: {e} (see `hostprobe diagnose --help`)");
+    std::process::ExitCode::from(2)
 }

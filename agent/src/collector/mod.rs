@@ -74,17 +74,17 @@ pub struct CollectorArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// How long reports are kept for queries.
-    #[arg(long, default_value = "5m", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "5m", value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub retention: Duration,
     /// Memory for kept reports (encoded) over all agents; past it the
     /// oldest go first.
-    #[arg(long, default_value = "1G", value_parser = crate::export::parse_size, value_name = "SIZE")]
+    #[arg(long, default_value = "1G", value_parser = crate::units::parse_size, value_name = "SIZE")]
     pub max_memory: u64,
     /// Agents accepted at once; past it new agents are refused.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub max_agents: u32,
     /// Largest message accepted (e.g. 4M).
-    #[arg(long, default_value = "4M", value_parser = crate::export::parse_size, value_name = "SIZE")]
+    #[arg(long, default_value = "4M", value_parser = crate::units::parse_size, value_name = "SIZE")]
     pub max_message: u64,
     /// Sustained reports per second per agent (bursts up to --burst, for
     /// catching up after an outage).
@@ -93,10 +93,10 @@ pub struct CollectorArgs {
     #[arg(long, default_value_t = 2_000.0, value_name = "N")]
     pub burst: f64,
     /// Refuse reports older than this (by their interval's end).
-    #[arg(long, default_value = "24h", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "24h", value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub max_age: Duration,
     /// Refuse reports whose interval ends further than this in the future.
-    #[arg(long, default_value = "5m", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "5m", value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub max_future: Duration,
     /// Serve fleet-wide Prometheus metrics here (labels: host, process, container_id).
     #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
@@ -108,7 +108,7 @@ pub struct CollectorArgs {
     /// OpenTelemetry Collector, and through it any backend) every --otlp-interval.
     #[command(flatten)]
     pub otlp: crate::otlp::OtlpArgs,
-    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration, value_name = "DURATION", help_heading = "OpenTelemetry (OTLP/gRPC) export")]
+    #[arg(long, default_value = "10s", value_parser = crate::units::parse_duration, value_name = "DURATION", help_heading = "OpenTelemetry (OTLP/gRPC) export")]
     pub otlp_interval: Duration,
 }
 
@@ -167,7 +167,7 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
     };
     let metrics = (args.prometheus_listen.is_some() || args.otlp.endpoint().is_some()).then(|| {
         let mut m = crate::metrics::Metrics::new(args.metrics_max_processes as usize);
-        m.host = crate::agent::hostname();
+        m.host = crate::procinfo::hostname();
         Arc::new(Mutex::new(m))
     });
     let svc = Service {
@@ -219,7 +219,7 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
                 &client,
                 url.clone(),
                 "hostprobe-collector",
-                &crate::agent::hostname(),
+                &crate::procinfo::hostname(),
             )?;
             let (m, every) = (m.clone(), args.otlp_interval);
             tokio::spawn(async move {

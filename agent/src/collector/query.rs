@@ -133,7 +133,7 @@ pub struct QueryArgs {
     #[arg(long)]
     pub comm: Option<String>,
     /// Only reports of the last DURATION ("0s": all the collector keeps).
-    #[arg(long, default_value = "1m", value_parser = crate::cli::parse_window, value_name = "DURATION")]
+    #[arg(long, default_value = "1m", value_parser = crate::units::parse_window, value_name = "DURATION")]
     pub window: Duration,
     #[arg(long, default_value_t = 10)]
     pub limit: u32,
@@ -212,9 +212,9 @@ pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
                 r.comm,
                 r.agents.len(),
                 r.count,
-                crate::output::duration(r.total_ns),
-                crate::output::duration(r.p50_ns),
-                crate::output::duration(r.p99_ns)
+                crate::units::duration(r.total_ns),
+                crate::units::duration(r.p50_ns),
+                crate::units::duration(r.p99_ns)
             );
         }
         Ok(())
