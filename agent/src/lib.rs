@@ -32,6 +32,7 @@ pub mod diagnose;
 pub mod ebpf;
 pub mod export;
 pub mod fleet;
+pub mod grpc;
 pub mod hist;
 pub mod metrics;
 pub mod otlp;
@@ -147,7 +148,8 @@ mod layering {
     #[test]
     fn the_collector_and_the_exporters_import_no_probe_or_command_code() {
         let graph = imports();
-        let exporters = ["collector", "catalog", "metrics", "prom", "otlp", "export", "wire", "status", "units"];
+        let exporters =
+            ["collector", "catalog", "metrics", "prom", "otlp", "export", "grpc", "wire", "status", "units"];
         let forbidden = ["probes", "ebpf", "btf", "agent", "run", "cli", "check", "stacks"];
         for e in exporters {
             let bad: Vec<&String> = graph[e].iter().filter(|m| forbidden.contains(&m.as_str())).collect();

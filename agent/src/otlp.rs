@@ -240,7 +240,7 @@ impl Exporter {
     /// `host.name`.
     pub fn start(
         args: &OtlpArgs,
-        client: &crate::export::ClientArgs,
+        client: &crate::grpc::ClientArgs,
         url: String,
         service: &str,
         host: &str,
@@ -467,7 +467,7 @@ fn retryable(s: &tonic::Status) -> bool {
 
 async fn sender(
     url: String,
-    client_args: crate::export::ClientArgs,
+    client_args: crate::grpc::ClientArgs,
     headers: MetadataMap,
     queue: std::sync::Arc<std::sync::Mutex<VecDeque<(u64, ExportMetricsServiceRequest)>>>,
     mut wake: tokio::sync::watch::Receiver<u64>,
@@ -484,7 +484,7 @@ async fn sender(
             continue;
         };
         if client.is_none() {
-            match crate::export::channel(&url, &client_args).await {
+            match crate::grpc::channel(&url, &client_args).await {
                 Ok(ch) => {
                     client = Some(
                         MetricsServiceClient::new(ch)
@@ -547,8 +547,7 @@ fn sent(queue: &std::sync::Mutex<VecDeque<(u64, ExportMetricsServiceRequest)>>, 
 }
 
 async fn backoff(url: &str, why: &str, failures: u32) {
-    let base = Duration::from_millis(250).saturating_mul(1 << failures.min(7)).min(Duration::from_secs(30));
-    let delay = base.mul_f64(0.5 + fastrand::f64() * 0.5);
+    let delay = crate::grpc::backoff(failures);
     log::warn!("OTLP {url}: export failed ({why}); retrying in {delay:.1?}");
     tokio::time::sleep(delay).await;
 }

@@ -213,7 +213,7 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         }
         if let (Some((url, _)), Some(m)) = (args.otlp.endpoint(), &metrics) {
             // The scheme is the ask: http:// forwards in clear.
-            let client = crate::export::ClientArgs { plaintext: url.starts_with("http://"), ..Default::default() };
+            let client = crate::grpc::ClientArgs { plaintext: url.starts_with("http://"), ..Default::default() };
             let mut otlp = crate::otlp::Exporter::start(
                 &args.otlp,
                 &client,
