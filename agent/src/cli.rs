@@ -193,6 +193,12 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (off by default).
     #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
     pub prometheus_listen: Option<std::net::SocketAddr>,
+    /// TLS and basic auth for the metrics and health endpoints: a YAML
+    /// file in the Prometheus exporter-toolkit format
+    /// (tls_server_config: cert_file, key_file, client_ca_file;
+    /// basic_auth_users: user -> bcrypt hash). Basic auth guards /metrics.
+    #[arg(long, value_name = "FILE", help_heading = "Metrics")]
+    pub web_config_file: Option<std::path::PathBuf>,
     /// Serve /healthz (alive) and /readyz (probes attached and, with
     /// --collector, connected to one) here, e.g. 0.0.0.0:9465. They are
     /// also on --prometheus-listen.

@@ -48,6 +48,7 @@ pub mod symbols;
 pub mod syscalls;
 pub mod units;
 pub mod verdict;
+pub mod web;
 pub mod wire;
 
 /// The module map holds: no module imports another that imports it back

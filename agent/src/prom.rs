@@ -186,14 +186,20 @@ impl Readiness {
     }
 }
 
+/// A connection's byte stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// Serves `GET /metrics` (when `metrics` is given), `/healthz` (200 while the
 /// process serves) and `/readyz` (200 when `ready`, else 503 and why) on
-/// `addr`; `flag` names where the address came from, for errors.
+/// `addr`, with the TLS and basic auth of `web` if given; `flag` names where
+/// the address came from, for errors.
 pub async fn serve(
     addr: SocketAddr,
     flag: &str,
     metrics: Option<Arc<Mutex<Metrics>>>,
     ready: Arc<Readiness>,
+    web: Option<crate::web::Web>,
 ) -> anyhow::Result<()> {
     use http_body_util::Full;
     use hyper::{body::Bytes, service::service_fn, Response, StatusCode};
@@ -201,27 +207,47 @@ pub async fn serve(
     let registry = metrics.map(|m| Arc::new(registry(m)));
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{flag} {addr}: cannot listen there"))?;
+    let scheme = if web.as_ref().is_some_and(|w| w.tls.is_some()) { "https" } else { "http" };
     match registry {
-        Some(_) => log::info!("Prometheus metrics on http://{addr}/metrics; health on /healthz and /readyz"),
-        None => log::info!("health on http://{addr}/healthz and /readyz"),
+        Some(_) => log::info!("Prometheus metrics on {scheme}://{addr}/metrics; health on /healthz and /readyz"),
+        None => log::info!("health on {scheme}://{addr}/healthz and /readyz"),
     }
+    let web = web.map(Arc::new);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let (registry, ready) = (registry.clone(), ready.clone());
+            let Ok((tcp, peer)) = listener.accept().await else { continue };
+            let (registry, ready, web) = (registry.clone(), ready.clone(), web.clone());
             tokio::spawn(async move {
+                let stream: Box<dyn Io> = match web.as_ref().and_then(|w| w.tls.clone()) {
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(s) => Box::new(s),
+                        Err(e) => {
+                            log::debug!("{peer}: TLS handshake failed: {e}");
+                            return;
+                        }
+                    },
+                    None => Box::new(tcp),
+                };
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (registry, ready) = (registry.clone(), ready.clone());
+                    let (registry, ready, web) = (registry.clone(), ready.clone(), web.clone());
                     async move {
                         let text = |status: StatusCode, body: String| {
                             Response::builder().status(status).body(Full::new(Bytes::from(body)))
                         };
+                        let authorization =
+                            req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
                         match (req.uri().path(), &registry) {
                             ("/healthz", _) => text(StatusCode::OK, "ok\n".into()),
                             ("/readyz", _) => match ready.check() {
                                 Ok(()) => text(StatusCode::OK, "ready\n".into()),
                                 Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
                             },
+                            ("/metrics", Some(_)) if !web.as_ref().is_none_or(|w| w.allows(authorization)) => {
+                                Response::builder()
+                                    .status(StatusCode::UNAUTHORIZED)
+                                    .header(hyper::header::WWW_AUTHENTICATE, "Basic realm=\"hostprobe\"")
+                                    .body(Full::new(Bytes::from("basic auth required (see --web-config-file)\n")))
+                            }
                             ("/metrics", Some(registry)) => match render(registry) {
                                 Ok(body) => Response::builder()
                                     .header("content-type", prometheus_client::encoding::prometheus_text::CONTENT_TYPE)

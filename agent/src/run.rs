@@ -41,6 +41,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             log::warn!("--pid {pid}: no such process is running now; nothing is reported for it unless one starts");
         }
     }
+    let web = match args.web_config_file.as_deref().map(crate::web::Web::load).transpose() {
+        Ok(w) => w,
+        Err(e) => return refuse(format!("{e:#}")),
+    };
     let host = args.hostname.clone().or_else(node_name).unwrap_or_else(crate::procinfo::hostname);
     let export = args.export;
     let agent_id = match export.client.collectors.is_empty() {
@@ -117,10 +121,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         let ready = Arc::new(Readiness { attached, exporters });
         if let Some(addr) = prometheus_listen {
-            crate::prom::serve(addr, "--prometheus-listen", metrics.clone(), ready.clone()).await?;
+            crate::prom::serve(addr, "--prometheus-listen", metrics.clone(), ready.clone(), web.clone()).await?;
         }
         if let Some(addr) = health_listen {
-            crate::prom::serve(addr, "--health-listen", None, ready).await?;
+            crate::prom::serve(addr, "--health-listen", None, ready, web).await?;
         }
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut stopping = false;

@@ -563,16 +563,21 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(target: u16) -> Prometheus {
+        Self::scraping(&format!(
+            "  - job_name: hostprobe\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+        ))
+    }
+
+    /// One scraping every second with these `scrape_configs` entries (YAML,
+    /// indented as list items under `scrape_configs:`).
+    pub fn scraping(scrape_configs: &str) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("hostprobe-prometheus-{}-{}", std::process::id(), unique()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: hostprobe\n    \
-                 static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
-            ),
+            format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{scrape_configs}"),
         )
         .unwrap();
         let port = free_port();
@@ -984,4 +989,51 @@ impl Drop for BlockTrace {
 pub fn exact_quantile(sorted: &[u64], q: f64) -> u64 {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// PEM files of a test PKI: a CA, a server certificate for 127.0.0.1, a
+/// client certificate from the CA, and one from a CA nobody trusts.
+pub struct Pki {
+    dir: TempDir,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = TempDir::new(&format!("pki-{}", unique()));
+        let write = |name: &str, pem: String| std::fs::write(dir.0.join(name), pem).unwrap();
+        let ca = |cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let leaf = |names: Vec<String>, issuer: &Issuer<'_, KeyPair>, prefix: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names).unwrap().signed_by(&key, issuer).unwrap();
+            write(&format!("{prefix}.pem"), cert.pem());
+            write(&format!("{prefix}.key"), key.serialize_pem());
+        };
+        let (ca_pem, issuer) = ca("hostprobe test CA");
+        write("ca.pem", ca_pem);
+        leaf(vec!["127.0.0.1".into(), "localhost".into()], &issuer, "server");
+        leaf(vec!["agent".into()], &issuer, "client");
+        let (_, rogue) = ca("someone else's CA");
+        leaf(vec!["agent".into()], &rogue, "rogue");
+        write("token", "s3cret-token\n".into());
+        write("wrong-token", "not-the-token\n".into());
+        Pki { dir }
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        self.dir.0.join(name).to_str().unwrap().to_string()
+    }
 }

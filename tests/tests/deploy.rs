@@ -35,6 +35,7 @@ const RUN_FLAGS: &[(&str, &str)] = &[
     ("spool-dir", "/var/lib/hostprobe/spool"),
     ("spool-max", "64M"),
     ("prometheus-listen", "127.0.0.1:9464"),
+    ("web-config-file", "/etc/hostprobe/web.yml"),
     ("health-listen", "127.0.0.1:9465"),
     ("metrics-max-processes", "5"),
     ("metrics-max-remotes", "3"),

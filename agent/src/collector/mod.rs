@@ -98,9 +98,16 @@ pub struct CollectorArgs {
     /// Refuse reports whose interval ends further than this in the future.
     #[arg(long, default_value = "5m", value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub max_future: Duration,
-    /// Serve fleet-wide Prometheus metrics here (labels: host, process, container_id).
+    /// Serve fleet-wide Prometheus metrics here (labels: host_name,
+    /// process_executable_name, container_id, ...).
     #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
     pub prometheus_listen: Option<SocketAddr>,
+    /// TLS and basic auth for the metrics and health endpoints: a YAML
+    /// file in the Prometheus exporter-toolkit format
+    /// (tls_server_config: cert_file, key_file, client_ca_file;
+    /// basic_auth_users: user -> bcrypt hash). Basic auth guards /metrics.
+    #[arg(long, value_name = "FILE", help_heading = "Metrics")]
+    pub web_config_file: Option<std::path::PathBuf>,
     /// (host, process name) groups exported; the rest are summed as `other`.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N", help_heading = "Metrics")]
     pub metrics_max_processes: u32,
@@ -165,6 +172,7 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let web = args.web_config_file.as_deref().map(crate::web::Web::load).transpose()?;
     let metrics = (args.prometheus_listen.is_some() || args.otlp.endpoint().is_some()).then(|| {
         let mut m = crate::metrics::Metrics::new(args.metrics_max_processes as usize);
         m.host = crate::procinfo::hostname();
@@ -209,7 +217,7 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         if let (Some(addr), Some(m)) = (args.prometheus_listen, &metrics) {
             // Ready as soon as it listens: a collector has nothing to attach.
             let ready = crate::prom::Readiness { attached: Arc::new(true.into()), exporters: Vec::new() };
-            crate::prom::serve(addr, "--prometheus-listen", Some(m.clone()), Arc::new(ready)).await?;
+            crate::prom::serve(addr, "--prometheus-listen", Some(m.clone()), Arc::new(ready), web).await?;
         }
         if let (Some((url, _)), Some(m)) = (args.otlp.endpoint(), &metrics) {
             // The scheme is the ask: http:// forwards in clear.
