@@ -95,6 +95,25 @@ hostprobe diagnose --pid 1234 --duration 30s      one process, with the figures 
 hostprobe diagnose --comm postgres --output json  every thread named postgres, as JSON\n  \
 hostprobe query --collector URL --diagnose        the same rules over a collector's fleet")]
     Diagnose(DiagnoseArgs),
+    /// Record a baseline: the whole run's figures per process group (name
+    /// and cgroup), with exact histograms, in one file for `compare`.
+    #[command(after_help = "Examples:\n  \
+hostprobe record --duration 30s --out before.json                the whole host\n  \
+hostprobe record --duration 30s --cgroup /system.slice/db.service --out after.json\n  \
+hostprobe compare before.json after.json --fail-on 'p99 > +20%'")]
+    Record(crate::baseline::record::RecordArgs),
+    /// Say what changed between two recordings: per process group and
+    /// resource, only changes larger than the histograms' resolution and
+    /// the runs' noise allow, biggest first.
+    ///
+    /// Exit status: 0, or 1 when a change matches --fail-on, 2 when a file
+    /// cannot be read. How it decides is in the README ("Baselines").
+    #[command(after_help = "Examples:\n  \
+hostprobe compare before.json after.json\n  \
+hostprobe compare before.json after.json --output json\n  \
+hostprobe compare before.json after.json --fail-on 'p99 > +20%, share > +10'   for CI\n  \
+hostprobe compare before.json after.json --fail-on 'disk:p50 > +50%, network:rate > +100%'")]
+    Compare(crate::baseline::compare::CompareArgs),
     /// Receive reports from agents (`hostprobe run --collector`), keep a
     /// window of them, and answer fleet queries.
     ///

@@ -6,6 +6,7 @@
 //! [`run`].
 
 pub mod agent;
+pub mod baseline;
 pub mod btf;
 pub mod check;
 pub mod cli;
