@@ -65,6 +65,9 @@ pub struct DiskCum {
     pub bytes: u64,
     pub errors: u64,
     pub latency: CumHist,
+    /// Time requests spent queued (submitted to issued), summed; `None`
+    /// once an interval came without it.
+    pub queue_ns: Option<u64>,
 }
 
 /// Everything exported for one group, cumulative since `start_unix_ns`.
@@ -94,6 +97,9 @@ pub struct Group {
     pub tcp_bytes_received: u64,
     pub tcp_retransmits: u64,
     pub tcp_connections: u64,
+    /// Connects that failed: refused (reset), timed out.
+    pub tcp_refused: u64,
+    pub tcp_timeouts: u64,
     pub tcp_rtt: CumHist,
 }
 
@@ -109,7 +115,9 @@ impl Group {
         }
     }
 
-    /// `total`: the queued-to-completed latencies and their sum, if known.
+    /// `total`: the queued-to-completed latencies and their sum, if known;
+    /// `queue_ns`: the time queued, if known.
+    #[allow(clippy::too_many_arguments)]
     fn add_disk(
         &mut self,
         device: &str,
@@ -118,8 +126,14 @@ impl Group {
         bytes: u64,
         errors: u64,
         total: Option<(&Histogram, Option<u64>)>,
+        queue_ns: Option<u64>,
     ) {
+        let new = !self.disk.contains_key(&(device.to_string(), op.to_string()));
         let e = self.disk.entry((device.to_string(), op.to_string())).or_default();
+        if new {
+            e.queue_ns = Some(0);
+        }
+        e.queue_ns = e.queue_ns.zip(queue_ns).map(|(a, b)| a + b);
         e.count += count;
         e.bytes += bytes;
         e.errors += errors;
@@ -136,7 +150,9 @@ impl Group {
     }
 
     /// A TCP item; `connections` count once closed (state `CLOSED`).
-    /// `rtt`: the RTT samples and their sum, if known.
+    /// `failed`: connects refused and timed out. `rtt`: the RTT samples and
+    /// their sum, if known.
+    #[allow(clippy::too_many_arguments)]
     fn add_tcp(
         &mut self,
         state: &str,
@@ -144,8 +160,11 @@ impl Group {
         sent: u64,
         received: u64,
         retransmits: u64,
+        failed: (u64, u64),
         rtt: Option<(&Histogram, Option<u64>)>,
     ) {
+        self.tcp_refused += failed.0;
+        self.tcp_timeouts += failed.1;
         self.tcp_bytes_sent += sent;
         self.tcp_bytes_received += received;
         self.tcp_retransmits += retransmits;
@@ -170,7 +189,8 @@ impl Group {
             self.add_syscall(&s.name, l.count, l.errors, l.total_ns, Some(&l.hist));
         }
         for d in disk {
-            self.add_disk(&d.device, d.op, d.count, d.bytes, d.errors, Some((&d.total.hist, Some(d.total.sum_ns))));
+            let total = Some((&d.total.hist, Some(d.total.sum_ns)));
+            self.add_disk(&d.device, d.op, d.count, d.bytes, d.errors, total, Some(d.queue.sum_ns));
         }
         if let Some(o) = offcpu {
             self.add_thread_time(o.on_cpu_ns, o.runqueue_ns, o.blocked_io_ns, o.sleep_ns);
@@ -181,7 +201,8 @@ impl Group {
     fn add_tcp_reports(&mut self, tcp: &[TcpReport]) {
         for t in tcp {
             let rtt = Some((&t.rtt.hist, Some(t.rtt.sum_ns)));
-            self.add_tcp(t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, rtt);
+            let failed = (t.refused, t.timeouts);
+            self.add_tcp(t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, failed, rtt);
         }
     }
 
@@ -191,7 +212,8 @@ impl Group {
         for t in tcp {
             let rtt = t.rtt.as_ref().and_then(|h| Some((crate::wire::from_wire(h).ok()?, h.sum_ns)));
             let rtt = rtt.as_ref().map(|(h, sum)| (h, *sum));
-            self.add_tcp(&t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, rtt);
+            let failed = (t.refused, t.timeouts);
+            self.add_tcp(&t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, failed, rtt);
         }
     }
 }
@@ -331,7 +353,9 @@ impl Metrics {
             for d in &p.disk {
                 let total = hist(&d.total);
                 let sum_ns = d.total.as_ref().and_then(|h| h.sum_ns);
-                group.add_disk(&d.device, &d.op, d.count, d.bytes, d.errors, total.as_ref().map(|h| (h, sum_ns)));
+                let queue_ns = d.queue.as_ref().and_then(|h| h.sum_ns);
+                let total = total.as_ref().map(|h| (h, sum_ns));
+                group.add_disk(&d.device, &d.op, d.count, d.bytes, d.errors, total, queue_ns);
             }
             if let Some(o) = &p.offcpu {
                 group.add_thread_time(o.on_cpu_ns, o.runqueue_ns, o.blocked_io_ns, o.sleep_ns);

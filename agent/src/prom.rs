@@ -121,9 +121,13 @@ impl Collector for View {
         let mut ios = Vec::new();
         let mut bytes = Vec::new();
         let mut io_lat = Vec::new();
+        let mut queued = Vec::new();
         for (k, g) in &groups {
             for ((dev, op), d) in &g.disk {
                 let l = with(k, &[("device", dev.clone()), ("op", op.clone())]);
+                if let Some(ns) = d.queue_ns {
+                    queued.push((l.clone(), ns as f64 / 1e9));
+                }
                 ios.push((l.clone(), d.count));
                 bytes.push((l.clone(), d.bytes));
                 io_lat.push((l, &d.latency));
@@ -132,6 +136,12 @@ impl Collector for View {
         counter(&mut e, "hostprobe_disk_ios", "Block I/O requests completed.", &ios)?;
         counter(&mut e, "hostprobe_disk_bytes", "Bytes of block I/O completed.", &bytes)?;
         histogram(&mut e, "hostprobe_disk_io_duration_seconds", "Block I/O latency, queued to completed.", &io_lat)?;
+        counter(
+            &mut e,
+            "hostprobe_disk_queue_seconds",
+            "Time block I/O requests spent queued before the device took them (part of the I/O duration).",
+            &queued,
+        )?;
 
         let mut cpu = Vec::new();
         for (k, g) in &groups {
@@ -164,6 +174,17 @@ impl Collector for View {
         counter(&mut e, "hostprobe_tcp_received_bytes", "TCP bytes received.", &pick(|g| g.tcp_bytes_received))?;
         counter(&mut e, "hostprobe_tcp_retransmits", "TCP segments retransmitted.", &pick(|g| g.tcp_retransmits))?;
         counter(&mut e, "hostprobe_tcp_connections_closed", "TCP connections closed.", &pick(|g| g.tcp_connections))?;
+        let mut failures = Vec::new();
+        for (k, g) in groups.iter().filter(|(_, g)| g.tcp_refused + g.tcp_timeouts > 0) {
+            failures.push((with(k, &[("reason", "refused".into())]), g.tcp_refused));
+            failures.push((with(k, &[("reason", "timeout".into())]), g.tcp_timeouts));
+        }
+        counter(
+            &mut e,
+            "hostprobe_tcp_connect_failures",
+            "TCP connects that failed: refused (reset) or timed out.",
+            &failures,
+        )?;
         let rtt: Vec<_> = groups.iter().map(|(k, g)| (base(k), &g.tcp_rtt)).collect();
         histogram(
             &mut e,
@@ -361,6 +382,8 @@ mod tests {
         );
         assert!(body.contains("hostprobe_tcp_rtt_seconds_count{"), "{body}");
         assert!((total(&body, "hostprobe_tcp_rtt_seconds_sum") - 11.0 * 120_000.0 / 1e9).abs() < 1e-12, "{body}");
+        // Queued 1 us per request, k requests for process k = 1..=10.
+        assert!((total(&body, "hostprobe_disk_queue_seconds_total") - 55_000e-9).abs() < 1e-12, "{body}");
         assert!(!body.contains("NaN"), "{body}");
     }
 

@@ -283,6 +283,16 @@ impl LoopDevice {
         Self::attach(backing, &[])
     }
 
+    /// A loop device over a file in memory (`/dev/shm`): its requests
+    /// never wait for a real disk, so its latency is the CPU's alone.
+    pub fn in_memory(mib: u64) -> LoopDevice {
+        let backing = PathBuf::from("/dev/shm").join(format!("hostprobe-test-{}-{}.img", std::process::id(), unique()));
+        let f = std::fs::File::create(&backing).expect("create backing file in /dev/shm");
+        f.set_len(mib << 20).expect("size backing file");
+        drop(f);
+        Self::attach(backing, &[])
+    }
+
     /// A loop device that reads its backing file (written out in full, on
     /// the host's disk) with direct I/O: every request reaches the real
     /// disk, with its latency and its parallelism.
@@ -328,6 +338,91 @@ impl LoopDevice {
     pub fn diskstats(&self) -> (u64, u64, u64) {
         let s = self.stats();
         (s.reads, s.writes, s.flushes)
+    }
+}
+
+impl LoopDevice {
+    /// `major:minor`, as cgroup limit files want it.
+    pub fn numbers(&self) -> String {
+        std::fs::read_to_string(format!("/sys/block/{}/dev", self.name())).expect("device numbers").trim().to_string()
+    }
+}
+
+/// A cgroup v1 blkio group (this host's I/O controller), removed on drop
+/// (its tasks moved back to the root).
+pub struct BlkioGroup(PathBuf);
+
+impl BlkioGroup {
+    /// `hostprobe-test-NAME-<pid>` with `limit_file` (e.g.
+    /// `blkio.throttle.write_iops_device`) set to `value`.
+    pub fn new(name: &str, limit_file: &str, value: &str) -> BlkioGroup {
+        let dir = PathBuf::from("/sys/fs/cgroup/blkio").join(format!("hostprobe-test-{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).expect("create a blkio cgroup (cgroup v1 blkio controller)");
+        let g = BlkioGroup(dir);
+        std::fs::write(g.0.join(limit_file), value).unwrap_or_else(|e| panic!("{limit_file} {value}: {e}"));
+        g
+    }
+
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into the blkio cgroup");
+    }
+}
+
+impl Drop for BlkioGroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::fs::write("/sys/fs/cgroup/blkio/cgroup.procs", pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A cgroup v2 group under the cgroup2 mount (what `--cgroup` filters on
+/// and process groups are named by), removed on drop with its children
+/// (their tasks moved back to the root).
+pub struct Cgroup2 {
+    pub dir: PathBuf,
+    root: PathBuf,
+}
+
+impl Cgroup2 {
+    /// `<cgroup2 mount>/<rel>` (and its parents), made now.
+    pub fn new(rel: &str) -> Cgroup2 {
+        let root = PathBuf::from(hostprobe::cli::cgroup2_mount().expect("a cgroup2 mount"));
+        let dir = root.join(rel);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
+        Cgroup2 { dir, root }
+    }
+
+    /// The path `--cgroup` takes and `/proc/<pid>/cgroup` shows.
+    pub fn path(&self) -> String {
+        format!("/{}", self.dir.strip_prefix(&self.root).unwrap().display())
+    }
+
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+    }
+}
+
+impl Drop for Cgroup2 {
+    fn drop(&mut self) {
+        // Children first: the deepest paths are the longest.
+        let mut dirs = vec![self.dir.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(rd) = std::fs::read_dir(&dirs[i]) {
+                dirs.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+            }
+            i += 1;
+        }
+        for d in dirs.iter().rev() {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
+                let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+            }
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }
 

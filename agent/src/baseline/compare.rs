@@ -223,6 +223,9 @@ impl Ctx<'_> {
             return;
         }
         self.compared += 1;
+        let per_second =
+            |h: &crate::hist::Histogram, r: &Recording| h.count() as f64 * 1e9 / r.duration_ns.max(1) as f64;
+        let rate = per_second(&ha, self.a).max(per_second(&hb, self.b));
         let mut qs = Vec::new();
         for (name, q, col) in [("p50", 0.5, 2), ("p90", 0.9, 3), ("p99", 0.99, 4)] {
             let slices = |d: &Dist| d.slices.iter().map(|s| (s[1], s[col])).collect::<Vec<_>>();
@@ -239,7 +242,8 @@ impl Ctx<'_> {
                 ratio: eb.value / ea.value.max(1.0),
                 before_interval: bound(&ea),
                 after_interval: bound(&eb),
-                significant: stats::quantile_changed(&ea, &eb, self.min_change),
+                significant: stats::quantile_changed(&ea, &eb, self.min_change)
+                    && stats::matters(eb.value - ea.value, rate),
             });
         }
         let sig: Vec<&QuantileChange> = qs.iter().filter(|q| q.significant).collect();
@@ -354,7 +358,9 @@ impl Ctx<'_> {
             let Some(tb) = gb.tcp.iter().find(|t| t.remote == ta.remote && t.direction == ta.direction) else {
                 continue;
             };
-            let to = if ta.direction == "connect" { "to" } else { "from" };
+            // Connections whose open the probe did not see count as
+            // accepted: either way the RTT is to that remote.
+            let to = "to";
             self.latency(key, "network", format!("TCP RTT {to} {}", ta.remote), 2, &ta.rtt, &tb.rtt);
             self.latency(key, "network", format!("TCP connect time {to} {}", ta.remote), 2, &ta.connect, &tb.connect);
             self.count(key, format!("TCP retransmits {to} {}", ta.remote), ta.retransmits, tb.retransmits);

@@ -11,15 +11,20 @@
 //!      resolution (a bucket, 12.5%) and is wide when samples are few (a
 //!      p99 of 50 samples has no upper bound at all);
 //!   2. the noise within the run: the quantile of each slice (500 ms) with
-//!      enough samples for it, `exp(±z · sd(ln q_slice) / sqrt(k))` around
-//!      the run's; this catches what samples that are not independent do
-//!      (bursts, a neighbour's load).
+//!      enough samples for it, `exp(±t · sd(ln q_slice) / sqrt(k))` around
+//!      the run's (`t`: Student's, 99.9%, `k - 1` degrees of freedom); this
+//!      catches what samples that are not independent do (bursts, a
+//!      neighbour's load).
 //!
-//!   A quantile changed when the two runs' intervals do not overlap **and**
-//!   it moved by at least the minimum change (`--min-change`).
+//!   A quantile changed when the two runs' intervals do not overlap, it
+//!   moved by at least the minimum change (`--min-change`), **and** the
+//!   move matters: at the rate the events happen (the busier run's), it
+//!   adds or removes at least [`MIN_IMPACT`] of one thread's time (10 ms a
+//!   second). A run-queue wait going from 2 to 15 us on 20 waits a second
+//!   is real on a busy host, and nobody's problem.
 //! - **Shares of thread time** (where the time went, and the time asleep
 //!   per syscall): the fraction of each slice, compared as means with the
-//!   standard error of the slices (`z · sqrt(se_a² + se_b²)`), and at least
+//!   standard error of the slices (`t · sqrt(se_a² + se_b²)`), and at least
 //!   [`MIN_SHARE`] (10 points) apart.
 //! - **Counts** (retransmits, failed connects) per second: a conditional
 //!   binomial test of two Poisson counts, at least [`MIN_COUNT`] events in
@@ -38,11 +43,17 @@ pub const Z: f64 = 3.29;
 pub const MIN_CHANGE: f64 = 0.125;
 /// Smallest change of a share of thread time reported (10 points).
 pub const MIN_SHARE: f64 = 0.10;
+/// A quantile's change matters when, at the rate its events happen, it
+/// would add or remove at least this much thread time a second (1% of one
+/// thread): 5 us more on a thousand waits a second does not; 70 ns more on
+/// every one of a million syscalls a second does.
+pub const MIN_IMPACT: f64 = 0.01;
 /// Fewest events in the busier run for a change of a count.
 pub const MIN_COUNT: u64 = 10;
 /// A slice's quantile counts toward the noise when the slice has at least
-/// this many samples above it (`n (1 - q)`).
-pub const SLICE_TAIL: f64 = 5.0;
+/// this many samples above it (`n (1 - q)`): a p99 from 200 samples is
+/// noisy itself, which only widens the interval.
+pub const SLICE_TAIL: f64 = 2.0;
 /// Fewest slices that measure noise.
 pub const MIN_SLICES: usize = 3;
 
@@ -84,10 +95,34 @@ pub fn order_interval(h: &Histogram, max_ns: u64, q: f64, z: f64) -> Option<Esti
     Some(Estimate { value, lo: lo.min(value), hi: hi.max(value) })
 }
 
-/// The factor `exp(z · se)` of the noise between slices: `slices` are each
+/// Student's t quantile for a two-sided 99.9% interval with `dof` degrees
+/// of freedom (a standard table; between rows, the next smaller dof: wider).
+pub fn t999(dof: usize) -> f64 {
+    const TABLE: [(usize, f64); 16] = [
+        (1, 636.6),
+        (2, 31.6),
+        (3, 12.92),
+        (4, 8.61),
+        (5, 6.87),
+        (6, 5.96),
+        (7, 5.41),
+        (8, 5.04),
+        (9, 4.78),
+        (10, 4.59),
+        (12, 4.32),
+        (15, 4.07),
+        (20, 3.85),
+        (30, 3.65),
+        (60, 3.46),
+        (120, 3.37),
+    ];
+    TABLE.iter().rev().find(|(d, _)| *d <= dof).map_or(f64::INFINITY, |(_, t)| *t).max(Z)
+}
+
+/// The factor `exp(t · se)` of the noise between slices: `slices` are each
 /// slice's (samples, quantile); `None` with fewer than [`MIN_SLICES`] that
 /// have enough samples for `q`.
-pub fn slice_factor(slices: &[(u64, u64)], q: f64, z: f64) -> Option<f64> {
+pub fn slice_factor(slices: &[(u64, u64)], q: f64) -> Option<f64> {
     let logs: Vec<f64> = slices
         .iter()
         .filter(|(n, v)| *n as f64 * (1.0 - q) >= SLICE_TAIL && *v > 0)
@@ -99,14 +134,14 @@ pub fn slice_factor(slices: &[(u64, u64)], q: f64, z: f64) -> Option<f64> {
     let k = logs.len() as f64;
     let mean = logs.iter().sum::<f64>() / k;
     let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (k - 1.0);
-    Some((z * (var / k).sqrt()).exp())
+    Some((t999(logs.len() - 1) * (var / k).sqrt()).exp())
 }
 
 /// A run's estimate of quantile `q`: the order-statistic interval, widened
 /// by the slices' noise.
 pub fn estimate(h: &Histogram, max_ns: u64, q: f64, slices: &[(u64, u64)]) -> Option<Estimate> {
     let mut e = order_interval(h, max_ns, q, Z)?;
-    if let Some(f) = slice_factor(slices, q, Z) {
+    if let Some(f) = slice_factor(slices, q) {
         e.lo = e.lo.min(e.value / f);
         e.hi = e.hi.max(e.value * f);
     }
@@ -121,10 +156,16 @@ pub fn quantile_changed(a: &Estimate, b: &Estimate, min_change: f64) -> bool {
     disjoint && big
 }
 
+/// Whether moving by `delta_ns` at `per_second` events a second matters
+/// ([`MIN_IMPACT`]).
+pub fn matters(delta_ns: f64, per_second: f64) -> bool {
+    delta_ns.abs() * 1e-9 * per_second >= MIN_IMPACT
+}
+
 /// A share of thread time over a run: its value (total over total) and the
-/// standard error of the slices' shares (`None` with fewer than
-/// [`MIN_SLICES`] slices with thread time).
-pub fn share(part: &[u64], whole: &[u64]) -> Option<(f64, Option<f64>)> {
+/// standard error of the slices' shares with its degrees of freedom (`None`
+/// with fewer than [`MIN_SLICES`] slices with thread time).
+pub fn share(part: &[u64], whole: &[u64]) -> Option<(f64, Option<(f64, usize)>)> {
     let total: u64 = whole.iter().sum();
     if total == 0 {
         return None;
@@ -142,13 +183,17 @@ pub fn share(part: &[u64], whole: &[u64]) -> Option<(f64, Option<f64>)> {
     let k = per.len() as f64;
     let mean = per.iter().sum::<f64>() / k;
     let var = per.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (k - 1.0);
-    Some((value, Some((var / k).sqrt())))
+    Some((value, Some(((var / k).sqrt(), per.len() - 1))))
 }
 
-/// Whether a share changed from `a` to `b` (value, standard error).
-pub fn share_changed(a: (f64, Option<f64>), b: (f64, Option<f64>), min_share: f64) -> bool {
+/// Whether a share changed from `a` to `b` (value, standard error and its
+/// degrees of freedom): Welch's test, with the fewer degrees of freedom of
+/// the two (conservative).
+pub fn share_changed(a: (f64, Option<(f64, usize)>), b: (f64, Option<(f64, usize)>), min_share: f64) -> bool {
     let delta = (b.0 - a.0).abs();
-    let noise = Z * (a.1.unwrap_or(0.0).powi(2) + b.1.unwrap_or(0.0).powi(2)).sqrt();
+    let (se_a, dof_a) = a.1.unwrap_or((0.0, usize::MAX));
+    let (se_b, dof_b) = b.1.unwrap_or((0.0, usize::MAX));
+    let noise = t999(dof_a.min(dof_b)) * (se_a.powi(2) + se_b.powi(2)).sqrt();
     delta >= min_share && delta > noise
 }
 
@@ -225,7 +270,7 @@ mod tests {
         assert!(quantile_changed(&estimate(&a, ma, 0.5, &calm).unwrap(), &ec, MIN_CHANGE));
         assert!(!quantile_changed(&estimate(&a, ma, 0.5, &noisy).unwrap(), &ec, MIN_CHANGE));
         // Slices with too few samples for a p99 are not used.
-        assert_eq!(slice_factor(&[(100, 1), (100, 100), (100, 1)], 0.99, Z), None);
+        assert_eq!(slice_factor(&[(100, 1), (100, 100), (100, 1)], 0.99), None);
     }
 
     #[test]
@@ -238,6 +283,14 @@ mod tests {
         let noisy_b = share(&[0, 90, 10, 80, 5, 85], &whole).unwrap();
         assert!(!share_changed(steady_a, noisy_b, MIN_SHARE), "{steady_a:?} {noisy_b:?}");
         assert_eq!(share(&[1], &[0]), None);
+    }
+
+    #[test]
+    fn a_change_matters_by_the_time_it_moves() {
+        assert!(!matters(13_000.0, 20.0), "13 us on 20 waits a second");
+        assert!(!matters(5_000.0, 1_000.0));
+        assert!(matters(70.0, 1_000_000.0), "70 ns on a million calls a second");
+        assert!(matters(-20_000_000.0, 50.0), "20 ms less on 50 writes a second");
     }
 
     #[test]
