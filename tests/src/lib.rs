@@ -632,15 +632,22 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(target: u16) -> Prometheus {
+        Prometheus::with_rules(target, &[])
+    }
+
+    /// Like [`Prometheus::start`], evaluating these rule files every second.
+    pub fn with_rules(target: u16, rules: &[&std::path::Path]) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("hostprobe-prometheus-{}-{}", std::process::id(), unique()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("prometheus.yml");
+        let rule_files: String = rules.iter().map(|r| format!("  - {}\n", r.display())).collect();
+        let rule_files = if rules.is_empty() { String::new() } else { format!("rule_files:\n{rule_files}") };
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: hostprobe\n    \
-                 static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n{rule_files}\
+                 scrape_configs:\n  - job_name: hostprobe\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
             ),
         )
         .unwrap();
@@ -663,6 +670,14 @@ impl Prometheus {
             std::thread::sleep(Duration::from_millis(200));
         }
         p
+    }
+
+    /// The alerts it holds now (`/api/v1/alerts`): each with `labels`,
+    /// `annotations` and `state` (pending or firing).
+    pub fn alerts(&self) -> Vec<Value> {
+        let (_, body) = http_get(self.port, "/api/v1/alerts");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad alerts answer ({e}): {body}"));
+        v["data"]["alerts"].as_array().cloned().unwrap_or_default()
     }
 
     /// The value of an instant PromQL query with one result, if any.
