@@ -23,6 +23,7 @@
 //! the collector and the exporters import no probe or command code.
 
 pub mod agent;
+pub mod baseline;
 pub mod btf;
 pub mod catalog;
 pub mod check;
@@ -31,6 +32,7 @@ pub mod collector;
 pub mod diagnose;
 pub mod ebpf;
 pub mod export;
+pub mod filters;
 pub mod fleet;
 pub mod grpc;
 pub mod hist;

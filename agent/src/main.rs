@@ -36,6 +36,8 @@ fn main() -> ExitCode {
         Command::Check(args) => hostprobe::check::run(&args),
         Command::Offcpu(args) => hostprobe::stacks::run(&args),
         Command::Diagnose(args) => hostprobe::run::diagnose(&args),
+        Command::Record(args) => hostprobe::baseline::record::run(&args),
+        Command::Compare(args) => hostprobe::baseline::compare::run(&args),
         Command::Collector(args) => report(hostprobe::collector::run(&args)),
         Command::Query(args) => report(hostprobe::collector::query_cmd(&args)),
         Command::Run(args) => match hostprobe::run::run(args) {

@@ -285,6 +285,16 @@ impl LoopDevice {
         Self::attach(backing, &[])
     }
 
+    /// A loop device over a file in memory (`/dev/shm`): its requests
+    /// never wait for a real disk, so its latency is the CPU's alone.
+    pub fn in_memory(mib: u64) -> LoopDevice {
+        let backing = PathBuf::from("/dev/shm").join(format!("hostprobe-test-{}-{}.img", std::process::id(), unique()));
+        let f = std::fs::File::create(&backing).expect("create backing file in /dev/shm");
+        f.set_len(mib << 20).expect("size backing file");
+        drop(f);
+        Self::attach(backing, &[])
+    }
+
     /// A loop device that reads its backing file (written out in full, on
     /// the host's disk) with direct I/O: every request reaches the real
     /// disk, with its latency and its parallelism.
@@ -350,6 +360,91 @@ impl LoopDevice {
     pub fn diskstats(&self) -> (u64, u64, u64) {
         let s = self.stats();
         (s.reads, s.writes, s.flushes)
+    }
+}
+
+impl LoopDevice {
+    /// `major:minor`, as cgroup limit files want it.
+    pub fn numbers(&self) -> String {
+        std::fs::read_to_string(format!("/sys/block/{}/dev", self.name())).expect("device numbers").trim().to_string()
+    }
+}
+
+/// A cgroup v1 blkio group (this host's I/O controller), removed on drop
+/// (its tasks moved back to the root).
+pub struct BlkioGroup(PathBuf);
+
+impl BlkioGroup {
+    /// `hostprobe-test-NAME-<pid>` with `limit_file` (e.g.
+    /// `blkio.throttle.write_iops_device`) set to `value`.
+    pub fn new(name: &str, limit_file: &str, value: &str) -> BlkioGroup {
+        let dir = PathBuf::from("/sys/fs/cgroup/blkio").join(format!("hostprobe-test-{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).expect("create a blkio cgroup (cgroup v1 blkio controller)");
+        let g = BlkioGroup(dir);
+        std::fs::write(g.0.join(limit_file), value).unwrap_or_else(|e| panic!("{limit_file} {value}: {e}"));
+        g
+    }
+
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into the blkio cgroup");
+    }
+}
+
+impl Drop for BlkioGroup {
+    fn drop(&mut self) {
+        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let _ = std::fs::write("/sys/fs/cgroup/blkio/cgroup.procs", pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A cgroup v2 group under the cgroup2 mount (what `--cgroup` filters on
+/// and process groups are named by), removed on drop with its children
+/// (their tasks moved back to the root).
+pub struct Cgroup2 {
+    pub dir: PathBuf,
+    root: PathBuf,
+}
+
+impl Cgroup2 {
+    /// `<cgroup2 mount>/<rel>` (and its parents), made now.
+    pub fn new(rel: &str) -> Cgroup2 {
+        let root = PathBuf::from(hostprobe::cli::cgroup2_mount().expect("a cgroup2 mount"));
+        let dir = root.join(rel);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
+        Cgroup2 { dir, root }
+    }
+
+    /// The path `--cgroup` takes and `/proc/<pid>/cgroup` shows.
+    pub fn path(&self) -> String {
+        format!("/{}", self.dir.strip_prefix(&self.root).unwrap().display())
+    }
+
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+    }
+}
+
+impl Drop for Cgroup2 {
+    fn drop(&mut self) {
+        // Children first: the deepest paths are the longest.
+        let mut dirs = vec![self.dir.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(rd) = std::fs::read_dir(&dirs[i]) {
+                dirs.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+            }
+            i += 1;
+        }
+        for d in dirs.iter().rev() {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
+                let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+            }
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }
 
@@ -563,21 +658,36 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(target: u16) -> Prometheus {
-        Self::scraping(&format!(
-            "  - job_name: hostprobe\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
-        ))
+        Prometheus::with_rules(target, &[])
+    }
+
+    /// Like [`Prometheus::start`], evaluating these rule files every second.
+    pub fn with_rules(target: u16, rules: &[&std::path::Path]) -> Prometheus {
+        Self::launch(
+            &format!("  - job_name: hostprobe\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"),
+            rules,
+        )
     }
 
     /// One scraping every second with these `scrape_configs` entries (YAML,
     /// indented as list items under `scrape_configs:`).
     pub fn scraping(scrape_configs: &str) -> Prometheus {
+        Self::launch(scrape_configs, &[])
+    }
+
+    fn launch(scrape_configs: &str, rules: &[&std::path::Path]) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("hostprobe-prometheus-{}-{}", std::process::id(), unique()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("prometheus.yml");
+        let rule_files: String = rules.iter().map(|r| format!("  - {}\n", r.display())).collect();
+        let rule_files = if rules.is_empty() { String::new() } else { format!("rule_files:\n{rule_files}") };
         std::fs::write(
             &config,
-            format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{scrape_configs}"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n{rule_files}\
+                 scrape_configs:\n{scrape_configs}"
+            ),
         )
         .unwrap();
         let port = free_port();
@@ -610,6 +720,14 @@ impl Prometheus {
             return Err(body);
         }
         Ok(v["data"]["result"].as_array().map_or(0, Vec::len))
+    }
+
+    /// The alerts it holds now (`/api/v1/alerts`): each with `labels`,
+    /// `annotations` and `state` (pending or firing).
+    pub fn alerts(&self) -> Vec<Value> {
+        let (_, body) = http_get(self.port, "/api/v1/alerts");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad alerts answer ({e}): {body}"));
+        v["data"]["alerts"].as_array().cloned().unwrap_or_default()
     }
 
     /// The value of an instant PromQL query with one result, if any.

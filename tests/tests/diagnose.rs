@@ -11,7 +11,9 @@ use std::{
     time::Duration,
 };
 
-use hostprobe_tests::{free_port, hostprobe, hostprobe_bin, Agent, Collector, LoopDevice, NetPair, Workload};
+use hostprobe_tests::{
+    free_port, hostprobe, hostprobe_bin, Agent, BlkioGroup, Collector, LoopDevice, NetPair, Workload,
+};
 use serde_json::Value;
 
 /// How long each diagnosis watches.
@@ -50,47 +52,13 @@ fn pid_arg(pids: &[u32]) -> String {
     pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
-/// The loop device's `major:minor`, as cgroup files want it.
-fn dev_numbers(dev: &LoopDevice) -> String {
-    std::fs::read_to_string(format!("/sys/block/{}/dev", dev.name())).expect("device numbers").trim().to_string()
-}
-
-/// A cgroup v1 blkio group, removed on drop (its tasks moved back to the root).
-struct BlkioGroup(std::path::PathBuf);
-
-impl BlkioGroup {
-    fn new(limit_file: &str, value: &str) -> BlkioGroup {
-        let dir = std::path::PathBuf::from("/sys/fs/cgroup/blkio")
-            .join(format!("hostprobe-test-diagnose-{}", std::process::id()));
-        std::fs::create_dir(&dir).expect("create a blkio cgroup (cgroup v1 blkio controller)");
-        let g = BlkioGroup(dir);
-        std::fs::write(g.0.join(limit_file), value).unwrap_or_else(|e| panic!("{limit_file} {value}: {e}"));
-        g
-    }
-
-    fn add(&self, pid: u32) {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into the blkio cgroup");
-    }
-}
-
-impl Drop for BlkioGroup {
-    fn drop(&mut self) {
-        if let Ok(procs) = std::fs::read_to_string(self.0.join("cgroup.procs")) {
-            for pid in procs.lines() {
-                let _ = std::fs::write("/sys/fs/cgroup/blkio/cgroup.procs", pid);
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn writes_throttled_by_a_cgroup_limit_are_disk_above_the_device() {
     // A buffered loop device answers a 4 KiB write in microseconds; the
     // cgroup lets its writer make 50 a second, so each synchronous write
     // waits ~20 ms before it reaches the device.
     let dev = LoopDevice::new(64);
-    let group = BlkioGroup::new("blkio.throttle.write_iops_device", &format!("{} 50", dev_numbers(&dev)));
+    let group = BlkioGroup::new("diagnose", "blkio.throttle.write_iops_device", &format!("{} 50", dev.numbers()));
     let mut w = Workload::spawn(&["dio-loop", &dev.path, RUN_MS]);
     group.add(w.pid());
     w.go();
@@ -297,7 +265,7 @@ fn the_fleet_lists_a_disk_bound_and_a_cpu_starved_process_with_their_hosts_worst
     let collector = Collector::start(free_port(), &["--plaintext"]);
     let url = collector.url();
     let dev = LoopDevice::new(64);
-    let group = BlkioGroup::new("blkio.throttle.write_iops_device", &format!("{} 50", dev_numbers(&dev)));
+    let group = BlkioGroup::new("diagnose", "blkio.throttle.write_iops_device", &format!("{} 50", dev.numbers()));
     let mut writer = Workload::spawn(&["dio-loop", &dev.path, RUN_MS]);
     group.add(writer.pid());
     writer.go();

@@ -21,11 +21,12 @@
 //!                               waits for a second line before exiting
 //! workload mutex MS             a thread holds a mutex MS ms; the main thread
 //!                               blocks on it meanwhile
-//! workload dio-loop DEV MS      4 KiB O_DIRECT writes to DEV, one at a time, for
-//!                               MS ms; prints how many
+//! workload dio-loop DEV MS [PAUSE_US]  4 KiB O_DIRECT writes to DEV, one at a
+//!                               time (PAUSE_US apart), for MS ms; prints how many
 //! workload chatty MS            one-byte writes to /dev/null for MS ms; prints how many
 //! workload contend T HOLD MS    T threads take one mutex in turn for MS ms, each
 //!                               holding it HOLD ms
+//! workload contend-apart T HOLD MS  the same, each thread with a mutex of its own
 //! workload epoll-idle MS        epoll_wait (100 ms timeout) on an idle eventfd for MS ms
 //! workload pipe-read MS         reads a pipe a child writes a byte to every 20 ms
 //! workload named-sleeper N MS   N nanosleep(MS ms) from a function named
@@ -506,7 +507,7 @@ fn main() {
         Some("openat-missing") => halves(arg(&args, 2), openat_missing),
         Some("dio-loop") => {
             // 4 KiB O_DIRECT writes at successive offsets of DEV (wrapping)
-            // for MS ms: synchronous, one at a time.
+            // for MS ms: synchronous, one at a time, PAUSE_US apart (default 0).
             use std::os::unix::fs::{FileExt, OpenOptionsExt};
             let (dev, end) = (&args[2], std::time::Instant::now() + Duration::from_millis(arg(&args, 3)));
             let f = std::fs::OpenOptions::new()
@@ -517,10 +518,14 @@ fn main() {
             let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("layout");
             // SAFETY: a non-zero-sized layout, never freed (the process ends).
             let buf = unsafe { std::slice::from_raw_parts(std::alloc::alloc_zeroed(layout), 4096) };
+            let pause = Duration::from_micros(opt_arg(&args, 4, 0));
             let mut i = 0u64;
             while std::time::Instant::now() < end {
                 f.write_all_at(buf, (i % 4096) * 4096).expect("direct write");
                 i += 1;
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
             }
             println!("{i}");
         }
@@ -538,15 +543,18 @@ fn main() {
             }
             println!("{n}");
         }
-        Some("contend") => {
+        Some(mode @ ("contend" | "contend-apart")) => {
             // THREADS threads take one mutex in turn for MS ms, each holding
-            // it HOLD ms (asleep); the main thread waits for them.
+            // it HOLD ms (asleep); the main thread waits for them. Apart:
+            // each thread has a mutex of its own (the same work, no
+            // contention).
             let (threads, hold, ms) = (arg(&args, 2), arg(&args, 3), arg(&args, 4));
             let lock = std::sync::Arc::new(std::sync::Mutex::new(0u64));
             let end = std::time::Instant::now() + Duration::from_millis(ms);
+            let apart = mode == "contend-apart";
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
-                    let lock = lock.clone();
+                    let lock = if apart { std::sync::Arc::new(std::sync::Mutex::new(0u64)) } else { lock.clone() };
                     std::thread::spawn(move || {
                         while std::time::Instant::now() < end {
                             let mut held = lock.lock().expect("lock");
