@@ -58,10 +58,24 @@ fn the_rules_read_only_metrics_the_agent_serves() {
         .map(|(name, unit, _)| hostprobe::catalog::prometheus_name(name, unit))
         .collect();
     let rules = std::fs::read_to_string(rules_dir().join("hostprobe-rules.yml")).unwrap();
-    let exprs: String = rules.split("expr: |").skip(1).map(|e| e.split("for:").next().unwrap_or("")).collect();
+    let exprs: String = rules
+        .split("expr: |")
+        .skip(1)
+        .map(|e| e.split("for:").next().unwrap_or("").split("labels:").next().unwrap_or(""))
+        .collect();
     let mut used = std::collections::BTreeSet::new();
-    for word in exprs.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-        if let Some(rest) = word.strip_prefix("hostprobe_") {
+    let word_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    for (at, _) in exprs.match_indices("hostprobe_") {
+        if exprs[..at].chars().next_back().is_some_and(word_char) {
+            continue;
+        }
+        let word: String = exprs[at..].chars().take_while(|c| word_char(*c)).collect();
+        // Label names (hostprobe_probe, hostprobe_thread_state...) are
+        // followed by a matcher or sit in a `by (...)` list.
+        let next = exprs[at + word.len()..].trim_start();
+        let label = (next.starts_with('=') && !next.starts_with("==")) || next.starts_with(['!', ',', ')']);
+        if !label {
+            let rest = &word["hostprobe_".len()..];
             let base = ["_total", "_sum", "_count", "_bucket"].iter().fold(rest, |r, s| r.strip_suffix(s).unwrap_or(r));
             used.insert(format!("hostprobe_{base}"));
         }
