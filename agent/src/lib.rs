@@ -2,7 +2,8 @@
 //!
 //! Layout: [`probes`] (one module per probe, behind the [`probes::Probe`]
 //! trait), [`agent`] (loads probes, collects each interval), [`report`] (what
-//! an interval says), [`output`] (terminal and JSON), [`cli`], [`check`],
+//! an interval says), [`output`] (text and JSON), [`top`] (the interactive
+//! view), [`cli`], [`check`],
 //! [`run`].
 
 pub mod agent;
@@ -26,4 +27,5 @@ pub mod run;
 pub mod stacks;
 pub mod symbols;
 pub mod syscalls;
+pub mod top;
 pub mod wire;
