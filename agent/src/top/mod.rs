@@ -239,7 +239,7 @@ fn capture_stderr() {
             if log.len() == LOG_LINES {
                 log.pop_front();
             }
-            log.push_back((Instant::now(), line));
+            log.push_back((Instant::now(), plain(&line)));
         }
     });
     if let (Ok(r), Ok(mut slot)) = (reader, LOG_READER.lock()) {
@@ -272,9 +272,40 @@ fn release_stderr() {
     }
 }
 
+/// `line` without terminal escapes (the log is colored when stderr was a
+/// terminal at start-up).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, then a final byte in @..~.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The newest warning or error of the last [`WARNING_SHOWN`].
 fn last_warning() -> Option<String> {
     let log = LOG.try_lock().ok()?;
-    let (at, line) = log.iter().rev().find(|(_, l)| !l.contains(" INFO ") && !l.contains(" DEBUG "))?;
+    let (at, line) = log.iter().rev().find(|(_, l)| l.contains(" WARN ") || l.contains(" ERROR"))?;
     (at.elapsed() < WARNING_SHOWN).then(|| line.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_lines_lose_their_colors() {
+        let colored = "\x1b[90m[\x1b[0m2026-12-01T05:57:20Z \x1b[32mINFO \x1b[0m\x1b[90m]\x1b[0m running probes";
+        assert_eq!(super::plain(colored), "[2026-12-01T05:57:20Z INFO ] running probes");
+    }
 }

@@ -138,7 +138,7 @@ impl Col {
             Col::Lock => "LOCK%",
             Col::Calls => "SYSC/s",
             Col::Errors => "ERR/s",
-            Col::P99 => "SYS p99",
+            Col::P99 => "P99",
             Col::Io => "IO/s",
         }
     }
@@ -286,6 +286,7 @@ pub fn layout(width: u16, sort: Col) -> Vec<(Col, u16)> {
         chosen.push(c);
         if cost(&chosen) > width && chosen.len() > 2 {
             chosen.pop();
+            break;
         }
     }
     if !chosen.contains(&sort) {
@@ -429,5 +430,6 @@ mod tests {
         assert_eq!(wide.len(), Col::ALL.len(), "everything fits in 200 columns");
         let narrow: Vec<Col> = layout(80, Col::Active).into_iter().map(|c| c.0).collect();
         assert!(narrow.contains(&Col::Verdict) && narrow.contains(&Col::Active), "{narrow:?}");
+        assert!(!narrow.contains(&Col::Errors), "less useful columns go first: {narrow:?}");
     }
 }
