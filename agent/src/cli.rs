@@ -68,8 +68,8 @@ where
 pub enum Command {
     /// Attach the probes and report per-process figures every interval.
     ///
-    /// On a terminal this is a live view refreshed every interval; piped, it
-    /// prints plain text tables; with `--output json`, one JSON object per
+    /// On a terminal this is the interactive view (`hostprobe top`); piped,
+    /// it prints plain text tables; with `--output json`, one JSON object per
     /// interval per line. Stops on Ctrl-C/SIGTERM (after printing the last
     /// interval) or after --duration.
     Run(RunArgs),

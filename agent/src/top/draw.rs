@@ -102,14 +102,14 @@ fn host(lines: &mut Vec<Line<'static>>, r: &Report, disk_lines: usize) {
     let cpus = cpus();
     let mut l = if seen {
         format!(
-            "CPU {:.0}% of {cpus} CPUs   run queue {:.2} threads waiting",
+            "CPU {:.0}% of {cpus} CPUs   run queue {:.2} threads",
             on_cpu as f64 * 100.0 / interval / cpus as f64,
             runq as f64 / interval
         )
     } else {
         "CPU -  run queue -  (no offcpu probe)".to_string()
     };
-    l.push_str(&format!("   TCP retransmits {retrans}  failed connects {failed}"));
+    l.push_str(&format!("   TCP retransmits {retrans}, failed connects {failed}"));
     let failed_probes: Vec<&str> = r.probes.iter().filter(|p| !p.active).map(|p| p.name).collect();
     if !failed_probes.is_empty() {
         l.push_str(&format!("   probes not running: {}", failed_probes.join(", ")));
@@ -123,7 +123,7 @@ fn host(lines: &mut Vec<Line<'static>>, r: &Report, disk_lines: usize) {
     devices.sort_by_key(|d| std::cmp::Reverse(d.count));
     for d in devices.iter().take(disk_lines) {
         lines.push(Line::raw(format!(
-            "disk {:<8} {:<6} {:>7} IO/s  queue p50/p99 {:>15}  service p50/p99 {:>15}",
+            "disk {:<8} {:<7} {:>7} IO/s   queue {:>13}   service {:>13}   (p50/p99)",
             d.device,
             d.op,
             thousands((d.count as f64 * 1e9 / interval).round() as u64),

@@ -99,9 +99,13 @@ impl State {
         for p in &r.processes {
             let t = self.totals.entry(p.pid).or_default();
             for s in &p.syscalls {
-                let e = t.entry(s.name.clone()).or_default();
-                e.calls += s.latency.count;
-                e.errors += s.latency.errors;
+                if !t.contains_key(&s.name) {
+                    t.insert(s.name.clone(), Total::default());
+                }
+                if let Some(e) = t.get_mut(&s.name) {
+                    e.calls += s.latency.count;
+                    e.errors += s.latency.errors;
+                }
             }
         }
         // A pid that exited can come back as another process: forget it
