@@ -109,7 +109,7 @@ fn host(lines: &mut Vec<Line<'static>>, r: &Report, disk_lines: usize) {
     } else {
         "CPU -  run queue -  (no offcpu probe)".to_string()
     };
-    l.push_str(&format!("   TCP retransmits {retrans}, failed connects {failed}"));
+    l.push_str(&format!("   TCP retrans {retrans}, failed connects {failed}"));
     let failed_probes: Vec<&str> = r.probes.iter().filter(|p| !p.active).map(|p| p.name).collect();
     if !failed_probes.is_empty() {
         l.push_str(&format!("   probes not running: {}", failed_probes.join(", ")));
@@ -312,10 +312,10 @@ fn syscalls(out: &mut Vec<Line<'static>>, s: &State, p: &ProcessReport, interval
     section(
         out,
         format!(
-            "SYSCALLS   {} calls/s, {} in syscalls ({} per thread-second); TOTAL: calls since the view started",
+            "SYSCALLS   {} calls/s, {} in syscalls in {}; TOTAL: calls since the view started",
             per_s(p.syscall_total.count),
             duration(p.syscall_total.total_ns),
-            duration(p.syscall_total.total_ns * 1_000_000_000 / interval_ns.max(1))
+            duration(interval_ns)
         ),
         format!(
             "  {:<18} {:>10} {:>12} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7}",
