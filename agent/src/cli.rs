@@ -17,7 +17,7 @@ errors and latency; disk I/O with queue and service time; where threads wait off
 disk, locks, timers); and TCP connections (bytes, RTT, connect latency, retransmits). It aggregates in \
 the kernel, shows a live view or JSON, streams to a `hostprobe collector`, and serves Prometheus and \
 OTLP metrics.\n\n\
-Start with `hostprobe check` to see what this host supports, then `hostprobe run`.",
+Start with `hostprobe check` to see what this host supports, then `hostprobe top`.",
     after_help = "Examples:\n  hostprobe top                          interactive view: what is slow first\n  \
 hostprobe run                          the same on a terminal; plain tables when piped\n  \
 hostprobe run --pid 1234 --interval 5s  one process, every 5 s\n  \
@@ -77,8 +77,9 @@ pub enum Command {
     /// waiting (for a CPU, the disk, the network, a lock) first, idle ones
     /// last; sort by any column, filter by name, open a process.
     ///
-    /// `run` with the interactive view, whatever stdout is; it takes the
-    /// same flags (--top does not cut the view: it keeps every process).
+    /// `run` with the interactive view, on a terminal (piped, use `run`);
+    /// it takes the same flags (--top does not cut the view: it keeps every
+    /// process).
     /// Keys: ? help, / filter, Enter open, Esc back, p pause, q quit; each
     /// column sorts with its key (a active, c cpu, r run queue, d disk,
     /// n network, l lock, s syscalls/s, e errors/s, t syscall p99, o I/O
