@@ -1,6 +1,6 @@
 //! The filters every probe applies in the kernel (`--pid`, `--comm`,
 //! `--cgroup`): names of the globals and the pid map size. The kernel side is
-//! `agent_ebpf::filters!`, the user side `agent::probes::Filters`.
+//! `agent_ebpf::filters!`, the user side `hostprobe::probes::FilterGlobals`.
 
 /// Non-zero: only processes in the probe's pid map are traced.
 pub const FILTER_PIDS: &str = "FILTER_PIDS";

@@ -1,15 +1,17 @@
 //! The one histogram layout every probe uses: log-linear buckets of
 //! nanoseconds, 8 per power of two.
 //!
-//! * bucket 0 holds `[0, 64)` ns;
+//! * bucket 0 holds `[0, 64]` ns;
 //! * buckets `1..=256` split each power of two from `2^6` (64 ns) to `2^38`
 //!   (~275 s) into 8 equal parts, so a bucket is at most 1/8 = 12.5% as wide
 //!   as its lower bound and a percentile interpolated inside it is off by at
 //!   most ~6% of its value;
-//! * bucket 257 holds everything from `2^38` ns up.
+//! * bucket 257 holds everything above `2^38` ns.
 //!
-//! Bucket bounds are integers of nanoseconds, so the layout maps exactly onto
-//! Prometheus `le` buckets and OTLP explicit-bounds histograms.
+//! A bucket holds the values above its lower bound up to and including its
+//! upper bound, `(lo, hi]`, as a Prometheus `le` bucket and an OTLP
+//! explicit bound do: bounds are integers of nanoseconds, and the layout
+//! maps onto both exactly, a value of exactly `hi` included.
 //! The kernel side uses [`bucket`]; userspace uses [`lower_bound`] and
 //! [`upper_bound`] to read the counts back.
 
@@ -58,6 +60,8 @@ pub const fn log2(mut v: u64) -> u32 {
 /// The bucket that holds a duration of `ns` nanoseconds. Always `< BUCKETS`.
 #[inline(always)]
 pub const fn bucket(ns: u64) -> usize {
+    // Buckets are `(lo, hi]`: `ns` goes where `ns - 1` would in `[lo, hi)`.
+    let ns = ns.saturating_sub(1);
     if ns < 1 << MIN_EXP {
         return 0;
     }
@@ -69,7 +73,8 @@ pub const fn bucket(ns: u64) -> usize {
     1 + (((exp - MIN_EXP) as usize) << SUB_BITS) + sub as usize
 }
 
-/// Smallest value (ns) that lands in bucket `b`.
+/// The lower bound of bucket `b`, which holds the values above it (bucket
+/// 0 holds 0 too).
 pub const fn lower_bound(b: usize) -> u64 {
     if b == 0 {
         return 0;
@@ -83,8 +88,8 @@ pub const fn lower_bound(b: usize) -> u64 {
     (1 << exp) + (sub << (exp - SUB_BITS as u64))
 }
 
-/// One past the largest value (ns) that lands in bucket `b`; `u64::MAX` for
-/// the last, open-ended bucket.
+/// The largest value (ns) that lands in bucket `b` (its `le`); `u64::MAX`
+/// for the last, open-ended bucket.
 pub const fn upper_bound(b: usize) -> u64 {
     if b >= BUCKETS - 1 {
         u64::MAX
@@ -128,11 +133,13 @@ mod tests {
 
     #[test]
     fn bucket_is_the_inverse_of_its_bounds() {
+        assert_eq!(bucket(0), 0);
         for b in 0..BUCKETS {
             let lo = lower_bound(b);
-            assert_eq!(bucket(lo), b, "lower bound of {b}");
+            assert_eq!(bucket(lo + 1), b, "first value of {b}");
             if b < BUCKETS - 1 {
-                assert_eq!(bucket(upper_bound(b) - 1), b, "last value of {b}");
+                assert_eq!(bucket(upper_bound(b)), b, "last value of {b}: its upper bound, as Prometheus' le");
+                assert_eq!(bucket(upper_bound(b) + 1), b + 1, "just above {b}");
             }
         }
         assert_eq!(bucket(u64::MAX), BUCKETS - 1);
@@ -142,7 +149,7 @@ mod tests {
     fn buckets_are_at_most_one_eighth_of_their_value_wide() {
         for b in 1..BUCKETS - 1 {
             let (lo, hi) = (lower_bound(b), upper_bound(b));
-            assert!((hi - lo) * 8 <= lo, "bucket {b}: [{lo}, {hi})");
+            assert!((hi - lo) * 8 <= lo, "bucket {b}: ({lo}, {hi}]");
         }
     }
 
@@ -153,7 +160,7 @@ mod tests {
         while v < u64::MAX / 8 {
             for x in [v, v + 1, v * 3 / 2] {
                 let b = bucket(x);
-                assert!(lower_bound(b) <= x && x < upper_bound(b), "{x} -> {b}");
+                assert!((lower_bound(b) < x || b == 0) && x <= upper_bound(b), "{x} -> {b}");
             }
             v = v * 5 / 4 + 1;
         }

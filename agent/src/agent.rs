@@ -12,7 +12,7 @@ use crate::{
 pub struct Agent {
     probes: Vec<Box<dyn Probe>>,
     failed: Vec<ProbeStatus>,
-    procs: ProcCache,
+    pub procs: ProcCache,
     devices: crate::probes::disk::DeviceNames,
     top: usize,
     host: String,
@@ -85,9 +85,4 @@ impl Agent {
         statuses.extend(self.failed.iter().cloned());
         report::build(interval, self.top, &mut self.procs, &mut self.devices, interval_ns, &self.host, statuses)
     }
-}
-
-/// This host's name (the kernel's).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }

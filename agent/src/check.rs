@@ -42,7 +42,7 @@ fn mib(bytes: u64) -> String {
 }
 
 pub fn run(args: &CheckArgs) -> ExitCode {
-    let uname = rustix_uname();
+    let uname = uname();
     line("kernel", true, &uname);
 
     let btf = Path::new("/sys/kernel/btf/vmlinux");
@@ -51,8 +51,8 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         Err(_) => line(
             "BTF",
             false,
-            "no /sys/kernel/btf/vmlinux: the probes use raw tracepoints and still work; \
-             future BTF-based probes need a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+            "no /sys/kernel/btf/vmlinux: the disk, tcp and offcpu probes read kernel field offsets from it \
+             and will not load (syscall still works); use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
         ),
     }
 
@@ -143,7 +143,7 @@ fn effective_caps() -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-fn rustix_uname() -> String {
+fn uname() -> String {
     // SAFETY: uname fills the zeroed struct we pass.
     let mut u: libc::utsname = unsafe { std::mem::zeroed() };
     if unsafe { libc::uname(&mut u) } != 0 {

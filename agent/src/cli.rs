@@ -5,7 +5,10 @@ use std::{path::Path, time::Duration};
 
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
 
-use crate::probes::{CgroupFilter, Options};
+use crate::{
+    probes::{CgroupFilter, Options},
+    units::{parse_duration, parse_interval},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -184,6 +187,12 @@ pub struct RunArgs {
     /// Include each process's command line (off by default: command lines can hold secrets).
     #[arg(long)]
     pub cmdline: bool,
+    /// Where the kubelet links container logs, named
+    /// `<pod>_<namespace>_<container>-<container id>.log`: the source of
+    /// pod, namespace and container names (no API access needed; mount it
+    /// read-only in a DaemonSet). Missing: no Kubernetes names.
+    #[arg(long, default_value = "/var/log/containers", value_name = "DIR")]
+    pub pod_log_dir: std::path::PathBuf,
     /// Size of the per-(process, syscall) kernel map (default 16384 entries,
     /// 1.1 KiB each); new pairs past it are counted as lost, not recorded.
     #[arg(long, value_parser = clap::value_parser!(u32).range(64..=4_194_304), value_name = "N")]
@@ -202,6 +211,12 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (off by default).
     #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
     pub prometheus_listen: Option<std::net::SocketAddr>,
+    /// TLS and basic auth for the metrics and health endpoints: a YAML
+    /// file in the Prometheus exporter-toolkit format
+    /// (tls_server_config: cert_file, key_file, client_ca_file;
+    /// basic_auth_users: user -> bcrypt hash). Basic auth guards /metrics.
+    #[arg(long, value_name = "FILE", help_heading = "Metrics")]
+    pub web_config_file: Option<std::path::PathBuf>,
     /// Serve /healthz (alive) and /readyz (probes attached and, with
     /// --collector, connected to one) here, e.g. 0.0.0.0:9465. They are
     /// also on --prometheus-listen.
@@ -211,6 +226,11 @@ pub struct RunArgs {
     /// as `other` (pids are never labels: they churn).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N", help_heading = "Metrics")]
     pub metrics_max_processes: u32,
+    /// TCP remote endpoints per process exported as series of their own
+    /// (`ip:port` for connections made, the address for accepted ones); the
+    /// rest are summed as `other`.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1_000), value_name = "N", help_heading = "Metrics")]
+    pub metrics_max_remotes: u32,
     #[command(flatten)]
     pub otlp: crate::otlp::OtlpArgs,
 }
@@ -251,27 +271,6 @@ pub enum OutputFormat {
     Text,
     Json,
     None,
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 500ms, 1s, 2m)"))?;
-    if d.is_zero() {
-        return Err("must be more than zero".into());
-    }
-    Ok(d)
-}
-
-/// A query window: any duration, and `0s` for everything the collector keeps.
-pub fn parse_window(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, or 0s for everything kept)"))
-}
-
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d < Duration::from_millis(10) {
-        return Err("must be at least 10ms".into());
-    }
-    Ok(d)
 }
 
 fn parse_comm(s: &str) -> Result<String, String> {

@@ -31,9 +31,10 @@
 
 use serde::Serialize;
 
+pub use crate::verdict::{Kind, Verdict};
 use crate::{
-    output::duration,
     report::{DiskReport, ProcessReport, TcpReport},
+    units::duration,
 };
 
 /// A bottleneck is named when it takes at least this much of one thread's
@@ -64,44 +65,11 @@ pub struct Shares {
     pub other: f64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    CpuBound,
-    CpuStarved,
-    Disk,
-    Network,
-    Lock,
-    SyscallHeavy,
-    Idle,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::CpuBound => "cpu-bound",
-            Kind::CpuStarved => "cpu-starved",
-            Kind::Disk => "disk",
-            Kind::Network => "network",
-            Kind::Lock => "lock",
-            Kind::SyscallHeavy => "syscall-heavy",
-            Kind::Idle => "idle",
-        }
+/// Sets each process's verdict in an interval's report.
+pub fn judge(r: &mut crate::report::Report) {
+    for p in &mut r.processes {
+        p.verdict = diagnose(p, &r.devices, r.interval_ns).map(|d| d.verdict);
     }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Verdict {
-    pub kind: Kind,
-    /// What kind of disk or network wait, where the evidence says.
-    pub detail: String,
-    /// The figures that decided it.
-    pub evidence: Vec<String>,
-    /// What to look at next.
-    pub next: String,
-    /// Thread time in the largest share (ns), for ranking.
-    #[serde(skip)]
-    pub weight_ns: u64,
 }
 
 /// One process's diagnosis.
@@ -420,61 +388,6 @@ pub struct Answer {
     /// Processes seen in the window (before `--top`).
     pub seen: usize,
     pub processes: Vec<Diagnosis>,
-}
-
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// `hostprobe diagnose`: the agent's probes for `--duration` (Ctrl-C ends
-/// the window early), one report over the window, the rules on it.
-pub fn run(args: &crate::cli::DiagnoseArgs) -> std::process::ExitCode {
-    use std::io::IsTerminal as _;
-    let opts = match args.filters.resolve(None) {
-        Ok(o) => o,
-        Err(e) => return usage(&e),
-    };
-    if let Some(pid) = args.filters.pids.iter().find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
-        return usage(&format!("--pid {pid}: no such process (see `ps -e`)"));
-    }
-    let mut agent = crate::agent::Agent::start(&opts, &[], usize::MAX, false, crate::agent::hostname());
-    if !agent.active().contains(&crate::probes::offcpu::NAME) {
-        eprintln!("hostprobe: diagnose needs the offcpu probe, which could not attach; `hostprobe check` says why");
-        return std::process::ExitCode::FAILURE;
-    }
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
-    let terminal = std::io::stderr().is_terminal();
-    let total = humantime::format_duration(args.duration);
-    eprintln!("hostprobe: watching for {total} (Ctrl-C to stop early)...");
-    let start = std::time::Instant::now();
-    while start.elapsed() < args.duration && !STOP.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(std::time::Duration::from_millis(100).min(args.duration.saturating_sub(start.elapsed())));
-        if terminal {
-            eprint!("\rhostprobe: {:.0}s of {total}  ", start.elapsed().as_secs_f64().floor());
-        }
-    }
-    if terminal {
-        eprintln!();
-    }
-    let report = agent.tick();
-    let answer = answer(&report, &args.filters.pids, args.top as usize);
-    let out = match args.output {
-        crate::cli::DiagnoseOutput::Json => serde_json::to_string(&answer).unwrap_or_default() + "\n",
-        crate::cli::DiagnoseOutput::Text => text(&answer),
-    };
-    print!("{out}");
-    std::process::ExitCode::SUCCESS
-}
-
-fn usage(e: &str) -> std::process::ExitCode {
-    eprintln!("hostprobe: {e} (see `hostprobe diagnose --help`)");
-    std::process::ExitCode::from(2)
 }
 
 /// The diagnoses of a report, worst first: the processes named in `pids`

@@ -7,12 +7,12 @@ use std::{
     path::Path,
 };
 
+use crate::status::{MapStatus, ProgramStatus};
 use aya::{
     maps::{Map, MapData},
     programs::{ProgramError, RawTracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
-use serde::Serialize;
 
 /// Where the kernel exposes tracing events.
 pub const TRACEFS: &str = "/sys/kernel/tracing";
@@ -293,18 +293,6 @@ pub fn forget_kernel_types() {
 
 const BTF_VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
-/// A kernel map's size as the kernel accounts for it.
-#[derive(Debug, Clone, Serialize)]
-pub struct MapStatus {
-    pub name: String,
-    /// Entries in use at the last read, where counting them is cheap.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub entries: Option<u64>,
-    pub max_entries: u32,
-    /// Kernel memory charged for the map (`memlock` in its fdinfo).
-    pub memlock_bytes: u64,
-}
-
 /// Sizes of every map of a loaded object, read from the kernel.
 pub fn map_sizes(ebpf: &Ebpf) -> Vec<MapStatus> {
     let mut out: Vec<MapStatus> = ebpf
@@ -427,21 +415,6 @@ impl<K: aya::Pod, V: aya::Pod> BatchReader<K, V> {
         }
         Ok(self.keys.iter().zip(self.values.iter()))
     }
-}
-
-/// A program's run statistics from the kernel. `runs` and `run_time_ns`
-/// count only while `kernel.bpf_stats_enabled` is 1 (it costs a little per
-/// run), so they read 0 otherwise; `missed` always counts.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProgramStatus {
-    pub name: String,
-    pub runs: u64,
-    pub run_time_ns: u64,
-    /// Events the kernel did not run the program for because a BPF program
-    /// was already running on that CPU (`recursion_misses`): a classic
-    /// tracepoint in softirq that interrupted another classic tracepoint's
-    /// program, any program's, ours or not.
-    pub missed: u64,
 }
 
 /// (`run_cnt`, `run_time_ns`, `recursion_misses`) of a loaded program, read

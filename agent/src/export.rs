@@ -14,41 +14,13 @@ use std::{
 use anyhow::{bail, Context as _};
 use prost::Message as _;
 use tokio::sync::Notify;
-use tonic::{
-    codec::CompressionEncoding,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+use tonic::codec::CompressionEncoding;
+
+use crate::{
+    grpc::{channel, status_message, token, transport_error, ClientArgs},
+    wire::pb,
 };
 
-use crate::wire::pb;
-
-/// How to reach collectors: shared by `run --collector` and `query`.
-#[derive(Debug, Clone, clap::Args, Default)]
-#[command(next_help_heading = "Collector connection")]
-pub struct ClientArgs {
-    /// Collector address, https://host:port (repeat or separate with commas
-    /// for failover, tried in turn). http:// only with --plaintext.
-    #[arg(long = "collector", value_name = "URL", value_delimiter = ',')]
-    pub collectors: Vec<String>,
-    /// Allow http:// collector addresses (no TLS: reports and the token
-    /// travel in clear).
-    #[arg(long)]
-    pub plaintext: bool,
-    /// CA certificate(s) (PEM) to verify the collector with, instead of the
-    /// system's roots.
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM), for collectors that require mTLS; with --client-key.
-    #[arg(long, value_name = "FILE", requires = "client_key")]
-    pub client_cert: Option<PathBuf>,
-    /// Private key (PEM) of --client-cert.
-    #[arg(long, value_name = "FILE", requires = "client_cert")]
-    pub client_key: Option<PathBuf>,
-    /// File holding the bearer token the collector expects (or set HOSTPROBE_TOKEN).
-    #[arg(long, value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-}
-
-/// `run`'s export flags.
 #[derive(Debug, Clone, clap::Args, Default)]
 #[command(next_help_heading = "Streaming to a collector")]
 pub struct ExportArgs {
@@ -68,124 +40,19 @@ pub struct ExportArgs {
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
     /// Size cap of --spool-dir (e.g. 500M, 2G); past it the oldest reports go.
-    #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "SIZE")]
+    #[arg(long, default_value = "256M", value_parser = crate::units::parse_size, value_name = "SIZE")]
     pub spool_max: u64,
-}
-
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.trim().char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (s, 1),
-        Some((i, _)) => {
-            let mult = match s[i..].to_ascii_uppercase().as_str() {
-                "K" | "KB" | "KIB" => 1 << 10,
-                "M" | "MB" | "MIB" => 1 << 20,
-                "G" | "GB" | "GIB" => 1 << 30,
-                other => return Err(format!("unknown size unit {other:?}: use K, M or G, e.g. 500M")),
-            };
-            (&s[..i], mult)
-        }
-    };
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size, e.g. 500M or 2G"))?;
-    n.checked_mul(mult).filter(|n| *n > 0).ok_or_else(|| format!("{s:?}: out of range"))
-}
-
-/// A gRPC channel to `url`, with TLS unless plaintext is allowed and asked
-/// for; HTTP/2 keepalive notices a dead peer.
-pub async fn channel(url: &str, args: &ClientArgs) -> anyhow::Result<Channel> {
-    let mut ep = Endpoint::from_shared(url.to_string()).with_context(|| format!("bad collector address {url:?}"))?;
-    match url.split("://").next() {
-        Some("https") => {
-            let mut tls = ClientTlsConfig::new();
-            match &args.ca_file {
-                Some(ca) => tls = tls.ca_certificate(Certificate::from_pem(read(ca)?)),
-                None => tls = tls.with_enabled_roots(),
-            }
-            if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-            }
-            ep = ep.tls_config(tls).context("TLS configuration")?;
-        }
-        Some("http") if args.plaintext => {}
-        Some("http") => {
-            bail!("{url} is plaintext (http://): use https://, or pass --plaintext to send reports unencrypted")
-        }
-        _ => bail!("bad collector address {url:?}: expected https://host:port"),
-    }
-    let ep = ep
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
-    ep.connect().await.map_err(|e| anyhow::anyhow!("{}", transport_error(url, &e)))
-}
-
-fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
-}
-
-/// A transport error's causes on one line, with a hint where one helps.
-fn transport_error(url: &str, e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    let lower = s.to_lowercase();
-    if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("unknown ca") {
-        s.push_str(" (TLS: is --ca-file the CA that signed the collector's certificate, and does the collector accept our --client-cert?)");
-    } else if lower.contains("refused") {
-        s.push_str(" (is the collector running and listening there?)");
-    } else if url.starts_with("http://") {
-        s.push_str(" (the collector may require TLS: use https://)");
-    }
-    s
-}
-
-/// The bearer token: --token-file, else HOSTPROBE_TOKEN.
-pub fn token(args: &ClientArgs) -> anyhow::Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> {
-    let raw = match &args.token_file {
-        Some(f) => Some(std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?),
-        None => std::env::var("HOSTPROBE_TOKEN").ok(),
-    };
-    match raw.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
-        Some(t) => Ok(Some(format!("Bearer {t}").parse().context("the token must be printable ASCII")?)),
-        None => Ok(None),
-    }
-}
-
-/// A gRPC status from the collector, said for a person: what it means and
-/// what to do.
-pub fn status_message(s: &tonic::Status) -> String {
-    use tonic::Code;
-    let what = match s.code() {
-        Code::Unauthenticated => "the collector refused our credentials; check --token-file or HOSTPROBE_TOKEN",
-        Code::PermissionDenied => "the collector does not allow this agent",
-        Code::ResourceExhausted => "the collector is over a limit (rate, agents, or size); backing off",
-        Code::InvalidArgument => "the collector rejected a report",
-        Code::Unavailable => "the collector is unavailable",
-        Code::Unimplemented => "that is not a hostprobe collector (no hostprobe.v1.Collector service)",
-        _ => "the collector failed the stream",
-    };
-    let mut detail = s.message().to_string();
-    let mut cur = std::error::Error::source(s);
-    while let Some(c) = cur {
-        detail.push_str(": ");
-        detail.push_str(&c.to_string());
-        cur = c.source();
-    }
-    let lower = detail.to_lowercase();
-    let hint = if lower.contains("certificate") || lower.contains("alert") || lower.contains("tls") {
-        " (TLS: is --ca-file the CA that signed the collector's certificate, and does the collector trust our --client-cert?)"
-    } else {
-        ""
-    };
-    format!("{what} ({:?}: {detail}){hint}", s.code())
 }
 
 /// Where the machine id is (systemd's, then D-Bus's older copy).
 const MACHINE_ID_FILES: &[&str] = &["/etc/machine-id", "/var/lib/dbus/machine-id"];
+
+/// The host's machine id (OpenTelemetry's `host.id`), if there is one.
+pub fn machine_id() -> Option<String> {
+    MACHINE_ID_FILES
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+}
 
 /// This agent's id: `explicit` (--agent-id), else $NODE_NAME, else
 /// `hp-` and the first 16 hex digits of SHA-256("hostprobe-agent\n" + machine
@@ -198,15 +65,12 @@ pub fn agent_id(explicit: Option<&str>) -> Result<String, String> {
     if let Some(node) = std::env::var("NODE_NAME").ok().filter(|n| !n.trim().is_empty()) {
         return Ok(node.trim().to_string());
     }
-    let machine_id = MACHINE_ID_FILES
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
-        .ok_or(
-            "no agent id: /etc/machine-id is missing or empty (as in most containers) and neither --agent-id \
+    let machine_id = machine_id().ok_or(
+        "no agent id: /etc/machine-id is missing or empty (as in most containers) and neither --agent-id \
              (HOSTPROBE_AGENT_ID) nor NODE_NAME is set; agents without one would all share an id and the \
              collector would drop one's reports as duplicates of another's. Set --agent-id, NODE_NAME (the \
              DaemonSet sets it from spec.nodeName), or mount the host's /etc/machine-id read-only",
-        )?;
+    )?;
     let digest = ring::digest::digest(&ring::digest::SHA256, format!("hostprobe-agent\n{machine_id}").as_bytes());
     Ok(format!("hp-{}", digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
@@ -447,11 +311,7 @@ async fn sender(shared: Arc<Shared>, args: ClientArgs) {
                     .last_error_unix
                     .store(crate::metrics::now_unix_ns() / 1_000_000_000, std::sync::atomic::Ordering::Relaxed);
                 failures = failures.saturating_add(1);
-                let cap = Duration::from_secs(30);
-                let base = Duration::from_millis(250).saturating_mul(1 << failures.min(8)).min(cap);
-                // Full jitter over the upper half: agents that lost the same
-                // collector do not come back in step.
-                let delay = base.mul_f64(0.5 + fastrand::f64() * 0.5);
+                let delay = crate::grpc::backoff(failures);
                 log::warn!("collector {url}: {e:#}; {} reports queued; retrying in {delay:.1?}", shared.len());
                 tokio::time::sleep(delay).await;
             }
@@ -717,17 +577,5 @@ impl tonic::codec::Decoder for EncodedCodec {
     type Error = tonic::Status;
     fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<pb::Ack>, tonic::Status> {
         pb::Ack::decode(src).map(Some).map_err(|e| tonic::Status::internal(format!("bad acknowledgement: {e}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes() {
-        assert_eq!(super::parse_size("500M"), Ok(500 << 20));
-        assert_eq!(super::parse_size("2G"), Ok(2 << 30));
-        assert_eq!(super::parse_size("4096"), Ok(4096));
-        assert!(super::parse_size("5X").unwrap_err().contains("unit"));
-        assert!(super::parse_size("0").is_err());
     }
 }

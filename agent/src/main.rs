@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => hostprobe::check::run(&args),
         Command::Offcpu(args) => hostprobe::stacks::run(&args),
-        Command::Diagnose(args) => hostprobe::diagnose::run(&args),
+        Command::Diagnose(args) => hostprobe::run::diagnose(&args),
         Command::Collector(args) => report(hostprobe::collector::run(&args)),
         Command::Query(args) => report(hostprobe::collector::query_cmd(&args)),
         Command::Run(args) => result(hostprobe::run::run(args)),

@@ -8,11 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::{
-    hist::Histogram,
-    probes::ProbeStatus,
-    report::{DiskReport, OffcpuReport, Report, SyscallReport, TcpReport},
-};
+use crate::{hist::Histogram, report::Report, status::ProbeStatus};
+
+/// Remote endpoints per group with series of their own, by default.
+pub const DEFAULT_MAX_REMOTES: usize = 5;
 
 /// A group unseen this long is forgotten.
 pub const IDLE_EVICT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -60,138 +59,164 @@ impl CumHist {
 }
 
 #[derive(Debug, Clone, Default)]
+pub struct SyscallCum {
+    pub calls: u64,
+    pub errors: u64,
+    /// Time inside the syscall, summed.
+    pub time_ns: u64,
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct DiskCum {
     pub count: u64,
     pub bytes: u64,
     pub errors: u64,
-    pub latency: CumHist,
+    pub merged: u64,
+    /// Submitted to completed, and its two parts.
+    pub total: CumHist,
+    pub queue: CumHist,
+    pub service: CumHist,
+}
+
+/// Where the group's threads' time went.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadCum {
+    pub on_cpu_ns: u64,
+    pub runqueue_ns: u64,
+    pub blocked_io_ns: u64,
+    pub sleep_ns: u64,
+    pub runqueue: CumHist,
+    /// Per syscall slept in: (ns, sleeps).
+    pub sleep: BTreeMap<String, (u64, u64)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TcpCum {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub retransmits: u64,
+    pub resets: u64,
+    /// Connections closed.
+    pub connections: u64,
+    pub refused: u64,
+    pub timeouts: u64,
+    pub rtt: CumHist,
+    pub connect: CumHist,
 }
 
 /// Everything exported for one group, cumulative since `start_unix_ns`.
+/// What identifies it never changes while it lives (series must not
+/// change attributes), so it holds no pid or command line: a group is every
+/// process of one name.
 #[derive(Debug, Clone, Default)]
 pub struct Group {
     /// When this group's series started (first seen, or re-seen after eviction).
     pub start_unix_ns: i64,
     pub last_seen_unix_ns: i64,
-    /// The executable, and the pid when the group is one process (for OTLP
-    /// resource attributes; Prometheus never labels by pid).
+    /// The executable of the first process seen.
     pub exe: String,
-    pub pid: Option<u32>,
+    /// The agent that reported it (on a collector; empty on an agent).
+    pub agent_id: String,
     /// The Kubernetes pod, when the cgroup names one.
     pub pod_uid: Option<String>,
-    /// Only with `--cmdline`.
-    pub cmdline: Option<String>,
-    /// Per syscall name: (calls, errors).
-    pub syscalls: BTreeMap<String, (u64, u64)>,
+    /// Pod, namespace and container names, when known.
+    pub k8s: Option<crate::procinfo::K8sNames>,
+    pub syscalls: BTreeMap<String, SyscallCum>,
     pub syscall_latency: CumHist,
     /// Per (device, op).
     pub disk: BTreeMap<(String, String), DiskCum>,
-    pub on_cpu_ns: u64,
-    pub runqueue_ns: u64,
-    pub blocked_io_ns: u64,
-    pub sleep_ns: u64,
-    pub tcp_bytes_sent: u64,
-    pub tcp_bytes_received: u64,
-    pub tcp_retransmits: u64,
-    pub tcp_connections: u64,
-    pub tcp_rtt: CumHist,
+    pub threads: ThreadCum,
+    /// Per remote endpoint (see [`remote_key`]): the first
+    /// `Metrics::max_remotes` seen, the rest under [`OTHER_REMOTE`].
+    pub tcp: BTreeMap<String, TcpCum>,
 }
 
-/// One interval's figures into a group: shared by the agent's reports and
-/// the wire reports a collector folds in.
+/// The remote of connections past a group's `max_remotes`.
+pub const OTHER_REMOTE: &str = "other";
+
+/// How a connection's remote is labelled: `ip:port` for connections made
+/// (the server's port says which service), the address alone for accepted
+/// ones (the client's port is ephemeral: one series per connection).
+pub fn remote_key(t: &crate::wire::pb::TcpStats) -> String {
+    if t.direction == "accept" {
+        if let Some((ip, _)) = t.remote.rsplit_once(':') {
+            return ip.trim_start_matches('[').trim_end_matches(']').to_string();
+        }
+    }
+    t.remote.clone()
+}
+
+/// A histogram of the wire, if it parses (the collector checked it on
+/// receipt), with its sum.
+fn wire_hist(h: &Option<crate::wire::pb::Histogram>) -> Option<(crate::hist::Histogram, Option<u64>)> {
+    let h = h.as_ref()?;
+    Some((crate::wire::from_wire(h).ok()?, h.sum_ns))
+}
+
+impl CumHist {
+    fn add_wire(&mut self, h: &Option<crate::wire::pb::Histogram>) {
+        if let Some((h, sum)) = wire_hist(h) {
+            self.add(&h, sum);
+        }
+    }
+}
+
+/// One interval's figures of a process (or `other`) into a group: the wire
+/// form, which the agent's own reports are turned into too (one path).
 impl Group {
-    fn add_syscall(&mut self, name: &str, count: u64, errors: u64, total_ns: u64, latency: Option<&Histogram>) {
-        let e = self.syscalls.entry(name.to_string()).or_default();
-        e.0 += count;
-        e.1 += errors;
-        if let Some(h) = latency {
-            self.syscall_latency.add(h, Some(total_ns));
+    fn add_process(&mut self, p: &crate::wire::pb::Process, max_remotes: usize) {
+        for sc in &p.syscalls {
+            let e = self.syscalls.entry(sc.name.clone()).or_default();
+            e.calls += sc.count;
+            e.errors += sc.errors;
+            e.time_ns += sc.total_ns;
+            self.syscall_latency.add_wire(&sc.latency);
         }
+        for d in &p.disk {
+            let e = self.disk.entry((d.device.clone(), d.op.clone())).or_default();
+            e.count += d.count;
+            e.bytes += d.bytes;
+            e.errors += d.errors;
+            e.merged += d.merged;
+            e.total.add_wire(&d.total);
+            e.queue.add_wire(&d.queue);
+            e.service.add_wire(&d.service);
+        }
+        if let Some(o) = &p.offcpu {
+            let t = &mut self.threads;
+            t.on_cpu_ns += o.on_cpu_ns;
+            t.runqueue_ns += o.runqueue_ns;
+            t.blocked_io_ns += o.blocked_io_ns;
+            t.sleep_ns += o.sleep_ns;
+            t.runqueue.add_wire(&o.runqueue);
+            for s in &o.sleep_by_syscall {
+                let e = t.sleep.entry(s.name.clone()).or_default();
+                e.0 += s.ns;
+                e.1 += s.count;
+            }
+        }
+        self.add_tcp(&p.tcp, max_remotes);
     }
 
-    /// `total`: the queued-to-completed latencies and their sum, if known.
-    fn add_disk(
-        &mut self,
-        device: &str,
-        op: &str,
-        count: u64,
-        bytes: u64,
-        errors: u64,
-        total: Option<(&Histogram, Option<u64>)>,
-    ) {
-        let e = self.disk.entry((device.to_string(), op.to_string())).or_default();
-        e.count += count;
-        e.bytes += bytes;
-        e.errors += errors;
-        if let Some((h, sum_ns)) = total {
-            e.latency.add(h, sum_ns);
-        }
-    }
-
-    fn add_thread_time(&mut self, on_cpu_ns: u64, runqueue_ns: u64, blocked_io_ns: u64, sleep_ns: u64) {
-        self.on_cpu_ns += on_cpu_ns;
-        self.runqueue_ns += runqueue_ns;
-        self.blocked_io_ns += blocked_io_ns;
-        self.sleep_ns += sleep_ns;
-    }
-
-    /// A TCP item; `connections` count once closed (state `CLOSED`).
-    /// `rtt`: the RTT samples and their sum, if known.
-    fn add_tcp(
-        &mut self,
-        state: &str,
-        connections: u64,
-        sent: u64,
-        received: u64,
-        retransmits: u64,
-        rtt: Option<(&Histogram, Option<u64>)>,
-    ) {
-        self.tcp_bytes_sent += sent;
-        self.tcp_bytes_received += received;
-        self.tcp_retransmits += retransmits;
-        if state == "CLOSED" {
-            self.tcp_connections += connections;
-        }
-        if let Some((h, sum_ns)) = rtt {
-            self.tcp_rtt.add(h, sum_ns);
-        }
-    }
-
-    /// Everything a process (or `other`) of a report adds.
-    fn add_report(
-        &mut self,
-        syscalls: &[SyscallReport],
-        disk: &[DiskReport],
-        offcpu: Option<&OffcpuReport>,
-        tcp: &[TcpReport],
-    ) {
-        for s in syscalls {
-            let l = &s.latency;
-            self.add_syscall(&s.name, l.count, l.errors, l.total_ns, Some(&l.hist));
-        }
-        for d in disk {
-            self.add_disk(&d.device, d.op, d.count, d.bytes, d.errors, Some((&d.total.hist, Some(d.total.sum_ns))));
-        }
-        if let Some(o) = offcpu {
-            self.add_thread_time(o.on_cpu_ns, o.runqueue_ns, o.blocked_io_ns, o.sleep_ns);
-        }
-        self.add_tcp_reports(tcp);
-    }
-
-    fn add_tcp_reports(&mut self, tcp: &[TcpReport]) {
+    /// TCP items; connections count once closed (state `CLOSED`).
+    fn add_tcp(&mut self, tcp: &[crate::wire::pb::TcpStats], max_remotes: usize) {
         for t in tcp {
-            let rtt = Some((&t.rtt.hist, Some(t.rtt.sum_ns)));
-            self.add_tcp(t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, rtt);
-        }
-    }
-
-    /// The wire form of [`Group::add_tcp_reports`]; histograms that do not
-    /// parse are skipped (the collector checked them on receipt).
-    fn add_tcp_wire(&mut self, tcp: &[crate::wire::pb::TcpStats]) {
-        for t in tcp {
-            let rtt = t.rtt.as_ref().and_then(|h| Some((crate::wire::from_wire(h).ok()?, h.sum_ns)));
-            let rtt = rtt.as_ref().map(|(h, sum)| (h, *sum));
-            self.add_tcp(&t.state, t.connections, t.bytes_sent, t.bytes_received, t.retransmits, rtt);
+            let mut key = remote_key(t);
+            if !self.tcp.contains_key(&key) && self.tcp.keys().filter(|k| *k != OTHER_REMOTE).count() >= max_remotes {
+                key = OTHER_REMOTE.to_string();
+            }
+            let c = self.tcp.entry(key).or_default();
+            c.bytes_sent += t.bytes_sent;
+            c.bytes_received += t.bytes_received;
+            c.retransmits += t.retransmits;
+            c.resets += t.resets;
+            c.refused += t.refused;
+            c.timeouts += t.timeouts;
+            if t.state == "CLOSED" {
+                c.connections += t.connections;
+            }
+            c.rtt.add_wire(&t.rtt);
+            c.connect.add_wire(&t.connect);
         }
     }
 }
@@ -217,10 +242,17 @@ pub struct Metrics {
     pub unknown_owner: BTreeMap<String, Group>,
     pub health: Health,
     pub max_groups: usize,
+    /// Remote endpoints with series of their own, per group.
+    pub max_remotes: usize,
     /// When the agent started counting (the `other` group's start).
     pub start_unix_ns: i64,
     /// Reports folded in so far.
     pub reports: u64,
+    /// Who exports: this host's name, the agent's id (`service.instance.id`)
+    /// and the machine id (`host.id`), where known.
+    pub host: String,
+    pub agent_id: String,
+    pub host_id: String,
 }
 
 impl Metrics {
@@ -228,43 +260,16 @@ impl Metrics {
         let now = now_unix_ns();
         Self {
             max_groups,
+            max_remotes: DEFAULT_MAX_REMOTES,
             start_unix_ns: now,
             other: Group { start_unix_ns: now, ..Default::default() },
             ..Default::default()
         }
     }
 
-    /// Folds one interval's report in.
+    /// Folds one interval's report of this agent in.
     pub fn add(&mut self, r: &Report) {
-        let now = r.end_unix_ns;
-        // A new series began with the interval that first counted for it.
-        let began = now - r.interval_ns as i64;
-        self.reports += 1;
-        for p in &r.processes {
-            let key = GroupKey {
-                host: String::new(),
-                process: p.meta.comm.clone(),
-                container_id: p.meta.container_id.clone().unwrap_or_default(),
-            };
-            let group = self.group(key, p.pid, p.meta.exe.as_deref().unwrap_or(""), began, now);
-            if group.pod_uid.is_none() {
-                group.pod_uid = p.meta.cgroup.as_deref().and_then(crate::procinfo::pod_uid);
-            }
-            if group.pid.is_some() && p.meta.cmdline.is_some() {
-                group.cmdline.clone_from(&p.meta.cmdline);
-            }
-            group.add_report(&p.syscalls, &p.disk, p.offcpu.as_ref(), &p.tcp);
-        }
-        // Below the --top cut: every probe's figures, so the host's totals
-        // hold whatever --top is.
-        if let Some(o) = &r.other {
-            self.other.last_seen_unix_ns = now;
-            self.other.add_report(&o.syscalls, &o.disk, o.offcpu.as_ref(), &o.tcp);
-        }
-        if !r.tcp_unknown_owner.is_empty() {
-            self.unknown_owner(String::new(), began, now).add_tcp_reports(&r.tcp_unknown_owner);
-        }
-        self.evict(now);
+        self.add_wire("", &crate::wire::report(r));
         for p in &r.probes {
             *self.health.lost.entry(p.name.to_string()).or_default() += p.lost;
         }
@@ -272,18 +277,27 @@ impl Metrics {
     }
 
     /// The group of `key`, created while there is room, else `other`.
-    fn group(&mut self, key: GroupKey, pid: u32, exe: &str, began: i64, now: i64) -> &mut Group {
+    fn group(
+        &mut self,
+        key: GroupKey,
+        p: &crate::wire::pb::Process,
+        agent_id: &str,
+        began: i64,
+        now: i64,
+    ) -> &mut Group {
         let group = if self.groups.contains_key(&key) || self.groups.len() < self.max_groups {
-            let g = self.groups.entry(key).or_insert_with(|| Group { start_unix_ns: began, ..Default::default() });
-            g.pid = match g.pid {
-                None if g.last_seen_unix_ns == 0 => Some(pid),
-                Some(p) if p == pid => Some(p),
-                _ => None,
-            };
-            if g.exe.is_empty() {
-                g.exe = exe.to_string();
-            }
-            g
+            self.groups.entry(key).or_insert_with(|| Group {
+                start_unix_ns: began,
+                exe: p.exe.clone(),
+                agent_id: agent_id.to_string(),
+                pod_uid: crate::procinfo::pod_uid(&p.cgroup),
+                k8s: (!p.k8s_pod_name.is_empty()).then(|| crate::procinfo::K8sNames {
+                    namespace: p.k8s_namespace_name.clone(),
+                    pod: p.k8s_pod_name.clone(),
+                    container: p.k8s_container_name.clone(),
+                }),
+                ..Default::default()
+            })
         } else {
             &mut self.other
         };
@@ -304,42 +318,26 @@ impl Metrics {
         self.unknown_owner.retain(|_, g| g.last_seen_unix_ns >= idle);
     }
 
-    /// Folds in a report received from agent host `host` (a collector's
-    /// fleet-wide metrics). Histograms that do not parse are skipped (the
-    /// collector checked them on receipt).
+    /// Folds in a report of agent host `host` (`""` for this agent's own).
     pub fn add_wire(&mut self, host: &str, r: &crate::wire::pb::Report) {
-        use crate::wire::from_wire;
         let now = r.interval_end_unix_ns;
         let began = r.interval_start_unix_ns;
+        let agent_id = r.agent.as_ref().map_or("", |a| a.agent_id.as_str());
         self.reports += 1;
-        let hist = |h: &Option<crate::wire::pb::Histogram>| h.as_ref().and_then(|h| from_wire(h).ok());
+        let max_remotes = self.max_remotes;
         for p in r.processes.iter().chain(&r.other) {
-            let key =
-                GroupKey { host: host.to_string(), process: p.comm.clone(), container_id: p.container_id.clone() };
             let group = if p.merged > 1 || p.pid == 0 {
                 self.other.last_seen_unix_ns = now;
                 &mut self.other
             } else {
-                self.group(key, p.pid, &p.exe, began, now)
+                let key =
+                    GroupKey { host: host.to_string(), process: p.comm.clone(), container_id: p.container_id.clone() };
+                self.group(key, p, agent_id, began, now)
             };
-            if group.pod_uid.is_none() {
-                group.pod_uid = crate::procinfo::pod_uid(&p.cgroup);
-            }
-            for sc in &p.syscalls {
-                group.add_syscall(&sc.name, sc.count, sc.errors, sc.total_ns, hist(&sc.latency).as_ref());
-            }
-            for d in &p.disk {
-                let total = hist(&d.total);
-                let sum_ns = d.total.as_ref().and_then(|h| h.sum_ns);
-                group.add_disk(&d.device, &d.op, d.count, d.bytes, d.errors, total.as_ref().map(|h| (h, sum_ns)));
-            }
-            if let Some(o) = &p.offcpu {
-                group.add_thread_time(o.on_cpu_ns, o.runqueue_ns, o.blocked_io_ns, o.sleep_ns);
-            }
-            group.add_tcp_wire(&p.tcp);
+            group.add_process(p, max_remotes);
         }
         if !r.tcp_unknown_owner.is_empty() {
-            self.unknown_owner(host.to_string(), began, now).add_tcp_wire(&r.tcp_unknown_owner);
+            self.unknown_owner(host.to_string(), began, now).add_tcp(&r.tcp_unknown_owner, max_remotes);
         }
         self.evict(now);
     }
@@ -384,16 +382,7 @@ pub fn octave_buckets(h: &Histogram) -> Vec<(f64, u64)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::{
-        probes::disk::DeviceNames,
-        procinfo::ProcCache,
-        report::{build, tests::every_probe},
-    };
-
-    /// The report of [`every_probe`]`(10)` with the top 3 shown.
-    pub(crate) fn report() -> Report {
-        build(every_probe(10), 3, &mut ProcCache::new(false), &mut DeviceNames::default(), 1_000_000_000, "h", vec![])
-    }
+    use crate::report::tests::sample as report;
 
     /// Host totals over every group: (disk bytes, disk latency sum, TCP
     /// sent, TCP received, sleep ns, syscalls).
@@ -401,11 +390,11 @@ pub(crate) mod tests {
         let mut t = (0, 0, 0, 0, 0, 0);
         for (_, g) in m.all() {
             t.0 += g.disk.values().map(|d| d.bytes).sum::<u64>();
-            t.1 += g.disk.values().map(|d| d.latency.sum_ns).sum::<u64>();
-            t.2 += g.tcp_bytes_sent;
-            t.3 += g.tcp_bytes_received;
-            t.4 += g.sleep_ns;
-            t.5 += g.syscalls.values().map(|s| s.0).sum::<u64>();
+            t.1 += g.disk.values().map(|d| d.total.sum_ns).sum::<u64>();
+            t.2 += g.tcp.values().map(|c| c.bytes_sent).sum::<u64>();
+            t.3 += g.tcp.values().map(|c| c.bytes_received).sum::<u64>();
+            t.4 += g.threads.sleep_ns;
+            t.5 += g.syscalls.values().map(|s| s.calls).sum::<u64>();
         }
         t
     }
@@ -426,9 +415,9 @@ pub(crate) mod tests {
         assert_eq!(totals(&m), expected());
         let unknown: Vec<_> = m.all().filter(|(k, _)| k.process == UNKNOWN_OWNER).collect();
         assert_eq!(unknown.len(), 1, "the unknown owner's connections are a group of their own");
-        assert_eq!(unknown[0].1.tcp_connections, 1);
-        assert!(m.other.disk.values().all(|d| !d.latency.sum_unknown), "disk sums are exact");
-        assert!(!m.other.tcp_rtt.sum_unknown && m.other.tcp_rtt.sum_seconds().is_some(), "RTT sums are exact");
+        assert_eq!(unknown[0].1.tcp.values().map(|c| c.connections).sum::<u64>(), 1);
+        assert!(m.other.disk.values().all(|d| !d.total.sum_unknown), "disk sums are exact");
+        assert!(m.other.tcp.values().all(|c| c.rtt.sum_seconds().is_some()), "RTT sums are exact");
     }
 
     #[test]
@@ -453,17 +442,46 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn remotes_past_the_cap_are_summed_as_other_and_accepted_ones_lose_their_port() {
+        let conn = |remote: String, direction: &str| crate::wire::pb::TcpStats {
+            remote,
+            direction: direction.into(),
+            bytes_sent: 10,
+            ..Default::default()
+        };
+        let mut tcp: Vec<_> = (0..12).map(|i| conn(format!("10.0.0.{i}:443"), "connect")).collect();
+        tcp.extend((0..3).map(|p| conn(format!("[fd00::9]:{}", 40_000 + p), "accept")));
+        let mut g = Group::default();
+        g.add_tcp(&tcp, 5);
+        g.add_tcp(&tcp, 5);
+        let keys: Vec<&str> = g.tcp.keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 6, "{keys:?}");
+        assert!(keys.contains(&OTHER_REMOTE) && keys.contains(&"10.0.0.0:443"), "{keys:?}");
+        assert_eq!(g.tcp.values().map(|c| c.bytes_sent).sum::<u64>(), 2 * 15 * 10, "nothing lost");
+        let mut g = Group::default();
+        g.add_tcp(&tcp[12..], 5);
+        assert_eq!(
+            g.tcp.keys().collect::<Vec<_>>(),
+            ["fd00::9"],
+            "one series for every accepted connection of a client"
+        );
+    }
+
+    #[test]
     fn octave_buckets_are_cumulative_at_powers_of_two() {
         let mut h = Histogram::default();
         h.record(10); // < 64 ns
         h.record(100); // [64, 128)
-        h.record(1_000); // [512, 1024)
+        h.record(1_000); // (512, 1024]
+        h.record(1_024); // exactly an edge: counted in le=1024 ns, as Prometheus means it
+        h.record(1_025);
         h.record(1 << 45); // the open-ended top bucket
         let b = octave_buckets(&h);
         assert_eq!(b[0], (64e-9, 1));
         assert_eq!(b[1], (128e-9, 2));
-        assert_eq!(b[4], (1024e-9, 3));
-        assert_eq!(b.last().unwrap().1, 3, "the top bucket is only in +Inf");
+        assert_eq!(b[4], (1024e-9, 4));
+        assert_eq!(b[5], (2048e-9, 5));
+        assert_eq!(b.last().unwrap().1, 5, "the top bucket is only in +Inf");
         assert_eq!(b.len(), 33);
     }
 }

@@ -18,20 +18,34 @@ use opentelemetry_proto::tonic::{
     collector::metrics::v1::{metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest},
     common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue},
     metrics::v1::{
-        metric::Data, number_data_point, AggregationTemporality, Histogram as OtlpHistogram, HistogramDataPoint,
+        metric::Data, number_data_point, AggregationTemporality, Gauge, Histogram as OtlpHistogram, HistogramDataPoint,
         Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
     },
     resource::v1::Resource,
 };
 use tonic::{codec::CompressionEncoding, metadata::MetadataMap, Code};
 
-use crate::metrics::{CumHist, Group, GroupKey, Metrics};
+use crate::{
+    catalog::{self, Kind, Value},
+    metrics::Metrics,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum Temporality {
     #[default]
     Cumulative,
     Delta,
+}
+
+/// Which bucket edges OTLP histograms carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Buckets {
+    /// The powers of two (64 ns to 275 s): 34 buckets, as on /metrics.
+    #[default]
+    Octave,
+    /// Every edge of the layout (8 per power of two): 258 buckets, 12.5%
+    /// resolution, and 258 series per histogram once in Prometheus.
+    Full,
 }
 
 #[derive(Debug, Clone, clap::Args, Default)]
@@ -51,6 +65,10 @@ pub struct OtlpArgs {
     /// changes since the last export.
     #[arg(long, value_enum, default_value_t = Temporality::Cumulative)]
     pub otlp_temporality: Temporality,
+    /// Histogram buckets: octave (default: the powers of two, the same `le`
+    /// as /metrics) or full (every edge of the layout, 8 per power of two).
+    #[arg(long, value_enum, default_value_t = Buckets::Octave)]
+    pub otlp_buckets: Buckets,
     /// CA certificate(s) (PEM) for the OTLP endpoint (default: --ca-file, or the system's roots).
     #[arg(long, value_name = "FILE")]
     pub otlp_ca_file: Option<std::path::PathBuf>,
@@ -140,170 +158,74 @@ fn s(key: &str, v: &str) -> KeyValue {
     kv(key, any_value::Value::StringValue(v.to_string()))
 }
 
-/// A group's attributes, after the semantic conventions.
-fn attributes(k: &GroupKey, g: &Group) -> Vec<KeyValue> {
-    let mut a = vec![s("process.executable.name", &k.process)];
-    if !k.host.is_empty() {
-        a.push(s("host.name", &k.host));
-    }
-    if !g.exe.is_empty() {
-        a.push(s("process.executable.path", &g.exe));
-    }
-    if let Some(pid) = g.pid {
-        a.push(kv("process.pid", any_value::Value::IntValue(i64::from(pid))));
-    }
-    if !k.container_id.is_empty() {
-        a.push(s("container.id", &k.container_id));
-    }
-    if let Some(uid) = &g.pod_uid {
-        a.push(s("k8s.pod.uid", uid));
-    }
-    if let Some(c) = &g.cmdline {
-        a.push(s("process.command_line", c));
-    }
-    a
+/// `attrs` as OTLP string attributes.
+fn string_attrs(attrs: &[(&'static str, String)]) -> Vec<KeyValue> {
+    attrs.iter().map(|(k, v)| s(k, v)).collect()
 }
 
-/// Our layout's bucket edges in seconds: OTLP's explicit bounds.
-fn bounds() -> Vec<f64> {
-    (0..agent_common::hist::BUCKETS - 1).map(|b| agent_common::hist::upper_bound(b) as f64 / 1e9).collect()
-}
-
-/// What one export says: per metric, data points.
-struct Builder {
-    temporality: Temporality,
-    time: u64,
-    sums: Vec<(&'static str, &'static str, &'static str, Vec<NumberDataPoint>)>,
-    hists: Vec<(&'static str, &'static str, Vec<HistogramDataPoint>)>,
-}
-
-impl Builder {
-    fn sum(
-        &mut self,
-        name: &'static str,
-        unit: &'static str,
-        help: &'static str,
-        attrs: Vec<KeyValue>,
-        start: u64,
-        v: u64,
-    ) {
-        self.sum_value(name, unit, help, attrs, start, number_data_point::Value::AsInt(v as i64));
-    }
-
-    fn sum_value(
-        &mut self,
-        name: &'static str,
-        unit: &'static str,
-        help: &'static str,
-        attrs: Vec<KeyValue>,
-        start: u64,
-        value: number_data_point::Value,
-    ) {
-        let point = NumberDataPoint {
-            attributes: attrs,
-            start_time_unix_nano: start,
-            time_unix_nano: self.time,
-            value: Some(value),
-            ..Default::default()
-        };
-        match self.sums.iter_mut().find(|m| m.0 == name) {
-            Some(m) => m.3.push(point),
-            None => self.sums.push((name, unit, help, vec![point])),
-        }
-    }
-
-    fn hist(&mut self, name: &'static str, help: &'static str, attrs: Vec<KeyValue>, start: u64, h: &CumHist) {
-        if h.hist.count() == 0 {
-            return;
-        }
-        let point = HistogramDataPoint {
-            attributes: attrs,
-            start_time_unix_nano: start,
-            time_unix_nano: self.time,
-            count: h.hist.count(),
-            // Absent where not known (TCP RTT): OTLP's sum is optional.
-            sum: h.sum_seconds(),
-            bucket_counts: h.hist.buckets().to_vec(),
-            explicit_bounds: bounds(),
-            ..Default::default()
-        };
-        match self.hists.iter_mut().find(|m| m.0 == name) {
-            Some(m) => m.2.push(point),
-            None => self.hists.push((name, help, vec![point])),
-        }
-    }
-
-    fn metrics(self) -> Vec<Metric> {
-        let t = match self.temporality {
-            Temporality::Cumulative => AggregationTemporality::Cumulative,
-            Temporality::Delta => AggregationTemporality::Delta,
-        } as i32;
-        let mut out: Vec<Metric> = self
-            .sums
-            .into_iter()
-            .map(|(name, unit, help, points)| Metric {
-                name: name.into(),
-                unit: unit.into(),
-                description: help.into(),
-                data: Some(Data::Sum(Sum { data_points: points, aggregation_temporality: t, is_monotonic: true })),
-                ..Default::default()
-            })
-            .collect();
-        out.extend(self.hists.into_iter().map(|(name, help, points)| Metric {
-            name: name.into(),
-            unit: "s".into(),
-            description: help.into(),
-            data: Some(Data::Histogram(OtlpHistogram { data_points: points, aggregation_temporality: t })),
-            ..Default::default()
-        }));
-        out
-    }
-}
-
-/// `now` less `before` for every counter and bucket (delta temporality).
-fn minus(now: &Group, before: Option<&Group>) -> Group {
-    let Some(b) = before else { return now.clone() };
-    let mut d = now.clone();
-    for (name, v) in d.syscalls.iter_mut() {
-        if let Some(p) = b.syscalls.get(name) {
-            v.0 -= p.0.min(v.0);
-            v.1 -= p.1.min(v.1);
-        }
-    }
-    let sub = |a: &mut CumHist, p: &CumHist| {
-        let mut h = crate::hist::Histogram::default();
-        for (i, (x, y)) in a.hist.buckets().iter().zip(p.hist.buckets().iter()).enumerate() {
-            let _ = h.add(i, x - y.min(x));
-        }
-        a.hist = h;
-        a.sum_ns = a.sum_ns.saturating_sub(p.sum_ns);
+/// The explicit bounds (seconds) and per-bucket counts of a histogram:
+/// every edge of the shared layout, or only its powers of two (as on
+/// `/metrics`: 34 buckets rather than 258 downstream).
+fn buckets(h: &crate::hist::Histogram, form: Buckets) -> (Vec<f64>, Vec<u64>) {
+    use agent_common::hist::{upper_bound, BUCKETS, SUB_BITS};
+    let every = match form {
+        Buckets::Full => 1,
+        Buckets::Octave => 1 << SUB_BITS,
     };
-    sub(&mut d.syscall_latency, &b.syscall_latency);
-    sub(&mut d.tcp_rtt, &b.tcp_rtt);
-    for (k, v) in d.disk.iter_mut() {
-        if let Some(p) = b.disk.get(k) {
-            v.count -= p.count.min(v.count);
-            v.bytes -= p.bytes.min(v.bytes);
-            v.errors -= p.errors.min(v.errors);
-            sub(&mut v.latency, &p.latency);
+    let mut bounds = Vec::new();
+    let mut counts = Vec::new();
+    let mut acc = 0u64;
+    for (i, c) in h.buckets().iter().enumerate() {
+        acc += c;
+        if i == BUCKETS - 1 || i % every == 0 {
+            if i < BUCKETS - 1 {
+                bounds.push(upper_bound(i) as f64 / 1e9);
+            }
+            counts.push(acc);
+            acc = 0;
         }
     }
-    d.on_cpu_ns -= b.on_cpu_ns.min(d.on_cpu_ns);
-    d.runqueue_ns -= b.runqueue_ns.min(d.runqueue_ns);
-    d.blocked_io_ns -= b.blocked_io_ns.min(d.blocked_io_ns);
-    d.sleep_ns -= b.sleep_ns.min(d.sleep_ns);
-    d.tcp_bytes_sent -= b.tcp_bytes_sent.min(d.tcp_bytes_sent);
-    d.tcp_bytes_received -= b.tcp_bytes_received.min(d.tcp_bytes_received);
-    d.tcp_retransmits -= b.tcp_retransmits.min(d.tcp_retransmits);
-    d.tcp_connections -= b.tcp_connections.min(d.tcp_connections);
-    d
+    (bounds, counts)
+}
+
+/// A series' last exported cumulative value (delta temporality).
+#[derive(Debug, Clone)]
+enum Last {
+    Int(u64),
+    Float(f64),
+    Hist(crate::hist::Histogram, u64),
+}
+
+/// `value` less `last`, and `value` to remember (delta temporality).
+fn delta(value: &Value, last: Option<&Last>) -> (Last, Last) {
+    let now = match value {
+        Value::Int(v) => Last::Int(*v),
+        Value::Float(v) => Last::Float(*v),
+        Value::Hist(h) => Last::Hist(h.hist.clone(), h.sum_ns),
+    };
+    let d = match (&now, last) {
+        (Last::Int(v), Some(Last::Int(p))) => Last::Int(v.saturating_sub(*p)),
+        (Last::Float(v), Some(Last::Float(p))) => Last::Float((v - p).max(0.0)),
+        (Last::Hist(h, sum), Some(Last::Hist(ph, psum))) => {
+            let mut d = crate::hist::Histogram::default();
+            for (i, (x, y)) in h.buckets().iter().zip(ph.buckets()).enumerate() {
+                let _ = d.add(i, x.saturating_sub(*y));
+            }
+            Last::Hist(d, sum.saturating_sub(*psum))
+        }
+        _ => now.clone(),
+    };
+    (d, now)
 }
 
 /// The export request for the metrics' current state.
 pub struct Exporter {
     temporality: Temporality,
-    /// Delta: each group as of the last export, and when that was.
-    last: std::collections::BTreeMap<GroupKey, Group>,
+    /// Histogram buckets: every edge, or powers of two.
+    buckets: Buckets,
+    /// Delta: each series' cumulative value at the last export, and when
+    /// that was.
+    last: std::collections::HashMap<String, Last>,
     last_time: u64,
     resource: Resource,
     tx: tokio::sync::watch::Sender<u64>,
@@ -318,7 +240,7 @@ impl Exporter {
     /// `host.name`.
     pub fn start(
         args: &OtlpArgs,
-        client: &crate::export::ClientArgs,
+        client: &crate::grpc::ClientArgs,
         url: String,
         service: &str,
         host: &str,
@@ -347,6 +269,7 @@ impl Exporter {
         Ok(Self {
             delivering,
             temporality: args.otlp_temporality,
+            buckets: args.otlp_buckets,
             last: Default::default(),
             last_time: crate::metrics::now_unix_ns() as u64,
             resource,
@@ -360,107 +283,136 @@ impl Exporter {
         self.delivering.clone()
     }
 
-    /// Builds this interval's request and hands it to the sender.
+    /// Builds this interval's request and hands it to the sender: one
+    /// resource per process group (its process, container and Kubernetes
+    /// attributes), one for the agent's own figures.
     pub fn export(&mut self, m: &Metrics, time_unix_ns: i64) {
         let time = time_unix_ns as u64;
-        let mut b = Builder { temporality: self.temporality, time, sums: Vec::new(), hists: Vec::new() };
-        for (k, g) in m.all() {
-            let (g, start) = match self.temporality {
-                Temporality::Cumulative => (g.clone(), g.start_unix_ns as u64),
-                Temporality::Delta => {
-                    let d = minus(g, self.last.get(&k));
-                    // A group new since the last export starts at its own start.
-                    let start = if self.last.contains_key(&k) {
-                        self.last_time
+        let c = catalog::catalog(m);
+        let resources: Vec<Vec<KeyValue>> = c
+            .groups
+            .iter()
+            .map(|g| {
+                let mut attrs = self.resource.attributes.clone();
+                for kv in string_attrs(&g.resource) {
+                    match attrs.iter_mut().find(|a| a.key == kv.key) {
+                        Some(a) => *a = kv,
+                        None => attrs.push(kv),
+                    }
+                }
+                attrs
+            })
+            .collect();
+        let temporality = match self.temporality {
+            Temporality::Cumulative => AggregationTemporality::Cumulative,
+            Temporality::Delta => AggregationTemporality::Delta,
+        } as i32;
+        // Metrics per resource: the groups', then the agent's.
+        let mut per: Vec<Vec<Metric>> = vec![Vec::new(); c.groups.len() + 1];
+        let mut last = std::collections::HashMap::new();
+        for f in &c.families {
+            let mut points: Vec<Vec<(&catalog::Series, u64)>> = vec![Vec::new(); c.groups.len() + 1];
+            for series in &f.series {
+                let (r, start) = match series.group {
+                    Some(g) => (g, c.groups[g].start_unix_ns),
+                    None => (c.groups.len(), m.start_unix_ns),
+                };
+                points[r].push((series, start as u64));
+            }
+            for (r, points) in points.into_iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+                let resource_key = resources.get(r).map(|a| format!("{a:?}")).unwrap_or_default();
+                let mut sums = Vec::new();
+                let mut gauges = Vec::new();
+                let mut hists = Vec::new();
+                for (series, group_start) in points {
+                    let attributes = string_attrs(&series.attrs);
+                    let (value, start) = if f.kind != Kind::Gauge && self.temporality == Temporality::Delta {
+                        let key = format!("{}|{resource_key}|{:?}", f.name, series.attrs);
+                        let seen = self.last.get(&key);
+                        // A series new since the last export starts at its own start.
+                        let start = if seen.is_some() { self.last_time } else { group_start.max(self.last_time) };
+                        let (d, now) = delta(&series.value, seen);
+                        last.insert(key, now);
+                        (d, start)
                     } else {
-                        (g.start_unix_ns as u64).max(self.last_time)
+                        (delta(&series.value, None).0, group_start)
                     };
-                    self.last.insert(k.clone(), g.clone());
-                    (d, start)
+                    match value {
+                        Last::Hist(h, sum_ns) => {
+                            let (explicit_bounds, bucket_counts) = buckets(&h, self.buckets);
+                            let known = matches!(series.value, Value::Hist(c) if !c.sum_unknown);
+                            hists.push(HistogramDataPoint {
+                                attributes,
+                                start_time_unix_nano: start,
+                                time_unix_nano: time,
+                                count: h.count(),
+                                // Absent where not known: OTLP's sum is optional.
+                                sum: known.then(|| sum_ns as f64 / 1e9),
+                                bucket_counts,
+                                explicit_bounds,
+                                ..Default::default()
+                            });
+                        }
+                        v => {
+                            let value = Some(match v {
+                                Last::Float(x) => number_data_point::Value::AsDouble(x),
+                                Last::Int(x) => number_data_point::Value::AsInt(x as i64),
+                                Last::Hist(..) => unreachable!(),
+                            });
+                            let point = NumberDataPoint {
+                                attributes,
+                                start_time_unix_nano: start,
+                                time_unix_nano: time,
+                                value,
+                                ..Default::default()
+                            };
+                            if f.kind == Kind::Gauge {
+                                gauges.push(NumberDataPoint { start_time_unix_nano: 0, ..point });
+                            } else {
+                                sums.push(point);
+                            }
+                        }
+                    }
                 }
-            };
-            let a = attributes(&k, &g);
-            for (name, (calls, errors)) in &g.syscalls {
-                let mut attrs = a.clone();
-                attrs.push(s("hostprobe.syscall", name));
-                b.sum("hostprobe.syscalls", "{call}", "Syscalls completed.", attrs.clone(), start, *calls);
-                b.sum("hostprobe.syscall.errors", "{call}", "Syscalls that returned an error.", attrs, start, *errors);
-            }
-            b.hist(
-                "hostprobe.syscall.duration",
-                "Syscall latency, all syscalls of the process.",
-                a.clone(),
-                start,
-                &g.syscall_latency,
-            );
-            for ((dev, op), d) in &g.disk {
-                let mut attrs = a.clone();
-                attrs.push(s("disk.io.direction", op));
-                attrs.push(s("system.device", dev));
-                b.sum(
-                    "hostprobe.disk.ios",
-                    "{request}",
-                    "Block I/O requests completed.",
-                    attrs.clone(),
-                    start,
-                    d.count,
-                );
-                b.sum("hostprobe.disk.io", "By", "Bytes of block I/O completed.", attrs.clone(), start, d.bytes);
-                b.hist(
-                    "hostprobe.disk.io.duration",
-                    "Block I/O latency, queued to completed.",
-                    attrs,
-                    start,
-                    &d.latency,
-                );
-            }
-            if g.on_cpu_ns + g.runqueue_ns + g.blocked_io_ns + g.sleep_ns > 0 {
-                for (state, ns) in [
-                    ("on_cpu", g.on_cpu_ns),
-                    ("runqueue", g.runqueue_ns),
-                    ("blocked_io", g.blocked_io_ns),
-                    ("sleep", g.sleep_ns),
-                ] {
-                    let mut attrs = a.clone();
-                    attrs.push(s("hostprobe.thread.state", state));
-                    let secs = number_data_point::Value::AsDouble(ns as f64 / 1e9);
-                    b.sum_value("hostprobe.thread.time", "s", "Thread time by state.", attrs, start, secs);
-                }
-            }
-            if g.tcp_bytes_sent + g.tcp_bytes_received + g.tcp_connections > 0 {
-                let mut sent = a.clone();
-                sent.push(s("network.io.direction", "transmit"));
-                let mut recv = a.clone();
-                recv.push(s("network.io.direction", "receive"));
-                b.sum("hostprobe.tcp.io", "By", "TCP bytes.", sent, start, g.tcp_bytes_sent);
-                b.sum("hostprobe.tcp.io", "By", "TCP bytes.", recv, start, g.tcp_bytes_received);
-                b.sum(
-                    "hostprobe.tcp.retransmits",
-                    "{segment}",
-                    "TCP segments retransmitted.",
-                    a.clone(),
-                    start,
-                    g.tcp_retransmits,
-                );
-            }
-            b.hist("hostprobe.tcp.rtt", "TCP smoothed RTT samples.", a, start, &g.tcp_rtt);
-        }
-        self.last_time = time;
-        let request = ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                resource: Some(self.resource.clone()),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(InstrumentationScope {
-                        name: "hostprobe".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    metrics: b.metrics(),
+                let data = match f.kind {
+                    Kind::Counter => {
+                        Data::Sum(Sum { data_points: sums, aggregation_temporality: temporality, is_monotonic: true })
+                    }
+                    Kind::Gauge => Data::Gauge(Gauge { data_points: gauges }),
+                    Kind::Histogram => {
+                        Data::Histogram(OtlpHistogram { data_points: hists, aggregation_temporality: temporality })
+                    }
+                };
+                per[r].push(Metric {
+                    name: f.name.into(),
+                    unit: f.unit.into(),
+                    description: f.help.into(),
+                    data: Some(data),
                     ..Default::default()
-                }],
-                ..Default::default()
-            }],
+                });
+            }
+        }
+        self.last = last;
+        self.last_time = time;
+        let scope = InstrumentationScope {
+            name: "hostprobe".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
         };
+        let resource_metrics = per
+            .into_iter()
+            .enumerate()
+            .filter(|(_, metrics)| !metrics.is_empty())
+            .map(|(r, metrics)| ResourceMetrics {
+                resource: Some(match resources.get(r) {
+                    Some(attributes) => Resource { attributes: attributes.clone(), ..Default::default() },
+                    None => self.resource.clone(),
+                }),
+                scope_metrics: vec![ScopeMetrics { scope: Some(scope.clone()), metrics, ..Default::default() }],
+                ..Default::default()
+            })
+            .collect();
+        let request = ExportMetricsServiceRequest { resource_metrics };
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         match self.temporality {
             // The latest cumulative state says everything the older ones did.
@@ -515,7 +467,7 @@ fn retryable(s: &tonic::Status) -> bool {
 
 async fn sender(
     url: String,
-    client_args: crate::export::ClientArgs,
+    client_args: crate::grpc::ClientArgs,
     headers: MetadataMap,
     queue: std::sync::Arc<std::sync::Mutex<VecDeque<(u64, ExportMetricsServiceRequest)>>>,
     mut wake: tokio::sync::watch::Receiver<u64>,
@@ -532,7 +484,7 @@ async fn sender(
             continue;
         };
         if client.is_none() {
-            match crate::export::channel(&url, &client_args).await {
+            match crate::grpc::channel(&url, &client_args).await {
                 Ok(ch) => {
                     client = Some(
                         MetricsServiceClient::new(ch)
@@ -595,8 +547,7 @@ fn sent(queue: &std::sync::Mutex<VecDeque<(u64, ExportMetricsServiceRequest)>>, 
 }
 
 async fn backoff(url: &str, why: &str, failures: u32) {
-    let base = Duration::from_millis(250).saturating_mul(1 << failures.min(7)).min(Duration::from_secs(30));
-    let delay = base.mul_f64(0.5 + fastrand::f64() * 0.5);
+    let delay = crate::grpc::backoff(failures);
     log::warn!("OTLP {url}: export failed ({why}); retrying in {delay:.1?}");
     tokio::time::sleep(delay).await;
 }
@@ -617,6 +568,7 @@ mod tests {
     fn exporter(temporality: Temporality) -> Exporter {
         Exporter {
             temporality,
+            buckets: Buckets::Octave,
             last: Default::default(),
             last_time: 0,
             delivering: Default::default(),
@@ -627,11 +579,25 @@ mod tests {
     }
 
     fn points<'a>(r: &'a ExportMetricsServiceRequest, name: &str) -> Vec<&'a Data> {
-        r.resource_metrics[0].scope_metrics[0]
-            .metrics
+        r.resource_metrics
             .iter()
+            .flat_map(|rm| &rm.scope_metrics[0].metrics)
             .filter(|m| m.name == name)
             .filter_map(|m| m.data.as_ref())
+            .collect()
+    }
+
+    /// The `process.executable.name` of each resource that has metric `name`.
+    fn processes_with<'a>(r: &'a ExportMetricsServiceRequest, name: &str) -> Vec<&'a str> {
+        r.resource_metrics
+            .iter()
+            .filter(|rm| rm.scope_metrics[0].metrics.iter().any(|m| m.name == name))
+            .flat_map(|rm| &rm.resource.as_ref().unwrap().attributes)
+            .filter(|a| a.key == "process.executable.name")
+            .filter_map(|a| match a.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(s) => Some(s.as_str()),
+                _ => None,
+            })
             .collect()
     }
 
@@ -662,7 +628,7 @@ mod tests {
     #[test]
     fn other_unknown_owner_and_exact_sums_are_exported() {
         let mut m = Metrics::new(2);
-        m.add(&crate::metrics::tests::report());
+        m.add(&crate::report::tests::sample());
         for temporality in [Temporality::Cumulative, Temporality::Delta] {
             let mut e = exporter(temporality);
             e.export(&m, 2_000_000_000);
@@ -679,19 +645,11 @@ mod tests {
             // three RTT samples of 40 us.
             let got: f64 = rtt.iter().map(|p| p.sum.unwrap_or(f64::NAN)).sum();
             assert!((got - 11.0 * 120_000.0 / 1e9).abs() < 1e-12, "exact RTT sum: {got}");
-            let owners: Vec<&str> = points(r, "hostprobe.tcp.io")
-                .into_iter()
-                .flat_map(|d| match d {
-                    Data::Sum(s) => s.data_points.iter().collect::<Vec<_>>(),
-                    _ => Vec::new(),
-                })
-                .flat_map(|p| &p.attributes)
-                .filter(|a| a.key == "process.executable.name")
-                .filter_map(|a| match a.value.as_ref()?.value.as_ref()? {
-                    any_value::Value::StringValue(s) => Some(s.as_str()),
-                    _ => None,
-                })
-                .collect();
+            let owners = processes_with(r, "hostprobe.tcp.io");
+            for d in hist_points(r, "hostprobe.syscall.duration") {
+                assert_eq!((d.explicit_bounds.len(), d.bucket_counts.len()), (33, 34), "octave buckets");
+                assert_eq!(d.bucket_counts.iter().sum::<u64>(), d.count);
+            }
             assert!(owners.contains(&crate::metrics::UNKNOWN_OWNER), "{owners:?}");
             assert!(owners.contains(&"other"), "{owners:?}");
         }

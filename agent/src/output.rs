@@ -3,7 +3,10 @@
 
 use std::io::{self, Write};
 
-use crate::report::{Latency, Report, SyscallReport};
+use crate::{
+    report::{Latency, Report, SyscallReport},
+    units::duration,
+};
 
 pub trait Sink: Send {
     /// Takes one interval's report (the last user of it: the view keeps it).
@@ -31,19 +34,6 @@ impl<W: Write + Send> Sink for Text<W> {
         buf.push('\n');
         self.0.write_all(buf.as_bytes())?;
         self.0.flush()
-    }
-}
-
-/// Nanoseconds for people: 850ns, 1.2us, 45us, 3.1ms, 1.25s.
-pub fn duration(ns: u64) -> String {
-    let f = ns as f64;
-    match ns {
-        0..=999 => format!("{ns}ns"),
-        1_000..=9_949 => format!("{:.1}us", f / 1e3),
-        9_950..=999_499 => format!("{:.0}us", f / 1e3),
-        999_500..=9_949_999 => format!("{:.1}ms", f / 1e6),
-        9_950_000..=999_499_999 => format!("{:.0}ms", f / 1e6),
-        _ => format!("{:.2}s", f / 1e9),
     }
 }
 

@@ -17,6 +17,63 @@ pub struct ProcMeta {
     /// Only with `--cmdline`: command lines can hold secrets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// The Kubernetes names of its container, when the kubelet's log
+    /// directory names it (see [`PodLogs`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<K8sNames>,
+}
+
+/// A container's names in Kubernetes.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct K8sNames {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+/// Kubernetes names by container id, without access to the API: the
+/// kubelet links each container's log as
+/// `/var/log/containers/<pod>_<namespace>_<container>-<container id>.log`
+/// (names cannot hold `_`). The directory is listed again when an unknown
+/// id is asked for, at most every 10 s. Missing directory: no names.
+#[derive(Debug)]
+pub struct PodLogs {
+    dir: std::path::PathBuf,
+    names: HashMap<String, K8sNames>,
+    listed: Option<std::time::Instant>,
+}
+
+impl PodLogs {
+    pub fn new(dir: std::path::PathBuf) -> Self {
+        Self { dir, names: HashMap::new(), listed: None }
+    }
+
+    pub fn get(&mut self, container_id: &str) -> Option<K8sNames> {
+        let stale = self.listed.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10));
+        if !self.names.contains_key(container_id) && stale {
+            self.listed = Some(std::time::Instant::now());
+            self.names = std::fs::read_dir(&self.dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| Self::parse(e.file_name().to_str()?))
+                .collect();
+        }
+        self.names.get(container_id).cloned()
+    }
+
+    /// `(container id, names)` of one log link's file name.
+    fn parse(file: &str) -> Option<(String, K8sNames)> {
+        let stem = file.strip_suffix(".log")?;
+        let mut parts = stem.splitn(3, '_');
+        let (pod, namespace, rest) = (parts.next()?, parts.next()?, parts.next()?);
+        let (container, id) = rest.rsplit_once('-')?;
+        let valid = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !container.is_empty();
+        valid.then(|| {
+            let names = K8sNames { namespace: namespace.into(), pod: pod.into(), container: container.into() };
+            (id.to_string(), names)
+        })
+    }
 }
 
 /// Remembers what does not change while a process lives (exe, cgroup,
@@ -26,17 +83,21 @@ pub struct ProcMeta {
 pub struct ProcCache {
     entries: HashMap<u32, (u64, ProcMeta)>,
     with_cmdline: bool,
+    /// Where Kubernetes names come from, if anywhere.
+    pub pod_logs: Option<PodLogs>,
 }
 
 impl ProcCache {
     pub fn new(with_cmdline: bool) -> Self {
-        Self { entries: HashMap::new(), with_cmdline }
+        Self { entries: HashMap::new(), with_cmdline, pod_logs: None }
     }
 
-    /// Metadata of a live process, or `None` when it is gone.
+    /// Metadata of a process; once it is gone, what was read while it
+    /// lived (its last interval, with its exit, keeps its name), else `None`.
     pub fn get(&mut self, pid: u32) -> Option<ProcMeta> {
-        let proc = procfs::process::Process::new(pid as i32).ok()?;
-        let stat = proc.stat().ok()?;
+        let gone = |entries: &HashMap<u32, (u64, ProcMeta)>| entries.get(&pid).map(|(_, m)| m.clone());
+        let Some(proc) = procfs::process::Process::new(pid as i32).ok() else { return gone(&self.entries) };
+        let Some(stat) = proc.stat().ok() else { return gone(&self.entries) };
         if let Some((start, meta)) = self.entries.get_mut(&pid) {
             if *start == stat.starttime {
                 meta.comm = stat.comm; // may change (exec, prctl)
@@ -45,12 +106,15 @@ impl ProcCache {
         }
         let cgroup =
             proc.cgroups().ok().and_then(|groups| groups.0.into_iter().find(|g| g.hierarchy == 0).map(|g| g.pathname));
+        let container_id = cgroup.as_deref().and_then(container_id);
+        let k8s = container_id.as_deref().zip(self.pod_logs.as_mut()).and_then(|(id, logs)| logs.get(id));
         let meta = ProcMeta {
             comm: stat.comm,
             exe: proc.exe().ok().map(|p| p.to_string_lossy().into_owned()),
-            container_id: cgroup.as_deref().and_then(container_id),
+            container_id,
             cgroup,
             cmdline: self.with_cmdline.then(|| proc.cmdline().ok().map(|a| a.join(" "))).flatten(),
+            k8s,
         };
         self.entries.insert(pid, (stat.starttime, meta.clone()));
         Some(meta)
@@ -92,6 +156,11 @@ pub fn pod_uid(cgroup: &str) -> Option<String> {
     })
 }
 
+/// This host's name (the kernel's).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
 /// The inode of the kernel's initial PID namespace, the host's: fixed
 /// (`PROC_PID_INIT_INO`, include/linux/proc_ns.h, since Linux 3.8).
 const INIT_PID_NS_INO: u64 = 0xEFFF_FFFC;
@@ -117,6 +186,20 @@ pub fn host_pid_namespace() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubelet_log_links_name_pod_namespace_and_container() {
+        let id = "ab".repeat(32);
+        let (got, names) = PodLogs::parse(&format!("web-7d9f_shop_nginx-sidecar-{id}.log")).unwrap();
+        assert_eq!(got, id);
+        assert_eq!(
+            names,
+            K8sNames { namespace: "shop".into(), pod: "web-7d9f".into(), container: "nginx-sidecar".into() }
+        );
+        assert!(PodLogs::parse(&format!("web_shop_nginx-{id}.txt")).is_none());
+        assert!(PodLogs::parse("web_shop_nginx-1234.log").is_none());
+        assert!(PodLogs::parse(&format!("web_nginx-{id}.log")).is_none());
+    }
 
     #[test]
     fn pod_uids_of_both_cgroup_drivers() {

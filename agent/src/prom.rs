@@ -1,8 +1,9 @@
-//! `--prometheus-listen ADDR`: the metrics of [`crate::metrics`] on
-//! `GET /metrics`, in the Prometheus text format (prometheus-client):
-//! counters with `_total`, classic histograms with `le` buckets in seconds
-//! (the powers of two of the shared layout), labels bounded (process name
-//! and container, never pid), and the agent's own health.
+//! `--prometheus-listen ADDR`: the metrics of [`crate::catalog`] on
+//! `GET /metrics`, in the Prometheus text format (prometheus-client), named
+//! as the OpenTelemetry Collector names the same OTLP data: counters with
+//! `_total`, units as suffixes, classic histograms with `le` buckets in
+//! seconds (the powers of two of the shared layout, upper edges included),
+//! labels bounded (process name, container and pod, never pid).
 
 use std::{
     net::SocketAddr,
@@ -20,22 +21,22 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::metrics::{octave_buckets, CumHist, Metrics};
+use crate::{
+    catalog::{self, Kind, Value},
+    metrics::{octave_buckets, CumHist, Metrics},
+};
 
 /// The scrape-time view of the shared metrics.
 #[derive(Debug)]
 struct View(Arc<Mutex<Metrics>>);
 
-type Labels = Vec<(&'static str, String)>;
+type Labels = Vec<(String, String)>;
 
 /// A counter family; values are counts (u64) or seconds (f64).
 fn counter<N>(e: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels, N)]) -> std::fmt::Result
 where
     N: prometheus_client::encoding::EncodeCounterValue + Clone + std::fmt::Debug,
 {
-    if rows.is_empty() {
-        return Ok(());
-    }
     let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, v) in rows {
         ConstCounter::new(v.clone()).encode(m.encode_family(labels)?)?;
@@ -43,22 +44,18 @@ where
     Ok(())
 }
 
-fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels, i64)]) -> std::fmt::Result {
-    if rows.is_empty() {
-        return Ok(());
-    }
+fn gauge<N>(e: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels, N)]) -> std::fmt::Result
+where
+    N: prometheus_client::encoding::EncodeGaugeValue + Clone + std::fmt::Debug,
+{
     let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, v) in rows {
-        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+        ConstGauge::new(v.clone()).encode(m.encode_family(labels)?)?;
     }
     Ok(())
 }
 
 fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels, &CumHist)]) -> std::fmt::Result {
-    let rows: Vec<_> = rows.iter().filter(|(_, h)| h.hist.count() > 0).collect();
-    if rows.is_empty() {
-        return Ok(());
-    }
     let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
     for (labels, h) in rows {
         let mut buckets = octave_buckets(&h.hist);
@@ -90,134 +87,48 @@ fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, rows: &[(Labels,
 impl Collector for View {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let groups: Vec<_> = m.all().collect();
-        // A collector's groups carry the agent's host.
-        let fleet = m.groups.keys().any(|k| !k.host.is_empty());
-        let base = |k: &crate::metrics::GroupKey| -> Labels {
-            let mut l = vec![("process", k.process.clone()), ("container_id", k.container_id.clone())];
-            if fleet {
-                l.insert(0, ("host", k.host.clone()));
-            }
-            l
-        };
-        let with = |k: &crate::metrics::GroupKey, extra: &[(&'static str, String)]| {
-            let mut l = base(k);
-            l.extend_from_slice(extra);
-            l
-        };
-        let mut calls = Vec::new();
-        let mut errors = Vec::new();
-        for (k, g) in &groups {
-            for (name, (c, err)) in &g.syscalls {
-                calls.push((with(k, &[("syscall", name.clone())]), *c));
-                errors.push((with(k, &[("syscall", name.clone())]), *err));
-            }
-        }
-        counter(&mut e, "hostprobe_syscalls", "Syscalls completed, per process name and syscall.", &calls)?;
-        counter(&mut e, "hostprobe_syscall_errors", "Syscalls that returned an error.", &errors)?;
-        let lat: Vec<_> = groups.iter().map(|(k, g)| (base(k), &g.syscall_latency)).collect();
-        histogram(&mut e, "hostprobe_syscall_duration_seconds", "Syscall latency, all syscalls of the process.", &lat)?;
-
-        let mut ios = Vec::new();
-        let mut bytes = Vec::new();
-        let mut io_lat = Vec::new();
-        for (k, g) in &groups {
-            for ((dev, op), d) in &g.disk {
-                let l = with(k, &[("device", dev.clone()), ("op", op.clone())]);
-                ios.push((l.clone(), d.count));
-                bytes.push((l.clone(), d.bytes));
-                io_lat.push((l, &d.latency));
-            }
-        }
-        counter(&mut e, "hostprobe_disk_ios", "Block I/O requests completed.", &ios)?;
-        counter(&mut e, "hostprobe_disk_bytes", "Bytes of block I/O completed.", &bytes)?;
-        histogram(&mut e, "hostprobe_disk_io_duration_seconds", "Block I/O latency, queued to completed.", &io_lat)?;
-
-        let mut cpu = Vec::new();
-        for (k, g) in &groups {
-            for (state, ns) in [
-                ("on_cpu", g.on_cpu_ns),
-                ("runqueue", g.runqueue_ns),
-                ("blocked_io", g.blocked_io_ns),
-                ("sleep", g.sleep_ns),
-            ] {
-                if g.on_cpu_ns + g.runqueue_ns + g.blocked_io_ns + g.sleep_ns > 0 {
-                    cpu.push((with(k, &[("state", state.to_string())]), ns as f64 / 1e9));
+        let c = catalog::catalog(&m);
+        for f in &c.families {
+            let name = catalog::prometheus_name(f.name, f.unit);
+            let labels = |s: &catalog::Series| -> Labels {
+                let group = s.group.map(|g| c.groups[g].labels.as_slice()).unwrap_or_default();
+                group.iter().chain(&s.attrs).map(|(k, v)| (catalog::prometheus_label(k), v.clone())).collect()
+            };
+            let ints = || {
+                f.series.iter().filter_map(|s| match s.value {
+                    Value::Int(v) => Some((labels(s), v)),
+                    _ => None,
+                })
+            };
+            let floats = || {
+                f.series.iter().filter_map(|s| match s.value {
+                    Value::Float(v) => Some((labels(s), v)),
+                    _ => None,
+                })
+            };
+            match f.kind {
+                Kind::Counter if matches!(f.series.first().map(|s| s.value), Some(Value::Float(_))) => {
+                    counter(&mut e, &name, f.help, &floats().collect::<Vec<_>>())?
                 }
-            }
-        }
-        counter(
-            &mut e,
-            "hostprobe_thread_time_seconds",
-            "Thread time by state: on a CPU, waiting for one, blocked (D), asleep.",
-            &cpu,
-        )?;
-
-        let pick = |f: fn(&crate::metrics::Group) -> u64| -> Vec<(Labels, u64)> {
-            groups
-                .iter()
-                .filter(|(_, g)| g.tcp_bytes_sent + g.tcp_bytes_received + g.tcp_connections > 0)
-                .map(|(k, g)| (base(k), f(g)))
-                .collect()
-        };
-        counter(&mut e, "hostprobe_tcp_sent_bytes", "TCP bytes sent.", &pick(|g| g.tcp_bytes_sent))?;
-        counter(&mut e, "hostprobe_tcp_received_bytes", "TCP bytes received.", &pick(|g| g.tcp_bytes_received))?;
-        counter(&mut e, "hostprobe_tcp_retransmits", "TCP segments retransmitted.", &pick(|g| g.tcp_retransmits))?;
-        counter(&mut e, "hostprobe_tcp_connections_closed", "TCP connections closed.", &pick(|g| g.tcp_connections))?;
-        let rtt: Vec<_> = groups.iter().map(|(k, g)| (base(k), &g.tcp_rtt)).collect();
-        histogram(
-            &mut e,
-            "hostprobe_tcp_rtt_seconds",
-            "TCP smoothed RTT samples (at most one per 10 ms per connection); no _sum: the probe keeps none.",
-            &rtt,
-        )?;
-
-        // The agent's own health.
-        let h = &m.health;
-        let probe = |name: &str| vec![("probe", name.to_string())];
-        let active: Vec<_> = h.probes.iter().map(|p| (probe(p.name), i64::from(p.active))).collect();
-        gauge(&mut e, "hostprobe_probe_active", "1 when the probe is attached.", &active)?;
-        let lost: Vec<_> = h.lost.iter().map(|(p, n)| (probe(p), *n)).collect();
-        counter(&mut e, "hostprobe_events_lost", "Events lost: full maps, and events the kernel skipped.", &lost)?;
-        let mut fill = Vec::new();
-        let mut size = Vec::new();
-        for p in &h.probes {
-            for map in &p.maps {
-                let l = vec![("probe", p.name.to_string()), ("map", map.name.clone())];
-                if let Some(n) = map.entries {
-                    fill.push((l.clone(), n as i64));
+                Kind::Counter => counter(&mut e, &name, f.help, &ints().collect::<Vec<_>>())?,
+                Kind::Gauge if matches!(f.series.first().map(|s| s.value), Some(Value::Float(_))) => {
+                    gauge(&mut e, &name, f.help, &floats().collect::<Vec<_>>())?
                 }
-                size.push((l, i64::from(map.max_entries)));
-            }
-        }
-        gauge(&mut e, "hostprobe_map_entries", "Entries in use in a kernel map (where counted).", &fill)?;
-        gauge(&mut e, "hostprobe_map_max_entries", "Size of a kernel map.", &size)?;
-        gauge(
-            &mut e,
-            "hostprobe_metric_groups",
-            "Process groups exported (at most --metrics-max-processes, plus other).",
-            &[(vec![], m.groups.len() as i64)],
-        )?;
-        if let Some(q) = h.export_queue {
-            gauge(
-                &mut e,
-                "hostprobe_export_queue_length",
-                "Reports waiting for the collector's acknowledgement.",
-                &[(vec![], q as i64)],
-            )?;
-            counter(
-                &mut e,
-                "hostprobe_export_errors",
-                "Failed attempts to stream to the collector.",
-                &[(vec![], h.export_errors)],
-            )?;
-            if let Some(t) = h.export_last_error_unix {
-                gauge(
-                    &mut e,
-                    "hostprobe_export_last_error_timestamp_seconds",
-                    "When streaming to the collector last failed.",
-                    &[(vec![], t)],
-                )?;
+                Kind::Gauge => {
+                    let rows: Vec<(Labels, i64)> = ints().map(|(l, v)| (l, v as i64)).collect();
+                    gauge(&mut e, &name, f.help, &rows)?
+                }
+                Kind::Histogram => {
+                    let rows: Vec<(Labels, &CumHist)> = f
+                        .series
+                        .iter()
+                        .filter_map(|s| match s.value {
+                            Value::Hist(h) => Some((labels(s), h)),
+                            _ => None,
+                        })
+                        .collect();
+                    histogram(&mut e, &name, f.help, &rows)?
+                }
             }
         }
         Ok(())
@@ -275,14 +186,20 @@ impl Readiness {
     }
 }
 
+/// A connection's byte stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// Serves `GET /metrics` (when `metrics` is given), `/healthz` (200 while the
 /// process serves) and `/readyz` (200 when `ready`, else 503 and why) on
-/// `addr`; `flag` names where the address came from, for errors.
+/// `addr`, with the TLS and basic auth of `web` if given; `flag` names where
+/// the address came from, for errors.
 pub async fn serve(
     addr: SocketAddr,
     flag: &str,
     metrics: Option<Arc<Mutex<Metrics>>>,
     ready: Arc<Readiness>,
+    web: Option<crate::web::Web>,
 ) -> anyhow::Result<()> {
     use http_body_util::Full;
     use hyper::{body::Bytes, service::service_fn, Response, StatusCode};
@@ -290,27 +207,47 @@ pub async fn serve(
     let registry = metrics.map(|m| Arc::new(registry(m)));
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{flag} {addr}: cannot listen there"))?;
+    let scheme = if web.as_ref().is_some_and(|w| w.tls.is_some()) { "https" } else { "http" };
     match registry {
-        Some(_) => log::info!("Prometheus metrics on http://{addr}/metrics; health on /healthz and /readyz"),
-        None => log::info!("health on http://{addr}/healthz and /readyz"),
+        Some(_) => log::info!("Prometheus metrics on {scheme}://{addr}/metrics; health on /healthz and /readyz"),
+        None => log::info!("health on {scheme}://{addr}/healthz and /readyz"),
     }
+    let web = web.map(Arc::new);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let (registry, ready) = (registry.clone(), ready.clone());
+            let Ok((tcp, peer)) = listener.accept().await else { continue };
+            let (registry, ready, web) = (registry.clone(), ready.clone(), web.clone());
             tokio::spawn(async move {
+                let stream: Box<dyn Io> = match web.as_ref().and_then(|w| w.tls.clone()) {
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(s) => Box::new(s),
+                        Err(e) => {
+                            log::debug!("{peer}: TLS handshake failed: {e}");
+                            return;
+                        }
+                    },
+                    None => Box::new(tcp),
+                };
                 let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (registry, ready) = (registry.clone(), ready.clone());
+                    let (registry, ready, web) = (registry.clone(), ready.clone(), web.clone());
                     async move {
                         let text = |status: StatusCode, body: String| {
                             Response::builder().status(status).body(Full::new(Bytes::from(body)))
                         };
+                        let authorization =
+                            req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
                         match (req.uri().path(), &registry) {
                             ("/healthz", _) => text(StatusCode::OK, "ok\n".into()),
                             ("/readyz", _) => match ready.check() {
                                 Ok(()) => text(StatusCode::OK, "ready\n".into()),
                                 Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
                             },
+                            ("/metrics", Some(_)) if !web.as_ref().is_none_or(|w| w.allows(authorization)) => {
+                                Response::builder()
+                                    .status(StatusCode::UNAUTHORIZED)
+                                    .header(hyper::header::WWW_AUTHENTICATE, "Basic realm=\"hostprobe\"")
+                                    .body(Full::new(Bytes::from("basic auth required (see --web-config-file)\n")))
+                            }
                             ("/metrics", Some(registry)) => match render(registry) {
                                 Ok(body) => Response::builder()
                                     .header("content-type", prometheus_client::encoding::prometheus_text::CONTENT_TYPE)
@@ -348,20 +285,33 @@ mod tests {
     #[test]
     fn other_unknown_owner_and_exact_sums_are_exported() {
         let mut m = Metrics::new(2);
-        m.add(&crate::metrics::tests::report());
+        m.add(&crate::report::tests::sample());
         let body = scrape(m);
-        assert_eq!(total(&body, "hostprobe_disk_bytes_total"), (4096 * 55) as f64, "{body}");
-        assert_eq!(total(&body, "hostprobe_tcp_sent_bytes_total"), 55_000.0);
+        assert_eq!(total(&body, "hostprobe_disk_io_bytes_total"), (4096 * 55) as f64, "{body}");
+        let sent: f64 = body
+            .lines()
+            .filter(|l| {
+                l.starts_with("hostprobe_tcp_io_bytes_total{") && l.contains("network_io_direction=\"transmit\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert_eq!(sent, 55_000.0);
         assert!(total(&body, "hostprobe_thread_time_seconds_total") > 0.0);
         let sum: u64 = (1..=10u64).map(|k| 51_000 * k * k).sum();
         assert!((total(&body, "hostprobe_disk_io_duration_seconds_sum") - sum as f64 / 1e9).abs() < 1e-12, "{body}");
         assert!(
-            body.contains("hostprobe_tcp_connections_closed_total{process=\"tcp_unknown_owner\",container_id=\"\"} 1"),
+            body.contains(
+                "hostprobe_tcp_connections_closed_total{process_executable_name=\"tcp_unknown_owner\",\
+                 hostprobe_tcp_remote=\"127.0.0.1:80\"} 1"
+            ),
             "{body}"
         );
         assert!(body.contains("hostprobe_tcp_rtt_seconds_count{"), "{body}");
         assert!((total(&body, "hostprobe_tcp_rtt_seconds_sum") - 11.0 * 120_000.0 / 1e9).abs() < 1e-12, "{body}");
         assert!(!body.contains("NaN"), "{body}");
+        assert!(body.contains("hostprobe_build_info{hostprobe_version=\""), "{body}");
+        // Every bucket edge is a power of two of nanoseconds.
+        assert!(body.contains("le=\"6.4e-08\""), "{body}");
     }
 
     #[test]

@@ -73,10 +73,10 @@ pub struct ProcessReport {
     /// into one `other` item.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<TcpReport>,
-    /// The process's bottleneck in this interval ([`crate::diagnose`]);
+    /// The process's bottleneck in this interval (made by `diagnose`);
     /// absent without the off-CPU probe's figures.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<crate::diagnose::Verdict>,
+    pub verdict: Option<crate::verdict::Verdict>,
 }
 
 /// TCP items listed per process before the rest merge into `other`.
@@ -299,8 +299,7 @@ pub struct OffcpuReport {
     pub sleep_ns: u64,
     /// Episodes off the CPU (leaving it to running again).
     pub offcpu: DistReport,
-    /// Run-queue waits (for exporters; JSON has the percentiles above).
-    #[serde(skip)]
+    /// Run-queue waits: how many, their percentiles and exact sum.
     pub runqueue: DistReport,
     /// Time asleep (S or D) per syscall the threads slept in, most first.
     pub sleep_by_syscall: Vec<SleepReport>,
@@ -520,7 +519,7 @@ pub fn build(
     let rest_len = rest.len();
 
     let mut live = std::collections::HashSet::new();
-    let mut processes: Vec<ProcessReport> = ranked
+    let processes: Vec<ProcessReport> = ranked
         .into_iter()
         .map(|(pid, p)| {
             let (meta, exited) = match procs.get(pid) {
@@ -568,9 +567,6 @@ pub fn build(
     });
 
     let device_list = disk_list(&per_device, devices);
-    for p in &mut processes {
-        p.verdict = crate::diagnose::diagnose(p, &device_list, interval_ns).map(|d| d.verdict);
-    }
     let now = std::time::SystemTime::now();
     Report {
         time: humantime::format_rfc3339_millis(now).to_string(),
@@ -589,6 +585,12 @@ pub fn build(
 pub(crate) mod tests {
     use super::*;
     use crate::probes::{offcpu::OffcpuData, tcp::ConnData};
+
+    /// The report of [`every_probe`]`(10)` with the top 3 shown: the
+    /// sample the exporters' tests fold in.
+    pub(crate) fn sample() -> Report {
+        build(every_probe(10), 3, &mut ProcCache::new(false), &mut DeviceNames::default(), 1_000_000_000, "h", vec![])
+    }
 
     /// A distribution of `n` values of `ns` each, with its exact sum.
     fn dist(n: u64, ns: u64) -> Dist {

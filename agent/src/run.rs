@@ -56,7 +56,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             log::warn!("--pid {pid}: no such process is running now; nothing is reported for it unless one starts");
         }
     }
-    let host = args.hostname.clone().or_else(node_name).unwrap_or_else(crate::agent::hostname);
+    let web = match args.web_config_file.as_deref().map(crate::web::Web::load).transpose() {
+        Ok(w) => w,
+        Err(e) => return refuse(format!("{e:#}")),
+    };
+    let host = args.hostname.clone().or_else(node_name).unwrap_or_else(crate::procinfo::hostname);
     let export = args.export;
     let agent_id = match export.client.collectors.is_empty() {
         true => None,
@@ -95,11 +99,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let top = if interactive { usize::MAX } else { args.top as usize };
     let (interval, limit, cmdline) = (args.interval, args.duration, args.cmdline);
     let only = args.probes.clone();
+    let pod_log_dir = args.pod_log_dir.clone();
     let (worker_attached, worker_host) = (attached.clone(), host.clone());
     let worker = std::thread::Builder::new()
         .name("collect".into())
         .spawn(move || -> anyhow::Result<()> {
             let mut agent = Agent::start(&opts, &only, top, cmdline, worker_host);
+            agent.procs.pod_logs = Some(crate::procinfo::PodLogs::new(pod_log_dir));
             let active = agent.active();
             if active.is_empty() {
                 anyhow::bail!("no probe could be attached; `hostprobe check` says why and how to fix it");
@@ -114,7 +120,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let otlp_endpoint = args.otlp.endpoint();
     let metrics = (args.prometheus_listen.is_some() || otlp_endpoint.is_some()).then(|| {
-        std::sync::Arc::new(std::sync::Mutex::new(crate::metrics::Metrics::new(args.metrics_max_processes as usize)))
+        let mut m = crate::metrics::Metrics::new(args.metrics_max_processes as usize);
+        m.host.clone_from(&host);
+        m.max_remotes = args.metrics_max_remotes as usize;
+        m.agent_id = crate::export::agent_id(export.agent_id.as_deref()).unwrap_or_default();
+        m.host_id = crate::export::machine_id().unwrap_or_default();
+        std::sync::Arc::new(std::sync::Mutex::new(m))
     });
     let (prometheus_listen, health_listen) = (args.prometheus_listen, args.health_listen);
     let otlp_args = args.otlp;
@@ -140,10 +151,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         let ready = Arc::new(Readiness { attached, exporters });
         if let Some(addr) = prometheus_listen {
-            crate::prom::serve(addr, "--prometheus-listen", metrics.clone(), ready.clone()).await?;
+            crate::prom::serve(addr, "--prometheus-listen", metrics.clone(), ready.clone(), web.clone()).await?;
         }
         if let Some(addr) = health_listen {
-            crate::prom::serve(addr, "--health-listen", None, ready).await?;
+            crate::prom::serve(addr, "--health-listen", None, ready, web).await?;
         }
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut stopping = false;
@@ -228,7 +239,8 @@ fn collect_loop(
             Err(std_mpsc::RecvTimeoutError::Timeout) => end.is_some_and(|e| due >= e),
         };
         let began = Instant::now();
-        let report = agent.tick();
+        let mut report = agent.tick();
+        crate::diagnose::judge(&mut report);
         log::debug!("interval collected in {:?}", began.elapsed());
         let sent = out.blocking_send(report);
         if sent.is_err() || last {
@@ -241,4 +253,59 @@ fn collect_loop(
             next += interval;
         }
     }
+}
+
+static DIAGNOSE_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_diagnose_signal(_: libc::c_int) {
+    DIAGNOSE_STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `hostprobe diagnose`: the agent's probes for `--duration` (Ctrl-C ends
+/// the window early), one report over the window, the rules on it.
+pub fn diagnose(args: &crate::cli::DiagnoseArgs) -> std::process::ExitCode {
+    use std::io::IsTerminal as _;
+    let opts = match args.filters.resolve(None) {
+        Ok(o) => o,
+        Err(e) => return diagnose_usage(&e),
+    };
+    if let Some(pid) = args.filters.pids.iter().find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+        return diagnose_usage(&format!("--pid {pid}: no such process (see `ps -e`)"));
+    }
+    let mut agent = crate::agent::Agent::start(&opts, &[], usize::MAX, false, crate::procinfo::hostname());
+    if !agent.active().contains(&crate::probes::offcpu::NAME) {
+        eprintln!("hostprobe: diagnose needs the offcpu probe, which could not attach; `hostprobe check` says why");
+        return std::process::ExitCode::FAILURE;
+    }
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_diagnose_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_diagnose_signal as *const () as libc::sighandler_t);
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let total = humantime::format_duration(args.duration);
+    eprintln!("hostprobe: watching for {total} (Ctrl-C to stop early)...");
+    let start = std::time::Instant::now();
+    while start.elapsed() < args.duration && !DIAGNOSE_STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(100).min(args.duration.saturating_sub(start.elapsed())));
+        if terminal {
+            eprint!("\rhostprobe: {:.0}s of {total}  ", start.elapsed().as_secs_f64().floor());
+        }
+    }
+    if terminal {
+        eprintln!();
+    }
+    let report = agent.tick();
+    let answer = crate::diagnose::answer(&report, &args.filters.pids, args.top as usize);
+    let out = match args.output {
+        crate::cli::DiagnoseOutput::Json => serde_json::to_string(&answer).unwrap_or_default() + "\n",
+        crate::cli::DiagnoseOutput::Text => crate::diagnose::text(&answer),
+    };
+    print!("{out}");
+    std::process::ExitCode::SUCCESS
+}
+
+fn diagnose_usage(e: &str) -> std::process::ExitCode {
+    eprintln!("hostprobe: {e} (see `hostprobe diagnose --help`)");
+    std::process::ExitCode::from(2)
 }

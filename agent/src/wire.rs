@@ -71,6 +71,7 @@ fn disk(d: &report::DiskReport) -> pb::DiskStats {
         count: d.count,
         bytes: d.bytes,
         errors: d.errors,
+        merged: d.merged,
         queue: dist(&d.queue),
         service: dist(&d.service),
         total: dist(&d.total),
@@ -91,6 +92,9 @@ fn process(p: &report::ProcessReport) -> pb::Process {
         disk: p.disk.iter().map(disk).collect(),
         offcpu: p.offcpu.as_ref().map(offcpu),
         tcp: p.tcp.iter().map(tcp).collect(),
+        k8s_namespace_name: p.meta.k8s.as_ref().map(|k| k.namespace.clone()).unwrap_or_default(),
+        k8s_pod_name: p.meta.k8s.as_ref().map(|k| k.pod.clone()).unwrap_or_default(),
+        k8s_container_name: p.meta.k8s.as_ref().map(|k| k.container.clone()).unwrap_or_default(),
     }
 }
 

@@ -270,6 +270,8 @@ pub fn map_entries(report: &Value, probe: &str, map: &str) -> u64 {
 pub struct LoopDevice {
     pub path: String,
     backing: PathBuf,
+    /// A filesystem mounted for the backing file alone, unmounted on drop.
+    mount: Option<PathBuf>,
 }
 
 impl LoopDevice {
@@ -299,6 +301,26 @@ impl LoopDevice {
         Self::attach(backing, &["--direct-io=on"])
     }
 
+    /// A loop device of `mib` MiB over a sparse file on a tmpfs of only
+    /// `room_kib` KiB: writes past the room fail in the loop driver
+    /// (ENOSPC from the backing store), as block requests that complete
+    /// with an error.
+    pub fn on_full_tmpfs(mib: u64, room_kib: u64) -> LoopDevice {
+        let mount = std::env::temp_dir().join(format!("hostprobe-test-tmpfs-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&mount).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={room_kib}k"), "tmpfs"])
+            .arg(&mount)
+            .status()
+            .expect("run mount");
+        assert!(ok.success(), "mount a tmpfs at {}", mount.display());
+        let backing = mount.join("backing.img");
+        std::fs::File::create(&backing).and_then(|f| f.set_len(mib << 20)).expect("sparse backing file");
+        let mut dev = Self::attach(backing, &[]);
+        dev.mount = Some(mount);
+        dev
+    }
+
     fn backing_path() -> PathBuf {
         // /var/tmp: on a real disk (a tmpfs /tmp would refuse direct I/O).
         PathBuf::from("/var/tmp").join(format!("hostprobe-test-{}-{}.img", std::process::id(), unique()))
@@ -309,7 +331,7 @@ impl LoopDevice {
             Command::new("losetup").args(["--find", "--show"]).args(args).arg(&backing).output().expect("run losetup");
         assert!(out.status.success(), "losetup failed: {}", String::from_utf8_lossy(&out.stderr));
         let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        LoopDevice { path, backing }
+        LoopDevice { path, backing, mount: None }
     }
 
     /// `loop3` for `/dev/loop3`.
@@ -335,6 +357,10 @@ impl Drop for LoopDevice {
     fn drop(&mut self) {
         let _ = Command::new("losetup").arg("--detach").arg(&self.path).status();
         let _ = std::fs::remove_file(&self.backing);
+        if let Some(m) = &self.mount {
+            let _ = Command::new("umount").arg(m).status();
+            let _ = std::fs::remove_dir(m);
+        }
     }
 }
 
@@ -537,16 +563,21 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(target: u16) -> Prometheus {
+        Self::scraping(&format!(
+            "  - job_name: hostprobe\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+        ))
+    }
+
+    /// One scraping every second with these `scrape_configs` entries (YAML,
+    /// indented as list items under `scrape_configs:`).
+    pub fn scraping(scrape_configs: &str) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("hostprobe-prometheus-{}-{}", std::process::id(), unique()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: hostprobe\n    \
-                 static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
-            ),
+            format!("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n{scrape_configs}"),
         )
         .unwrap();
         let port = free_port();
@@ -568,6 +599,17 @@ impl Prometheus {
             std::thread::sleep(Duration::from_millis(200));
         }
         p
+    }
+
+    /// How many series an instant PromQL query returns; `Err` with what
+    /// Prometheus said when it refuses the query.
+    pub fn series(&self, promql: &str) -> Result<usize, String> {
+        let (_, body) = http_get(self.port, &format!("/api/v1/query?query={}", url_encode(promql)));
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if v["status"] != "success" {
+            return Err(body);
+        }
+        Ok(v["data"]["result"].as_array().map_or(0, Vec::len))
     }
 
     /// The value of an instant PromQL query with one result, if any.
@@ -675,16 +717,23 @@ pub fn otlp_str<'a>(point: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 /// The data points of metric `name` in one OTLP request, with their
-/// temporality.
-pub fn otlp_points<'a>(request: &'a Value, name: &str) -> Vec<(&'a Value, &'a str)> {
+/// temporality; each point's attributes followed by its resource's (as an
+/// OpenTelemetry Collector's `resource_to_telemetry_conversion` flattens
+/// them), so a test reads process and container attributes off the point.
+pub fn otlp_points(request: &Value, name: &str) -> Vec<(Value, String)> {
     let mut out = Vec::new();
     for rm in request["resourceMetrics"].as_array().into_iter().flatten() {
+        let resource = rm["resource"]["attributes"].as_array().cloned().unwrap_or_default();
         for sm in rm["scopeMetrics"].as_array().into_iter().flatten() {
             for m in sm["metrics"].as_array().into_iter().flatten().filter(|m| m["name"] == name) {
-                for kind in ["sum", "histogram"] {
-                    let t = m[kind]["aggregationTemporality"].as_str().unwrap_or("");
+                for kind in ["sum", "histogram", "gauge"] {
+                    let t = m[kind]["aggregationTemporality"].as_str().unwrap_or("").to_string();
                     for p in m[kind]["dataPoints"].as_array().into_iter().flatten() {
-                        out.push((p, t));
+                        let mut p = p.clone();
+                        let mut attrs = p["attributes"].as_array().cloned().unwrap_or_default();
+                        attrs.extend(resource.iter().cloned());
+                        p["attributes"] = Value::Array(attrs);
+                        out.push((p, t.clone()));
                     }
                 }
             }
@@ -1029,5 +1078,52 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).output();
+    }
+}
+
+/// PEM files of a test PKI: a CA, a server certificate for 127.0.0.1, a
+/// client certificate from the CA, and one from a CA nobody trusts.
+pub struct Pki {
+    dir: TempDir,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = TempDir::new(&format!("pki-{}", unique()));
+        let write = |name: &str, pem: String| std::fs::write(dir.0.join(name), pem).unwrap();
+        let ca = |cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let leaf = |names: Vec<String>, issuer: &Issuer<'_, KeyPair>, prefix: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names).unwrap().signed_by(&key, issuer).unwrap();
+            write(&format!("{prefix}.pem"), cert.pem());
+            write(&format!("{prefix}.key"), key.serialize_pem());
+        };
+        let (ca_pem, issuer) = ca("hostprobe test CA");
+        write("ca.pem", ca_pem);
+        leaf(vec!["127.0.0.1".into(), "localhost".into()], &issuer, "server");
+        leaf(vec!["agent".into()], &issuer, "client");
+        let (_, rogue) = ca("someone else's CA");
+        leaf(vec!["agent".into()], &rogue, "rogue");
+        write("token", "s3cret-token\n".into());
+        write("wrong-token", "not-the-token\n".into());
+        Pki { dir }
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        self.dir.0.join(name).to_str().unwrap().to_string()
     }
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use hostprobe::wire::pb;
-use hostprobe_tests::{free_port, hostprobe, process_reports, Agent, Collector, TempDir, Workload};
+use hostprobe_tests::{free_port, hostprobe, process_reports, Agent, Collector, Pki, TempDir, Workload};
 use prost::Message as _;
 
 /// (epoch, sequence) of every report of `agent` in the collector's journal,
@@ -99,47 +99,6 @@ fn with_a_spool_an_agent_restart_during_the_outage_loses_nothing() {
     assert_exactly_once(&data.0, "spooled", n1 + n2);
     let left: Vec<_> = std::fs::read_dir(&spool.0).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert!(left.iter().all(|f| f == "state"), "the spool is empty once all is acknowledged: {left:?}");
-}
-
-/// PEM files of a test PKI: a CA, a server certificate for 127.0.0.1, a
-/// client certificate from the CA, and one from a CA nobody trusts.
-struct Pki {
-    dir: TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-        let dir = TempDir::new("pki");
-        let write = |name: &str, pem: String| std::fs::write(dir.0.join(name), pem).unwrap();
-        let ca = |cn: &str| {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, cn);
-            let cert = params.self_signed(&key).unwrap();
-            (cert.pem(), Issuer::new(params, key))
-        };
-        let leaf = |names: Vec<String>, issuer: &Issuer<'_, KeyPair>, prefix: &str| {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names).unwrap().signed_by(&key, issuer).unwrap();
-            write(&format!("{prefix}.pem"), cert.pem());
-            write(&format!("{prefix}.key"), key.serialize_pem());
-        };
-        let (ca_pem, issuer) = ca("hostprobe test CA");
-        write("ca.pem", ca_pem);
-        leaf(vec!["127.0.0.1".into(), "localhost".into()], &issuer, "server");
-        leaf(vec!["agent".into()], &issuer, "client");
-        let (_, rogue) = ca("someone else's CA");
-        leaf(vec!["agent".into()], &rogue, "rogue");
-        write("token", "s3cret-token\n".into());
-        write("wrong-token", "not-the-token\n".into());
-        Pki { dir }
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.dir.0.join(name).to_str().unwrap().to_string()
-    }
 }
 
 /// Runs an agent for 3 s; returns its stderr.

@@ -80,7 +80,7 @@ fn total(items: &[&Value], field: &str) -> u64 {
 /// include all of `labels` (`name="value"` pairs), but for the unknown
 /// owner's.
 fn scraped(body: &str, family: &str, labels: &[&str]) -> f64 {
-    let unknown = format!("process=\"{UNKNOWN_OWNER}\"");
+    let unknown = format!("process_executable_name=\"{UNKNOWN_OWNER}\"");
     body.lines()
         .filter(|l| l.starts_with(&format!("{family}{{")) && !l.contains(&unknown))
         .filter(|l| labels.iter().all(|want| l.contains(want)))
@@ -189,32 +189,39 @@ fn top_cut_conserves_disk_tcp_and_sleep_in_json_prometheus_and_otlp() {
     // The workloads are gone: let their last figures in, then wait until
     // Prometheus has scraped the settled state.
     agent.run_for(Duration::from_millis(1500));
-    let loop_write = [&format!("device=\"{}\"", dev.name()) as &str, "op=\"write\""];
+    let loop_write = [&format!("system_device=\"{}\"", dev.name()) as &str, "hostprobe_disk_op=\"write\""];
     let queries = [
         (
-            format!(r#"sum(hostprobe_disk_bytes_total{{device="{}",op="write"}})"#, dev.name()),
-            "hostprobe_disk_bytes_total",
+            format!(
+                r#"sum(hostprobe_disk_io_bytes_total{{system_device="{}",hostprobe_disk_op="write"}})"#,
+                dev.name()
+            ),
+            "hostprobe_disk_io_bytes_total",
             &loop_write[..],
         ),
         (
-            format!(r#"sum(hostprobe_disk_ios_total{{device="{}",op="write"}})"#, dev.name()),
+            format!(r#"sum(hostprobe_disk_ios_total{{system_device="{}",hostprobe_disk_op="write"}})"#, dev.name()),
             "hostprobe_disk_ios_total",
             &loop_write[..],
         ),
         (
-            format!(r#"sum(hostprobe_tcp_sent_bytes_total{{process!="{UNKNOWN_OWNER}"}})"#),
-            "hostprobe_tcp_sent_bytes_total",
-            &[][..],
+            format!(
+                r#"sum(hostprobe_tcp_io_bytes_total{{network_io_direction="transmit",process_executable_name!="{UNKNOWN_OWNER}"}})"#
+            ),
+            "hostprobe_tcp_io_bytes_total",
+            &["network_io_direction=\"transmit\""][..],
         ),
         (
-            format!(r#"sum(hostprobe_tcp_received_bytes_total{{process!="{UNKNOWN_OWNER}"}})"#),
-            "hostprobe_tcp_received_bytes_total",
-            &[][..],
+            format!(
+                r#"sum(hostprobe_tcp_io_bytes_total{{network_io_direction="receive",process_executable_name!="{UNKNOWN_OWNER}"}})"#
+            ),
+            "hostprobe_tcp_io_bytes_total",
+            &["network_io_direction=\"receive\""][..],
         ),
         (
-            r#"sum(hostprobe_thread_time_seconds_total{state="sleep"})"#.to_string(),
+            r#"sum(hostprobe_thread_time_seconds_total{hostprobe_thread_state="sleep"})"#.to_string(),
             "hostprobe_thread_time_seconds_total",
-            &["state=\"sleep\""][..],
+            &["hostprobe_thread_state=\"sleep\""][..],
         ),
     ];
     let (_, body) = http_get(metrics_port, "/metrics");

@@ -17,6 +17,7 @@ const RUN_FLAGS: &[(&str, &str)] = &[
     ("top", "7"),
     ("output", "json"),
     ("cmdline", "true"),
+    ("pod-log-dir", "/host/var/log/containers"),
     ("max-entries", "4096"),
     ("probes", "syscall,tcp"),
     ("hostname", "node-7"),
@@ -34,11 +35,14 @@ const RUN_FLAGS: &[(&str, &str)] = &[
     ("spool-dir", "/var/lib/hostprobe/spool"),
     ("spool-max", "64M"),
     ("prometheus-listen", "127.0.0.1:9464"),
+    ("web-config-file", "/etc/hostprobe/web.yml"),
     ("health-listen", "127.0.0.1:9465"),
     ("metrics-max-processes", "5"),
+    ("metrics-max-remotes", "3"),
     ("otlp-endpoint", "https://otel:4317"),
     ("otlp-header", "api-key=x"),
     ("otlp-temporality", "delta"),
+    ("otlp-buckets", "full"),
     ("otlp-ca-file", "/etc/hostprobe/otel-ca.pem"),
 ];
 
@@ -120,7 +124,8 @@ fn otel_endpoint_alone_sends_otlp_and_output_none_prints_nothing() {
         .iter()
         .flat_map(|r| otlp_points(r, "hostprobe.syscalls"))
         .filter(|(p, _)| {
-            otlp_attr(&p["attributes"], "process.pid").map(|v| otlp_num(&v["intValue"])) == Some(u64::from(pid))
+            otlp_attr(&p["attributes"], "process.executable.name").and_then(|v| v["stringValue"].as_str())
+                == Some("workload")
                 && otlp_attr(&p["attributes"], "hostprobe.syscall").and_then(|v| v["stringValue"].as_str())
                     == Some("getppid")
         })

@@ -331,7 +331,7 @@ fn the_fleet_lists_a_disk_bound_and_a_cpu_starved_process_with_their_hosts_worst
     let find = |pid: u32| {
         list.iter().find(|p| p["pid"].as_u64() == Some(u64::from(pid))).unwrap_or_else(|| panic!("pid {pid}: {v}"))
     };
-    let here = hostprobe::agent::hostname();
+    let here = hostprobe::procinfo::hostname();
     let w = find(writer.pid());
     assert_eq!((w["host"].as_str(), w["verdict"]["kind"].as_str()), (Some(here.as_str()), Some("disk")), "{w}");
     assert_eq!(w["verdict"]["detail"], "above the device", "{w}");

@@ -74,17 +74,17 @@ pub struct CollectorArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// How long reports are kept for queries.
-    #[arg(long, default_value = "5m", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "5m", value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub retention: Duration,
     /// Memory for kept reports (encoded) over all agents; past it the
     /// oldest go first.
-    #[arg(long, default_value = "1G", value_parser = crate::export::parse_size, value_name = "SIZE")]
+    #[arg(long, default_value = "1G", value_parser = crate::units::parse_size, value_name = "SIZE")]
     pub max_memory: u64,
     /// Agents accepted at once; past it new agents are refused.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub max_agents: u32,
     /// Largest message accepted (e.g. 4M).
-    #[arg(long, default_value = "4M", value_parser = crate::export::parse_size, value_name = "SIZE")]
+    #[arg(long, default_value = "4M", value_parser = crate::units::parse_size, value_name = "SIZE")]
     pub max_message: u64,
     /// Sustained reports per second per agent (bursts up to --burst, for
     /// catching up after an outage).
@@ -93,14 +93,21 @@ pub struct CollectorArgs {
     #[arg(long, default_value_t = 2_000.0, value_name = "N")]
     pub burst: f64,
     /// Refuse reports older than this (by their interval's end).
-    #[arg(long, default_value = "24h", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "24h", value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub max_age: Duration,
     /// Refuse reports whose interval ends further than this in the future.
-    #[arg(long, default_value = "5m", value_parser = crate::cli::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "5m", value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub max_future: Duration,
-    /// Serve fleet-wide Prometheus metrics here (labels: host, process, container_id).
+    /// Serve fleet-wide Prometheus metrics here (labels: host_name,
+    /// process_executable_name, container_id, ...).
     #[arg(long, value_name = "ADDR", help_heading = "Metrics")]
     pub prometheus_listen: Option<SocketAddr>,
+    /// TLS and basic auth for the metrics and health endpoints: a YAML
+    /// file in the Prometheus exporter-toolkit format
+    /// (tls_server_config: cert_file, key_file, client_ca_file;
+    /// basic_auth_users: user -> bcrypt hash). Basic auth guards /metrics.
+    #[arg(long, value_name = "FILE", help_heading = "Metrics")]
+    pub web_config_file: Option<std::path::PathBuf>,
     /// (host, process name) groups exported; the rest are summed as `other`.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N", help_heading = "Metrics")]
     pub metrics_max_processes: u32,
@@ -108,7 +115,7 @@ pub struct CollectorArgs {
     /// OpenTelemetry Collector, and through it any backend) every --otlp-interval.
     #[command(flatten)]
     pub otlp: crate::otlp::OtlpArgs,
-    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration, value_name = "DURATION", help_heading = "OpenTelemetry (OTLP/gRPC) export")]
+    #[arg(long, default_value = "10s", value_parser = crate::units::parse_duration, value_name = "DURATION", help_heading = "OpenTelemetry (OTLP/gRPC) export")]
     pub otlp_interval: Duration,
 }
 
@@ -165,8 +172,12 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let metrics = (args.prometheus_listen.is_some() || args.otlp.endpoint().is_some())
-        .then(|| Arc::new(Mutex::new(crate::metrics::Metrics::new(args.metrics_max_processes as usize))));
+    let web = args.web_config_file.as_deref().map(crate::web::Web::load).transpose()?;
+    let metrics = (args.prometheus_listen.is_some() || args.otlp.endpoint().is_some()).then(|| {
+        let mut m = crate::metrics::Metrics::new(args.metrics_max_processes as usize);
+        m.host = crate::procinfo::hostname();
+        Arc::new(Mutex::new(m))
+    });
     let svc = Service {
         store: Arc::new(Mutex::new(store)),
         limits: Arc::new(limits),
@@ -206,17 +217,17 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         if let (Some(addr), Some(m)) = (args.prometheus_listen, &metrics) {
             // Ready as soon as it listens: a collector has nothing to attach.
             let ready = crate::prom::Readiness { attached: Arc::new(true.into()), exporters: Vec::new() };
-            crate::prom::serve(addr, "--prometheus-listen", Some(m.clone()), Arc::new(ready)).await?;
+            crate::prom::serve(addr, "--prometheus-listen", Some(m.clone()), Arc::new(ready), web).await?;
         }
         if let (Some((url, _)), Some(m)) = (args.otlp.endpoint(), &metrics) {
             // The scheme is the ask: http:// forwards in clear.
-            let client = crate::export::ClientArgs { plaintext: url.starts_with("http://"), ..Default::default() };
+            let client = crate::grpc::ClientArgs { plaintext: url.starts_with("http://"), ..Default::default() };
             let mut otlp = crate::otlp::Exporter::start(
                 &args.otlp,
                 &client,
                 url.clone(),
                 "hostprobe-collector",
-                &crate::agent::hostname(),
+                &crate::procinfo::hostname(),
             )?;
             let (m, every) = (m.clone(), args.otlp_interval);
             tokio::spawn(async move {

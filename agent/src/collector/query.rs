@@ -122,7 +122,7 @@ pub fn answer(snapshot: &[(String, Vec<Arc<[u8]>>)], agents: usize, q: &pb::Quer
 #[derive(Debug, clap::Args)]
 pub struct QueryArgs {
     #[command(flatten)]
-    pub client: crate::export::ClientArgs,
+    pub client: crate::grpc::ClientArgs,
     /// What to rank processes by.
     #[arg(long, value_enum, default_value_t = QueryBy::Syscalls)]
     pub by: QueryBy,
@@ -133,7 +133,7 @@ pub struct QueryArgs {
     #[arg(long)]
     pub comm: Option<String>,
     /// Only reports of the last DURATION ("0s": all the collector keeps).
-    #[arg(long, default_value = "1m", value_parser = crate::cli::parse_window, value_name = "DURATION")]
+    #[arg(long, default_value = "1m", value_parser = crate::units::parse_window, value_name = "DURATION")]
     pub window: Duration,
     #[arg(long, default_value_t = 10)]
     pub limit: u32,
@@ -162,7 +162,7 @@ pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
     let url = args.client.collectors.first().context("--collector URL is required")?.clone();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let channel = crate::export::channel(&url, &args.client).await?;
+        let channel = crate::grpc::channel(&url, &args.client).await?;
         let mut client = pb::collector_client::CollectorClient::new(channel);
         let mut req = Request::new(pb::QueryRequest {
             by: match args.by {
@@ -177,11 +177,11 @@ pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
             comm: args.comm.clone().unwrap_or_default(),
             window_seconds: if args.window.is_zero() { 0 } else { args.window.as_secs().max(1) as u32 },
         });
-        if let Some(t) = crate::export::token(&args.client)? {
+        if let Some(t) = crate::grpc::token(&args.client)? {
             req.metadata_mut().insert("authorization", t);
         }
         let resp =
-            client.query(req).await.map_err(|s| anyhow::anyhow!("{}", crate::export::status_message(&s)))?.into_inner();
+            client.query(req).await.map_err(|s| anyhow::anyhow!("{}", crate::grpc::status_message(&s)))?.into_inner();
         if args.diagnose {
             // An older collector reads DIAGNOSE as unspecified (proto rule
             // 5) and ranks by syscalls instead.
@@ -212,9 +212,9 @@ pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
                 r.comm,
                 r.agents.len(),
                 r.count,
-                crate::output::duration(r.total_ns),
-                crate::output::duration(r.p50_ns),
-                crate::output::duration(r.p99_ns)
+                crate::units::duration(r.total_ns),
+                crate::units::duration(r.p50_ns),
+                crate::units::duration(r.p99_ns)
             );
         }
         Ok(())

@@ -11,9 +11,10 @@ pub mod tcp;
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
-
-pub use crate::ebpf::{MapStatus, ProbeError, ProgramStatus};
+pub use crate::{
+    ebpf::ProbeError,
+    status::{MapStatus, ProbeStatus, ProgramStatus},
+};
 
 /// Settings every probe applies in the kernel.
 #[derive(Debug, Clone, Default)]
@@ -133,61 +134,6 @@ pub struct ProcessData {
     pub offcpu: Option<offcpu::OffcpuData>,
     /// TCP connections with activity in the interval.
     pub tcp: Vec<tcp::ConnData>,
-}
-
-/// A probe's health, reported with every interval and by `check`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProbeStatus {
-    pub name: &'static str,
-    pub active: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub maps: Vec<MapStatus>,
-    /// Cumulative run counts and times (with `sysctl kernel.bpf_stats_enabled=1`).
-    pub programs: Vec<ProgramStatus>,
-    /// Kernel memory charged for all of the probe's maps.
-    pub memlock_bytes: u64,
-    /// Event counters of the last interval (see each probe's `Counter`).
-    pub counters: BTreeMap<&'static str, u64>,
-    /// Events lost in the last interval (the counters that mean data loss).
-    pub lost: u64,
-}
-
-impl ProbeStatus {
-    /// A probe just attached, with its maps as the kernel sized them.
-    pub fn active(name: &'static str, maps: Vec<MapStatus>) -> Self {
-        let memlock_bytes = maps.iter().map(|m| m.memlock_bytes).sum();
-        Self {
-            name,
-            active: true,
-            error: None,
-            maps,
-            programs: Vec::new(),
-            memlock_bytes,
-            counters: BTreeMap::new(),
-            lost: 0,
-        }
-    }
-
-    /// Sets the entries in use of one of the probe's maps.
-    pub fn set_entries(&mut self, map: &str, entries: u64) {
-        if let Some(m) = self.maps.iter_mut().find(|m| m.name == map) {
-            m.entries = Some(entries);
-        }
-    }
-
-    pub fn failed(name: &'static str, error: String) -> Self {
-        Self {
-            name,
-            active: false,
-            error: Some(error),
-            maps: Vec::new(),
-            programs: Vec::new(),
-            memlock_bytes: 0,
-            counters: BTreeMap::new(),
-            lost: 0,
-        }
-    }
 }
 
 /// A probe's per-CPU event counters (map `<PROBE>_COUNTERS`, indexed by its

@@ -4,6 +4,14 @@
 //! x86_64, `asm-generic/unistd.h` for aarch64) with the syscalls added since
 //! (up to Linux 6.18) appended by hand. Numbers without a name print as
 //! `syscall_<nr>`, so a newer kernel is never misreported.
+//!
+//! Regenerate the x86_64 table's body (then append newer syscalls by hand):
+//!
+//! ```sh
+//! awk '/^#define __NR_/ { sub("__NR_", "", $2); n[$3] = $2; if ($3 > max) max = $3 }
+//!      END { for (i = 0; i <= max; i++) printf "    \"%s\",\n", n[i] }' \
+//!     /usr/include/x86_64-linux-gnu/asm/unistd_64.h
+//! ```
 
 #[cfg(not(target_arch = "aarch64"))]
 mod x86_64;

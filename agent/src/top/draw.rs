@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     diagnose,
-    output::duration,
+    units::duration,
     report::{ProcessReport, Report},
 };
 

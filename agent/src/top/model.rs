@@ -8,7 +8,7 @@ use unicode_width::UnicodeWidthChar as _;
 
 use crate::{
     diagnose::{self, Kind},
-    output::duration,
+    units::duration,
     report::{ProcessReport, Report},
 };
 

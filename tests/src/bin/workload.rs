@@ -650,6 +650,22 @@ fn main() {
                 f.sync_all().expect("fsync");
             }
         }
+        Some("dio-write-errors") => {
+            // N direct 4 KiB writes to blocks 0..N in turn; prints how many
+            // failed (e.g. with the device's backing store full).
+            use std::os::unix::fs::{FileExt, OpenOptionsExt};
+            let (dev, n) = (args.get(2).expect("device"), arg(&args, 3));
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(dev)
+                .unwrap_or_else(|e| panic!("open {dev}: {e}"));
+            let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("layout");
+            // SAFETY: a non-zero-sized layout, never freed (the process ends).
+            let buf = unsafe { std::slice::from_raw_parts(std::alloc::alloc_zeroed(layout), 4096) };
+            let failed = (0..n).filter(|b| f.write_all_at(buf, b * 4096).is_err()).count();
+            println!("{failed}");
+        }
         Some("dio-same") => {
             // N direct 4 KiB reads of the device's first 16 blocks, in turn:
             // several of these at once read the same sectors concurrently.
@@ -721,6 +737,20 @@ fn main() {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("refused"),
                 Err(e) => panic!("connect: {e}"),
             }
+        }
+        // `connect-refused PORT N [LINGER_MS]`: N connects to a closed
+        // loopback port, each refused; prints how many were, then stays
+        // LINGER_MS (so that its /proc entry is read while it lives).
+        Some("connect-refused") => {
+            let (port, n) = (arg(&args, 2) as u16, arg(&args, 3));
+            let refused = (0..n)
+                .filter(|_| {
+                    matches!(std::net::TcpStream::connect(("127.0.0.1", port)),
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+                })
+                .count();
+            println!("{refused}");
+            std::thread::sleep(Duration::from_millis(args.get(4).map_or(0, |_| arg(&args, 4))));
         }
         Some("tcp-clients") => {
             use std::io::{Read, Write};
