@@ -17,8 +17,8 @@ use super::{
 };
 use crate::{
     diagnose,
-    units::duration,
     report::{ProcessReport, Report},
+    units::duration,
 };
 
 const REVERSED: Style = Style::new().add_modifier(Modifier::REVERSED);

@@ -8,8 +8,8 @@ use unicode_width::UnicodeWidthChar as _;
 
 use crate::{
     diagnose::{self, Kind},
-    units::duration,
     report::{ProcessReport, Report},
+    units::duration,
 };
 
 /// One process in one interval. Shares are thread-equivalents: 1.0 = one
