@@ -18,8 +18,9 @@ errors and latency; disk I/O with queue and service time; where threads wait off
 disk, locks, timers); and TCP connections (bytes, RTT, connect latency, retransmits). It aggregates in \
 the kernel, shows a live view or JSON, streams to a `hostprobe collector`, and serves Prometheus and \
 OTLP metrics.\n\n\
-Start with `hostprobe check` to see what this host supports, then `hostprobe run`.",
-    after_help = "Examples:\n  hostprobe run                          live view of the busiest processes\n  \
+Start with `hostprobe check` to see what this host supports, then `hostprobe top`.",
+    after_help = "Examples:\n  hostprobe top                          interactive view: what is slow first\n  \
+hostprobe run                          the same on a terminal; plain tables when piped\n  \
 hostprobe run --pid 1234 --interval 5s  one process, every 5 s\n  \
 hostprobe run --output json --duration 1m > out.jsonl\n  \
 hostprobe run --prometheus-listen 127.0.0.1:9464 --collector https://c:7700 --ca-file ca.pem\n  \
@@ -68,11 +69,27 @@ where
 pub enum Command {
     /// Attach the probes and report per-process figures every interval.
     ///
-    /// On a terminal this is a live view refreshed every interval; piped, it
-    /// prints plain text tables; with `--output json`, one JSON object per
+    /// On a terminal this is the interactive view (`hostprobe top`); piped,
+    /// it prints plain text tables; with `--output json`, one JSON object per
     /// interval per line. Stops on Ctrl-C/SIGTERM (after printing the last
     /// interval) or after --duration.
     Run(RunArgs),
+    /// An interactive view of what is slow: the processes that are busy or
+    /// waiting (for a CPU, the disk, the network, a lock) first, idle ones
+    /// last; sort by any column, filter by name, open a process.
+    ///
+    /// `run` with the interactive view, on a terminal (piped, use `run`);
+    /// it takes the same flags (--top does not cut the view: it keeps every
+    /// process).
+    /// Keys: ? help, / filter, Enter open, Esc back, p pause, q quit; each
+    /// column sorts with its key (a active, c cpu, r run queue, d disk,
+    /// n network, l lock, s syscalls/s, e errors/s, t syscall p99, o I/O
+    /// per second, i pid, m name, v verdict; again: reverse).
+    #[command(after_help = "Examples:\n  \
+hostprobe top                          every process, busiest first\n  \
+hostprobe top --interval 2s            refresh every 2 s\n  \
+hostprobe top --cgroup /system.slice   only a cgroup's processes")]
+    Top(RunArgs),
     /// Check that this host can run the probes: kernel, BTF, tracefs,
     /// privileges, and each probe actually loaded and attached.
     ///
@@ -179,8 +196,9 @@ pub struct RunArgs {
     /// Show this many processes (by time spent in syscalls); the rest are merged into "other".
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub top: u32,
-    /// Output format. auto: live view on a terminal, text otherwise; none:
-    /// nothing on stdout (for a service: logs only, on stderr).
+    /// Output format. auto: the interactive view (`hostprobe top`) on a
+    /// terminal, text otherwise; live: the interactive view; none: nothing
+    /// on stdout (for a service: logs only, on stderr).
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Auto)]
     pub output: OutputFormat,
     /// Include each process's command line (off by default: command lines can hold secrets).

@@ -10,7 +10,7 @@
 //!   containers, pods), [`hist`] (the histogram layout), [`status`] (each
 //!   probe's health), [`diagnose`] and [`verdict`] (a bottleneck per
 //!   process), [`fleet`] (the same across hosts).
-//! - Outputs: [`output`] (terminal, text, JSON); [`export`] (the stream to a
+//! - Outputs: [`output`] (text, JSON), [`top`] (the interactive view); [`export`] (the stream to a
 //!   collector) with [`wire`] (its messages); [`metrics`] (cumulative state
 //!   per process group), [`catalog`] (every exported metric, named once),
 //!   [`prom`] and [`otlp`] (its two renderings).
@@ -48,6 +48,7 @@ pub mod stacks;
 pub mod status;
 pub mod symbols;
 pub mod syscalls;
+pub mod top;
 pub mod units;
 pub mod verdict;
 pub mod web;

@@ -40,13 +40,19 @@ fn main() -> ExitCode {
         Command::Compare(args) => hostprobe::baseline::compare::run(&args),
         Command::Collector(args) => report(hostprobe::collector::run(&args)),
         Command::Query(args) => report(hostprobe::collector::query_cmd(&args)),
-        Command::Run(args) => match hostprobe::run::run(args) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("hostprobe: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Run(args) => result(hostprobe::run::run(args)),
+        Command::Top(args) => result(hostprobe::run::top(args)),
+    }
+}
+
+/// `run`'s own exit code, or its error as one line and exit status 1.
+fn result(r: anyhow::Result<ExitCode>) -> ExitCode {
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hostprobe: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Where reports go on the command line: a live view on a terminal, plain
-//! periodic text otherwise, or one JSON object per line.
+//! Where reports go on the command line: plain periodic text, or one JSON
+//! object per line (the live view on a terminal is [`crate::top`]).
 
 use std::io::{self, Write};
 
@@ -9,15 +9,16 @@ use crate::{
 };
 
 pub trait Sink: Send {
-    fn emit(&mut self, report: &Report) -> io::Result<()>;
+    /// Takes one interval's report (the last user of it: the view keeps it).
+    fn emit(&mut self, report: Report) -> io::Result<()>;
 }
 
 /// One JSON object per interval per line.
 pub struct Json<W>(pub W);
 
 impl<W: Write + Send> Sink for Json<W> {
-    fn emit(&mut self, report: &Report) -> io::Result<()> {
-        serde_json::to_writer(&mut self.0, report)?;
+    fn emit(&mut self, report: Report) -> io::Result<()> {
+        serde_json::to_writer(&mut self.0, &report)?;
         self.0.write_all(b"\n")?;
         self.0.flush()
     }
@@ -27,34 +28,13 @@ impl<W: Write + Send> Sink for Json<W> {
 pub struct Text<W>(pub W);
 
 impl<W: Write + Send> Sink for Text<W> {
-    fn emit(&mut self, report: &Report) -> io::Result<()> {
+    fn emit(&mut self, report: Report) -> io::Result<()> {
         let mut buf = String::new();
-        table(report, usize::MAX, &mut buf);
+        table(&report, usize::MAX, &mut buf);
         buf.push('\n');
         self.0.write_all(buf.as_bytes())?;
         self.0.flush()
     }
-}
-
-/// Redraws the screen each interval, like `top`.
-pub struct Live<W>(pub W);
-
-impl<W: Write + Send> Sink for Live<W> {
-    fn emit(&mut self, report: &Report) -> io::Result<()> {
-        let rows = terminal_rows().unwrap_or(40).saturating_sub(5 + 2 * report.devices.len().min(6) + 4).max(3);
-        let mut buf = String::from("\x1b[H\x1b[2J");
-        table(report, rows, &mut buf);
-        buf.push_str("\n(Ctrl-C to stop; --output json for scripts)\n");
-        self.0.write_all(buf.as_bytes())?;
-        self.0.flush()
-    }
-}
-
-fn terminal_rows() -> Option<usize> {
-    // SAFETY: TIOCGWINSZ fills the winsize we pass; failure leaves it zeroed.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_row > 0).then_some(ws.ws_row as usize)
 }
 
 /// A count per second with thousands separators.

@@ -17,10 +17,25 @@ use std::io::IsTerminal as _;
 use crate::{
     agent::Agent,
     cli::{OutputFormat, RunArgs},
-    output::{Json, Live, Sink, Text},
+    output::{Json, Sink, Text},
     prom::Readiness,
     report::Report,
 };
+
+/// `hostprobe top`: `run` with the interactive view (or, with `--output
+/// text|json|none`, as `run` prints).
+pub fn top(mut args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.output == OutputFormat::Auto {
+        if !std::io::stdout().is_terminal() {
+            eprintln!(
+                "hostprobe: top needs a terminal on stdout; piped, use `hostprobe run --output text` or `--output json`"
+            );
+            return Ok(ExitCode::from(2));
+        }
+        args.output = OutputFormat::Live;
+    }
+    run(args)
+}
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Errors of deployment exit 2 like bad flags: restarting cannot fix them
@@ -54,20 +69,35 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return refuse(e),
         },
     };
+    let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
     let stdout = std::io::stdout();
+    let interactive = match args.output {
+        OutputFormat::Live => true,
+        OutputFormat::Auto => stdout.is_terminal(),
+        _ => false,
+    };
     let mut sink: Option<Box<dyn Sink>> = match args.output {
+        _ if interactive => {
+            // `q` in the view ends the run as Ctrl-C would.
+            let stop = stop_tx.clone();
+            let view = crate::top::View::start(move || {
+                let _ = stop.send(());
+            });
+            match view {
+                Ok(v) => Some(Box::new(v)),
+                Err(e) => return refuse(format!("{e}")),
+            }
+        }
         OutputFormat::None => None,
         OutputFormat::Json => Some(Box::new(Json(stdout))),
-        OutputFormat::Text => Some(Box::new(Text(stdout))),
-        OutputFormat::Live => Some(Box::new(Live(stdout))),
-        OutputFormat::Auto if stdout.is_terminal() => Some(Box::new(Live(stdout))),
-        OutputFormat::Auto => Some(Box::new(Text(stdout))),
+        _ => Some(Box::new(Text(stdout))),
     };
     let attached = Arc::new(AtomicBool::new(false));
 
     let (report_tx, mut report_rx) = tokio::sync::mpsc::channel::<Report>(4);
-    let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
-    let (interval, limit, top, cmdline) = (args.interval, args.duration, args.top as usize, args.cmdline);
+    // The view sorts and filters every process: none is merged into `other`.
+    let top = if interactive { usize::MAX } else { args.top as usize };
+    let (interval, limit, cmdline) = (args.interval, args.duration, args.cmdline);
     let only = args.probes.clone();
     let pod_log_dir = args.pod_log_dir.clone();
     let (worker_attached, worker_host) = (attached.clone(), host.clone());
@@ -145,7 +175,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                                 o.export(&m, report.end_unix_ns);
                             }
                         }
-                        if let Err(e) = sink.as_mut().map_or(Ok(()), |s| s.emit(&report)) {
+                        if let Err(e) = sink.as_mut().map_or(Ok(()), |s| s.emit(report)) {
                             if e.kind() == std::io::ErrorKind::BrokenPipe {
                                 let _ = stop_tx.send(());
                                 break;

@@ -1109,6 +1109,96 @@ pub fn exact_quantile(sorted: &[u64], q: f64) -> u64 {
     sorted[rank - 1]
 }
 
+/// A tmux server of its own (its own socket, no config) with one session
+/// running a shell whose prompt is [`Tmux::PROMPT`]: a real terminal to
+/// drive `hostprobe top` in, with keys in and the screen out.
+pub struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    pub const PROMPT: &'static str = "hostprobe-test$ ";
+
+    /// A `cols` x `rows` terminal with the shell at its prompt.
+    pub fn new(cols: u16, rows: u16) -> Tmux {
+        let t = Tmux { socket: format!("hostprobe-test-{}-{}", std::process::id(), unique()) };
+        let path = std::env::var("PATH").unwrap_or_default();
+        let shell = format!("env -i PATH={path} TERM=screen PS1='{}' bash --norc --noprofile", Tmux::PROMPT);
+        t.tmux(&["new-session", "-d", "-x", &cols.to_string(), "-y", &rows.to_string(), "-s", "t", &shell]);
+        t.wait_for("the shell's prompt", Duration::from_secs(10), |s| s.contains(Tmux::PROMPT.trim_end()));
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out =
+            Command::new("tmux").args(["-L", &self.socket, "-f", "/dev/null"]).args(args).output().expect("run tmux");
+        assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Types `text` as it is, then Enter.
+    pub fn type_line(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", "t", "-l", text]);
+        self.tmux(&["send-keys", "-t", "t", "Enter"]);
+    }
+
+    /// Sends keys by tmux's names (`q`, `Enter`, `Escape`, `C-c`, `/`).
+    pub fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "t"];
+        args.extend(keys);
+        self.tmux(&args);
+    }
+
+    /// What the terminal shows now, one string per row.
+    pub fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", "t"])
+    }
+
+    /// A tmux format for the pane, e.g. `#{alternate_on}`.
+    pub fn pane(&self, format: &str) -> String {
+        self.tmux(&["display-message", "-p", "-t", "t", format]).trim().to_string()
+    }
+
+    pub fn resize(&self, cols: u16, rows: u16) {
+        self.tmux(&["resize-window", "-t", "t", "-x", &cols.to_string(), "-y", &rows.to_string()]);
+    }
+
+    /// Polls the screen until `ok` says yes of a screen that stays the
+    /// same for 50 ms (not one caught half drawn); panics with the last
+    /// screen after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                std::thread::sleep(Duration::from_millis(50));
+                if self.screen() == s {
+                    return s;
+                }
+                continue;
+            }
+            assert!(Instant::now() < end, "no {what} within {timeout:?}; the screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Pids of the shell's children (what it runs now).
+    pub fn shell_children(&self) -> Vec<u32> {
+        let shell = self.pane("#{pane_pid}");
+        std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).output();
+    }
+}
+
 /// PEM files of a test PKI: a CA, a server certificate for 127.0.0.1, a
 /// client certificate from the CA, and one from a CA nobody trusts.
 pub struct Pki {

@@ -15,9 +15,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// (packet loss for the retransmit test), ethtool (offloads off there),
 /// prometheus (a real server scraping the agent, and promtool); for the
 /// deployment: musl-tools (C parts of the static build), podman and runc
-/// (building and running the image; crun fails on hybrid cgroup hosts).
+/// (building and running the image; crun fails on hybrid cgroup hosts);
+/// tmux (a real terminal for `hostprobe top`: keys in, the screen out).
 const TEST_PACKAGES: &[&str] =
-    &["fio", "iproute2", "nftables", "ethtool", "prometheus", "musl-tools", "podman", "runc"];
+    &["fio", "iproute2", "nftables", "ethtool", "prometheus", "musl-tools", "podman", "runc", "tmux"];
 
 /// The target of the static build in the container image.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";

@@ -14,6 +14,7 @@ mod switch;
 mod syscall;
 mod tcp;
 mod tracer;
+mod view;
 
 use std::{fmt::Write as _, process::Command};
 
@@ -48,6 +49,9 @@ pub struct Args {
     /// Only the agent-cost measurement (implies --no-write; several `--*-only` flags run those parts).
     #[arg(long)]
     agent_only: bool,
+    /// Only the interactive view's cost, `hostprobe top` (implies --no-write; several `--*-only` flags run those parts).
+    #[arg(long)]
+    view_only: bool,
     /// Only the disk measurement (implies --no-write; several `--*-only` flags run those parts).
     #[arg(long)]
     disk_only: bool,
@@ -63,8 +67,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let only =
-        [args.syscall_only, args.agent_only, args.disk_only, args.switch_only, args.tcp_only, args.collector_only];
+    let only = [
+        args.syscall_only,
+        args.agent_only,
+        args.view_only,
+        args.disk_only,
+        args.switch_only,
+        args.tcp_only,
+        args.collector_only,
+    ];
     let all = !only.contains(&true);
     let mut md = String::new();
     if all || args.syscall_only {
@@ -75,6 +86,9 @@ pub fn run(args: Args) -> Result<()> {
     }
     if all || args.agent_only {
         agent::bench(args.processes, args.seconds)?.write(&mut md)?;
+    }
+    if all || args.view_only {
+        view::bench(args.processes, args.seconds)?.write(&mut md)?;
     }
     if all || args.disk_only {
         disk::bench(args.rounds)?.write(&mut md)?;
