@@ -48,7 +48,7 @@ pub mod globals {
 pub const GROUP_BUCKETS: usize = 32;
 /// Latency ranges ("groups") the [`hist`] layout splits into: a (process,
 /// syscall) pair has one entry per range its latencies fall in.
-pub const GROUPS: usize = (hist::BUCKETS + GROUP_SHIFT + GROUP_BUCKETS - 1) / GROUP_BUCKETS;
+pub const GROUPS: usize = (hist::BUCKETS + GROUP_SHIFT).div_ceil(GROUP_BUCKETS);
 /// Groups start on a power of two (bucket 1 is the first of 64 ns):
 /// group 0 is `[0, 512]` ns, group 1 `(512 ns, 8 us]`, group 2 `(8, 131 us]`,
 /// ... each 16 times the one before.
