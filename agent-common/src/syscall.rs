@@ -3,7 +3,8 @@
 
 use crate::hist;
 
-/// Per (process, syscall) statistics, cumulative since the entry was created.
+/// Per (process, syscall, latency range) statistics, cumulative since the
+/// entry was created: see [`Key`].
 pub const MAP_STATS: &str = "SYSCALL_STATS";
 /// Start times of syscalls whose thread was switched out before returning,
 /// keyed by thread id (LRU: it cannot fill with dead threads).
@@ -17,12 +18,17 @@ pub const MAP_EXITED: &str = "SYSCALL_EXITED";
 pub const MAP_PIDS: &str = "SYSCALL_PIDS";
 /// Per-CPU event counters, indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "SYSCALL_COUNTERS";
-/// Per-CPU zeroed scratch used to create new stats entries (too large for the
-/// 512-byte BPF stack).
-pub const MAP_ZERO: &str = "SYSCALL_ZERO";
 
-/// Default size of [`MAP_STATS`]: distinct (process, syscall) pairs.
-pub const DEFAULT_MAX_STATS: u32 = 16_384;
+/// Size of [`MAP_STATS`] in the object, and the least userspace gives it:
+/// room for about 3,000 processes of 15 syscalls (about 1.3 entries each)
+/// whenever they start.
+pub const DEFAULT_MAX_STATS: u32 = 65_536;
+/// Entries of [`MAP_STATS`] per process running when the agent starts
+/// (userspace sizes the map from the host: this times the processes, at
+/// least [`DEFAULT_MAX_STATS`], at most [`MAX_STATS_CAP`]).
+pub const STATS_PER_PROCESS: u32 = 32;
+/// The most entries of [`MAP_STATS`] sizing from the host gives (112 MiB).
+pub const MAX_STATS_CAP: u32 = 524_288;
 /// Default size of [`MAP_INFLIGHT`]: threads blocked in a syscall at once.
 pub const DEFAULT_MAX_INFLIGHT: u32 = 65_536;
 /// Size of [`MAP_EXITED`]: exits between two reads. When it is full,
@@ -37,42 +43,78 @@ pub mod globals {
     pub const FORK_NRS: &str = "FORK_NRS";
 }
 
-/// Map key: one process (thread group) and one syscall number.
+/// Buckets of the shared [`hist`] layout in one [`MAP_STATS`] entry: four
+/// powers of two at full resolution.
+pub const GROUP_BUCKETS: usize = 32;
+/// Latency ranges ("groups") the [`hist`] layout splits into: a (process,
+/// syscall) pair has one entry per range its latencies fall in.
+pub const GROUPS: usize = (hist::BUCKETS + GROUP_SHIFT).div_ceil(GROUP_BUCKETS);
+/// Groups start on a power of two (bucket 1 is the first of 64 ns):
+/// group 0 is `[0, 512]` ns, group 1 `(512 ns, 8 us]`, group 2 `(8, 131 us]`,
+/// ... each 16 times the one before.
+const GROUP_SHIFT: usize = GROUP_BUCKETS - 1 - 3 * (1 << hist::SUB_BITS);
+
+/// (group, slot in the group) of bucket `b` of the [`hist`] layout.
+#[inline(always)]
+pub const fn group_of(b: usize) -> (u16, usize) {
+    let i = b + GROUP_SHIFT;
+    ((i / GROUP_BUCKETS) as u16, i % GROUP_BUCKETS)
+}
+
+/// The bucket of the [`hist`] layout that slot `slot` of group `group`
+/// counts, if any (group 0 starts before bucket 0, the last ends past the
+/// last bucket).
+pub const fn bucket_of(group: u16, slot: usize) -> Option<usize> {
+    let i = group as usize * GROUP_BUCKETS + slot;
+    if i < GROUP_SHIFT || i - GROUP_SHIFT >= hist::BUCKETS || slot >= GROUP_BUCKETS {
+        None
+    } else {
+        Some(i - GROUP_SHIFT)
+    }
+}
+
+/// Map key: one process (thread group), one syscall number and one latency
+/// range. A pair's calls are spread over the entries of the ranges they took,
+/// so a pair costs an entry per range it uses (1 for calls that never
+/// block, a few for calls that wait) rather than a whole histogram.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     pub tgid: u32,
-    pub nr: u32,
+    pub nr: u16,
+    /// See [`group_of`].
+    pub group: u16,
 }
 const _: () = assert!(core::mem::size_of::<Key>() == 8);
 
 /// Map value. Counters only grow (atomic adds from every CPU); userspace
 /// reports differences between reads, so nothing is reset under the kernel.
 /// The call count is the sum of the histogram: one atomic add fewer per call.
+/// A pair's figures are the sums over its entries (the largest `max_ns`).
+/// u32 counts wrap; userspace takes wrapping differences, exact unless one
+/// entry sees 2^32 in one interval.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stats {
-    /// Calls that returned a negative value (an errno).
-    pub errors: u64,
     pub total_ns: u64,
     /// Largest latency ever seen for this key.
     pub max_ns: u64,
+    /// Calls that returned a negative value (an errno).
+    pub errors: u32,
     /// Returns seen without their start (see [`Counter::MissedStart`]):
-    /// counted here too, so a loss shows on the process it hit.
-    pub missed_starts: u64,
+    /// counted here too (in group 0), so a loss shows on the process it hit.
+    pub missed_starts: u32,
     /// `comm` of the thread that created the entry, for processes that are
     /// gone before userspace can read `/proc`.
     pub comm: [u8; 16],
-    /// Latency histogram in the [`hist`] layout. u32 counts wrap; userspace
-    /// takes wrapping differences, exact unless one bucket sees 2^32 calls
-    /// in one interval.
-    pub hist: [u32; hist::BUCKETS],
+    /// Counts of the group's buckets of the [`hist`] layout ([`bucket_of`]).
+    pub hist: [u32; GROUP_BUCKETS],
 }
-const _: () = assert!(core::mem::size_of::<Stats>() == 48 + 4 * hist::BUCKETS);
+const _: () = assert!(core::mem::size_of::<Stats>() == 40 + 4 * GROUP_BUCKETS);
 
 impl Stats {
     pub const ZERO: Stats =
-        Stats { errors: 0, total_ns: 0, max_ns: 0, missed_starts: 0, comm: [0; 16], hist: [0; hist::BUCKETS] };
+        Stats { total_ns: 0, max_ns: 0, errors: 0, missed_starts: 0, comm: [0; 16], hist: [0; GROUP_BUCKETS] };
 }
 
 /// The syscall a CPU is in: written at `sys_enter`, consumed at `sys_exit`,
@@ -146,3 +188,30 @@ impl Counter {
 }
 
 crate::user_pod!(Key, Stats, Slot, Inflight);
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn groups_cover_every_bucket_once_and_start_on_powers_of_two() {
+        let mut seen = [0u32; hist::BUCKETS];
+        for g in 0..GROUPS as u16 {
+            for s in 0..GROUP_BUCKETS {
+                if let Some(b) = bucket_of(g, s) {
+                    assert_eq!(group_of(b), (g, s), "bucket {b}");
+                    seen[b] += 1;
+                }
+            }
+        }
+        assert!(seen.iter().all(|n| *n == 1), "{seen:?}");
+        assert_eq!(GROUPS, 9);
+        // Group 0 ends at 512 ns, group 1 at 8 us: whole powers of two.
+        assert_eq!(hist::upper_bound(bucket_of(0, GROUP_BUCKETS - 1).unwrap()), 512);
+        assert_eq!(hist::upper_bound(bucket_of(1, GROUP_BUCKETS - 1).unwrap()), 8_192);
+        assert_eq!(group_of(hist::bucket(512)).0, 0);
+        assert_eq!(group_of(hist::bucket(513)).0, 1);
+        assert_eq!(group_of(hist::BUCKETS - 1).0 as usize, GROUPS - 1);
+    }
+}

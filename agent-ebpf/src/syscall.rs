@@ -15,7 +15,9 @@
 
 use agent_common::{
     hist,
-    syscall::{Counter, Inflight, Key, Slot, Stats, COUNTERS, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_STATS, MAX_EXITED},
+    syscall::{
+        group_of, Counter, Inflight, Key, Slot, Stats, COUNTERS, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_STATS, MAX_EXITED,
+    },
 };
 use agent_ebpf::{atomic_add, global};
 use aya_ebpf::{
@@ -42,8 +44,6 @@ static SYSCALL_SLOT: PerCpuArray<Slot> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static SYSCALL_EXITED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_EXITED, 0);
 agent_ebpf::counters!(SYSCALL_COUNTERS, Counter, COUNTERS);
-#[map]
-static SYSCALL_ZERO: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn syscall_sys_enter(ctx: RawTracePointContext) -> i32 {
@@ -86,7 +86,7 @@ pub fn syscall_sys_exit(ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: a helper call without arguments.
     let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start_ns);
-    record(Key { tgid: (pid_tgid >> 32) as u32, nr }, ns, ret);
+    record((pid_tgid >> 32) as u32, nr, ns, ret);
     0
 }
 
@@ -109,15 +109,17 @@ fn unmatched(ctx: &RawTracePointContext, pid_tgid: u64, ret: i64) {
         return;
     }
     count(Counter::MissedStart);
-    if let Some(stats) = entry(&Key { tgid: (pid_tgid >> 32) as u32, nr }) {
+    if let Some(stats) = entry(&Key { tgid: (pid_tgid >> 32) as u32, nr: nr as u16, group: 0 }) {
         // SAFETY: a map value; other CPUs only add atomically.
         unsafe { atomic_add(&raw mut (*stats).missed_starts, 1) };
     }
 }
 
+/// Counts one call in the entry of the latency range it took.
 #[inline(always)]
-fn record(key: Key, ns: u64, ret: i64) {
-    let Some(stats) = entry(&key) else {
+fn record(tgid: u32, nr: u32, ns: u64, ret: i64) {
+    let (group, slot) = group_of(hist::bucket(ns));
+    let Some(stats) = entry(&Key { tgid, nr: nr as u16, group }) else {
         return;
     };
     // SAFETY: `stats` points into a map value; concurrent writers on other
@@ -130,13 +132,13 @@ fn record(key: Key, ns: u64, ret: i64) {
         if ns > (*stats).max_ns {
             (*stats).max_ns = ns;
         }
-        if let Some(b) = (*stats).hist.get_mut(hist::bucket(ns)) {
+        if let Some(b) = (*stats).hist.get_mut(slot) {
             atomic_add(b as *mut u32, 1);
         }
     }
 }
 
-/// The stats entry of a (process, syscall) pair, created on first use;
+/// The stats entry of a (process, syscall, range), created on first use;
 /// `None` (counted) when the map is full.
 #[inline(always)]
 fn entry(key: &Key) -> Option<*mut Stats> {
@@ -152,13 +154,9 @@ fn entry(key: &Key) -> Option<*mut Stats> {
     }
 }
 
-// A reference, not a copy: `Stats` is larger than the 512-byte BPF stack.
-#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(never)]
 fn create(key: &Key) -> Option<*mut Stats> {
-    let zero = SYSCALL_ZERO.get_ptr(0)?;
-    // SAFETY: a map value never written to, so all zeroes.
-    let created = SYSCALL_STATS.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64).is_ok();
+    let created = SYSCALL_STATS.insert(key, &Stats::ZERO, BPF_NOEXIST as u64).is_ok();
     let stats = SYSCALL_STATS.get_ptr_mut(key)?;
     if created {
         if let Ok(comm) = bpf_get_current_comm() {

@@ -210,8 +210,9 @@ pub struct RunArgs {
     /// read-only in a DaemonSet). Missing: no Kubernetes names.
     #[arg(long, default_value = "/var/log/containers", value_name = "DIR")]
     pub pod_log_dir: std::path::PathBuf,
-    /// Size of the per-(process, syscall) kernel map (default 16384 entries,
-    /// 1.1 KiB each); new pairs past it are counted as lost, not recorded.
+    /// Size of the syscall probe's kernel map, in (process, syscall, latency
+    /// range) entries of 224 bytes (default: 32 per process running at start,
+    /// 65536 to 524288); new entries past it are counted as lost, not recorded.
     #[arg(long, value_parser = clap::value_parser!(u32).range(64..=4_194_304), value_name = "N")]
     pub max_entries: Option<u32>,
     /// Probes to run (comma-separated): syscall, disk, offcpu, tcp. Default: all.

@@ -167,7 +167,27 @@ impl Drop for Agent {
 pub struct Workload {
     child: Child,
     stdin: Option<ChildStdin>,
+    stdout: Option<BufReader<std::process::ChildStdout>>,
 }
+
+/// The syscalls of one round of `workload fleet`, in the order it makes them.
+pub const FLEET_SYSCALLS: [&str; 15] = [
+    "getppid",
+    "getpid",
+    "gettid",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    "getpgid",
+    "getsid",
+    "getpriority",
+    "sched_getscheduler",
+    "umask",
+    "sched_yield",
+    "times",
+    "nanosleep",
+];
 
 impl Workload {
     pub fn spawn(args: &[&str]) -> Workload {
@@ -178,7 +198,15 @@ impl Workload {
             .spawn()
             .expect("spawn workload");
         let stdin = child.stdin.take();
-        Workload { child, stdin }
+        let stdout = child.stdout.take().map(BufReader::new);
+        Workload { child, stdin, stdout }
+    }
+
+    /// The next line it prints (for workloads that say when they are ready).
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.as_mut().expect("stdout").read_line(&mut line).expect("read workload output");
+        line
     }
 
     pub fn pid(&self) -> u32 {
@@ -199,7 +227,7 @@ impl Workload {
     /// Waits for it to finish successfully; returns what it printed.
     pub fn wait(mut self) -> String {
         let mut out = String::new();
-        if let Some(mut stdout) = self.child.stdout.take() {
+        if let Some(mut stdout) = self.stdout.take() {
             std::io::Read::read_to_string(&mut stdout, &mut out).expect("read workload output");
         }
         let status = self.child.wait().expect("wait workload");

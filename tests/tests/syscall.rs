@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use hostprobe_tests::{map_entries, measure, probe_status, process_reports, sum, syscall_items, Agent, Workload};
+use hostprobe_tests::{
+    map_entries, measure, probe_status, process_reports, sum, syscall_items, Agent, Workload, FLEET_SYSCALLS,
+};
 
 #[test]
 fn counts_every_getppid_exactly_once() {
@@ -234,4 +236,77 @@ fn cgroup_filter_keeps_only_tasks_in_the_cgroup() {
             assert_eq!(p["pid"].as_u64(), Some(u64::from(pid)), "process outside the cgroup: {p}");
         }
     }
+}
+
+/// The README's bound on the syscall probe's kernel memory for a host of
+/// 3,000 processes started with the defaults ("Kernel memory").
+const SYSCALL_MIB_FOR_3000_PROCESSES: u64 = 32;
+
+#[test]
+fn a_host_of_3000_processes_of_15_syscalls_fits_by_default() {
+    // 3,000 processes, each making 15 distinct syscalls R times (one round
+    // every 100 ms), with the agent's defaults: every call of every process
+    // counted, under its own pid and syscall (truth: the rounds each child
+    // makes), nothing lost, within the memory the README states. The
+    // children exist before the agent starts, as on a node where it
+    // restarts; they wait for the agent, so all their rounds are measured.
+    const N: usize = 3_000;
+    const R: u64 = 10;
+    let mut w = Workload::spawn(&["fleet", &N.to_string(), &R.to_string(), "100"]);
+    assert_eq!(w.line().trim(), "ready");
+    // Every process shown (no `other`), so each can be checked by pid; a
+    // longer interval keeps the reports few. The probes are the defaults.
+    let mut agent = Agent::start(&["--top", "100000", "--interval", "1s"]);
+    w.go();
+    let children: Vec<u32> = serde_json::from_str(w.wait().trim()).expect("children's pids");
+    agent.run_for(Duration::from_secs(2));
+    let reports = agent.stop();
+    assert_eq!(children.len(), N);
+
+    // (pid, syscall) -> calls, over all reports.
+    let mut counted: std::collections::HashMap<(u32, &str), u64> = std::collections::HashMap::new();
+    for r in &reports {
+        for p in r["processes"].as_array().unwrap() {
+            let pid = p["pid"].as_u64().unwrap() as u32;
+            for s in p["syscalls"].as_array().into_iter().flatten() {
+                *counted.entry((pid, s["name"].as_str().unwrap())).or_default() += s["count"].as_u64().unwrap();
+            }
+        }
+    }
+    let mut wrong = Vec::new();
+    for pid in &children {
+        for name in FLEET_SYSCALLS {
+            let n = counted.get(&(*pid, name)).copied().unwrap_or(0);
+            if n != R {
+                wrong.push((*pid, name, n));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} (pid, syscall, calls) not {R}: {:?}",
+        wrong.len(),
+        N * 15,
+        &wrong[..wrong.len().min(20)]
+    );
+
+    let mut peak = (0, 0);
+    for r in &reports {
+        let status = probe_status(r, "syscall");
+        assert_eq!(status["lost"].as_u64(), Some(0), "events lost: {status}");
+        assert_eq!(status["counters"]["stats_map_full"].as_u64(), Some(0), "{status}");
+        let memlock = status["memlock_bytes"].as_u64().unwrap();
+        assert!(
+            memlock <= SYSCALL_MIB_FOR_3000_PROCESSES << 20,
+            "the syscall probe's maps take {memlock} bytes, more than the README's {SYSCALL_MIB_FOR_3000_PROCESSES} MiB"
+        );
+        peak = peak.max((map_entries(r, "syscall", "SYSCALL_STATS"), memlock));
+    }
+    let status = probe_status(&reports[0], "syscall");
+    let stats = status["maps"].as_array().unwrap().iter().find(|m| m["name"] == "SYSCALL_STATS").unwrap();
+    eprintln!(
+        "{N} processes x 15 syscalls: SYSCALL_STATS peaked at {} of {} entries; the probe's maps take {} bytes",
+        peak.0, stats["max_entries"], peak.1
+    );
+    assert!(peak.0 >= (N * 15) as u64, "fewer entries than pairs: {}", peak.0);
 }

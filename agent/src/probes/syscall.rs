@@ -49,14 +49,26 @@ pub struct SyscallData {
 }
 
 impl SyscallData {
-    fn between(now: &Stats, before: &Stats) -> Self {
-        let hist = Histogram::delta_u32(&now.hist, &before.hist);
+    /// The interval between two reads of the entry of latency range `group`
+    /// of a pair: its share of the pair's figures (the pair's are the sum
+    /// over its groups, and the largest max).
+    fn between(group: u16, now: &Stats, before: &Stats) -> Self {
+        let mut hist = Histogram::default();
+        for (slot, (n, b)) in now.hist.iter().zip(&before.hist).enumerate() {
+            let d = n.wrapping_sub(*b);
+            if d > 0 {
+                if let Some(bucket) = common::bucket_of(group, slot) {
+                    // A u32 difference into an empty u64 bucket cannot overflow.
+                    let _ = hist.add(bucket, u64::from(d));
+                }
+            }
+        }
         let max_ns = hist.interval_max(now.max_ns, before.max_ns);
         Self {
             count: hist.count(),
-            errors: now.errors.wrapping_sub(before.errors),
+            errors: u64::from(now.errors.wrapping_sub(before.errors)),
             total_ns: now.total_ns.wrapping_sub(before.total_ns),
-            missed_starts: now.missed_starts.wrapping_sub(before.missed_starts),
+            missed_starts: u64::from(now.missed_starts.wrapping_sub(before.missed_starts)),
             max_ns,
             hist,
         }
@@ -108,9 +120,7 @@ impl SyscallProbe {
             &fork_nrs,
             true,
         );
-        if let Some(n) = opts.max_entries {
-            loader.map_max_entries(common::MAP_STATS, n);
-        }
+        loader.map_max_entries(common::MAP_STATS, opts.max_entries.unwrap_or_else(|| stats_size(processes_now())));
         let mut bpf = ebpf::load(NAME, OBJECT, &mut loader)?;
 
         super::fill_pids(&mut bpf, NAME, common::MAP_PIDS, &opts.pids)?;
@@ -178,6 +188,20 @@ impl SyscallProbe {
     }
 }
 
+/// The size of [`common::MAP_STATS`] for a host running `processes`:
+/// [`common::STATS_PER_PROCESS`] entries each, with a floor (room for a host
+/// that grows after the agent starts) and a cap.
+pub fn stats_size(processes: u32) -> u32 {
+    processes.saturating_mul(common::STATS_PER_PROCESS).clamp(common::DEFAULT_MAX_STATS, common::MAX_STATS_CAP)
+}
+
+/// Processes running now (the numeric entries of `/proc`); 0 if it cannot be read.
+fn processes_now() -> u32 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.filter_map(Result::ok).filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok())).count()
+        as u32
+}
+
 /// Intervals between full sweeps of `/proc` for processes that are gone.
 const SWEEP_EVERY: u64 = 60;
 
@@ -202,16 +226,17 @@ impl Probe for SyscallProbe {
             if unchanged {
                 continue;
             }
-            let d = SyscallData::between(v, prev);
+            let d = SyscallData::between(k.group, v, prev);
             *prev = *v;
+            let nr = u32::from(k.nr);
             // The name of the image the process runs last: an exec's entry is
             // made after the exec, so its comm wins; else the busiest entry's.
-            let weight = if self.exec_nrs.contains(&k.nr) { u64::MAX } else { d.count };
+            let weight = if self.exec_nrs.contains(&nr) { u64::MAX } else { d.count };
             let comm = best_comm.entry(k.tgid).or_insert((0, v.comm));
             if weight > comm.0 {
                 *comm = (weight, v.comm);
             }
-            out.processes.entry(k.tgid).or_default().syscalls.insert(k.nr, d);
+            out.processes.entry(k.tgid).or_default().syscalls.entry(nr).or_default().merge(&d);
         }
         for (tgid, (_, comm)) in best_comm {
             if let Some(p) = out.processes.get_mut(&tgid) {
@@ -241,6 +266,49 @@ mod object_tests {
     use super::*;
 
     #[test]
+    fn the_stats_map_is_sized_from_the_host_within_a_floor_and_a_cap() {
+        assert_eq!(stats_size(0), common::DEFAULT_MAX_STATS);
+        assert_eq!(stats_size(3_000), 96_000);
+        assert_eq!(stats_size(1_000_000), common::MAX_STATS_CAP);
+        assert!(processes_now() > 0, "this test runs in a process");
+    }
+
+    #[test]
+    fn a_pairs_groups_add_up_to_its_calls() {
+        // One pair's calls over three latency ranges (groups 0, 1 and 3),
+        // after an earlier read that saw one of them.
+        let lat = [100u64, 300, 600, 5_000, 5_000, 2_000_000];
+        let groups = [0u16, 1, 3];
+        let mut now = [Stats::ZERO; 3];
+        for ns in lat {
+            let (g, s) = common::group_of(agent_common::hist::bucket(ns));
+            let e = &mut now[groups.iter().position(|x| *x == g).expect("a group of the test")];
+            e.hist[s] += 1;
+            e.total_ns += ns;
+            e.max_ns = e.max_ns.max(ns);
+        }
+        let mut before = [Stats::ZERO; 3];
+        let (g, s) = common::group_of(agent_common::hist::bucket(5_000));
+        assert_eq!(g, 1);
+        before[1].hist[s] = 1;
+        before[1].total_ns = 5_000;
+        before[1].max_ns = 5_000;
+        now[1].hist[s] += 1;
+        now[1].total_ns += 5_000;
+
+        let mut pair = SyscallData::default();
+        for (g, (n, b)) in groups.iter().zip(now.iter().zip(&before)) {
+            pair.merge(&SyscallData::between(*g, n, b));
+        }
+        assert_eq!(pair.count, 6);
+        assert_eq!(pair.total_ns, lat.iter().sum::<u64>());
+        assert_eq!(pair.max_ns, 2_000_000);
+        let mut want = Histogram::default();
+        lat.iter().for_each(|ns| want.record(*ns));
+        assert_eq!(pair.hist, want, "the pair's histogram is the full layout's, bucket by bucket");
+    }
+
+    #[test]
     fn the_object_has_every_name_this_side_uses() {
         let globals = [globals::PT_REGS_NR_OFFSET, globals::FORK_NRS];
         let maps = [
@@ -250,7 +318,6 @@ mod object_tests {
             common::MAP_EXITED,
             common::MAP_PIDS,
             common::MAP_COUNTERS,
-            common::MAP_ZERO,
         ];
         let programs: Vec<&str> = PROGRAMS.iter().map(|p| p.0).collect();
         ebpf::assert_object_has(OBJECT, &maps, &programs, &[&globals[..], &ebpf::FILTER_GLOBALS].concat());

@@ -63,6 +63,11 @@
 //! workload churn-getppid N K    N short-lived children, one after another: each forks,
 //!                               makes K getppid() and execs /bin/true; prints the
 //!                               children's pids as a JSON array
+//! workload fleet N R MS         (starts at once) forks N children, prints "ready";
+//!                               after stdin, each child makes R rounds of the 15
+//!                               distinct syscalls of FLEET_SYSCALLS (the last a
+//!                               nanosleep of MS ms) and exits; prints the
+//!                               children's pids as a JSON array
 //! workload exec-thread          a second thread execs this program as
 //!                               `exec-leak-child` while the first waits for it
 //!                               (the exec ends it); see exec-leak-child
@@ -312,6 +317,71 @@ fn sleep_once(ms: u64) {
 }
 
 /// Runs `f` n times, pausing half-way so the calls span two intervals.
+/// One round of `fleet`: each of `hostprobe_tests::FLEET_SYSCALLS` once, in
+/// that order, raw (libc wrappers may cache or skip the call).
+fn fleet_round(ms: u64) {
+    // SAFETY: syscalls with integer arguments or a null pointer (times
+    // accepts NULL), which change nothing (umask is set to what it was).
+    unsafe {
+        libc::syscall(libc::SYS_getppid);
+        libc::syscall(libc::SYS_getpid);
+        libc::syscall(libc::SYS_gettid);
+        libc::syscall(libc::SYS_getuid);
+        libc::syscall(libc::SYS_geteuid);
+        libc::syscall(libc::SYS_getgid);
+        libc::syscall(libc::SYS_getegid);
+        libc::syscall(libc::SYS_getpgid, 0);
+        libc::syscall(libc::SYS_getsid, 0);
+        libc::syscall(libc::SYS_getpriority, libc::PRIO_PROCESS, 0);
+        libc::syscall(libc::SYS_sched_getscheduler, 0);
+        libc::syscall(libc::SYS_umask, 0o022);
+        libc::syscall(libc::SYS_sched_yield);
+        libc::syscall(libc::SYS_times, std::ptr::null_mut::<libc::tms>());
+    }
+    nanosleep(ms);
+}
+
+/// `fleet N R MS`: see the module's documentation.
+fn fleet(args: &[String]) {
+    let (n, rounds, ms) = (arg(args, 2), arg(args, 3), arg(args, 4));
+    let mut go = [0i32; 2];
+    // SAFETY: pipe() fills the two-element array.
+    assert_eq!(unsafe { libc::pipe(go.as_mut_ptr()) }, 0, "pipe");
+    let mut pids = Vec::new();
+    for _ in 0..n {
+        // SAFETY: the child makes raw syscalls only (async-signal safe) and
+        // ends with _exit, without touching the parent's state.
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                // One byte each from the parent means go (the only read).
+                let mut b = 0u8;
+                if libc::read(go[0], (&raw mut b).cast(), 1) != 1 {
+                    libc::_exit(3);
+                }
+                for _ in 0..rounds {
+                    fleet_round(ms);
+                }
+                libc::_exit(0);
+            },
+            pid if pid > 0 => pids.push(pid),
+            _ => panic!("fork: {}", std::io::Error::last_os_error()),
+        }
+    }
+    println!("ready");
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).expect("stdin");
+    let bytes = vec![1u8; n as usize];
+    // SAFETY: writing a buffer of n bytes (less than a pipe's capacity).
+    assert_eq!(unsafe { libc::write(go[1], bytes.as_ptr().cast(), bytes.len()) }, n as isize, "write go");
+    for pid in &pids {
+        let mut status = 0;
+        // SAFETY: reaps a child of this process.
+        unsafe { libc::waitpid(*pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child {pid}: {status}");
+    }
+    println!("{pids:?}");
+}
+
 fn halves(n: u64, f: impl Fn()) {
     for i in 0..n {
         if i == n / 2 {
@@ -469,6 +539,10 @@ fn main() {
             let pct = |p: f64| ms.get(((ms.len() as f64 * p) as usize).min(ms.len().saturating_sub(1))).copied();
             let json = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.2}"));
             println!("{{\"acked\":{},\"p50_ms\":{},\"p99_ms\":{}}}", ms.len(), json(pct(0.5)), json(pct(0.99)));
+            return;
+        }
+        Some("fleet") => {
+            fleet(&args);
             return;
         }
         Some("busy") => {

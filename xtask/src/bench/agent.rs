@@ -150,7 +150,7 @@ impl AgentCost {
         )?;
         writeln!(md, "| agent peak resident memory (VmHWM) | {:.1} MiB |", self.peak_mib)?;
         writeln!(md, "| agent resident memory at the end (VmRSS) | {:.1} MiB |", self.end_mib)?;
-        writeln!(md, "| (process, syscall) entries in the kernel map | {} |", self.entries)?;
+        writeln!(md, "| (process, syscall, latency range) entries in the kernel map | {} |", self.entries)?;
         writeln!(md, "| intervals measured | {} |", self.intervals)?;
         writeln!(md)?;
         goal(
