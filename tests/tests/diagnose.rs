@@ -80,12 +80,16 @@ fn writes_throttled_by_a_cgroup_limit_are_disk_above_the_device() {
 #[test]
 fn writes_behind_competing_readers_are_disk_saturated() {
     // The device takes 4 requests at a time (mq-deadline, nr_requests 4,
-    // which prefers reads); fio keeps 64 reads outstanding, so the test's
+    // which prefers reads, here strongly); fio keeps 64 reads outstanding, so the test's
     // writer, at queue depth 1, waits for a slot far longer than the
     // device takes to serve it.
     let dev = LoopDevice::on_disk(128);
     dev.set_queue("scheduler", "mq-deadline");
     dev.set_queue("nr_requests", "4");
+    // Reads go first for 16 batches before a waiting write is dispatched
+    // (default 2): with 2 the writer's queue time was sometimes shorter
+    // than its service time on a noisy CI run (115 vs 146 us).
+    dev.set_queue("iosched/writes_starved", "16");
     let mut fio = Command::new("fio")
         .args(["--name=compete", "--rw=randread", "--bs=4k", "--direct=1", "--ioengine=io_uring", "--iodepth=64"])
         .args(["--time_based", "--runtime=12", "--output=/dev/null"])
