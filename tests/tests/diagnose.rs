@@ -79,19 +79,28 @@ fn writes_throttled_by_a_cgroup_limit_are_disk_above_the_device() {
 
 #[test]
 fn writes_behind_competing_readers_are_disk_saturated() {
-    // The device takes 4 requests at a time (mq-deadline, nr_requests 4,
-    // which prefers reads, here strongly); fio keeps 64 reads outstanding, so the test's
-    // writer, at queue depth 1, waits for a slot far longer than the
-    // device takes to serve it.
+    // The device takes 4 requests at a time (nr_requests 4: a request needs
+    // one of 4 scheduler tags before it exists). 32 fio threads each keep
+    // one synchronous read in flight, so 33 submitters wait in turn for 4
+    // tags (threads of one fio process, so that killing it ends them all):
+    // the test's writer, one of them, waits for a tag about 7 times
+    // as long as the device takes to serve a request. (An earlier version
+    // ran one io_uring fio at depth 64; io_uring hands blocked submissions
+    // to at most 4 workers per CPU, and on a noisy CI run the writer waited
+    // less than it was served.)
     let dev = LoopDevice::on_disk(128);
     dev.set_queue("scheduler", "mq-deadline");
     dev.set_queue("nr_requests", "4");
-    // Reads go first for 16 batches before a waiting write is dispatched
-    // (default 2): with 2 the writer's queue time was sometimes shorter
-    // than its service time on a noisy CI run (115 vs 146 us).
-    dev.set_queue("iosched/writes_starved", "16");
     let mut fio = Command::new("fio")
-        .args(["--name=compete", "--rw=randread", "--bs=4k", "--direct=1", "--ioengine=io_uring", "--iodepth=64"])
+        .args([
+            "--name=compete",
+            "--rw=randread",
+            "--bs=4k",
+            "--direct=1",
+            "--ioengine=psync",
+            "--numjobs=32",
+            "--thread",
+        ])
         .args(["--time_based", "--runtime=12", "--output=/dev/null"])
         .arg(format!("--filename={}", dev.path))
         .stdout(Stdio::null())
@@ -103,11 +112,11 @@ fn writes_behind_competing_readers_are_disk_saturated() {
     let (before, t0) = (dev.stats(), std::time::Instant::now());
     let a = diagnose(&["--pid", &w.pid().to_string()]);
     let (kernel, ms) = (dev.stats() - before, t0.elapsed().as_millis() as u64);
-    // The kernel's own accounting: the device had I/O in flight nearly all
-    // along (86-95% seen: the stretch measured here includes the probes'
-    // loading, which competes with fio for the 2 CPUs).
+    // The kernel's own accounting: the device had I/O in flight most of the
+    // time (80-83% seen: the stretch measured here includes the probes'
+    // loading, which competes with fio's threads for the 2 CPUs).
     eprintln!("diskstats: busy {} of {ms} ms", kernel.io_ticks_ms);
-    assert!(kernel.io_ticks_ms * 4 >= ms * 3, "the device was busy {} of {ms} ms", kernel.io_ticks_ms);
+    assert!(kernel.io_ticks_ms * 3 >= ms * 2, "the device was busy {} of {ms} ms", kernel.io_ticks_ms);
     let _ = fio.kill();
     let _ = fio.wait();
     let v = &item(&a, w.pid())["verdict"];
