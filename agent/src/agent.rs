@@ -15,6 +15,8 @@ pub struct Agent {
     pub procs: ProcCache,
     devices: crate::probes::disk::DeviceNames,
     top: usize,
+    /// Bound on the processes held per interval (`--max-processes`).
+    pub max_processes: usize,
     host: String,
     last: Instant,
 }
@@ -52,6 +54,7 @@ impl Agent {
             procs: ProcCache::new(cmdline),
             devices: Default::default(),
             top,
+            max_processes: probes::MAX_PROCESSES,
             host,
             last: Instant::now(),
         }
@@ -67,7 +70,7 @@ impl Agent {
         let now = Instant::now();
         let interval_ns = now.duration_since(self.last).as_nanos() as u64;
         self.last = now;
-        let mut interval = Interval::default();
+        let mut interval = Interval::new(self.max_processes);
         let mut statuses = Vec::with_capacity(self.probes.len() + self.failed.len());
         for p in &mut self.probes {
             let mut status = match p.collect(&mut interval) {

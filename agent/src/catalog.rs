@@ -69,42 +69,165 @@ pub struct Catalog<'a> {
     pub families: Vec<Family<'a>>,
 }
 
-/// Every metric name, unit and kind in the catalog (for the README's table
-/// and its test).
-pub const NAMES: &[(&str, &str, Kind)] = &[
-    ("hostprobe.syscalls", "{call}", Kind::Counter),
-    ("hostprobe.syscall.errors", "{call}", Kind::Counter),
-    ("hostprobe.syscall.time", "s", Kind::Counter),
-    ("hostprobe.syscall.duration", "s", Kind::Histogram),
-    ("hostprobe.disk.ios", "{request}", Kind::Counter),
-    ("hostprobe.disk.io", "By", Kind::Counter),
-    ("hostprobe.disk.errors", "{request}", Kind::Counter),
-    ("hostprobe.disk.merged", "{request}", Kind::Counter),
-    ("hostprobe.disk.io.duration", "s", Kind::Histogram),
-    ("hostprobe.disk.queue.duration", "s", Kind::Histogram),
-    ("hostprobe.disk.service.duration", "s", Kind::Histogram),
-    ("hostprobe.thread.time", "s", Kind::Counter),
-    ("hostprobe.runqueue.duration", "s", Kind::Histogram),
-    ("hostprobe.sleep.time", "s", Kind::Counter),
-    ("hostprobe.sleeps", "{sleep}", Kind::Counter),
-    ("hostprobe.tcp.io", "By", Kind::Counter),
-    ("hostprobe.tcp.retransmits", "{segment}", Kind::Counter),
-    ("hostprobe.tcp.resets", "{reset}", Kind::Counter),
-    ("hostprobe.tcp.connections.closed", "{connection}", Kind::Counter),
-    ("hostprobe.tcp.connect.failures", "{connection}", Kind::Counter),
-    ("hostprobe.tcp.rtt", "s", Kind::Histogram),
-    ("hostprobe.tcp.connect.duration", "s", Kind::Histogram),
-    ("hostprobe.build.info", "", Kind::Gauge),
-    ("hostprobe.agent.cpu.time", "s", Kind::Counter),
-    ("hostprobe.agent.memory.rss", "By", Kind::Gauge),
-    ("hostprobe.probe.active", "", Kind::Gauge),
-    ("hostprobe.events.lost", "{event}", Kind::Counter),
-    ("hostprobe.map.entries", "{entry}", Kind::Gauge),
-    ("hostprobe.map.max_entries", "{entry}", Kind::Gauge),
-    ("hostprobe.metric.groups", "{group}", Kind::Gauge),
-    ("hostprobe.export.queue.length", "{report}", Kind::Gauge),
-    ("hostprobe.export.errors", "{error}", Kind::Counter),
-    ("hostprobe.export.last_error.timestamp", "s", Kind::Gauge),
+/// One metric of the catalog.
+#[derive(Debug)]
+pub struct Metric {
+    /// The OpenTelemetry name; [`prometheus_name`] gives the other.
+    pub name: &'static str,
+    /// UCUM unit, as OpenTelemetry writes it.
+    pub unit: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+/// Every metric in the catalog: the one list of names, units, kinds and
+/// help texts that every export renders (and the README's table is
+/// checked against).
+pub const NAMES: &[Metric] = &[
+    Metric { name: "hostprobe.syscalls", unit: "{call}", kind: Kind::Counter, help: "Syscalls completed." },
+    Metric {
+        name: "hostprobe.syscall.errors",
+        unit: "{call}",
+        kind: Kind::Counter,
+        help: "Syscalls that returned an error.",
+    },
+    Metric { name: "hostprobe.syscall.time", unit: "s", kind: Kind::Counter, help: "Time spent inside each syscall." },
+    Metric {
+        name: "hostprobe.syscall.duration",
+        unit: "s",
+        kind: Kind::Histogram,
+        help: "Syscall latency, all syscalls of the process.",
+    },
+    Metric { name: "hostprobe.disk.ios", unit: "{request}", kind: Kind::Counter, help: "Block I/O requests made." },
+    Metric { name: "hostprobe.disk.io", unit: "By", kind: Kind::Counter, help: "Bytes of block I/O." },
+    Metric {
+        name: "hostprobe.disk.errors",
+        unit: "{request}",
+        kind: Kind::Counter,
+        help: "Block I/O requests that failed.",
+    },
+    Metric {
+        name: "hostprobe.disk.merged",
+        unit: "{request}",
+        kind: Kind::Counter,
+        help: "Block I/O requests merged into another (counted in ios too).",
+    },
+    Metric {
+        name: "hostprobe.disk.io.duration",
+        unit: "s",
+        kind: Kind::Histogram,
+        help: "Block I/O latency, bio submitted to completed.",
+    },
+    Metric {
+        name: "hostprobe.disk.queue.duration",
+        unit: "s",
+        kind: Kind::Histogram,
+        help: "Block I/O time queued: bio submitted to issued to the device.",
+    },
+    Metric {
+        name: "hostprobe.disk.service.duration",
+        unit: "s",
+        kind: Kind::Histogram,
+        help: "Block I/O time at the device: issued to completed.",
+    },
+    Metric {
+        name: "hostprobe.thread.time",
+        unit: "s",
+        kind: Kind::Counter,
+        help: "Thread time by state: on a CPU, waiting for one, blocked (D), asleep.",
+    },
+    Metric {
+        name: "hostprobe.runqueue.duration",
+        unit: "s",
+        kind: Kind::Histogram,
+        help: "Run-queue latency: woken (or preempted) to running.",
+    },
+    Metric {
+        name: "hostprobe.sleep.time",
+        unit: "s",
+        kind: Kind::Counter,
+        help: "Time asleep, by the syscall slept in.",
+    },
+    Metric { name: "hostprobe.sleeps", unit: "{sleep}", kind: Kind::Counter, help: "Sleeps, by the syscall slept in." },
+    Metric { name: "hostprobe.tcp.io", unit: "By", kind: Kind::Counter, help: "TCP bytes." },
+    Metric {
+        name: "hostprobe.tcp.retransmits",
+        unit: "{segment}",
+        kind: Kind::Counter,
+        help: "TCP segments retransmitted.",
+    },
+    Metric { name: "hostprobe.tcp.resets", unit: "{reset}", kind: Kind::Counter, help: "TCP resets sent or received." },
+    Metric {
+        name: "hostprobe.tcp.connections.closed",
+        unit: "{connection}",
+        kind: Kind::Counter,
+        help: "TCP connections closed.",
+    },
+    Metric {
+        name: "hostprobe.tcp.connect.failures",
+        unit: "{connection}",
+        kind: Kind::Counter,
+        help: "TCP connects that failed, by why.",
+    },
+    Metric {
+        name: "hostprobe.tcp.rtt",
+        unit: "s",
+        kind: Kind::Histogram,
+        help: "TCP smoothed RTT samples (at most one per 10 ms per connection).",
+    },
+    Metric { name: "hostprobe.tcp.connect.duration", unit: "s", kind: Kind::Histogram, help: "TCP connect latency." },
+    Metric { name: "hostprobe.build.info", unit: "", kind: Kind::Gauge, help: "Always 1; the version in a label." },
+    Metric { name: "hostprobe.agent.cpu.time", unit: "s", kind: Kind::Counter, help: "CPU time of hostprobe itself." },
+    Metric {
+        name: "hostprobe.agent.memory.rss",
+        unit: "By",
+        kind: Kind::Gauge,
+        help: "Resident memory of hostprobe itself.",
+    },
+    Metric { name: "hostprobe.probe.active", unit: "", kind: Kind::Gauge, help: "1 when the probe is attached." },
+    Metric {
+        name: "hostprobe.events.lost",
+        unit: "{event}",
+        kind: Kind::Counter,
+        help: "Events lost: full maps, and events the kernel skipped.",
+    },
+    Metric {
+        name: "hostprobe.map.entries",
+        unit: "{entry}",
+        kind: Kind::Gauge,
+        help: "Entries in use in a kernel map (where counted).",
+    },
+    Metric { name: "hostprobe.map.max_entries", unit: "{entry}", kind: Kind::Gauge, help: "Size of a kernel map." },
+    Metric {
+        name: "hostprobe.metric.groups",
+        unit: "{group}",
+        kind: Kind::Gauge,
+        help: "Process groups exported (at most --metrics-max-processes, plus other).",
+    },
+    Metric {
+        name: "hostprobe.processes.over_cap",
+        unit: "{process}",
+        kind: Kind::Gauge,
+        help: "Processes past --max-processes in the last interval: their figures are in other, merged before ranking.",
+    },
+    Metric {
+        name: "hostprobe.export.queue.length",
+        unit: "{report}",
+        kind: Kind::Gauge,
+        help: "Reports waiting for the collector's acknowledgement.",
+    },
+    Metric {
+        name: "hostprobe.export.errors",
+        unit: "{error}",
+        kind: Kind::Counter,
+        help: "Failed attempts to stream to the collector.",
+    },
+    Metric {
+        name: "hostprobe.export.last_error.timestamp",
+        unit: "s",
+        kind: Kind::Gauge,
+        help: "When streaming to the collector last failed.",
+    },
 ];
 
 /// The Prometheus name of a metric, as the OpenTelemetry Collector's
@@ -134,7 +257,7 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    fn push(&mut self, name: &'static str, help: &'static str, group: Option<usize>, attrs: Attrs, value: Value<'a>) {
+    fn push(&mut self, name: &'static str, group: Option<usize>, attrs: Attrs, value: Value<'a>) {
         if let Value::Hist(h) = value {
             if h.hist.count() == 0 {
                 return;
@@ -143,9 +266,9 @@ impl<'a> Builder<'a> {
         let i = match self.families.iter().position(|f| f.name == name) {
             Some(i) => i,
             None => {
-                let &(_, unit, kind) =
-                    NAMES.iter().find(|n| n.0 == name).unwrap_or_else(|| panic!("{name} is not in catalog::NAMES"));
-                self.families.push(Family { name, unit, help, kind, series: Vec::new() });
+                let m =
+                    NAMES.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("{name} is not in catalog::NAMES"));
+                self.families.push(Family { name, unit: m.unit, help: m.help, kind: m.kind, series: Vec::new() });
                 self.families.len() - 1
             }
         };
@@ -228,17 +351,11 @@ fn add_group<'a>(b: &mut Builder<'a>, gi: Option<usize>, g: &'a Group, unknown_o
     if !unknown_owner {
         for (name, s) in &g.syscalls {
             let a = with(l, &[("hostprobe.syscall", name)]);
-            b.push("hostprobe.syscalls", "Syscalls completed.", gi, a.clone(), Int(s.calls));
-            b.push("hostprobe.syscall.errors", "Syscalls that returned an error.", gi, a.clone(), Int(s.errors));
-            b.push("hostprobe.syscall.time", "Time spent inside each syscall.", gi, a, secs(s.time_ns));
+            b.push("hostprobe.syscalls", gi, a.clone(), Int(s.calls));
+            b.push("hostprobe.syscall.errors", gi, a.clone(), Int(s.errors));
+            b.push("hostprobe.syscall.time", gi, a, secs(s.time_ns));
         }
-        b.push(
-            "hostprobe.syscall.duration",
-            "Syscall latency, all syscalls of the process.",
-            gi,
-            l.clone(),
-            Hist(&g.syscall_latency),
-        );
+        b.push("hostprobe.syscall.duration", gi, l.clone(), Hist(&g.syscall_latency));
         for ((dev, op), d) in &g.disk {
             let mut a = with(l, &[("system.device", dev), ("hostprobe.disk.op", op)]);
             // The convention's enum is read/write; flush, discard and the
@@ -246,37 +363,13 @@ fn add_group<'a>(b: &mut Builder<'a>, gi: Option<usize>, g: &'a Group, unknown_o
             if op == "read" || op == "write" {
                 a.push(("disk.io.direction", op.clone()));
             }
-            b.push("hostprobe.disk.ios", "Block I/O requests made.", gi, a.clone(), Int(d.count));
-            b.push("hostprobe.disk.io", "Bytes of block I/O.", gi, a.clone(), Int(d.bytes));
-            b.push("hostprobe.disk.errors", "Block I/O requests that failed.", gi, a.clone(), Int(d.errors));
-            b.push(
-                "hostprobe.disk.merged",
-                "Block I/O requests merged into another (counted in ios too).",
-                gi,
-                a.clone(),
-                Int(d.merged),
-            );
-            b.push(
-                "hostprobe.disk.io.duration",
-                "Block I/O latency, bio submitted to completed.",
-                gi,
-                a.clone(),
-                Hist(&d.total),
-            );
-            b.push(
-                "hostprobe.disk.queue.duration",
-                "Block I/O time queued: bio submitted to issued to the device.",
-                gi,
-                a.clone(),
-                Hist(&d.queue),
-            );
-            b.push(
-                "hostprobe.disk.service.duration",
-                "Block I/O time at the device: issued to completed.",
-                gi,
-                a,
-                Hist(&d.service),
-            );
+            b.push("hostprobe.disk.ios", gi, a.clone(), Int(d.count));
+            b.push("hostprobe.disk.io", gi, a.clone(), Int(d.bytes));
+            b.push("hostprobe.disk.errors", gi, a.clone(), Int(d.errors));
+            b.push("hostprobe.disk.merged", gi, a.clone(), Int(d.merged));
+            b.push("hostprobe.disk.io.duration", gi, a.clone(), Hist(&d.total));
+            b.push("hostprobe.disk.queue.duration", gi, a.clone(), Hist(&d.queue));
+            b.push("hostprobe.disk.service.duration", gi, a, Hist(&d.service));
         }
         let t = &g.threads;
         if t.on_cpu_ns + t.runqueue_ns + t.blocked_io_ns + t.sleep_ns > 0 {
@@ -287,26 +380,14 @@ fn add_group<'a>(b: &mut Builder<'a>, gi: Option<usize>, g: &'a Group, unknown_o
                 ("sleep", t.sleep_ns),
             ] {
                 let a = with(l, &[("hostprobe.thread.state", state)]);
-                b.push(
-                    "hostprobe.thread.time",
-                    "Thread time by state: on a CPU, waiting for one, blocked (D), asleep.",
-                    gi,
-                    a,
-                    secs(ns),
-                );
+                b.push("hostprobe.thread.time", gi, a, secs(ns));
             }
         }
-        b.push(
-            "hostprobe.runqueue.duration",
-            "Run-queue latency: woken (or preempted) to running.",
-            gi,
-            l.clone(),
-            Hist(&t.runqueue),
-        );
+        b.push("hostprobe.runqueue.duration", gi, l.clone(), Hist(&t.runqueue));
         for (name, (ns, count)) in &t.sleep {
             let a = with(l, &[("hostprobe.syscall", name)]);
-            b.push("hostprobe.sleep.time", "Time asleep, by the syscall slept in.", gi, a.clone(), secs(*ns));
-            b.push("hostprobe.sleeps", "Sleeps, by the syscall slept in.", gi, a, Int(*count));
+            b.push("hostprobe.sleep.time", gi, a.clone(), secs(*ns));
+            b.push("hostprobe.sleeps", gi, a, Int(*count));
         }
     }
     for (remote, c) in &g.tcp {
@@ -314,100 +395,53 @@ fn add_group<'a>(b: &mut Builder<'a>, gi: Option<usize>, g: &'a Group, unknown_o
         if c.bytes_sent + c.bytes_received + c.connections + c.refused + c.timeouts > 0 {
             for (dir, v) in [("transmit", c.bytes_sent), ("receive", c.bytes_received)] {
                 let a = with(&r, &[("network.io.direction", dir)]);
-                b.push("hostprobe.tcp.io", "TCP bytes.", gi, a, Int(v));
+                b.push("hostprobe.tcp.io", gi, a, Int(v));
             }
-            b.push("hostprobe.tcp.retransmits", "TCP segments retransmitted.", gi, r.clone(), Int(c.retransmits));
-            b.push("hostprobe.tcp.resets", "TCP resets sent or received.", gi, r.clone(), Int(c.resets));
-            b.push("hostprobe.tcp.connections.closed", "TCP connections closed.", gi, r.clone(), Int(c.connections));
+            b.push("hostprobe.tcp.retransmits", gi, r.clone(), Int(c.retransmits));
+            b.push("hostprobe.tcp.resets", gi, r.clone(), Int(c.resets));
+            b.push("hostprobe.tcp.connections.closed", gi, r.clone(), Int(c.connections));
             for (why, v) in [("refused", c.refused), ("timeout", c.timeouts)] {
                 let a = with(&r, &[("hostprobe.tcp.failure", why)]);
-                b.push("hostprobe.tcp.connect.failures", "TCP connects that failed, by why.", gi, a, Int(v));
+                b.push("hostprobe.tcp.connect.failures", gi, a, Int(v));
             }
         }
-        b.push(
-            "hostprobe.tcp.rtt",
-            "TCP smoothed RTT samples (at most one per 10 ms per connection).",
-            gi,
-            r.clone(),
-            Hist(&c.rtt),
-        );
-        b.push("hostprobe.tcp.connect.duration", "TCP connect latency.", gi, r, Hist(&c.connect));
+        b.push("hostprobe.tcp.rtt", gi, r.clone(), Hist(&c.rtt));
+        b.push("hostprobe.tcp.connect.duration", gi, r, Hist(&c.connect));
     }
 }
 
 fn add_agent<'a>(b: &mut Builder<'a>, m: &'a Metrics) {
     use Value::{Float, Int};
     let build = vec![("hostprobe.version", env!("CARGO_PKG_VERSION").to_string())];
-    b.push("hostprobe.build.info", "Always 1; the version in a label.", None, build, Int(1));
+    b.push("hostprobe.build.info", None, build, Int(1));
     if let Some((cpu, rss)) = own_usage() {
-        b.push("hostprobe.agent.cpu.time", "CPU time of hostprobe itself.", None, vec![], Float(cpu));
-        b.push("hostprobe.agent.memory.rss", "Resident memory of hostprobe itself.", None, vec![], Int(rss));
+        b.push("hostprobe.agent.cpu.time", None, vec![], Float(cpu));
+        b.push("hostprobe.agent.memory.rss", None, vec![], Int(rss));
     }
     let h = &m.health;
     let probe = |name: &str| vec![("hostprobe.probe", name.to_string())];
     for p in &h.probes {
-        b.push(
-            "hostprobe.probe.active",
-            "1 when the probe is attached.",
-            None,
-            probe(p.name),
-            Int(u64::from(p.active)),
-        );
+        b.push("hostprobe.probe.active", None, probe(p.name), Int(u64::from(p.active)));
     }
     for (p, n) in &h.lost {
-        b.push(
-            "hostprobe.events.lost",
-            "Events lost: full maps, and events the kernel skipped.",
-            None,
-            probe(p),
-            Int(*n),
-        );
+        b.push("hostprobe.events.lost", None, probe(p), Int(*n));
     }
     for p in &h.probes {
         for map in &p.maps {
             let a = vec![("hostprobe.probe", p.name.to_string()), ("hostprobe.map", map.name.clone())];
             if let Some(n) = map.entries {
-                b.push(
-                    "hostprobe.map.entries",
-                    "Entries in use in a kernel map (where counted).",
-                    None,
-                    a.clone(),
-                    Int(n),
-                );
+                b.push("hostprobe.map.entries", None, a.clone(), Int(n));
             }
-            b.push("hostprobe.map.max_entries", "Size of a kernel map.", None, a, Int(u64::from(map.max_entries)));
+            b.push("hostprobe.map.max_entries", None, a, Int(u64::from(map.max_entries)));
         }
     }
-    b.push(
-        "hostprobe.metric.groups",
-        "Process groups exported (at most --metrics-max-processes, plus other).",
-        None,
-        vec![],
-        Int(m.groups.len() as u64),
-    );
+    b.push("hostprobe.metric.groups", None, vec![], Int(m.groups.len() as u64));
+    b.push("hostprobe.processes.over_cap", None, vec![], Int(h.processes_over_cap));
     if let Some(q) = h.export_queue {
-        b.push(
-            "hostprobe.export.queue.length",
-            "Reports waiting for the collector's acknowledgement.",
-            None,
-            vec![],
-            Int(q),
-        );
-        b.push(
-            "hostprobe.export.errors",
-            "Failed attempts to stream to the collector.",
-            None,
-            vec![],
-            Int(h.export_errors),
-        );
+        b.push("hostprobe.export.queue.length", None, vec![], Int(q));
+        b.push("hostprobe.export.errors", None, vec![], Int(h.export_errors));
         if let Some(t) = h.export_last_error_unix {
-            b.push(
-                "hostprobe.export.last_error.timestamp",
-                "When streaming to the collector last failed.",
-                None,
-                vec![],
-                Int(t.max(0) as u64),
-            );
+            b.push("hostprobe.export.last_error.timestamp", None, vec![], Int(t.max(0) as u64));
         }
     }
 }
@@ -434,7 +468,7 @@ mod tests {
         m.add(&crate::report::tests::sample());
         let c = catalog(&m);
         let names: Vec<&str> = c.families.iter().map(|f| f.name).collect();
-        for (name, _, _) in NAMES {
+        for Metric { name, .. } in NAMES {
             // Probe and export health come from live probes and streams.
             if name.starts_with("hostprobe.export.")
                 || name.starts_with("hostprobe.probe.")
@@ -450,7 +484,7 @@ mod tests {
     #[test]
     fn the_readme_lists_every_metric_on_both_paths() {
         let readme = include_str!("../../README.md");
-        for (name, unit, kind) in NAMES {
+        for Metric { name, unit, kind, .. } in NAMES {
             let mut prom = prometheus_name(name, unit);
             if *kind == Kind::Counter {
                 prom.push_str("_total");

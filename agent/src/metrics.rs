@@ -227,6 +227,8 @@ pub struct Health {
     pub probes: Vec<ProbeStatus>,
     /// Events lost per probe, cumulative.
     pub lost: BTreeMap<String, u64>,
+    /// Processes past `--max-processes` in the last interval.
+    pub processes_over_cap: u64,
     pub export_queue: Option<u64>,
     pub export_errors: u64,
     pub export_last_error_unix: Option<i64>,
@@ -274,6 +276,7 @@ impl Metrics {
             *self.health.lost.entry(p.name.to_string()).or_default() += p.lost;
         }
         self.health.probes = r.probes.clone();
+        self.health.processes_over_cap = r.processes_over_cap;
     }
 
     /// The group of `key`, created while there is room, else `other`.

@@ -45,6 +45,10 @@ pub struct Report {
     /// kernel, never read or written since the probe attached.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tcp_unknown_owner: Vec<TcpReport>,
+    /// Processes past `--max-processes` this interval: their figures are in
+    /// `other` (counted in its `processes`), merged before ranking.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub processes_over_cap: u64,
     pub probes: Vec<ProbeStatus>,
 }
 
@@ -508,15 +512,20 @@ pub fn build(
 ) -> Report {
     // Device totals over every process, and the requests nobody was seen
     // submitting (pid 0), which belong to no process.
-    let per_device = crate::probes::disk::device_totals(interval.processes.values().map(|p| &p.disk));
+    let per_device =
+        crate::probes::disk::device_totals(interval.processes.values().chain([&interval.over_cap]).map(|p| &p.disk));
     // TCP connections whose owner was never seen (accepted in softirq and
     // not yet read or written by a process): reported apart, not guessed.
     let tcp_unknown_owner = interval.processes.get(&0).map(|p| tcp_list(&p.tcp)).unwrap_or_default();
     interval.processes.remove(&0);
     let mut ranked: Vec<(u32, ProcessData)> = interval.processes.into_iter().collect();
     ranked.sort_by_key(|(pid, p)| (Reverse(rank(p)), *pid));
-    let rest = if ranked.len() > top { ranked.split_off(top) } else { Vec::new() };
-    let rest_len = rest.len();
+    let mut rest = if ranked.len() > top { ranked.split_off(top) } else { Vec::new() };
+    let over_cap = interval.over_cap_pids.len();
+    let rest_len = rest.len() + over_cap;
+    if over_cap > 0 {
+        rest.push((0, interval.over_cap));
+    }
 
     let mut live = std::collections::HashSet::new();
     let processes: Vec<ProcessReport> = ranked
@@ -566,6 +575,12 @@ pub fn build(
         }
     });
 
+    if over_cap > 0 {
+        log::warn!(
+            "{over_cap} processes past --max-processes {}: their figures are in \"other\", unranked (raise it to see them)",
+            interval.max_processes
+        );
+    }
     let device_list = disk_list(&per_device, devices);
     let now = std::time::SystemTime::now();
     Report {
@@ -577,6 +592,7 @@ pub fn build(
         other,
         devices: device_list,
         tcp_unknown_owner,
+        processes_over_cap: over_cap as u64,
         probes,
     }
 }
@@ -602,12 +618,18 @@ pub(crate) mod tests {
     /// `n` processes (pids that cannot exist) with figures from every probe,
     /// each different; plus one TCP connection with no known owner (pid 0).
     pub(crate) fn every_probe(n: u32) -> Interval {
-        let mut interval = Interval::default();
+        every_probe_capped(n, crate::probes::MAX_PROCESSES)
+    }
+
+    /// [`every_probe`] in an interval that holds at most `cap` processes,
+    /// added as the probes add them.
+    fn every_probe_capped(n: u32, cap: usize) -> Interval {
+        let mut interval = Interval::new(cap);
         for i in 0..n {
             let k = u64::from(i) + 1;
-            let p = interval.processes.entry(4_000_000 + i).or_default();
+            let p = interval.process(4_000_000 + i);
             p.kernel_comm = Some(format!("p{i}"));
-            p.syscalls.insert(0, data(10, 1_000 * k));
+            p.syscalls.entry(0).or_default().merge(&data(10, 1_000 * k));
             // Device 7:0 (a loop device's dev_t in the kernel's encoding).
             let disk = DiskData {
                 count: k,
@@ -618,8 +640,8 @@ pub(crate) mod tests {
                 service: dist(k, 50_000 * k),
                 total: dist(k, 51_000 * k),
             };
-            p.disk.insert((7 << 20, Op::Write), disk);
-            p.offcpu = Some(OffcpuData {
+            p.disk.entry((7 << 20, Op::Write)).or_default().merge(&disk);
+            p.offcpu.get_or_insert_with(Default::default).merge(&OffcpuData {
                 kernel_thread: false,
                 on_cpu_ns: 1_000 * k,
                 runqueue_ns: 2_000 * k,
@@ -631,7 +653,7 @@ pub(crate) mod tests {
             });
             p.tcp.push(conn(1_000 * k, 500 * k, i % 2 == 0));
         }
-        interval.processes.entry(0).or_default().tcp.push(conn(0, 0, true));
+        interval.process(0).tcp.push(conn(0, 0, true));
         interval
     }
 
@@ -655,9 +677,24 @@ pub(crate) mod tests {
 
     #[test]
     fn other_carries_every_probe_exactly() {
+        other_carries_every_probe_exactly_with(crate::probes::MAX_PROCESSES);
+    }
+
+    #[test]
+    fn processes_past_the_cap_are_in_other_exactly() {
+        // 10 processes, room for 5: the first 5 ranked (3 shown, 2 in
+        // other), the other 5 merged before ranking.
+        let r = other_carries_every_probe_exactly_with(5);
+        assert_eq!(r.processes_over_cap, 5);
+        assert_eq!(r.processes.len(), 3);
+    }
+
+    /// Checks that the shown processes plus `other` are the figures of all
+    /// 10 processes of [`every_probe`], with room for `cap` processes.
+    fn other_carries_every_probe_exactly_with(cap: usize) -> Report {
         let all = every_probe(10);
         let r = build(
-            every_probe(10),
+            every_probe_capped(10, cap),
             3,
             &mut ProcCache::new(false),
             &mut DeviceNames::default(),
@@ -668,6 +705,13 @@ pub(crate) mod tests {
         let other = r.other.as_ref().expect("other");
         assert_eq!(other.processes, 7);
         let procs = || all.processes.iter().filter(|(pid, _)| **pid != 0).map(|(_, p)| p);
+
+        // Syscalls: counts and time.
+        let shown_calls: Vec<&Latency> =
+            r.processes.iter().map(|p| &p.syscall_total).chain([&other.syscall_total]).collect();
+        assert_eq!(shown_calls.iter().map(|l| l.count).sum::<u64>(), 100);
+        let want_ns: u64 = procs().flat_map(|p| p.syscalls.values()).map(|d| d.total_ns).sum();
+        assert_eq!(shown_calls.iter().map(|l| l.total_ns).sum::<u64>(), want_ns);
 
         // Disk: counts, bytes and every histogram and sum, bucket by bucket.
         let shown_disk: Vec<&DiskReport> = r.processes.iter().flat_map(|p| &p.disk).chain(&other.disk).collect();
@@ -706,6 +750,7 @@ pub(crate) mod tests {
         assert_eq!(shown_tcp.iter().map(|t| t.connections).sum::<u64>(), 10);
         assert_eq!(shown_tcp.iter().map(|t| t.connect.sum_ns).sum::<u64>(), 10 * 30_000, "handshake sums are exact");
         assert_eq!(r.tcp_unknown_owner.len(), 1);
+        r
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (report_tx, mut report_rx) = tokio::sync::mpsc::channel::<Report>(4);
     // The view sorts and filters every process: none is merged into `other`.
     let top = if interactive { usize::MAX } else { args.top as usize };
-    let (interval, limit, cmdline) = (args.interval, args.duration, args.cmdline);
+    let (interval, limit, cmdline, max_processes) = (args.interval, args.duration, args.cmdline, args.max_processes);
     let only = args.probes.clone();
     let pod_log_dir = args.pod_log_dir.clone();
     let (worker_attached, worker_host) = (attached.clone(), host.clone());
@@ -106,6 +106,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .spawn(move || -> anyhow::Result<()> {
             let mut agent = Agent::start(&opts, &only, top, cmdline, worker_host);
             agent.procs.pod_logs = Some(crate::procinfo::PodLogs::new(pod_log_dir));
+            agent.max_processes = max_processes as usize;
             let active = agent.active();
             if active.is_empty() {
                 anyhow::bail!("no probe could be attached; `hostprobe check` says why and how to fix it");

@@ -764,6 +764,19 @@ impl Prometheus {
         let v: Value = serde_json::from_str(&body).ok()?;
         v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
     }
+
+    /// Queries `promql` until it returns `want` or 30 s pass, calling
+    /// `between` (e.g. letting the agent run) before each try; the last
+    /// value.
+    pub fn query_until(&self, promql: &str, want: f64, mut between: impl FnMut()) -> Option<f64> {
+        let end = Instant::now() + Duration::from_secs(30);
+        let mut got = None;
+        while Instant::now() < end && got != Some(want) {
+            between();
+            got = self.query(promql);
+        }
+        got
+    }
 }
 
 impl Drop for Prometheus {

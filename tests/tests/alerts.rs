@@ -53,10 +53,8 @@ fn the_rules_read_only_metrics_the_agent_serves() {
     // Metric families are named once, in the agent's catalog; `_total`
     // (counters) and `_sum`/`_count`/`_bucket` (histograms) are added when
     // they are served.
-    let served: std::collections::BTreeSet<String> = hostprobe::catalog::NAMES
-        .iter()
-        .map(|(name, unit, _)| hostprobe::catalog::prometheus_name(name, unit))
-        .collect();
+    let served: std::collections::BTreeSet<String> =
+        hostprobe::catalog::NAMES.iter().map(|m| hostprobe::catalog::prometheus_name(m.name, m.unit)).collect();
     let rules = std::fs::read_to_string(rules_dir().join("hostprobe-rules.yml")).unwrap();
     let exprs: String = rules
         .split("expr: |")

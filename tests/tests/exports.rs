@@ -62,6 +62,35 @@ fn scraped(body: &str, family: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// An agent reporting on every path: JSON, `/metrics` and OTLP (to a
+/// receiver of its own).
+struct EveryPath {
+    agent: Agent,
+    port: u16,
+    receiver: OtlpReceiver,
+}
+
+impl EveryPath {
+    fn start(service: &str, args: &[&str]) -> EveryPath {
+        let receiver = OtlpReceiver::start(service, 0.0);
+        let (port, url) = (free_port(), receiver.url());
+        let listen = format!("127.0.0.1:{port}");
+        let mut all = args.to_vec();
+        all.extend(["--prometheus-listen", &listen, "--otlp-endpoint", &url, "--plaintext"]);
+        EveryPath { agent: Agent::start(&all), port, receiver }
+    }
+
+    /// Runs `ms` longer, then stops: the last `/metrics` page, the JSON
+    /// reports, and the receiver, which holds the last export.
+    fn finish(mut self, ms: u64) -> (String, Vec<Value>, OtlpReceiver) {
+        self.agent.run_for(Duration::from_millis(ms));
+        let (_, body) = http_get(self.port, "/metrics");
+        let reports = self.agent.stop();
+        std::thread::sleep(Duration::from_millis(300));
+        (body, reports, self.receiver)
+    }
+}
+
 #[test]
 fn new_figures_agree_on_every_path_with_kubernetes_names() {
     // Truth: the workload's own count of refused connects (7), and a
@@ -69,35 +98,18 @@ fn new_figures_agree_on_every_path_with_kubernetes_names() {
     let cgroup = PodCgroup::new();
     let logs = TempDir::new("pod-logs");
     std::fs::write(logs.0.join(format!("{POD}_{NAMESPACE}_{CONTAINER}-{}.log", cgroup.id)), "").unwrap();
-    let receiver = OtlpReceiver::start("exports", 0.0);
     let closed = free_port();
     let mut workload = Workload::spawn(&["connect-refused", &closed.to_string(), "7", "1500"]);
     let pid = workload.pid();
     cgroup.enter(pid);
-    let (port, pid_s, url) = (free_port(), pid.to_string(), receiver.url());
-    let listen = format!("127.0.0.1:{port}");
-    let dir = logs.0.to_str().unwrap();
-    let mut agent = Agent::start(&[
-        "--probes",
-        "tcp,offcpu",
-        "--pid",
-        &pid_s,
-        "--prometheus-listen",
-        &listen,
-        "--otlp-endpoint",
-        &url,
-        "--plaintext",
-        "--pod-log-dir",
-        dir,
-        "--agent-id",
-        "agent-exports",
-    ]);
+    let (pid_s, dir) = (pid.to_string(), logs.0.to_str().unwrap());
+    let agent = EveryPath::start(
+        "exports",
+        &["--probes", "tcp,offcpu", "--pid", &pid_s, "--pod-log-dir", dir, "--agent-id", "agent-exports"],
+    );
     workload.go();
     assert_eq!(workload.wait().trim(), "7", "the workload's own count");
-    agent.run_for(Duration::from_millis(1500));
-    let (_, body) = http_get(port, "/metrics");
-    let reports = agent.stop();
-    std::thread::sleep(Duration::from_millis(300));
+    let (body, reports, receiver) = agent.finish(1500);
     promtool_check(&body);
 
     // JSON.
@@ -178,28 +190,13 @@ fn failed_disk_writes_are_counted_on_every_path() {
     // complete with an error.
     let dev = LoopDevice::on_full_tmpfs(16, 1024);
     std::thread::sleep(Duration::from_millis(200)); // let any probing of the new device finish
-    let receiver = OtlpReceiver::start("disk-errors", 0.0);
     let mut workload = Workload::spawn(&["dio-write-errors", &dev.path, "600"]);
-    let (port, pid_s, url) = (free_port(), workload.pid().to_string(), receiver.url());
-    let listen = format!("127.0.0.1:{port}");
-    let mut agent = Agent::start(&[
-        "--probes",
-        "disk",
-        "--pid",
-        &pid_s,
-        "--prometheus-listen",
-        &listen,
-        "--otlp-endpoint",
-        &url,
-        "--plaintext",
-    ]);
+    let pid_s = workload.pid().to_string();
+    let agent = EveryPath::start("disk-errors", &["--probes", "disk", "--pid", &pid_s]);
     workload.go();
     let failed: u64 = workload.wait().trim().parse().unwrap();
     assert!(failed > 100 && failed < 600, "{failed} of 600 writes failed: some must fit, some not");
-    agent.run_for(Duration::from_millis(1500));
-    let (_, body) = http_get(port, "/metrics");
-    let reports = agent.stop();
-    std::thread::sleep(Duration::from_millis(300));
+    let (body, reports, receiver) = agent.finish(1500);
 
     let name = dev.name();
     let json: u64 = reports

@@ -2,7 +2,7 @@
 //! loopback) scrapes the agent; PromQL must return exact counts, `promtool`
 //! must find nothing wrong, and cardinality stays bounded under pid churn.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hostprobe_tests::{free_port, http_get, promtool_check, Agent, Collector, Pki, Prometheus, Workload};
 
@@ -33,15 +33,7 @@ fn prometheus_scrapes_the_exact_syscall_count() {
     workload.wait();
     agent.run_for(Duration::from_millis(600));
     let promql = r#"hostprobe_syscalls_total{process_executable_name="workload",hostprobe_syscall="getppid"}"#;
-    let end = Instant::now() + Duration::from_secs(30);
-    let mut got = None;
-    while Instant::now() < end {
-        agent.run_for(Duration::from_millis(500));
-        got = prometheus.query(promql);
-        if got == Some(5000.0) {
-            break;
-        }
-    }
+    let got = prometheus.query_until(promql, 5000.0, || agent.run_for(Duration::from_millis(500)));
     assert_eq!(got, Some(5000.0), "PromQL {promql}");
     let up = prometheus.query(r#"up{job="hostprobe"}"#);
     assert_eq!(up, Some(1.0), "the scrape target is up");
@@ -141,12 +133,7 @@ fn tls_and_basic_auth_guard_metrics_and_a_real_prometheus_scrapes_with_them() {
     workload.wait();
     let promql =
         r#"hostprobe_syscalls_total{job="secure",process_executable_name="workload",hostprobe_syscall="getppid"}"#;
-    let end = Instant::now() + Duration::from_secs(30);
-    let mut got = None;
-    while Instant::now() < end && got != Some(3000.0) {
-        agent.run_for(Duration::from_millis(500));
-        got = prometheus.query(promql);
-    }
+    let got = prometheus.query_until(promql, 3000.0, || agent.run_for(Duration::from_millis(500)));
     assert_eq!(got, Some(3000.0), "PromQL {promql}");
     assert_eq!(prometheus.query(r#"up{job="secure"}"#), Some(1.0));
     assert_eq!(prometheus.query(r#"up{job="no-password"}"#), Some(0.0), "a scrape without the password is refused");

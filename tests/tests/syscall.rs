@@ -310,3 +310,45 @@ fn a_host_of_3000_processes_of_15_syscalls_fits_by_default() {
     );
     assert!(peak.0 >= (N * 15) as u64, "fewer entries than pairs: {}", peak.0);
 }
+
+#[test]
+fn processes_past_max_processes_are_merged_into_other_exactly() {
+    // 600 processes, each making the 15 fleet syscalls R times, watched by
+    // an agent that holds at most 100 processes per interval: no report
+    // shows more than 100, the rest are counted as over the cap, and every
+    // call is still in the report (shown or in `other`), exactly: the
+    // children's own rounds are the truth. `--comm workload` keeps other
+    // processes' calls out of `other`.
+    const N: usize = 600;
+    const R: u64 = 10;
+    const CAP: usize = 100;
+    let mut w = Workload::spawn(&["fleet", &N.to_string(), &R.to_string(), "100"]);
+    assert_eq!(w.line().trim(), "ready");
+    let cap = CAP.to_string();
+    let mut agent = Agent::start(&["--max-processes", &cap, "--comm", "workload", "--probes", "syscall"]);
+    w.go();
+    let children: Vec<u32> = serde_json::from_str(w.wait().trim()).expect("children's pids");
+    agent.run_for(Duration::from_secs(2));
+    let reports = agent.stop();
+    assert_eq!(children.len(), N);
+
+    let mut calls: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut over_cap = 0;
+    for r in &reports {
+        let shown = r["processes"].as_array().unwrap();
+        assert!(shown.len() <= CAP, "{} processes shown, past --max-processes {CAP}", shown.len());
+        let other = r["other"]["processes"].as_u64().unwrap_or(0);
+        let past = r["processes_over_cap"].as_u64().unwrap_or(0);
+        assert!(past <= other, "{past} over the cap but {other} in other");
+        over_cap = over_cap.max(past);
+        let items = shown.iter().chain(r.get("other")).flat_map(|p| p["syscalls"].as_array().into_iter().flatten());
+        for s in items {
+            *calls.entry(s["name"].as_str().unwrap().to_string()).or_default() += s["count"].as_u64().unwrap();
+        }
+    }
+    eprintln!("at most {over_cap} processes over the cap in one interval");
+    assert!(over_cap >= (N - CAP) as u64 / 2, "only {over_cap} processes went over the cap of {CAP}");
+    for name in FLEET_SYSCALLS {
+        assert_eq!(calls.get(name).copied().unwrap_or(0), N as u64 * R, "{name}: {calls:?}");
+    }
+}

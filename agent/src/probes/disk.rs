@@ -280,7 +280,7 @@ impl Probe for DiskProbe {
             }
             let d = DiskData::between(v, prev);
             *prev = *v;
-            out.processes.entry(k.tgid).or_default().disk.insert((k.dev, Op::from_u32(k.op)), d);
+            out.process(k.tgid).disk.entry((k.dev, Op::from_u32(k.op))).or_default().merge(&d);
         }
         entries -= super::reclaim(&mut self.prev, &mut self.stats, &dead, |k| k.tgid);
         self.status.set_entries(common::MAP_STATS, entries);

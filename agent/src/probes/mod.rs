@@ -9,7 +9,7 @@ pub mod offcpu;
 pub mod syscall;
 pub mod tcp;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub use crate::{
     ebpf::ProbeError,
@@ -116,10 +116,52 @@ pub struct Spec {
 /// Every probe the agent knows, in the order they are loaded.
 pub const ALL: &[Spec] = &[syscall::SPEC, disk::SPEC, offcpu::SPEC, tcp::SPEC];
 
+/// The agent's default bound on the processes it holds per interval
+/// (`--max-processes`).
+pub const MAX_PROCESSES: usize = 8192;
+
 /// What every probe measured in one interval, per process (thread group id).
-#[derive(Debug, Default)]
+/// It holds at most `max_processes` processes, so the agent's memory has a
+/// bound whatever the host runs: the figures of any further process are
+/// merged into `over_cap` (they reach the report's `other`, unranked, and
+/// host totals stay whole). Pid 0 (work no process was seen doing) is
+/// always kept apart.
+#[derive(Debug)]
 pub struct Interval {
     pub processes: HashMap<u32, ProcessData>,
+    pub max_processes: usize,
+    /// The processes past the cap, merged.
+    pub over_cap: ProcessData,
+    /// Which processes those were.
+    pub over_cap_pids: HashSet<u32>,
+}
+
+impl Default for Interval {
+    fn default() -> Self {
+        Self::new(MAX_PROCESSES)
+    }
+}
+
+impl Interval {
+    pub fn new(max_processes: usize) -> Self {
+        Self {
+            processes: HashMap::new(),
+            max_processes,
+            over_cap: ProcessData::default(),
+            over_cap_pids: HashSet::new(),
+        }
+    }
+
+    /// Where a probe adds the figures of process `tgid`: its own record, or
+    /// the merged one past the cap. Probes add (merge), never overwrite, so
+    /// that several processes can share the merged record.
+    pub fn process(&mut self, tgid: u32) -> &mut ProcessData {
+        if tgid == 0 || self.processes.len() < self.max_processes || self.processes.contains_key(&tgid) {
+            return self.processes.entry(tgid).or_default();
+        }
+        self.over_cap_pids.insert(tgid);
+        &mut self.over_cap
+    }
 }
 
 #[derive(Debug, Default)]

@@ -351,12 +351,12 @@ impl Probe for OffcpuProbe {
             if t.total() == 0 {
                 continue;
             }
-            let d = out.processes.entry(*tgid).or_default().offcpu.get_or_insert_with(Default::default);
-            d.on_cpu_ns = t.on_cpu_ns;
-            d.runqueue_ns = t.runqueue_ns;
-            d.blocked_ns = t.blocked_ns;
-            d.sleep_ns = t.sleep_ns;
-            d.kernel_thread = *kernel;
+            let d = out.process(*tgid).offcpu.get_or_insert_with(Default::default);
+            d.on_cpu_ns += t.on_cpu_ns;
+            d.runqueue_ns += t.runqueue_ns;
+            d.blocked_ns += t.blocked_ns;
+            d.sleep_ns += t.sleep_ns;
+            d.kernel_thread |= *kernel;
         }
 
         let mut entries = 0u64;
@@ -366,25 +366,25 @@ impl Probe for OffcpuProbe {
             if prev == v {
                 continue;
             }
-            let d = out.processes.entry(*tgid).or_default().offcpu.get_or_insert_with(Default::default);
+            let d = out.process(*tgid).offcpu.get_or_insert_with(Default::default);
             // The episodes that ended in the interval, whole; their sums
             // are the sums of what the histograms hold.
-            d.runqueue = Dist::between(
+            d.runqueue.merge(&Dist::between(
                 &v.runqueue,
                 &prev.runqueue,
                 v.runqueue_max_ns,
                 prev.runqueue_max_ns,
                 v.runqueue_ns,
                 prev.runqueue_ns,
-            );
-            d.offcpu = Dist::between(
+            ));
+            d.offcpu.merge(&Dist::between(
                 &v.offcpu,
                 &prev.offcpu,
                 v.offcpu_max_ns,
                 prev.offcpu_max_ns,
                 v.offcpu_ns,
                 prev.offcpu_ns,
-            );
+            ));
             *prev = *v;
         }
         // Whole sleeps that ended, per key; then the keys with only a sleep
@@ -404,8 +404,9 @@ impl Probe for OffcpuProbe {
         for (k, (ns, n)) in slept {
             let ns = split.settle(&k, ns);
             if ns != 0 || n != 0 {
-                let p = out.processes.entry(k.tgid).or_default();
-                p.offcpu.get_or_insert_with(Default::default).sleep_by_syscall.insert(k.nr, (ns, n));
+                let p = out.process(k.tgid).offcpu.get_or_insert_with(Default::default);
+                let e = p.sleep_by_syscall.entry(k.nr).or_default();
+                (e.0, e.1) = (e.0 + ns, e.1 + n);
             }
         }
         entries -= super::reclaim(&mut self.prev, &mut self.stats, &dead, |t| *t);

@@ -236,7 +236,7 @@ impl Probe for SyscallProbe {
             if weight > comm.0 {
                 *comm = (weight, v.comm);
             }
-            out.processes.entry(k.tgid).or_default().syscalls.entry(nr).or_default().merge(&d);
+            out.process(k.tgid).syscalls.entry(nr).or_default().merge(&d);
         }
         for (tgid, (_, comm)) in best_comm {
             if let Some(p) = out.processes.get_mut(&tgid) {

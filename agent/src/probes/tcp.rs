@@ -138,7 +138,7 @@ fn report(
         rtt_last_us: c.srtt_us,
     };
     *prev = *c;
-    out.processes.entry(c.tgid).or_default().tcp.push(d);
+    out.process(c.tgid).tcp.push(d);
 }
 
 fn map_err(map: &'static str, detail: impl ToString) -> ProbeError {

@@ -257,23 +257,35 @@ async fn ack_latency(url: String, secs: u64) -> Vec<f64> {
     ms
 }
 
-/// `reads` then `writes` 4 KiB O_DIRECT transfers, each at its own offset
-/// (so the block layer has nothing to merge).
-fn direct_io(dev: &str, reads: u64, writes: u64, io: usize) {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    const BLOCK: usize = 4096;
-    let f = std::fs::OpenOptions::new()
+/// `dev` opened for O_DIRECT reads and writes.
+fn open_direct(dev: &str) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(dev)
-        .unwrap_or_else(|e| panic!("open {dev} with O_DIRECT: {e}"));
-    let layout = std::alloc::Layout::from_size_align(io, BLOCK).expect("layout");
-    // SAFETY: a non-zero-sized layout; freed below.
+        .unwrap_or_else(|e| panic!("open {dev} with O_DIRECT: {e}"))
+}
+
+/// A zeroed buffer of `len` bytes aligned for O_DIRECT, never freed (the
+/// process ends soon).
+fn aligned_buffer(len: usize) -> &'static mut [u8] {
+    let layout = std::alloc::Layout::from_size_align(len, 4096).expect("layout");
+    // SAFETY: a non-zero-sized layout.
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-    assert!(!ptr.is_null());
-    // SAFETY: ptr is valid for `io` bytes and aligned for O_DIRECT.
-    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, io) };
+    assert!(!ptr.is_null(), "out of memory");
+    // SAFETY: ptr is valid for `len` zeroed bytes, owned by the slice alone.
+    unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+}
+
+/// `reads` then `writes` 4 KiB O_DIRECT transfers, each at its own offset
+/// (so the block layer has nothing to merge).
+fn direct_io(dev: &str, reads: u64, writes: u64, io: usize) {
+    use std::os::unix::fs::FileExt;
+    const BLOCK: usize = 4096;
+    let f = open_direct(dev);
+    let buf = aligned_buffer(io);
     let size = f.metadata().map(|m| m.len()).unwrap_or(0);
     let blocks = if size > 0 {
         size / BLOCK as u64
@@ -295,8 +307,6 @@ fn direct_io(dev: &str, reads: u64, writes: u64, io: usize) {
     for i in reads..reads + writes {
         f.write_all_at(buf, at(i)).expect("direct write");
     }
-    // SAFETY: allocated above with this layout.
-    unsafe { std::alloc::dealloc(ptr, layout) };
 }
 
 /// A function whose name the off-CPU stacks must show. Not inlined, and its
@@ -582,16 +592,9 @@ fn main() {
         Some("dio-loop") => {
             // 4 KiB O_DIRECT writes at successive offsets of DEV (wrapping)
             // for MS ms: synchronous, one at a time, PAUSE_US apart (default 0).
-            use std::os::unix::fs::{FileExt, OpenOptionsExt};
-            let (dev, end) = (&args[2], std::time::Instant::now() + Duration::from_millis(arg(&args, 3)));
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(dev)
-                .unwrap_or_else(|e| panic!("open {dev} with O_DIRECT: {e}"));
-            let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("layout");
-            // SAFETY: a non-zero-sized layout, never freed (the process ends).
-            let buf = unsafe { std::slice::from_raw_parts(std::alloc::alloc_zeroed(layout), 4096) };
+            use std::os::unix::fs::FileExt;
+            let end = std::time::Instant::now() + Duration::from_millis(arg(&args, 3));
+            let (f, buf) = (open_direct(&args[2]), aligned_buffer(4096));
             let pause = Duration::from_micros(opt_arg(&args, 4, 0));
             let mut i = 0u64;
             while std::time::Instant::now() < end {
@@ -717,16 +720,9 @@ fn main() {
         Some("fsync-loop") => {
             // N times: one 4 KiB O_DIRECT write to its own block, then fsync
             // (one flush request each: no page cache to write back).
-            use std::os::unix::fs::{FileExt, OpenOptionsExt};
-            let (dev, block, n) = (args.get(2).expect("device"), arg(&args, 3), arg(&args, 4));
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(dev)
-                .unwrap_or_else(|e| panic!("open {dev}: {e}"));
-            let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("layout");
-            // SAFETY: a non-zero-sized layout, never freed (the process ends).
-            let buf = unsafe { std::slice::from_raw_parts(std::alloc::alloc_zeroed(layout), 4096) };
+            use std::os::unix::fs::FileExt;
+            let (block, n) = (arg(&args, 3), arg(&args, 4));
+            let (f, buf) = (open_direct(args.get(2).expect("device")), aligned_buffer(4096));
             for _ in 0..n {
                 f.write_all_at(buf, block * 4096).expect("direct write");
                 f.sync_all().expect("fsync");
@@ -735,32 +731,18 @@ fn main() {
         Some("dio-write-errors") => {
             // N direct 4 KiB writes to blocks 0..N in turn; prints how many
             // failed (e.g. with the device's backing store full).
-            use std::os::unix::fs::{FileExt, OpenOptionsExt};
-            let (dev, n) = (args.get(2).expect("device"), arg(&args, 3));
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(dev)
-                .unwrap_or_else(|e| panic!("open {dev}: {e}"));
-            let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("layout");
-            // SAFETY: a non-zero-sized layout, never freed (the process ends).
-            let buf = unsafe { std::slice::from_raw_parts(std::alloc::alloc_zeroed(layout), 4096) };
+            use std::os::unix::fs::FileExt;
+            let n = arg(&args, 3);
+            let (f, buf) = (open_direct(args.get(2).expect("device")), aligned_buffer(4096));
             let failed = (0..n).filter(|b| f.write_all_at(buf, b * 4096).is_err()).count();
             println!("{failed}");
         }
         Some("dio-same") => {
             // N direct 4 KiB reads of the device's first 16 blocks, in turn:
             // several of these at once read the same sectors concurrently.
-            use std::os::unix::fs::{FileExt, OpenOptionsExt};
-            let (dev, n) = (args.get(2).expect("device"), arg(&args, 3));
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(dev)
-                .unwrap_or_else(|e| panic!("open {dev}: {e}"));
-            let layout = std::alloc::Layout::from_size_align(4096, 4096).expect("layout");
-            // SAFETY: a non-zero-sized layout, never freed (the process ends).
-            let buf = unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc_zeroed(layout), 4096) };
+            use std::os::unix::fs::FileExt;
+            let n = arg(&args, 3);
+            let (f, buf) = (open_direct(args.get(2).expect("device")), aligned_buffer(4096));
             for i in 0..n {
                 f.read_exact_at(buf, (i % 16) * 4096).expect("direct read");
             }
@@ -915,28 +897,16 @@ fn main() {
         }
         Some("conserve") => {
             use std::io::{Read, Write};
-            use std::os::unix::fs::{FileExt, OpenOptionsExt};
+            use std::os::unix::fs::FileExt;
             const BLOCK: usize = 64 << 10;
             let name = std::ffi::CString::new(args[2].as_str()).expect("name");
             // SAFETY: PR_SET_NAME reads a NUL-terminated string.
             unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
             let (offset, writes) = (arg(&args, 4), arg(&args, 5));
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&args[3])
-                .unwrap_or_else(|e| panic!("open {} with O_DIRECT: {e}", args[3]));
-            let layout = std::alloc::Layout::from_size_align(BLOCK, 4096).expect("layout");
-            // SAFETY: a non-zero-sized layout; freed below.
-            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-            assert!(!ptr.is_null());
-            // SAFETY: ptr is valid for BLOCK bytes and aligned for O_DIRECT.
-            let buf = unsafe { std::slice::from_raw_parts(ptr, BLOCK) };
+            let (f, buf) = (open_direct(&args[3]), aligned_buffer(BLOCK));
             for k in 0..writes {
                 f.write_all_at(buf, offset + k * BLOCK as u64).expect("direct write");
             }
-            // SAFETY: allocated above with this layout.
-            unsafe { std::alloc::dealloc(ptr, layout) };
             let ip: std::net::IpAddr = args[6].parse().expect("address");
             let sent = arg(&args, 8);
             let mut s = std::net::TcpStream::connect((ip, arg(&args, 7) as u16)).expect("connect");
