@@ -216,10 +216,10 @@ pub struct RunArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(64..=4_194_304), value_name = "N")]
     pub max_entries: Option<u32>,
     /// The agent's bound on the processes it holds per interval, to bound
-    /// its own memory (each costs about 2 KiB per syscall it made). Past
-    /// it, further processes' figures are merged into "other" before
-    /// ranking (host totals stay whole), counted in `processes_over_cap`
-    /// and logged.
+    /// its own memory (a few KiB per process: see the README's "Agent
+    /// memory"). Past it, further processes' figures are merged into
+    /// "other" before ranking (host totals stay whole), counted in
+    /// `processes_over_cap` and logged.
     #[arg(long, default_value_t = crate::probes::MAX_PROCESSES as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
     pub max_processes: u32,
     /// Probes to run (comma-separated): syscall, disk, offcpu, tcp. Default: all.

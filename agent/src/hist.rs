@@ -3,16 +3,19 @@
 
 use agent_common::hist::{lower_bound, upper_bound, BUCKETS};
 
-/// Counts per bucket of the shared layout.
-#[derive(Clone, PartialEq, Eq)]
+/// Counts per bucket of the shared layout, kept only over the span from
+/// the lowest to the highest non-empty bucket: the latencies of one
+/// syscall or device fill a few dozen of the 258 buckets, so a histogram
+/// takes a few hundred bytes rather than 2 KiB, and an agent holding one
+/// per (process, syscall) for thousands of processes stays small.
+///
+/// Invariant: `counts` is empty or its first and last counts are non-zero
+/// (counts are only ever added), so equal histograms are equal values.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Histogram {
-    buckets: Box<[u64; BUCKETS]>,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self { buckets: Box::new([0; BUCKETS]) }
-    }
+    /// Bucket index of `counts[0]`.
+    first: u16,
+    counts: Vec<u64>,
 }
 
 impl std::fmt::Debug for Histogram {
@@ -26,52 +29,85 @@ impl Histogram {
     /// The change between two reads of a kernel histogram of u32 counters
     /// that wrap (differences are taken modulo 2^32).
     pub fn delta_u32(now: &[u32; BUCKETS], before: &[u32; BUCKETS]) -> Self {
-        let mut h = Self::default();
-        for (out, (n, b)) in h.buckets.iter_mut().zip(now.iter().zip(before)) {
-            *out = u64::from(n.wrapping_sub(*b));
-        }
-        h
+        let delta = |i: usize| u64::from(now[i].wrapping_sub(before[i]));
+        let Some(lo) = (0..BUCKETS).find(|i| delta(*i) != 0) else {
+            return Self::default();
+        };
+        let hi = (lo..BUCKETS).rfind(|i| delta(*i) != 0).unwrap_or(lo);
+        Self { first: lo as u16, counts: (lo..=hi).map(delta).collect() }
     }
 
-    /// Adds `count` to bucket `i` (which must be in range); refuses
-    /// (returns false, adds nothing) rather than overflow.
+    /// Makes room for buckets `lo..=hi` (in range, `lo <= hi`).
+    fn span(&mut self, lo: usize, hi: usize) {
+        if self.counts.is_empty() {
+            self.first = lo as u16;
+            self.counts.resize(hi - lo + 1, 0);
+            return;
+        }
+        let first = usize::from(self.first);
+        if lo < first {
+            self.counts.splice(0..0, std::iter::repeat_n(0, first - lo));
+            self.first = lo as u16;
+        }
+        let first = usize::from(self.first);
+        if hi >= first + self.counts.len() {
+            self.counts.resize(hi - first + 1, 0);
+        }
+    }
+
+    /// Adds `count` to bucket `i`; refuses (returns false, adds nothing) an
+    /// index outside the layout or a count that would overflow.
     #[must_use]
     pub fn add(&mut self, i: usize, count: u64) -> bool {
-        match self.buckets[i].checked_add(count) {
-            Some(n) => {
-                self.buckets[i] = n;
-                true
-            }
-            None => false,
+        if i >= BUCKETS || self.get(i).checked_add(count).is_none() {
+            return false;
         }
+        if count > 0 {
+            self.span(i, i);
+            self.counts[i - usize::from(self.first)] += count;
+        }
+        true
     }
 
     pub fn record(&mut self, ns: u64) {
-        self.buckets[agent_common::hist::bucket(ns)] += 1;
+        let _ = self.add(agent_common::hist::bucket(ns), 1);
     }
 
     pub fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+        if other.counts.is_empty() {
+            return;
+        }
+        let lo = usize::from(other.first);
+        self.span(lo, lo + other.counts.len() - 1);
+        let at = lo - usize::from(self.first);
+        for (a, b) in self.counts[at..].iter_mut().zip(&other.counts) {
             *a += b;
         }
     }
 
     pub fn count(&self) -> u64 {
-        self.buckets.iter().sum()
+        self.counts.iter().sum()
     }
 
-    pub fn buckets(&self) -> &[u64; BUCKETS] {
-        &self.buckets
+    /// The count of bucket `i`.
+    pub fn get(&self, i: usize) -> u64 {
+        i.checked_sub(usize::from(self.first)).and_then(|j| self.counts.get(j)).copied().unwrap_or(0)
+    }
+
+    /// The count of every bucket of the layout, in order (zeros included).
+    pub fn every_bucket(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..BUCKETS).map(|i| self.get(i))
     }
 
     /// (bucket index, count) of the non-empty buckets.
     pub fn nonzero(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
-        self.buckets.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| (i, *c))
+        let first = usize::from(self.first);
+        self.counts.iter().enumerate().filter(|(_, c)| **c > 0).map(move |(i, c)| (first + i, *c))
     }
 
     /// Index of the highest non-empty bucket.
     pub fn highest(&self) -> Option<usize> {
-        self.buckets.iter().rposition(|c| *c > 0)
+        self.counts.iter().rposition(|c| *c > 0).map(|i| usize::from(self.first) + i)
     }
 
     /// The largest value of an interval whose histogram difference is
@@ -212,9 +248,47 @@ mod tests {
         now[4] = 9;
         before[4] = 2;
         let d = Histogram::delta_u32(&now, &before);
-        assert_eq!(d.buckets()[3], 7);
-        assert_eq!(d.buckets()[4], 7);
+        assert_eq!((d.get(2), d.get(3), d.get(4), d.get(5)), (0, 7, 7, 0));
         assert_eq!(d.count(), 14);
+    }
+
+    #[test]
+    fn the_span_form_agrees_with_every_bucket_counted() {
+        // Random records, adds and merges against a plain array of all 258
+        // buckets: the same counts, and equal histograms are equal values
+        // whatever order built them.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200 {
+            let (mut h, mut dense) = (Histogram::default(), [0u64; BUCKETS]);
+            let mut parts = Vec::new();
+            for _ in 0..rnd() % 20 {
+                let mut part = Histogram::default();
+                match rnd() % 3 {
+                    0 => part.record(1 << (rnd() % 40)),
+                    1 => assert!(part.add((rnd() % BUCKETS as u64) as usize, rnd() % 5)),
+                    _ => {
+                        let lo = (rnd() % 200) as usize;
+                        (lo..lo + (rnd() % 50) as usize).for_each(|i| assert!(part.add(i, 1)));
+                    }
+                }
+                part.nonzero().for_each(|(i, c)| dense[i] += c);
+                h.merge(&part);
+                parts.push(part);
+            }
+            assert!(h.every_bucket().eq(dense.iter().copied()));
+            let mut reversed = Histogram::default();
+            parts.iter().rev().for_each(|p| reversed.merge(p));
+            assert_eq!(reversed, h);
+        }
+        assert!(!Histogram::default().add(BUCKETS, 1), "outside the layout");
+        let mut full = Histogram::default();
+        assert!(full.add(3, u64::MAX) && !full.add(3, 1), "overflow refused");
     }
 
     #[test]

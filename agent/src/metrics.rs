@@ -369,11 +369,10 @@ pub fn now_unix_ns() -> i64 {
 /// bucket edge: 64 ns, 128 ns, ... 2^38 ns), as Prometheus `le` buckets in
 /// seconds; the caller adds `+Inf`. Exact: those edges are bucket edges.
 pub fn octave_buckets(h: &Histogram) -> Vec<(f64, u64)> {
-    let b = h.buckets();
     let per = 1usize << agent_common::hist::SUB_BITS;
     let mut out = Vec::new();
     let mut cum = 0u64;
-    for (i, c) in b.iter().enumerate().take(agent_common::hist::BUCKETS - 1) {
+    for (i, c) in h.every_bucket().enumerate().take(agent_common::hist::BUCKETS - 1) {
         cum += c;
         if i % per == 0 {
             out.push((agent_common::hist::upper_bound(i) as f64 / 1e9, cum));

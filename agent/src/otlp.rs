@@ -175,7 +175,7 @@ fn buckets(h: &crate::hist::Histogram, form: Buckets) -> (Vec<f64>, Vec<u64>) {
     let mut bounds = Vec::new();
     let mut counts = Vec::new();
     let mut acc = 0u64;
-    for (i, c) in h.buckets().iter().enumerate() {
+    for (i, c) in h.every_bucket().enumerate() {
         acc += c;
         if i == BUCKETS - 1 || i % every == 0 {
             if i < BUCKETS - 1 {
@@ -208,8 +208,8 @@ fn delta(value: &Value, last: Option<&Last>) -> (Last, Last) {
         (Last::Float(v), Some(Last::Float(p))) => Last::Float((v - p).max(0.0)),
         (Last::Hist(h, sum), Some(Last::Hist(ph, psum))) => {
             let mut d = crate::hist::Histogram::default();
-            for (i, (x, y)) in h.buckets().iter().zip(ph.buckets()).enumerate() {
-                let _ = d.add(i, x.saturating_sub(*y));
+            for (i, (x, y)) in h.every_bucket().zip(ph.every_bucket()).enumerate() {
+                let _ = d.add(i, x.saturating_sub(y));
             }
             Last::Hist(d, sum.saturating_sub(*psum))
         }
