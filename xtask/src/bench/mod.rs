@@ -112,18 +112,56 @@ pub fn run(args: Args) -> Result<()> {
         "Written by `cargo xtask bench` on {} ({date}); every table and sentence below comes from that run. \
          The host is shared and noisy: configurations alternate round by round (the order rotated each \
          round), and each comparison is the median of per-round ratios to the baseline measured in the \
-         same round, raw samples beside it.\n",
+         same round, raw samples beside it. The long runs at the end (soak, fuzzing, a misbehaving fleet) \
+         are written by their own commands, each block naming its run.\n",
         machine()
     )?;
     writeln!(file, "## Goals\n\nEach is repeated below beside the baseline, floor and peers measured with it.\n")?;
     writeln!(file, "{}", goals.join("\n"))?;
     file.push_str(&md);
+    let old = std::fs::read_to_string(root().join("BENCHMARKS.md")).unwrap_or_default();
+    for block in blocks(&old) {
+        write!(file, "\n{block}\n")?;
+    }
     println!("{file}");
     if !args.no_write {
         std::fs::write(root().join("BENCHMARKS.md"), &file)?;
         readme_goals(&goals, &date)?;
         step("wrote BENCHMARKS.md and the README's goal lines");
     }
+    Ok(())
+}
+
+/// The blocks of BENCHMARKS.md written by other commands (`<!-- begin NAME -->`
+/// to `<!-- end NAME -->`, markers included), which a bench run keeps.
+fn blocks(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(a) = rest.find("<!-- begin ") {
+        let name = rest[a + 11..].split_whitespace().next().unwrap_or("");
+        let end = format!("<!-- end {name} -->");
+        let Some(b) = rest[a..].find(&end) else { break };
+        out.push(&rest[a..a + b + end.len()]);
+        rest = &rest[a + b + end.len()..];
+    }
+    out
+}
+
+/// Writes `body` into BENCHMARKS.md as the block `name` (replacing the
+/// block of that name if there is one, else appending it): how the long
+/// runs (`cargo xtask soak`, `fuzz`, ...) record their figures beside the
+/// bench's, each in a block that names its own run.
+#[allow(dead_code)] // until the soak and fuzz commands land
+pub fn write_block(name: &str, body: &str) -> Result<()> {
+    let path = root().join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let (start, end) = (format!("<!-- begin {name} -->"), format!("<!-- end {name} -->"));
+    let block = format!("{start}\n{}\n{end}", body.trim_end());
+    let new = match (text.find(&start), text.find(&end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &text[..a], &text[b + end.len()..]),
+        _ => format!("{}\n{block}\n", text.trim_end()),
+    };
+    std::fs::write(&path, new)?;
     Ok(())
 }
 
@@ -285,7 +323,7 @@ fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
 }
 
-fn machine() -> String {
+pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -298,7 +336,7 @@ fn machine() -> String {
     format!("{cpu}, {} cores, Linux {}", cores(), kernel.trim())
 }
 
-fn date() -> String {
+pub fn date() -> String {
     Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")
@@ -317,5 +355,16 @@ mod tests {
         // Run twice, the same.
         assert_eq!(super::splice(&out, "<!-- s -->", "<!-- /s -->", "- Goal: x").unwrap(), out);
         assert!(super::splice("no markers", "<!-- s -->", "<!-- /s -->", "x").is_err());
+    }
+
+    #[test]
+    fn blocks_written_by_other_commands_are_found_whole() {
+        let text =
+            "# B\n\n## x\n<!-- begin soak -->\nA\n<!-- end soak -->\nmid\n<!-- begin fuzz -->\nB\n<!-- end fuzz -->\n";
+        assert_eq!(
+            super::blocks(text),
+            ["<!-- begin soak -->\nA\n<!-- end soak -->", "<!-- begin fuzz -->\nB\n<!-- end fuzz -->"]
+        );
+        assert!(super::blocks("<!-- begin soak -->\nunterminated").is_empty());
     }
 }
