@@ -1286,3 +1286,72 @@ impl Pki {
         self.dir.0.join(name).to_str().unwrap().to_string()
     }
 }
+
+/// A codec that sends bytes as they are: for messages no honest client
+/// would send.
+#[derive(Clone, Default)]
+pub struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let v = bytes::Buf::chunk(src).to_vec();
+        bytes::Buf::advance(src, v.len());
+        Ok(Some(v))
+    }
+}
+
+/// Sends `messages` on one Stream call; the status the collector ends it with.
+///
+/// `token`, if given, goes as the bearer token. A stream the collector
+/// accepts whole ends with `Code::Ok`.
+pub async fn hostile_stream(url: &str, token: Option<&str>, messages: Vec<Vec<u8>>) -> tonic::Status {
+    let channel = match tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().connect().await {
+        Ok(c) => c,
+        Err(e) => return tonic::Status::unavailable(e.to_string()),
+    };
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if let Err(e) = grpc.ready().await {
+        return tonic::Status::unavailable(e.to_string());
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/hostprobe.v1.Collector/Stream");
+    let mut request = tonic::Request::new(tokio_stream::iter(messages));
+    if let Some(t) = token {
+        request.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let response = match grpc.streaming(request, path, Raw).await {
+        Ok(r) => r,
+        Err(s) => return s,
+    };
+    let mut acks = response.into_inner();
+    loop {
+        match acks.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return tonic::Status::new(tonic::Code::Ok, "the collector accepted the whole stream"),
+            Err(s) => return s,
+        }
+    }
+}

@@ -8,7 +8,9 @@ use std::{
 };
 
 use hostprobe::wire::pb;
-use hostprobe_tests::{free_port, hostprobe, process_reports, Agent, Collector, Pki, TempDir, Workload};
+use hostprobe_tests::{
+    free_port, hostile_stream, hostprobe, process_reports, Agent, Collector, Pki, TempDir, Workload,
+};
 use prost::Message as _;
 
 /// (epoch, sequence) of every report of `agent` in the collector's journal,
@@ -171,64 +173,6 @@ fn tls_token_and_client_certificates_are_enforced_with_clear_messages() {
     drop(collector);
 }
 
-/// A codec that sends bytes as they are: for messages no honest client
-/// would send.
-#[derive(Clone, Default)]
-struct Raw;
-
-impl tonic::codec::Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl tonic::codec::Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let v = bytes::Buf::chunk(src).to_vec();
-        bytes::Buf::advance(src, v.len());
-        Ok(Some(v))
-    }
-}
-
-/// Sends `messages` on one Stream call; the status the collector ends it with.
-async fn hostile_stream(url: &str, messages: Vec<Vec<u8>>) -> tonic::Status {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().connect().await.unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/hostprobe.v1.Collector/Stream");
-    let request = tonic::Request::new(tokio_stream::iter(messages));
-    let response = match grpc.streaming(request, path, Raw).await {
-        Ok(r) => r,
-        Err(s) => return s,
-    };
-    let mut acks = response.into_inner();
-    loop {
-        match acks.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the collector accepted the whole stream"),
-            Err(s) => return s,
-        }
-    }
-}
-
 fn valid_report(agent: &str, seq: u64) -> Vec<u8> {
     let now = hostprobe::metrics::now_unix_ns();
     pb::Report {
@@ -251,19 +195,19 @@ fn hostile_input_is_refused_and_a_good_agent_loses_nothing() {
     let mut agent = Agent::start(&agent_args(&url, "well-behaved", &["--plaintext"]));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
-    let malformed = rt.block_on(hostile_stream(&url, vec![vec![0xff; 64]]));
+    let malformed = rt.block_on(hostile_stream(&url, None, vec![vec![0xff; 64]]));
     eprintln!("malformed: {malformed:?}");
     assert_eq!(malformed.code(), tonic::Code::InvalidArgument, "{malformed:?}");
-    let oversized = rt.block_on(hostile_stream(&url, vec![vec![0x0a; 2 << 20]]));
+    let oversized = rt.block_on(hostile_stream(&url, None, vec![vec![0x0a; 2 << 20]]));
     eprintln!("oversized: {oversized:?}");
     assert!(matches!(oversized.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{oversized:?}");
-    let flood = rt.block_on(hostile_stream(&url, (1..=5_000).map(|s| valid_report("flooder", s)).collect()));
+    let flood = rt.block_on(hostile_stream(&url, None, (1..=5_000).map(|s| valid_report("flooder", s)).collect()));
     eprintln!("flood: {flood:?}");
     assert_eq!(flood.code(), tonic::Code::ResourceExhausted, "{flood:?}");
     let future = {
         let mut r = pb::Report::decode(valid_report("time-traveller", 1).as_slice()).unwrap();
         r.interval_end_unix_ns += 3_600_000_000_000;
-        rt.block_on(hostile_stream(&url, vec![r.encode_to_vec()]))
+        rt.block_on(hostile_stream(&url, None, vec![r.encode_to_vec()]))
     };
     assert_eq!(future.code(), tonic::Code::InvalidArgument, "{future:?}");
 

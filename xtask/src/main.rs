@@ -49,6 +49,9 @@ enum Task {
     },
     /// Measure the probes' overhead against a baseline and the peers; writes BENCHMARKS.md.
     Bench(bench::Args),
+    /// The collector under 1,000 agents of which 10% misbehave (floods, malformed and oversized
+    /// messages, a wrong token), beside the well-behaved ones alone; writes its block of BENCHMARKS.md.
+    Hostile(bench::hostile::Args),
     /// Build the container image with podman: the static (musl) binary alone, FROM scratch
     /// (deploy/container/Containerfile). No base image is downloaded.
     Image {
@@ -95,6 +98,10 @@ fn main() -> Result<()> {
             build()?;
             bench::run(args)
         }
+        Task::Hostile(args) => {
+            build()?;
+            bench::hostile::run(args)
+        }
     }
 }
 
@@ -106,6 +113,25 @@ pub fn root() -> PathBuf {
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root());
+    // `cargo xtask` runs us with xtask's own package variables
+    // (CARGO_PKG_NAME, ...); passed on, they differ from a plain `cargo
+    // build`'s environment and make ring's build script run again,
+    // rebuilding everything above it.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .contains(&&*k)
+        {
+            c.env_remove(&*k);
+        }
+    }
     c
 }
 

@@ -1,15 +1,28 @@
-//! Synthetic agents for `cargo xtask bench`: AGENTS concurrent streams to a
-//! collector, each sending one report with PROCESSES processes per second
-//! for SECONDS (gzip, as the agent sends them); prints one JSON line with
-//! what was sent and acknowledged.
+//! Synthetic agents for `cargo xtask bench` and `cargo xtask hostile`:
+//! AGENTS concurrent streams to a collector, each sending one report with
+//! PROCESSES processes per second for SECONDS (gzip, as the agent sends
+//! them); prints one JSON line with what was sent and acknowledged.
+//!
+//! With BAD_PERCENT, that share of the agents misbehave for the whole run,
+//! in four kinds taken in turn: a flood (reports back to back, as fast as
+//! the collector takes them), malformed bytes, an oversized message (5 MiB)
+//! and a wrong token, each retried as soon as the collector has refused it.
+//! Well-behaved agents present TOKEN, if given. The JSON line then also has,
+//! per kind, the streams tried and the status codes they ended with, and
+//! the well-behaved agents' acknowledgement latency.
 //!
 //! ```text
-//! loadgen URL AGENTS PROCESSES SECONDS
+//! loadgen URL AGENTS PROCESSES SECONDS [BAD_PERCENT [TOKEN]]
 //! ```
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
 
 use hostprobe::wire::pb::{self, collector_client::CollectorClient};
+use hostprobe_tests::hostile_stream;
+use prost::Message as _;
 use tonic::codec::CompressionEncoding;
 
 /// A plausible process: 12 syscalls, a disk item, off-CPU figures and two
@@ -72,67 +85,175 @@ fn process(pid: u32) -> pb::Process {
     }
 }
 
+/// What a misbehaving agent does, again and again, for the whole run.
+#[derive(Clone, Copy, Debug)]
+enum Bad {
+    Flood,
+    Malformed,
+    Oversized,
+    WrongToken,
+}
+
+impl Bad {
+    const ALL: [Bad; 4] = [Bad::Flood, Bad::Malformed, Bad::Oversized, Bad::WrongToken];
+
+    fn name(self) -> &'static str {
+        match self {
+            Bad::Flood => "flood",
+            Bad::Malformed => "malformed",
+            Bad::Oversized => "oversized",
+            Bad::WrongToken => "wrong_token",
+        }
+    }
+}
+
+fn report(agent: &str, seq: u64, processes: Vec<pb::Process>) -> pb::Report {
+    let now = hostprobe::metrics::now_unix_ns();
+    pb::Report {
+        agent: Some(pb::AgentIdentity { agent_id: agent.into(), epoch: 1, ..Default::default() }),
+        sequence: seq,
+        interval_start_unix_ns: now - 1_000_000_000,
+        interval_end_unix_ns: now,
+        processes,
+        ..Default::default()
+    }
+}
+
+/// Misbehaves as `kind` until `end`; the status code of every stream tried.
+async fn misbehave(url: String, id: String, kind: Bad, token: Option<String>, end: Instant) -> Vec<tonic::Code> {
+    let mut codes = Vec::new();
+    let mut seq = 0;
+    while Instant::now() < end {
+        let (messages, token) = match kind {
+            Bad::Flood => {
+                let batch = (seq + 1..=seq + 3_000).map(|s| report(&id, s, Vec::new()).encode_to_vec()).collect();
+                seq += 3_000;
+                (batch, token.clone())
+            }
+            Bad::Malformed => (vec![vec![0xff; 64]], token.clone()),
+            Bad::Oversized => (vec![vec![0x0a; 5 << 20]], token.clone()),
+            Bad::WrongToken => {
+                seq += 1;
+                (vec![report(&id, seq, Vec::new()).encode_to_vec()], Some("not-the-token".into()))
+            }
+        };
+        let status =
+            tokio::time::timeout(Duration::from_secs(10), hostile_stream(&url, token.as_deref(), messages)).await;
+        codes.push(status.map(|s| s.code()).unwrap_or(tonic::Code::DeadlineExceeded));
+        // Refused: try again a moment later, as a broken agent's retry loop would.
+        tokio::time::sleep(Duration::from_millis(if matches!(kind, Bad::Oversized) { 1_000 } else { 100 })).await;
+    }
+    codes
+}
+
+/// A well-behaved agent: one report a second; (sent, acked, ack latencies in ms).
+async fn behave(
+    url: String,
+    a: u32,
+    agents: u32,
+    seconds: u64,
+    template: Vec<pb::Process>,
+    token: Option<String>,
+) -> (u64, u64, Vec<f64>) {
+    let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.expect("connect");
+    let mut client = CollectorClient::new(channel)
+        .send_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Gzip);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(t) = &token {
+        request.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let mut acks = client.stream(request).await.expect("stream").into_inner();
+    let sent_at = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let times = sent_at.clone();
+    let acked = tokio::spawn(async move {
+        let mut ms = Vec::new();
+        while let Ok(Some(ack)) = acks.message().await {
+            if let Some(t) = times.lock().unwrap().remove(&ack.sequence) {
+                ms.push(Instant::elapsed(&t).as_secs_f64() * 1e3);
+            }
+        }
+        ms
+    });
+    // Spread the agents over the second, as real ones are.
+    tokio::time::sleep(Duration::from_millis(u64::from(a) * 1000 / u64::from(agents))).await;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sent = 0;
+    for seq in 1..=seconds {
+        tick.tick().await;
+        sent_at.lock().unwrap().insert(seq, Instant::now());
+        if tx.send(report(&format!("synthetic-{a}"), seq, template.clone())).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    drop(tx);
+    let ms = acked.await.unwrap_or_default();
+    (sent, ms.len() as u64, ms)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let url = args[1].clone();
     let (agents, processes, seconds): (u32, u32, u64) =
         (args[2].parse().unwrap(), args[3].parse().unwrap(), args[4].parse().unwrap());
+    let bad_percent: u32 = args.get(5).map_or(0, |p| p.parse().expect("BAD_PERCENT"));
+    let token = args.get(6).cloned();
     hostprobe::collector::raise_fd_limit();
     let template: Vec<pb::Process> = (0..processes).map(|p| process(1000 + p)).collect();
     let size = prost::Message::encoded_len(&pb::Report { processes: template.clone(), ..Default::default() });
     let start = Instant::now();
-    let mut tasks = Vec::new();
+    let end = start + Duration::from_secs(seconds);
+    // Every (100 / BAD_PERCENT)th agent misbehaves, the kinds in turn.
+    let every = 100u32.checked_div(bad_percent).map_or(u32::MAX, |e| e.max(1));
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
     for a in 0..agents {
-        let (url, template) = (url.clone(), template.clone());
-        tasks.push(tokio::spawn(async move {
-            let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.expect("connect");
-            let mut client = CollectorClient::new(channel)
-                .send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip);
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
-            let mut acks =
-                client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream").into_inner();
-            let acked = tokio::spawn(async move {
-                let mut n = 0u64;
-                while let Ok(Some(_)) = acks.message().await {
-                    n += 1;
-                }
-                n
-            });
-            // Spread the agents over the second, as real ones are.
-            tokio::time::sleep(Duration::from_millis(u64::from(a) * 1000 / u64::from(agents))).await;
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            for seq in 1..=seconds {
-                tick.tick().await;
-                let now = hostprobe::metrics::now_unix_ns();
-                let report = pb::Report {
-                    agent: Some(pb::AgentIdentity {
-                        agent_id: format!("synthetic-{a}"),
-                        epoch: 1,
-                        ..Default::default()
-                    }),
-                    sequence: seq,
-                    interval_start_unix_ns: now - 1_000_000_000,
-                    interval_end_unix_ns: now,
-                    processes: template.clone(),
-                    ..Default::default()
-                };
-                if tx.send(report).await.is_err() {
-                    break;
-                }
-            }
-            drop(tx);
-            acked.await.unwrap_or(0)
-        }));
+        let (url, token) = (url.clone(), token.clone());
+        if a % every == every - 1 {
+            let kind = Bad::ALL[bad.len() % Bad::ALL.len()];
+            bad.push((kind, tokio::spawn(misbehave(url, format!("misbehaving-{a}"), kind, token, end))));
+        } else {
+            good.push(tokio::spawn(behave(url, a, agents, seconds, template.clone(), token)));
+        }
     }
-    let mut acked = 0;
-    for t in tasks {
-        acked += t.await.unwrap_or(0);
+    let (mut sent, mut acked, mut latencies) = (0, 0, Vec::new());
+    let good_agents = good.len();
+    for t in good {
+        let (s, a, ms) = t.await.unwrap_or_default();
+        (sent, acked) = (sent + s, acked + a);
+        latencies.extend(ms);
     }
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut kinds: BTreeMap<&str, (u64, BTreeMap<String, u64>)> = BTreeMap::new();
+    for (kind, t) in bad {
+        let entry = kinds.entry(kind.name()).or_default();
+        entry.0 += 1;
+        for code in t.await.unwrap_or_default() {
+            *entry.1.entry(format!("{code:?}")).or_default() += 1;
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)));
+    let misbehaving: serde_json::Map<String, serde_json::Value> = kinds
+        .into_iter()
+        .map(|(k, (n, codes))| (k.to_string(), serde_json::json!({"agents": n, "codes": codes})))
+        .collect();
     println!(
-        "{{\"agents\":{agents},\"processes\":{processes},\"seconds\":{seconds},\"sent\":{},\"acked\":{acked},\"report_bytes\":{size},\"elapsed_s\":{:.2}}}",
-        u64::from(agents) * seconds,
-        start.elapsed().as_secs_f64()
+        "{}",
+        serde_json::json!({
+            "agents": agents,
+            "good_agents": good_agents,
+            "processes": processes,
+            "seconds": seconds,
+            "sent": sent,
+            "acked": acked,
+            "ack_p50_ms": pct(0.5),
+            "ack_p99_ms": pct(0.99),
+            "report_bytes": size,
+            "elapsed_s": elapsed,
+            "misbehaving": misbehaving,
+        })
     );
 }

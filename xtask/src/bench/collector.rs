@@ -175,24 +175,24 @@ fn query_loop(url: &str, stop: &AtomicBool) -> Result<Vec<f64>> {
 
 /// A `hostprobe collector` on a free loopback port, killed on drop (with
 /// its journal, if it keeps one).
-struct CollectorProcess {
-    child: Child,
-    url: String,
+pub(super) struct CollectorProcess {
+    pub(super) child: Child,
+    pub(super) url: String,
     data_dir: Option<PathBuf>,
 }
 
 impl CollectorProcess {
     fn start(setup: Setup) -> Result<Self> {
+        // The bench's agents carry no credentials.
+        Self::start_with(&["--no-auth"], (setup == Setup::Durable).then(|| PathBuf::from(DATA_DIR)))
+    }
+
+    /// `hostprobe collector --plaintext` with `args`, journaling to a fresh
+    /// `data_dir` if given.
+    pub(super) fn start_with(args: &[&str], data_dir: Option<PathBuf>) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut cmd = Command::new(root().join("target/release/hostprobe"));
-        cmd.args(["collector", "--plaintext", "--listen", &format!("127.0.0.1:{port}")]);
-        // A collector that refuses to start without credentials says
-        // `--no-auth` in its help: the bench's agents carry none.
-        let help = Command::new(root().join("target/release/hostprobe")).args(["collector", "--help"]).output()?;
-        if String::from_utf8_lossy(&help.stdout).contains("--no-auth") {
-            cmd.arg("--no-auth");
-        }
-        let data_dir = (setup == Setup::Durable).then(|| PathBuf::from(DATA_DIR));
+        cmd.args(["collector", "--plaintext", "--listen", &format!("127.0.0.1:{port}")]).args(args);
         if let Some(d) = &data_dir {
             let _ = std::fs::remove_dir_all(d);
             cmd.arg("--data-dir").arg(d);
