@@ -115,10 +115,18 @@ hostprobe query --collector URL --diagnose        the same rules over a collecto
     Diagnose(DiagnoseArgs),
     /// Record a baseline: the whole run's figures per process group (name
     /// and cgroup), with exact histograms, in one file for `compare`.
+    ///
+    /// With --collector, records a window the collector still holds for one
+    /// host instead of running the probes here: now against an hour ago,
+    /// without having recorded then.
     #[command(after_help = "Examples:\n  \
 hostprobe record --duration 30s --out before.json                the whole host\n  \
 hostprobe record --duration 30s --cgroup /system.slice/db.service --out after.json\n  \
-hostprobe compare before.json after.json --fail-on 'p99 > +20%'")]
+hostprobe compare before.json after.json --fail-on 'p99 > +20%'\n\n\
+From a collector (the query token; the window must be one it still holds, see --retention):\n  \
+hostprobe record --collector URL --host web-3 --ago 1h --duration 10m --out then.json\n  \
+hostprobe record --collector URL --host web-3 --duration 10m --out now.json\n  \
+hostprobe compare then.json now.json")]
     Record(crate::baseline::record::RecordArgs),
     /// Say what changed between two recordings: per process group and
     /// resource, only changes larger than the histograms' resolution and

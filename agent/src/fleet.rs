@@ -10,7 +10,8 @@ use crate::{
     hist::Dist,
     probes::{disk::DiskData, offcpu::OffcpuData, syscall::SyscallData},
     procinfo::ProcMeta,
-    report::{DiskReport, Latency, OffcpuReport, ProcessReport, SyscallReport, TcpReport},
+    report::{DiskReport, Latency, OffcpuReport, ProcessReport, Report, SyscallReport, TcpReport},
+    status::ProbeStatus,
     wire::{self, pb},
 };
 
@@ -43,6 +44,9 @@ struct Tcp {
 #[derive(Default)]
 struct Process {
     comm: String,
+    cgroup: String,
+    container_id: String,
+    exited: bool,
     syscalls: BTreeMap<(u32, String), SyscallData>,
     disk: BTreeMap<(String, &'static str), DiskData>,
     offcpu: Option<OffcpuData>,
@@ -65,6 +69,9 @@ fn add_disk(into: &mut BTreeMap<(String, &'static str), DiskData>, d: &pb::DiskS
 impl Process {
     fn add(&mut self, p: &pb::Process) {
         self.comm.clone_from(&p.comm);
+        self.cgroup.clone_from(&p.cgroup);
+        self.container_id.clone_from(&p.container_id);
+        self.exited |= p.exited;
         for s in &p.syscalls {
             let lat = s.latency.as_ref();
             let d = SyscallData {
@@ -155,8 +162,13 @@ impl Process {
             .collect();
         ProcessReport {
             pid,
-            meta: ProcMeta { comm: self.comm.clone(), ..Default::default() },
-            exited: false,
+            meta: ProcMeta {
+                comm: self.comm.clone(),
+                cgroup: Some(self.cgroup.clone()).filter(|c| !c.is_empty()),
+                container_id: Some(self.container_id.clone()).filter(|c| !c.is_empty()),
+                ..Default::default()
+            },
+            exited: self.exited,
             syscall_total: Latency::from(&total),
             syscalls,
             disk: disk_list(&self.disk),
@@ -192,6 +204,38 @@ impl AgentWindow {
         for d in &r.devices {
             add_disk(&mut self.devices, d);
         }
+    }
+}
+
+/// One report back in the report model (its processes, devices and
+/// probes' health): how `hostprobe record --collector` records a window
+/// the collector holds as `hostprobe record` records the host.
+pub fn interval_report(r: &pb::Report) -> Report {
+    let mut w = AgentWindow::default();
+    w.add(r);
+    let probes = r
+        .probes
+        .iter()
+        .map(|p| {
+            let name = crate::probes::ALL.iter().map(|s| s.name).find(|n| *n == p.name).unwrap_or("unknown");
+            let mut s = ProbeStatus::active(name, Vec::new());
+            s.active = p.active;
+            s.error = Some(p.error.clone()).filter(|e| !e.is_empty());
+            s.lost = p.lost;
+            s
+        })
+        .collect();
+    Report {
+        time: String::new(),
+        interval_ns: w.window_ns,
+        end_unix_ns: r.interval_end_unix_ns,
+        host: w.host_name,
+        processes: w.processes.iter().map(|(pid, p)| p.report(*pid)).collect(),
+        other: None,
+        devices: disk_list(&w.devices),
+        tcp_unknown_owner: Vec::new(),
+        processes_over_cap: 0,
+        probes,
     }
 }
 

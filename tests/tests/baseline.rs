@@ -23,7 +23,9 @@ use std::{
     time::Duration,
 };
 
-use hostprobe_tests::{hostprobe, BlkioGroup, Cgroup2, LoopDevice, NetPair, TempDir, Workload};
+use hostprobe_tests::{
+    free_port, hostprobe, Agent, BlkioGroup, Cgroup2, Collector, LoopDevice, NetPair, TempDir, Workload,
+};
 use serde_json::Value;
 
 const RECORD: &str = "3s";
@@ -261,6 +263,96 @@ fn unchanged_runs_show_no_change_and_each_change_comes_first() {
     }
     // Checked last, so that a failure still shows the changed runs.
     assert!(noisy.is_empty(), "unchanged runs reported changes:\n{}", noisy.join("\n"));
+}
+
+/// `hostprobe record --collector URL --agent-id ID --ago AGO --duration
+/// DUR --out DIR/NAME.json`: (exit status, stderr, path).
+fn record_from(url: &str, dir: &str, name: &str, ago: Duration, dur: Duration) -> (bool, String, String) {
+    let out = format!("{dir}/{name}.json");
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let rec = hostprobe()
+        .args(["record", "--collector", url, "--plaintext", "--agent-id", "lab"])
+        .args(["--ago", &ms(ago), "--duration", &ms(dur), "--out", &out])
+        .output()
+        .expect("run hostprobe record --collector");
+    (rec.status.success(), String::from_utf8_lossy(&rec.stderr).to_string(), out)
+}
+
+#[test]
+fn windows_a_collector_holds_compare_as_recordings_do() {
+    // The lab streamed to a collector by an agent (intervals of 500 ms, as
+    // a local recording's slices): two windows before a change (a write
+    // limit on the writer's cgroup) and one after it, recorded afterwards
+    // from the collector's window; truth from /proc/diskstats.
+    let lab = Lab::new();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _collector = Collector::start(port, &["--plaintext"]);
+    let cg = lab.cg.path();
+    let mut running = lab.start();
+    let mut agent = Agent::start(&[
+        "--collector",
+        &url,
+        "--plaintext",
+        "--agent-id",
+        "lab",
+        "--interval",
+        "500ms",
+        "--cgroup",
+        &cg,
+    ]);
+    let window = Duration::from_secs(3);
+    let mut spans = Vec::new();
+    for step in ["before-1", "before-2", "after"] {
+        if step == "after" {
+            lab.change(&mut running, Change::WriteLimit);
+        }
+        // The kernel's view of the lab while the window runs.
+        let (before, t0) = (lab.dev.stats(), std::time::Instant::now());
+        agent.run_for(window);
+        let per_s = (lab.dev.stats() - before).writes as f64 / t0.elapsed().as_secs_f64();
+        eprintln!("{step}: diskstats {per_s:.0} writes/s");
+        if step == "after" {
+            assert!(per_s <= 55.0, "the limit did not hold: {per_s:.0} writes/s");
+        } else {
+            assert!(per_s > 75.0, "the writer was slow: {per_s:.0} writes/s");
+        }
+        spans.push((step, t0, t0.elapsed()));
+    }
+    // The last reports reach the collector.
+    agent.run_for(Duration::from_millis(1500));
+    drop(running);
+    let now = std::time::Instant::now();
+    let files: Vec<String> = spans
+        .iter()
+        .map(|(step, t0, len)| {
+            let ago = now.duration_since(*t0).saturating_sub(*len);
+            let (ok, err, path) = record_from(&url, &lab.dir, step, ago, *len);
+            assert!(ok, "record {step}: {err}");
+            path
+        })
+        .collect();
+    let (code, v) = compare(&files[0], &files[1]);
+    assert_eq!(v["groups_compared"], 3, "{v}");
+    assert!(code == 0 && v["changes"].as_array().unwrap().is_empty(), "unchanged windows differ: {v}");
+    let (code, v) = compare(&files[1], &files[2]);
+    let first = &v["changes"][0];
+    assert_eq!(first["cgroup"], format!("{cg}/disk"), "{v}");
+    assert_eq!(
+        (first["resource"].as_str(), first["what"].as_str(), first["direction"].as_str()),
+        (Some("disk"), Some("time blocked (D state: disk)"), Some("up")),
+        "{v}"
+    );
+    assert_eq!(code, 1, "--fail-on '{FAIL_ON}' did not fail");
+
+    // A window the collector does not hold (before it started): refused,
+    // with what it holds, rather than recorded from less.
+    let (ok, err, _) = record_from(&url, &lab.dir, "too-old", Duration::from_secs(3600), window);
+    assert!(!ok && err.contains("cannot answer for agent lab") && err.contains("holds no report"), "{err}");
+    // Half of it held: refused too, saying how much is there.
+    let since_start = now.duration_since(spans[0].1);
+    let (ok, err, _) = record_from(&url, &lab.dir, "half", Duration::ZERO, since_start * 2);
+    assert!(!ok && err.contains("its reports cover"), "{err}");
 }
 
 #[test]

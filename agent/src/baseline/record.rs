@@ -13,6 +13,7 @@ use super::{Disk, Group, Layout, ProbeInfo, Recording, Sleep, Syscall, Tcp};
 use crate::{
     hist::Histogram,
     report::{DiskReport, DistReport, ProcessReport, Report, TcpReport},
+    wire::pb,
 };
 
 #[derive(Debug, clap::Args)]
@@ -25,6 +26,19 @@ pub struct RecordArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub filters: crate::filters::FilterArgs,
+    /// Record from this collector's window instead of the probes here.
+    #[command(flatten, next_help_heading = "From a collector")]
+    pub client: crate::grpc::ClientArgs,
+    /// With --collector: the host to record (its agent's host name).
+    #[arg(long, value_name = "NAME", help_heading = "From a collector")]
+    pub host: Option<String>,
+    /// With --collector: the agent to record, by id (when a host name is
+    /// not enough).
+    #[arg(long, value_name = "ID", help_heading = "From a collector")]
+    pub agent_id: Option<String>,
+    /// With --collector: the window ends this long ago (and lasts --duration).
+    #[arg(long, default_value = "0s", value_parser = crate::units::parse_window, value_name = "DURATION", help_heading = "From a collector")]
+    pub ago: Duration,
 }
 
 /// Slices a run is read in (the noise within a run is measured between
@@ -39,11 +53,18 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Relaxed);
 }
 
+fn usage(e: &str) -> std::process::ExitCode {
+    eprintln!("hostprobe: {e} (see `hostprobe record --help`)");
+    std::process::ExitCode::from(2)
+}
+
 pub fn run(args: &RecordArgs) -> std::process::ExitCode {
-    let usage = |e: &str| {
-        eprintln!("hostprobe: {e} (see `hostprobe record --help`)");
-        std::process::ExitCode::from(2)
-    };
+    if !args.client.collectors.is_empty() {
+        return from_collector(args);
+    }
+    if args.host.is_some() || args.agent_id.is_some() || !args.ago.is_zero() {
+        return usage("--host, --agent-id and --ago are for recording from a collector: add --collector URL");
+    }
     let opts = match args.filters.resolve(None) {
         Ok(o) => o,
         Err(e) => return usage(&e),
@@ -98,22 +119,134 @@ pub fn run(args: &RecordArgs) -> std::process::ExitCode {
         command: std::env::args().collect(),
         filters,
     });
-    let groups = recording.groups.len();
-    let written = serde_json::to_vec(&recording)
+    write(&recording, &tmp, &args.out)
+}
+
+/// Writes `recording` to `tmp`, then renames it to `out`.
+fn write(recording: &Recording, tmp: &std::path::Path, out: &std::path::Path) -> std::process::ExitCode {
+    let written = serde_json::to_vec(recording)
         .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|()| std::fs::rename(&tmp, &args.out));
+        .and_then(|bytes| std::fs::write(tmp, bytes))
+        .and_then(|()| std::fs::rename(tmp, out));
     if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        eprintln!("hostprobe: writing {}: {e}", args.out.display());
+        let _ = std::fs::remove_file(tmp);
+        eprintln!("hostprobe: writing {}: {e}", out.display());
         return std::process::ExitCode::FAILURE;
     }
     eprintln!(
-        "hostprobe: recorded {groups} process groups over {} to {}",
+        "hostprobe: recorded {} process groups over {} to {}",
+        recording.groups.len(),
         crate::units::duration(recording.duration_ns),
-        args.out.display()
+        out.display()
     );
     std::process::ExitCode::SUCCESS
+}
+
+/// The share of the window asked for that the reports must cover: less,
+/// and the recording would compare a shorter run as if it were the whole.
+const MIN_COVER: f64 = 0.9;
+
+/// `hostprobe record --collector`: one agent's reports in the window,
+/// each a slice, merged as the probes' intervals are.
+fn from_collector(args: &RecordArgs) -> std::process::ExitCode {
+    let (agent_id, host_name) = match (&args.agent_id, &args.host) {
+        (Some(id), _) => (id.clone(), String::new()),
+        (None, Some(h)) => (String::new(), h.clone()),
+        (None, None) => return usage("--collector needs --host NAME or --agent-id ID: whose window to record"),
+    };
+    if !args.filters.pids.is_empty() {
+        return usage("--pid names processes of this host: with --collector, use --comm or --cgroup");
+    }
+    let now = crate::metrics::now_unix_ns();
+    let to = now - args.ago.as_nanos() as i64;
+    let from = to - args.duration.as_nanos() as i64;
+    let tmp = args.out.with_extension("partial");
+    if let Err(e) = std::fs::write(&tmp, b"") {
+        return usage(&format!("--out {}: cannot write there ({e})", args.out.display()));
+    }
+    let fetched = fetch(&args.client, pb::ReportsRequest { agent_id, host_name, from_unix_ns: from, to_unix_ns: to });
+    let reports = match fetched {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("hostprobe: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let who = args
+        .agent_id
+        .as_deref()
+        .map_or_else(|| format!("host {}", args.host.as_deref().unwrap_or("")), |id| format!("agent {id}"));
+    let when = |ns: i64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)).to_string()
+    };
+    // The part of [from, to) the reports' intervals cover.
+    let covered: i64 =
+        reports.iter().map(|r| (r.interval_end_unix_ns.min(to) - r.interval_start_unix_ns.max(from)).max(0)).sum();
+    let asked = to - from;
+    if (covered as f64) < MIN_COVER * asked as f64 {
+        let _ = std::fs::remove_file(&tmp);
+        let held = match (reports.first(), reports.last()) {
+            (Some(a), Some(b)) => format!(
+                "its reports cover {} of it ({} to {})",
+                crate::units::duration(covered as u64),
+                when(a.interval_start_unix_ns),
+                when(b.interval_end_unix_ns)
+            ),
+            _ => "it holds no report of it".to_string(),
+        };
+        eprintln!(
+            "hostprobe: the collector cannot answer for {who} from {} to {} ({}): {held}. Ask for a window it \
+             still holds (later, or shorter), or keep more there (--retention, --max-memory)",
+            when(from),
+            when(to),
+            crate::units::duration(asked as u64)
+        );
+        return std::process::ExitCode::FAILURE;
+    }
+    let comm = args.filters.comm.as_deref();
+    let cgroup = args.filters.cgroup.as_deref();
+    let mut rec = Recorder::new(u32::MAX);
+    let mut host = String::new();
+    for (slice, mut r) in reports.into_iter().enumerate() {
+        r.processes.retain(|p| comm.is_none_or(|c| p.comm == c) && cgroup.is_none_or(|g| p.cgroup.starts_with(g)));
+        let report = crate::fleet::interval_report(&r);
+        host.clone_from(&report.host);
+        rec.add(&report, slice as u32);
+    }
+    let mut filters = vec![format!("--collector {}", args.client.collectors[0]), format!("{who}")];
+    filters.extend(args.filters.comm.iter().map(|c| format!("--comm {c}")));
+    filters.extend(args.filters.cgroup.iter().map(|c| format!("--cgroup {c}")));
+    let slices = rec.slices.max(1);
+    let recording = rec.finish(Header {
+        host,
+        started: when(from),
+        slice_ns: (covered / i64::from(slices)) as u64,
+        command: std::env::args().collect(),
+        filters,
+    });
+    write(&recording, &tmp, &args.out)
+}
+
+/// The collector's `Reports` answer, in order.
+fn fetch(client: &crate::grpc::ClientArgs, q: pb::ReportsRequest) -> anyhow::Result<Vec<pb::Report>> {
+    let url = client.collectors[0].clone();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let channel = crate::grpc::channel(&url, client).await?;
+        let mut c = pb::collector_client::CollectorClient::new(channel).max_decoding_message_size(64 << 20);
+        let mut req = tonic::Request::new(q);
+        if let Some(t) = crate::grpc::token(client)? {
+            req.metadata_mut().insert("authorization", t);
+        }
+        let status = |s: tonic::Status| anyhow::anyhow!("{url}: {}", crate::grpc::status_message(&s));
+        let mut stream = c.reports(req).await.map_err(status)?.into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = stream.message().await.map_err(status)? {
+            out.push(r);
+        }
+        Ok(out)
+    })
 }
 
 /// What a recording says about how it was made.

@@ -118,6 +118,43 @@ pub fn answer(snapshot: &[(String, Vec<Arc<[u8]>>)], agents: usize, q: &pb::Quer
     pb::QueryResponse { rows: out, agents: agents as u32, reports, diagnoses: Vec::new() }
 }
 
+/// One agent's reports (by id, or by host name) whose interval ends in
+/// `[from, to)`, oldest first, from `snapshot` (per agent, its reports
+/// ending at or after `from`).
+pub fn reports(
+    snapshot: &[(String, Vec<Arc<[u8]>>)],
+    q: &pb::ReportsRequest,
+) -> Result<Vec<pb::Report>, tonic::Status> {
+    let mut found: std::collections::BTreeMap<&str, Vec<pb::Report>> = Default::default();
+    for (id, window) in snapshot {
+        if !q.agent_id.is_empty() && *id != q.agent_id {
+            continue;
+        }
+        for bytes in window {
+            let Ok(r) = pb::Report::decode(&bytes[..]) else { continue };
+            let host = r.agent.as_ref().map_or("", |a| a.host_name.as_str());
+            if q.agent_id.is_empty() && host != q.host_name {
+                continue;
+            }
+            if r.interval_end_unix_ns >= q.from_unix_ns && r.interval_end_unix_ns < q.to_unix_ns {
+                found.entry(id).or_default().push(r);
+            }
+        }
+    }
+    if found.len() > 1 {
+        let ids: Vec<&str> = found.keys().copied().collect();
+        return Err(tonic::Status::invalid_argument(format!(
+            "host {} is {} agents ({}): name one with --agent-id",
+            q.host_name,
+            ids.len(),
+            ids.join(", ")
+        )));
+    }
+    let mut out = found.into_values().next().unwrap_or_default();
+    out.sort_by_key(|r| r.interval_end_unix_ns);
+    Ok(out)
+}
+
 /// `hostprobe query`.
 #[derive(Debug, clap::Args)]
 pub struct QueryArgs {

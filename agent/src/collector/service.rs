@@ -123,8 +123,55 @@ impl Service {
     }
 
     fn reject(&self, peer: &str, s: &Status) {
-        self.lock().rejected += 1;
-        log::warn!("rejected {peer}: {:?}: {}", s.code(), s.message());
+        let mut store = self.lock();
+        store.rejected += 1;
+        if let Some(suppressed) = store.reject_log.admit(std::time::Instant::now(), s.code()) {
+            log::warn!("rejected {peer}: {:?}: {}", s.code(), s.message());
+            if !suppressed.is_empty() {
+                log::warn!("... and {} more rejected streams not logged one by one", summary(&suppressed));
+            }
+        }
+    }
+}
+
+/// `12 (ResourceExhausted 10, InvalidArgument 2)`.
+fn summary(by_code: &std::collections::BTreeMap<i32, u64>) -> String {
+    let total: u64 = by_code.values().sum();
+    let each: Vec<String> = by_code.iter().map(|(c, n)| format!("{:?} {n}", tonic::Code::from_i32(*c))).collect();
+    format!("{total} ({})", each.join(", "))
+}
+
+/// Bounds the log a misbehaving fleet can cause: at most [`RejectLog::PER_WINDOW`]
+/// rejections are logged one by one per [`RejectLog::WINDOW`]; the rest are
+/// counted by status and summed up with the next one logged.
+#[derive(Default)]
+pub struct RejectLog {
+    window_start: Option<std::time::Instant>,
+    logged: u32,
+    suppressed: std::collections::BTreeMap<i32, u64>,
+}
+
+impl RejectLog {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+    const PER_WINDOW: u32 = 20;
+
+    /// `Some(what was held back since the last line)` if this rejection
+    /// is to be logged; `None` if it is only counted.
+    pub fn admit(
+        &mut self,
+        now: std::time::Instant,
+        code: tonic::Code,
+    ) -> Option<std::collections::BTreeMap<i32, u64>> {
+        if self.window_start.is_none_or(|t| now.duration_since(t) >= Self::WINDOW) {
+            self.window_start = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < Self::PER_WINDOW {
+            self.logged += 1;
+            return Some(std::mem::take(&mut self.suppressed));
+        }
+        *self.suppressed.entry(code as i32).or_default() += 1;
+        None
     }
 }
 
@@ -219,6 +266,18 @@ impl pb::collector_server::Collector for Service {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
+    type ReportsStream = Pin<Box<dyn Stream<Item = Result<pb::Report, Status>> + Send>>;
+
+    async fn reports(&self, request: Request<pb::ReportsRequest>) -> Result<Response<Self::ReportsStream>, Status> {
+        self.auth.check(&request, &self.auth.query, "queries", "--query-token-file")?;
+        let q = request.into_inner();
+        let snapshot = self.lock().snapshot(q.from_unix_ns);
+        let reports = tokio::task::spawn_blocking(move || super::query::reports(&snapshot, &q))
+            .await
+            .map_err(|e| Status::internal(format!("reports failed: {e}")))??;
+        Ok(Response::new(Box::pin(tokio_stream::iter(reports.into_iter().map(Ok)))))
+    }
+
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
         self.auth.check(&request, &self.auth.query, "queries", "--query-token-file")?;
         let q = request.into_inner();
@@ -232,5 +291,35 @@ impl pb::collector_server::Collector for Service {
             .await
             .map_err(|e| Status::internal(format!("query failed: {e}")))?;
         Ok(Response::new(resp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{summary, RejectLog};
+
+    #[test]
+    fn a_flood_of_rejections_logs_a_bounded_number_of_lines_and_loses_no_count() {
+        let mut log = RejectLog::default();
+        let t0 = Instant::now();
+        let mut lines = 0;
+        let mut summed = 0;
+        // 10,000 rejections over 25 s: three windows of 10 s.
+        for i in 0..10_000u64 {
+            let now = t0 + Duration::from_micros(i * 2_500);
+            let code = if i % 2 == 0 { tonic::Code::ResourceExhausted } else { tonic::Code::InvalidArgument };
+            if let Some(held) = log.admit(now, code) {
+                lines += 1;
+                summed += held.values().sum::<u64>();
+            }
+        }
+        assert_eq!(lines, 3 * RejectLog::PER_WINDOW as u64, "20 lines per 10 s window");
+        let pending: u64 = log.suppressed.values().sum();
+        assert_eq!(lines + summed + pending, 10_000, "every rejection is logged, summed or pending");
+        let held = log.admit(t0 + Duration::from_secs(40), tonic::Code::Unauthenticated).unwrap();
+        assert_eq!(held.values().sum::<u64>(), pending);
+        assert!(summary(&held).contains("ResourceExhausted") && summary(&held).contains("InvalidArgument"));
     }
 }

@@ -76,6 +76,8 @@ pub struct Store {
     order: VecDeque<(String, usize)>,
     bytes: usize,
     pub rejected: u64,
+    /// Keeps the log of rejections bounded.
+    pub reject_log: super::service::RejectLog,
     pub evicted_agents: u64,
 }
 
