@@ -4,6 +4,7 @@
 //! cargo xtask run [-- ARGS]   set up, build, run `hostprobe run ARGS` as root
 //! cargo xtask test [-- ARGS]  set up, build, run every test (ARGS go to cargo test)
 //! cargo xtask bench           set up (with the peers), measure, write BENCHMARKS.md
+//! cargo xtask soak            set up, build, 30 minutes of churn: memory and map slopes to BENCHMARKS.md
 //! cargo xtask image           set up, build the container image (static binary, FROM scratch)
 //! cargo xtask setup           only install what is missing (idempotent)
 //! ```
@@ -11,6 +12,7 @@
 mod bench;
 mod image;
 mod setup;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -49,6 +51,9 @@ enum Task {
     },
     /// Measure the probes' overhead against a baseline and the peers; writes BENCHMARKS.md.
     Bench(bench::Args),
+    /// Run the agent and the collector for a long while under process and connection churn,
+    /// the collector restarted meanwhile; writes the memory and map-entry slopes to BENCHMARKS.md.
+    Soak(soak::Args),
     /// Build the container image with podman: the static (musl) binary alone, FROM scratch
     /// (deploy/container/Containerfile). No base image is downloaded.
     Image {
@@ -89,6 +94,11 @@ fn main() -> Result<()> {
         Task::Image { tag } => {
             setup::all(false)?;
             image::build(&tag)
+        }
+        Task::Soak(args) => {
+            setup::all(false)?;
+            build()?;
+            soak::run(args)
         }
         Task::Bench(args) => {
             setup::all(true)?;
