@@ -4,6 +4,7 @@
 //! cargo xtask run [-- ARGS]   set up, build, run `hostprobe run ARGS` as root
 //! cargo xtask test [-- ARGS]  set up, build, run every test (ARGS go to cargo test)
 //! cargo xtask bench           set up (with the peers), measure, write BENCHMARKS.md
+//! cargo xtask soak            set up, build, 30 minutes of churn: memory and map slopes to BENCHMARKS.md
 //! cargo xtask image           set up, build the container image (static binary, FROM scratch)
 //! cargo xtask setup           only install what is missing (idempotent)
 //! ```
@@ -11,6 +12,7 @@
 mod bench;
 mod image;
 mod setup;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -52,6 +54,9 @@ enum Task {
     /// The collector under 1,000 agents of which 10% misbehave (floods, malformed and oversized
     /// messages, a wrong token), beside the well-behaved ones alone; writes its block of BENCHMARKS.md.
     Hostile(bench::hostile::Args),
+    /// Run the agent and the collector for a long while under process and connection churn,
+    /// the collector restarted meanwhile; writes the memory and map-entry slopes to BENCHMARKS.md.
+    Soak(soak::Args),
     /// Build the container image with podman: the static (musl) binary alone, FROM scratch
     /// (deploy/container/Containerfile). No base image is downloaded.
     Image {
@@ -92,6 +97,11 @@ fn main() -> Result<()> {
         Task::Image { tag } => {
             setup::all(false)?;
             image::build(&tag)
+        }
+        Task::Soak(args) => {
+            setup::all(false)?;
+            build()?;
+            soak::run(args)
         }
         Task::Bench(args) => {
             setup::all(true)?;

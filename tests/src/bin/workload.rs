@@ -92,6 +92,21 @@
 //!                               to the collector at URL (plaintext) for SECS;
 //!                               prints {"acked","p50_ms","p99_ms"} of the time from
 //!                               each send to its acknowledgement
+//!
+//! For `cargo xtask soak` (these also start at once):
+//!
+//! ```text
+//! workload churn-pool N SECS    keeps N forked children alive for SECS: each makes
+//!                               1-5 s of rounds (the 14 fleet syscalls, then a
+//!                               100 ms nanosleep) and exits, and is replaced at
+//!                               once; prints {"forks"}
+//! workload conn-churn SECS      a loopback listener (thread) answers each connection
+//!                               with one byte and closes it; the main thread
+//!                               connects, reads to EOF and closes, 2 ms apart, for
+//!                               SECS; prints {"connections"}
+//! workload marked NAME MS SECS  names itself NAME, makes nanosleep(MS ms) calls
+//!                               for SECS, then prints how many it made; 16 more
+//!                               threads wait in poll() meanwhile (1 s timeouts)
 //! ```
 use std::{io::BufRead, time::Duration};
 
@@ -392,6 +407,98 @@ fn fleet(args: &[String]) {
     println!("{pids:?}");
 }
 
+/// `churn-pool N SECS`: see the module's documentation. The children
+/// make raw syscalls only, so pids are reused and processes come and go
+/// as on a busy build host.
+fn churn_pool(n: u64, secs: u64) {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    let spawn = || {
+        // SAFETY: this process is single-threaded; the child makes raw
+        // syscalls only (async-signal safe) and ends with _exit.
+        match unsafe { libc::fork() } {
+            0 => {
+                // SAFETY: a syscall without arguments.
+                let pid = unsafe { libc::syscall(libc::SYS_getpid) } as u64;
+                for _ in 0..10 + pid % 41 {
+                    fleet_round(100);
+                }
+                // SAFETY: ends the child without running the parent's destructors.
+                unsafe { libc::_exit(0) }
+            }
+            pid if pid > 0 => {}
+            _ => panic!("fork: {}", std::io::Error::last_os_error()),
+        }
+    };
+    for _ in 0..n {
+        spawn();
+    }
+    let (mut forks, mut alive) = (n, n);
+    while alive > 0 {
+        // SAFETY: reaps any child of this process.
+        if unsafe { libc::waitpid(-1, std::ptr::null_mut(), 0) } <= 0 {
+            break;
+        }
+        alive -= 1;
+        if std::time::Instant::now() < end {
+            spawn();
+            forks += 1;
+            alive += 1;
+        }
+    }
+    println!("{{\"forks\":{forks}}}");
+}
+
+/// `conn-churn SECS`: see the module's documentation. The server closes
+/// first, so TIME_WAIT sockets sit on its side and the client's ephemeral
+/// ports are not used up.
+fn conn_churn(secs: u64) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().map_while(Result::ok) {
+            let _ = s.write_all(&[1]);
+        }
+    });
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut n = 0u64;
+    while std::time::Instant::now() < end {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.read_to_end(&mut Vec::new()).expect("read");
+        n += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    println!("{{\"connections\":{n}}}");
+}
+
+/// `marked NAME MS SECS`: see the module's documentation.
+fn marked(name: &str, ms: u64, secs: u64) {
+    let name = std::ffi::CString::new(name).expect("name");
+    // SAFETY: a NUL-terminated name (the kernel keeps its first 15 bytes).
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    // Threads that each spend a second per second in poll(): this process
+    // then has more time in syscalls than any other, so it ranks first in
+    // every report however many processes run (--top cuts by that time).
+    for _ in 0..16 {
+        std::thread::spawn(|| loop {
+            // SAFETY: no descriptors; a 1 s timeout.
+            unsafe { libc::poll(std::ptr::null_mut(), 0, 1000) };
+        });
+    }
+    // Every interval with a nanosleep in it also has the threads' polls:
+    // 2 s of them before the first and after the last (the sleeps here
+    // are clock_nanosleep, not nanosleep).
+    std::thread::sleep(Duration::from_secs(2));
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut n = 0u64;
+    while std::time::Instant::now() < end {
+        nanosleep(ms);
+        n += 1;
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    println!("{n}");
+}
+
 fn halves(n: u64, f: impl Fn()) {
     for i in 0..n {
         if i == n / 2 {
@@ -553,6 +660,18 @@ fn main() {
         }
         Some("fleet") => {
             fleet(&args);
+            return;
+        }
+        Some("churn-pool") => {
+            churn_pool(arg(&args, 2), arg(&args, 3));
+            return;
+        }
+        Some("conn-churn") => {
+            conn_churn(arg(&args, 2));
+            return;
+        }
+        Some("marked") => {
+            marked(&args[2], arg(&args, 3), arg(&args, 4));
             return;
         }
         Some("busy") => {

@@ -183,30 +183,43 @@ pub(super) struct CollectorProcess {
 
 impl CollectorProcess {
     fn start(setup: Setup) -> Result<Self> {
-        // The bench's agents carry no credentials.
-        Self::start_with(&["--no-auth"], (setup == Setup::Durable).then(|| PathBuf::from(DATA_DIR)))
+        Self::start_with(&[], (setup == Setup::Durable).then(|| PathBuf::from(DATA_DIR)))
     }
 
     /// `hostprobe collector --plaintext` with `args`, journaling to a fresh
     /// `data_dir` if given.
     pub(super) fn start_with(args: &[&str], data_dir: Option<PathBuf>) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut cmd = Command::new(root().join("target/release/hostprobe"));
-        cmd.args(["collector", "--plaintext", "--listen", &format!("127.0.0.1:{port}")]).args(args);
+        let mut extra: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
         if let Some(d) = &data_dir {
             let _ = std::fs::remove_dir_all(d);
-            cmd.arg("--data-dir").arg(d);
+            extra.extend(["--data-dir".into(), d.clone().into_os_string()]);
         }
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting the collector")?;
-        let end = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > end {
-                bail!("the collector did not start listening");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_collector(port, &extra, Stdio::null())?;
         Ok(Self { child, url: format!("http://127.0.0.1:{port}"), data_dir })
     }
+}
+
+/// Starts `hostprobe collector --plaintext` on `127.0.0.1:port` with
+/// `extra` arguments, its stderr to `stderr`; returns once it listens.
+pub(crate) fn spawn_collector(port: u16, extra: &[std::ffi::OsString], stderr: Stdio) -> Result<Child> {
+    let mut cmd = Command::new(root().join("target/release/hostprobe"));
+    cmd.args(["collector", "--plaintext", "--listen", &format!("127.0.0.1:{port}")]).args(extra);
+    // Without a token file, open: the bench's agents carry no credentials.
+    if !extra.iter().any(|a| a == "--token-file") {
+        cmd.arg("--no-auth");
+    }
+    let mut child = cmd.stdout(Stdio::null()).stderr(stderr).spawn().context("starting the collector")?;
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > end || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the collector did not start listening on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
 }
 
 impl Drop for CollectorProcess {

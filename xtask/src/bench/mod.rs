@@ -8,7 +8,7 @@
 //! (`write`), so that every figure in BENCHMARKS.md comes from this run.
 
 mod agent;
-mod collector;
+pub(crate) mod collector;
 mod disk;
 pub mod hostile;
 mod switch;
@@ -285,7 +285,7 @@ fn with_bpf_stats<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     result
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
@@ -313,7 +313,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// A `/proc/<pid>/status` field in kB (VmRSS, VmHWM), as MiB.
-fn status_mib(pid: u32, field: &str) -> Option<f64> {
+pub(crate) fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let v = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
     Some(v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()? / 1024.0)
