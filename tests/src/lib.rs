@@ -567,6 +567,20 @@ impl Collector {
         }
     }
 
+    /// SIGTERM, as systemd stops it; whether it exited within `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if !self.alive() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// SIGKILL: no goodbye, as in a crash.
     pub fn kill(mut self) {
         let _ = self.child.kill();

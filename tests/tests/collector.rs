@@ -77,6 +77,30 @@ fn a_collector_outage_loses_nothing_and_duplicates_nothing() {
 }
 
 #[test]
+fn sigterm_stops_a_collector_with_agents_streaming_and_nothing_is_lost() {
+    // A stream never ends on its own: the collector ends its agents'
+    // streams when told to stop (systemd's stop, a pod's termination), and
+    // they resend what was not acknowledged to the next one.
+    let data = TempDir::new("sigterm");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut collector = Collector::start(port, &["--plaintext", "--data-dir", data.path()]);
+    let mut agent = Agent::start(&agent_args(&url, "sigterm", &["--plaintext"]));
+    agent.run_for(Duration::from_secs(2));
+    let t = Instant::now();
+    assert!(collector.terminate(Duration::from_secs(5)), "still running 5 s after SIGTERM:\n{}", collector.log());
+    eprintln!("stopped {} ms after SIGTERM", t.elapsed().as_millis());
+    assert!(collector.log().contains("stopped:"), "{}", collector.log());
+    agent.run_for(Duration::from_secs(3));
+    let _collector = Collector::start(port, &["--plaintext", "--data-dir", data.path()]);
+    until_logged(&mut agent, "caught up", Duration::from_secs(60));
+    agent.run_for(Duration::from_secs(1));
+    let (reports, log) = agent.stop_logged();
+    assert!(log.contains("shutting down"), "the agent says why its stream ended: {log}");
+    assert_exactly_once(&data.0, "sigterm", reports.len());
+}
+
+#[test]
 fn with_a_spool_an_agent_restart_during_the_outage_loses_nothing() {
     let data = TempDir::new("spool-collector");
     let spool = TempDir::new("spool-agent");

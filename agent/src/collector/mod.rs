@@ -178,7 +178,9 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         m.host = crate::procinfo::hostname();
         Arc::new(Mutex::new(m))
     });
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let svc = Service {
+        stopping,
         store: Arc::new(Mutex::new(store)),
         limits: Arc::new(limits),
         journal,
@@ -253,6 +255,8 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
             log::info!("shutting down");
+            // Agents' streams never end on their own: end them.
+            let _ = stop.send(true);
         };
         server
             .add_service(health_svc)

@@ -54,6 +54,9 @@ pub struct Service {
     pub journal: Option<Journal>,
     /// Fleet-wide metrics, when exported.
     pub metrics: Option<Arc<Mutex<crate::metrics::Metrics>>>,
+    /// Becomes true at shutdown: open streams end (the server waits for
+    /// them), and their agents resend what was not acknowledged.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Service {
@@ -220,10 +223,21 @@ impl pb::collector_server::Collector for Service {
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let svc = self.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut agent = String::new();
             loop {
-                let msg = match inbound.next().await {
+                let next = tokio::select! {
+                    next = inbound.next() => next,
+                    () = async { drop(stopping.wait_for(|s| *s).await) } => {
+                        let s = Status::unavailable(
+                            "the collector is shutting down; reports not acknowledged were not kept: send them again",
+                        );
+                        let _ = tx.send(Err(s)).await;
+                        break;
+                    }
+                };
+                let msg = match next {
                     None => break,
                     Some(Ok(m)) => m,
                     Some(Err(s)) if s.code() == tonic::Code::Unknown || s.code() == tonic::Code::Cancelled => {
