@@ -9,6 +9,7 @@
 //! ```
 
 mod bench;
+mod fuzz;
 mod image;
 mod setup;
 
@@ -49,6 +50,8 @@ enum Task {
     },
     /// Measure the probes' overhead against a baseline and the peers; writes BENCHMARKS.md.
     Bench(bench::Args),
+    /// Run the fuzz properties (collector decoding and checks, journal and spool readers) a million times each.
+    Fuzz(fuzz::Args),
     /// Build the container image with podman: the static (musl) binary alone, FROM scratch
     /// (deploy/container/Containerfile). No base image is downloaded.
     Image {
@@ -95,6 +98,7 @@ fn main() -> Result<()> {
             build()?;
             bench::run(args)
         }
+        Task::Fuzz(args) => fuzz::run(args),
     }
 }
 

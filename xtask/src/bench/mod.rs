@@ -151,7 +151,6 @@ fn blocks(text: &str) -> Vec<&str> {
 /// block of that name if there is one, else appending it): how the long
 /// runs (`cargo xtask soak`, `fuzz`, ...) record their figures beside the
 /// bench's, each in a block that names its own run.
-#[allow(dead_code)] // until the soak and fuzz commands land
 pub fn write_block(name: &str, body: &str) -> Result<()> {
     let path = root().join("BENCHMARKS.md");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
