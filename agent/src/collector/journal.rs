@@ -59,11 +59,18 @@ fn record(report: &[u8]) -> Vec<u8> {
     frame(&deflate(report))
 }
 
-fn inflate(payload: &[u8]) -> Option<Vec<u8>> {
+/// No report is larger (the collector takes messages of `--max-message`,
+/// 4M by default).
+const REPORT_MAX: usize = 256 << 20;
+
+/// The report in a record, if it inflates to at most `max` bytes: a
+/// damaged or hostile record (deflate expands up to a thousandfold) costs
+/// no more memory than a real one.
+fn inflate(payload: &[u8], max: usize) -> Option<Vec<u8>> {
     use std::io::Read as _;
-    let mut out = Vec::with_capacity(payload.len() * 4);
-    flate2::read::DeflateDecoder::new(payload).read_to_end(&mut out).ok()?;
-    Some(out)
+    let mut out = Vec::with_capacity((payload.len() * 4).min(max));
+    flate2::read::DeflateDecoder::new(payload).take(max as u64 + 1).read_to_end(&mut out).ok()?;
+    (out.len() <= max).then_some(out)
 }
 
 /// Reads one segment into `out`; returns the length of its good prefix
@@ -82,7 +89,7 @@ fn scan(data: &[u8], each: &mut dyn FnMut(Vec<u8>), out: &mut Replay) -> usize {
     let mut good = 0;
     while at < data.len() {
         if let Some(p) = unframe(&data[at..]) {
-            match inflate(p) {
+            match inflate(p, REPORT_MAX) {
                 Some(report) => each(report),
                 None => {
                     out.corrupt += 1;
@@ -453,7 +460,7 @@ mod tests {
                         // as: the damage counted, then this.
                         want_corrupt += u64::from(std::mem::take(&mut damaged));
                         data.extend_from_slice(&frame(p));
-                        match inflate(p) {
+                        match inflate(p, REPORT_MAX) {
                             Some(r) => want.push(r),
                             None => want_corrupt += 1,
                         }
@@ -495,5 +502,16 @@ mod tests {
                 prop_assert!(out.corrupt > 0 || good < damaged.len(), "damage unnoticed: {hit:?}");
             }
         }
+    }
+
+    /// A record that inflates past the largest report is damage, and is
+    /// not inflated further (a deflate bomb in the journal).
+    #[test]
+    fn a_record_that_inflates_too_far_is_refused() {
+        let report = vec![0u8; 100_000];
+        let payload = deflate(&report);
+        assert!(payload.len() < 1_000, "zeros deflate a hundredfold");
+        assert_eq!(inflate(&payload, 100_000), Some(report));
+        assert_eq!(inflate(&payload, 99_999), None);
     }
 }
