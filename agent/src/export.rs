@@ -426,6 +426,28 @@ struct Spool {
 /// how many files were damaged (skipped and removed).
 type Opened = (Spool, u64, u64, VecDeque<Encoded>, u64);
 
+/// What a spool file holds.
+#[derive(Debug, PartialEq)]
+enum SpoolFile<'a> {
+    /// Report `seq` of this epoch: its encoding.
+    Report(&'a [u8]),
+    /// A good report of another epoch, or under another sequence's name.
+    Foreign,
+    /// Checksum or encoding wrong.
+    Damaged,
+}
+
+/// Reads spool file `seq` (`legacy`: a `.pb` file, unframed) of a spool
+/// in epoch `epoch`.
+fn spool_file(data: &[u8], legacy: bool, seq: u64, epoch: u64) -> SpoolFile<'_> {
+    let payload = if legacy { Some(data) } else { crate::wire::unframe(data) };
+    match payload.and_then(|p| Some((p, pb::Report::decode(p).ok()?))) {
+        Some((p, r)) if r.sequence == seq && r.agent.as_ref().is_some_and(|a| a.epoch == epoch) => SpoolFile::Report(p),
+        Some(_) => SpoolFile::Foreign,
+        None => SpoolFile::Damaged,
+    }
+}
+
 impl Spool {
     fn open(dir: &Path, max_bytes: u64, now_ns: u64) -> anyhow::Result<Opened> {
         use std::os::unix::fs::DirBuilderExt as _;
@@ -463,10 +485,8 @@ impl Spool {
         for (seq, path) in files {
             let data = std::fs::read(&path).unwrap_or_default();
             let legacy = path.extension().is_some_and(|e| e == "pb");
-            let payload = if legacy { Some(&data[..]) } else { crate::wire::unframe(&data) };
-            let report = payload.and_then(|p| pb::Report::decode(p).ok());
-            match (report, payload) {
-                (Some(r), Some(p)) if r.sequence == seq && r.agent.as_ref().is_some_and(|a| a.epoch == epoch) => {
+            match spool_file(&data, legacy, seq, epoch) {
+                SpoolFile::Report(p) => {
                     if legacy {
                         spool.write(seq, p)?;
                         let _ = std::fs::remove_file(&path);
@@ -477,11 +497,11 @@ impl Spool {
                     next = next.max(seq + 1);
                     reports.push_back(Encoded { sequence: seq, bytes: bytes::Bytes::copy_from_slice(p) });
                 }
-                (Some(_), Some(_)) => {
+                SpoolFile::Foreign => {
                     log::warn!("spool: {} is from another epoch or misnamed; removed", path.display());
                     let _ = std::fs::remove_file(&path);
                 }
-                _ => {
+                SpoolFile::Damaged => {
                     damaged += 1;
                     log::warn!("spool: {} is damaged (checksum or format); skipped and removed", path.display());
                     let _ = std::fs::remove_file(&path);
@@ -577,5 +597,59 @@ impl tonic::codec::Decoder for EncodedCodec {
     type Error = tonic::Status;
     fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<pb::Ack>, tonic::Status> {
         pb::Ack::decode(src).map(Some).map_err(|e| tonic::Status::internal(format!("bad acknowledgement: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::{collection::vec, prelude::*};
+
+    use super::*;
+    use crate::wire::fuzzing::{self, damage};
+
+    /// Spool file 3 of epoch 7, as [`Spool::write`] frames it.
+    fn file() -> (Vec<u8>, Vec<u8>) {
+        let report = fuzzing::sample_report(3, 7, 1_800_000_000_000_000_000).encode_to_vec();
+        (crate::wire::frame(&report), report)
+    }
+
+    #[test]
+    fn a_spool_file_is_read_back_only_under_its_own_name_and_epoch() {
+        let (data, report) = file();
+        assert_eq!(spool_file(&data, false, 3, 7), SpoolFile::Report(&report));
+        assert_eq!(spool_file(&report, true, 3, 7), SpoolFile::Report(&report));
+        assert_eq!(spool_file(&data, false, 4, 7), SpoolFile::Foreign);
+        assert_eq!(spool_file(&data, false, 3, 8), SpoolFile::Foreign);
+        assert_eq!(spool_file(&data[..data.len() - 1], false, 3, 7), SpoolFile::Damaged);
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(2_000))]
+
+        /// Any bytes as a spool file, framed or legacy: no panic, and a
+        /// report is taken only if it is the one the name and epoch say.
+        #[test]
+        fn fuzz_spool_bytes(data in vec(any::<u8>(), 0..2048), legacy: bool, seq in 0..4u64, epoch in 0..4u64) {
+            if let SpoolFile::Report(p) = spool_file(&data, legacy, seq, epoch) {
+                let r = pb::Report::decode(p).unwrap();
+                prop_assert_eq!((r.sequence, r.agent.map(|a| a.epoch)), (seq, Some(epoch)));
+            }
+        }
+
+        /// A real spool file damaged once: refused as damaged, unless its
+        /// record is still whole at its start (bytes added after it, or a
+        /// byte inserted just before an equal one at its end).
+        #[test]
+        fn fuzz_spool_damaged(d in damage()) {
+            let (framed, report) = file();
+            let mut data = framed.clone();
+            let hit = d.apply(&mut data);
+            let got = spool_file(&data, false, 3, 7);
+            if data.starts_with(&framed) {
+                prop_assert_eq!(got, SpoolFile::Report(&report));
+            } else {
+                prop_assert_eq!(got, SpoolFile::Damaged, "damage at {:?} unnoticed", hit);
+            }
+        }
     }
 }

@@ -73,6 +73,8 @@ impl Histogram {
         let _ = self.add(agent_common::hist::bucket(ns), 1);
     }
 
+    /// Adds `other`; a bucket's count stops at `u64::MAX` (many agents'
+    /// reports merged by the collector must not wrap around).
     pub fn merge(&mut self, other: &Histogram) {
         if other.counts.is_empty() {
             return;
@@ -81,12 +83,13 @@ impl Histogram {
         self.span(lo, lo + other.counts.len() - 1);
         let at = lo - usize::from(self.first);
         for (a, b) in self.counts[at..].iter_mut().zip(&other.counts) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 
+    /// The number of values, at most `u64::MAX`.
     pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().fold(0, |t, c| t.saturating_add(*c))
     }
 
     /// The count of bucket `i`.
@@ -135,14 +138,14 @@ impl Histogram {
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0u64;
         for (b, c) in self.nonzero() {
-            if seen + c >= rank {
+            if seen.saturating_add(c) >= rank {
                 let lo = lower_bound(b);
                 let hi = upper_bound(b).min(max_ns.max(lo));
                 let within = (rank - seen) as f64 / c as f64;
                 let v = lo as f64 + (hi - lo) as f64 * within;
                 return Some((v.round() as u64).min(max_ns.max(lo)));
             }
-            seen += c;
+            seen = seen.saturating_add(c);
         }
         Some(max_ns)
     }

@@ -30,6 +30,9 @@ pub fn check(h: &pb::Histogram) -> Result<(), String> {
     if let Some(b) = h.bucket.iter().find(|b| **b as usize >= agent_common::hist::BUCKETS) {
         return Err(format!("histogram bucket {b} out of range"));
     }
+    if h.count.iter().try_fold(0u64, |t, c| t.checked_add(*c)).is_none() {
+        return Err("histogram counts add up past 2^64".to_string());
+    }
     Ok(())
 }
 
@@ -194,4 +197,102 @@ pub fn unframe(data: &[u8]) -> Option<&[u8]> {
     let crc = u32::from_le_bytes(data[8..12].try_into().ok()?);
     let payload = data.get(FRAME_HEADER..FRAME_HEADER + len).filter(|_| len <= FRAME_MAX)?;
     (crc32fast::hash(payload) == crc).then_some(payload)
+}
+
+/// What the fuzz properties (the `fuzz_*` tests; `cargo xtask fuzz` runs
+/// them a million times each) share: their case count, realistic inputs
+/// built by the real writers, and the damage done to them.
+#[cfg(test)]
+pub(crate) mod fuzzing {
+    use std::ops::Range;
+
+    use proptest::{prelude::*, sample::Index};
+
+    use super::pb;
+
+    /// `PROPTEST_CASES` when set (`cargo xtask fuzz`), else `smoke`: the
+    /// count every `cargo test` runs (CI). No failure files: what a run
+    /// finds is kept as a named regression test instead.
+    pub fn config(smoke: u32) -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(smoke);
+        ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    /// A report as an agent sends it: the agent's own report model (every
+    /// probe, three processes and `other`) through [`super::report`], with
+    /// identity and sequence, ending `end_ns`.
+    pub fn sample_report(sequence: u64, epoch: u64, end_ns: i64) -> pb::Report {
+        let mut r = super::report(&crate::report::tests::sample());
+        r.agent = Some(pb::AgentIdentity {
+            agent_id: "fuzz-agent".into(),
+            host_name: "fuzz-host".into(),
+            epoch,
+            ..Default::default()
+        });
+        r.sequence = sequence;
+        let len = r.interval_end_unix_ns - r.interval_start_unix_ns;
+        (r.interval_start_unix_ns, r.interval_end_unix_ns) = (end_ns - len, end_ns);
+        r
+    }
+
+    /// One damage to a file or message.
+    #[derive(Debug, Clone)]
+    pub enum Damage {
+        /// XOR of one byte with a non-zero mask.
+        Flip(Index, u8),
+        Insert(Index, Vec<u8>),
+        Delete(Index, usize),
+        /// Everything from here on lost (a torn write).
+        Truncate(Index),
+    }
+
+    pub fn damage() -> impl Strategy<Value = Damage> {
+        prop_oneof![
+            (any::<Index>(), 1..=255u8).prop_map(|(i, m)| Damage::Flip(i, m)),
+            (any::<Index>(), proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(i, b)| Damage::Insert(i, b)),
+            (any::<Index>(), 1..16usize).prop_map(|(i, n)| Damage::Delete(i, n)),
+            any::<Index>().prop_map(Damage::Truncate),
+        ]
+    }
+
+    impl Damage {
+        /// Damages `data` (not empty); returns the bytes of the original it
+        /// changed or removed (an insertion: an empty range where it went).
+        pub fn apply(&self, data: &mut Vec<u8>) -> Range<usize> {
+            let len = data.len();
+            match self {
+                Damage::Flip(i, mask) => {
+                    let at = i.index(len);
+                    data[at] ^= mask;
+                    at..at + 1
+                }
+                Damage::Insert(i, bytes) => {
+                    let at = i.index(len + 1);
+                    data.splice(at..at, bytes.iter().copied());
+                    at..at
+                }
+                Damage::Delete(i, n) => {
+                    let at = i.index(len);
+                    let end = (at + n).min(len);
+                    data.drain(at..end);
+                    at..end
+                }
+                Damage::Truncate(i) => {
+                    let at = i.index(len);
+                    data.truncate(at);
+                    at..len
+                }
+            }
+        }
+    }
+
+    /// Whether damage `d` to a file reaches the record at `record`: it
+    /// changes or removes bytes of it, or inserts bytes inside it.
+    pub fn touches(d: &Range<usize>, record: &Range<usize>) -> bool {
+        if d.is_empty() {
+            record.start < d.start && d.start < record.end
+        } else {
+            d.start < record.end && record.start < d.end
+        }
+    }
 }

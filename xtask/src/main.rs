@@ -10,6 +10,7 @@
 //! ```
 
 mod bench;
+mod fuzz;
 mod image;
 mod setup;
 mod soak;
@@ -57,6 +58,8 @@ enum Task {
     /// Run the agent and the collector for a long while under process and connection churn,
     /// the collector restarted meanwhile; writes the memory and map-entry slopes to BENCHMARKS.md.
     Soak(soak::Args),
+    /// Run the fuzz properties (collector decoding and checks, journal and spool readers) a million times each.
+    Fuzz(fuzz::Args),
     /// Build the container image with podman: the static (musl) binary alone, FROM scratch
     /// (deploy/container/Containerfile). No base image is downloaded.
     Image {
@@ -112,6 +115,7 @@ fn main() -> Result<()> {
             build()?;
             bench::hostile::run(args)
         }
+        Task::Fuzz(args) => fuzz::run(args),
     }
 }
 

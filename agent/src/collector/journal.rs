@@ -54,11 +54,23 @@ fn deflate(report: &[u8]) -> Vec<u8> {
     z.finish().expect("writing to memory")
 }
 
-fn inflate(payload: &[u8]) -> Option<Vec<u8>> {
+/// One report as a record of a segment.
+fn record(report: &[u8]) -> Vec<u8> {
+    frame(&deflate(report))
+}
+
+/// No report is larger (the collector takes messages of `--max-message`,
+/// 4M by default).
+const REPORT_MAX: usize = 256 << 20;
+
+/// The report in a record, if it inflates to at most `max` bytes: a
+/// damaged or hostile record (deflate expands up to a thousandfold) costs
+/// no more memory than a real one.
+fn inflate(payload: &[u8], max: usize) -> Option<Vec<u8>> {
     use std::io::Read as _;
-    let mut out = Vec::with_capacity(payload.len() * 4);
-    flate2::read::DeflateDecoder::new(payload).read_to_end(&mut out).ok()?;
-    Some(out)
+    let mut out = Vec::with_capacity((payload.len() * 4).min(max));
+    flate2::read::DeflateDecoder::new(payload).take(max as u64 + 1).read_to_end(&mut out).ok()?;
+    (out.len() <= max).then_some(out)
 }
 
 /// Reads one segment into `out`; returns the length of its good prefix
@@ -77,7 +89,7 @@ fn scan(data: &[u8], each: &mut dyn FnMut(Vec<u8>), out: &mut Replay) -> usize {
     let mut good = 0;
     while at < data.len() {
         if let Some(p) = unframe(&data[at..]) {
-            match inflate(p) {
+            match inflate(p, REPORT_MAX) {
                 Some(report) => each(report),
                 None => {
                     out.corrupt += 1;
@@ -225,7 +237,7 @@ impl Journal {
             let mut moved = Vec::new();
             while let Ok(len) = prost::encoding::decode_varint(&mut buf) {
                 let Some(p) = buf.get(..len as usize) else { break };
-                moved.extend_from_slice(&frame(&deflate(p)));
+                moved.extend_from_slice(&record(p));
                 read += 1;
                 keep(p.to_vec());
                 buf = &buf[len as usize..];
@@ -267,7 +279,7 @@ impl Writer {
             let mut buf = Vec::new();
             let mut newest = i64::MIN;
             for Cmd::Append { payload, end_ns, .. } in &batch {
-                buf.extend_from_slice(&frame(&deflate(payload)));
+                buf.extend_from_slice(&record(payload));
                 newest = newest.max(*end_ns);
             }
             let result = self.write(&buf).map_err(|e| e.to_string());
@@ -332,7 +344,7 @@ mod tests {
     fn a_damaged_record_is_skipped_and_the_rest_kept() {
         let payloads: Vec<Vec<u8>> =
             (0..5usize).map(|i| (0..100 + i).map(|j| (j * 31 + i * 7) as u8).collect()).collect();
-        let framed: Vec<Vec<u8>> = payloads.iter().map(|p| frame(&deflate(p))).collect();
+        let framed: Vec<Vec<u8>> = payloads.iter().map(|p| record(p)).collect();
         let mut data: Vec<u8> = framed.concat();
         // Damage the third record's payload, and tear the last one.
         let third = framed[0].len() + framed[1].len();
@@ -352,5 +364,154 @@ mod tests {
         read_segment(&data, &mut out);
         assert_eq!(out.records, payloads[2..].to_vec());
         assert_eq!(out.corrupt, 1);
+    }
+
+    use proptest::{collection::vec, prelude::*};
+    use prost::Message as _;
+
+    use crate::wire::fuzzing::{self, damage};
+
+    /// A segment as the writer makes it: real reports of several sizes (one
+    /// empty), each a record.
+    struct Segment {
+        data: Vec<u8>,
+        reports: Vec<Vec<u8>>,
+        /// Where each report's record is in `data`.
+        ranges: Vec<std::ops::Range<usize>>,
+    }
+
+    fn segment() -> &'static Segment {
+        static SEGMENT: std::sync::OnceLock<Segment> = std::sync::OnceLock::new();
+        SEGMENT.get_or_init(|| {
+            let mut reports: Vec<Vec<u8>> =
+                (1..=5).map(|seq| fuzzing::sample_report(seq, 7, 1_800_000_000_000_000_000).encode_to_vec()).collect();
+            reports.insert(2, Vec::new());
+            reports[4].truncate(40);
+            let (mut data, mut ranges) = (Vec::new(), Vec::new());
+            for r in &reports {
+                let start = data.len();
+                data.extend_from_slice(&record(r));
+                ranges.push(start..data.len());
+            }
+            Segment { data, reports, ranges }
+        })
+    }
+
+    /// A stretch of a segment: a good record, or damage of some kind.
+    #[derive(Debug, Clone)]
+    enum Piece {
+        Record(Vec<u8>),
+        Garbage(Vec<u8>),
+        /// A header with a wrong checksum, and a length that may reach
+        /// past the end or into the next records.
+        BadHeader(u32, u32),
+        /// A record whose checksum holds but whose payload is not deflate
+        /// data (or is, by chance).
+        NotDeflate(Vec<u8>),
+    }
+
+    fn piece() -> impl Strategy<Value = Piece> {
+        prop_oneof![
+            3 => vec(any::<u8>(), 0..300).prop_map(Piece::Record),
+            1 => vec(any::<u8>(), 1..64).prop_map(Piece::Garbage),
+            1 => (1..2048u32, any::<u32>()).prop_map(|(len, crc)| Piece::BadHeader(len, crc)),
+            1 => vec(any::<u8>(), 0..64).prop_map(Piece::NotDeflate),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(1_000))]
+
+        /// Any bytes as a segment: no panic, and the good prefix is a
+        /// prefix.
+        #[test]
+        fn fuzz_journal_bytes(data in vec(any::<u8>(), 0..4096)) {
+            let mut out = Replay::default();
+            let good = read_segment(&data, &mut out);
+            prop_assert!(good <= data.len());
+        }
+
+        /// Records among damage of every kind: each good record is read,
+        /// in order, and nothing else but what checks out; damage before a
+        /// good record is counted.
+        #[test]
+        fn fuzz_journal_pieces(pieces in vec(piece(), 0..12)) {
+            let (mut data, mut want, mut damaged) = (Vec::new(), Vec::new(), false);
+            let mut want_corrupt = 0;
+            for p in &pieces {
+                match p {
+                    Piece::Record(r) => {
+                        data.extend_from_slice(&record(r));
+                        want.push(r.clone());
+                        want_corrupt += u64::from(std::mem::take(&mut damaged));
+                    }
+                    Piece::Garbage(g) => {
+                        data.extend_from_slice(g);
+                        damaged = true;
+                    }
+                    Piece::BadHeader(len, crc) => {
+                        data.extend_from_slice(crate::wire::FRAME_MAGIC);
+                        data.extend_from_slice(&len.to_le_bytes());
+                        data.extend_from_slice(&crc.to_le_bytes());
+                        damaged = true;
+                    }
+                    Piece::NotDeflate(p) => {
+                        // What a good record after damage would be taken
+                        // as: the damage counted, then this.
+                        want_corrupt += u64::from(std::mem::take(&mut damaged));
+                        data.extend_from_slice(&frame(p));
+                        match inflate(p, REPORT_MAX) {
+                            Some(r) => want.push(r),
+                            None => want_corrupt += 1,
+                        }
+                    }
+                }
+            }
+            let mut out = Replay::default();
+            let good = read_segment(&data, &mut out);
+            prop_assert_eq!(&out.records, &want);
+            prop_assert_eq!(out.corrupt, want_corrupt);
+            prop_assert_eq!(good == data.len(), !damaged, "a damaged tail is cut off, nothing else");
+        }
+
+        /// A real segment damaged once: every record the damage did not
+        /// reach is read, in order, nothing else, and the damage is noticed
+        /// (counted, or cut off as a torn tail) unless it left whole
+        /// records only.
+        #[test]
+        fn fuzz_journal_damaged(d in damage()) {
+            let Segment { data, reports, ranges } = segment();
+            let mut damaged = data.clone();
+            let hit = d.apply(&mut damaged);
+            let mut out = Replay::default();
+            let good = read_segment(&damaged, &mut out);
+            // Records by their place in the segment (None: not one of them).
+            let got: Vec<Option<usize>> = out.records.iter().map(|r| reports.iter().position(|x| x == r)).collect();
+            let untouched: Vec<usize> = (0..reports.len()).filter(|i| !fuzzing::touches(&hit, &ranges[*i])).collect();
+            // A record the damage reached may still be whole: a byte
+            // deleted at its end and the same byte moved up behind it.
+            let read: Vec<usize> = got.iter().flatten().copied().collect();
+            prop_assert!(
+                got.iter().all(Option::is_some) && read.windows(2).all(|w| w[0] < w[1]) && untouched.iter().all(|i| read.contains(i)),
+                "damage at {:?} of records at {:?}: read {:?}", hit, ranges, got
+            );
+            // Unless what is left is whole records and nothing else (the
+            // damage took whole records away), it is noticed.
+            let whole: Vec<u8> = read.iter().flat_map(|i| &data[ranges[*i].clone()]).copied().collect();
+            if whole != damaged {
+                prop_assert!(out.corrupt > 0 || good < damaged.len(), "damage unnoticed: {hit:?}");
+            }
+        }
+    }
+
+    /// A record that inflates past the largest report is damage, and is
+    /// not inflated further (a deflate bomb in the journal).
+    #[test]
+    fn a_record_that_inflates_too_far_is_refused() {
+        let report = vec![0u8; 100_000];
+        let payload = deflate(&report);
+        assert!(payload.len() < 1_000, "zeros deflate a hundredfold");
+        assert_eq!(inflate(&payload, 100_000), Some(report));
+        assert_eq!(inflate(&payload, 99_999), None);
     }
 }

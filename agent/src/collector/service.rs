@@ -68,29 +68,8 @@ impl Service {
     /// sequence) to acknowledge (a duplicate is acknowledged again, not
     /// stored).
     async fn accept(&self, r: pb::Report) -> Result<(u64, u64), Status> {
-        let agent = r.agent.as_ref().ok_or_else(|| Status::invalid_argument("report without agent identity"))?;
-        if agent.agent_id.is_empty() || agent.agent_id.len() > 128 {
-            return Err(Status::invalid_argument("agent_id must be 1 to 128 bytes"));
-        }
-        if r.sequence == 0 {
-            return Err(Status::invalid_argument("sequence numbers start at 1"));
-        }
-        let now = crate::metrics::now_unix_ns();
+        let agent = admissible(&r, crate::metrics::now_unix_ns(), &self.limits)?;
         let end = r.interval_end_unix_ns;
-        if end > now + self.limits.max_future.as_nanos() as i64 {
-            return Err(Status::invalid_argument(format!(
-                "report {} ends {:.0} s in the future: is the agent's clock right?",
-                r.sequence,
-                (end - now) as f64 / 1e9
-            )));
-        }
-        if end < now - self.limits.max_age.as_nanos() as i64 {
-            return Err(Status::invalid_argument(format!(
-                "report {} is older than --max-age ({:?})",
-                r.sequence, self.limits.max_age
-            )));
-        }
-        validate(&r).map_err(|e| Status::invalid_argument(format!("report {}: {e}", r.sequence)))?;
         let (id, epoch, seq) = (agent.agent_id.clone(), agent.epoch, r.sequence);
         match self.lock().admit(&id, epoch, seq, &self.limits) {
             Ok(()) => {}
@@ -178,18 +157,47 @@ impl RejectLog {
     }
 }
 
+/// Everything the collector checks of a decoded report before it keeps
+/// it, at time `now` (ns since the epoch): identity, sequence, interval,
+/// histograms. Pure, so that the fuzz properties run the service's own
+/// checks. Returns the report's agent.
+pub(crate) fn admissible<'a>(r: &'a pb::Report, now: i64, limits: &Limits) -> Result<&'a pb::AgentIdentity, Status> {
+    let agent = r.agent.as_ref().ok_or_else(|| Status::invalid_argument("report without agent identity"))?;
+    if agent.agent_id.is_empty() || agent.agent_id.len() > 128 {
+        return Err(Status::invalid_argument("agent_id must be 1 to 128 bytes"));
+    }
+    if r.sequence == 0 {
+        return Err(Status::invalid_argument("sequence numbers start at 1"));
+    }
+    let end = r.interval_end_unix_ns;
+    if end > now + limits.max_future.as_nanos() as i64 {
+        return Err(Status::invalid_argument(format!(
+            "report {} ends {:.0} s in the future: is the agent's clock right?",
+            r.sequence,
+            (end - now) as f64 / 1e9
+        )));
+    }
+    if end < now - limits.max_age.as_nanos() as i64 {
+        return Err(Status::invalid_argument(format!(
+            "report {} is older than --max-age ({:?})",
+            r.sequence, limits.max_age
+        )));
+    }
+    validate(r).map_err(|e| Status::invalid_argument(format!("report {}: {e}", r.sequence)))?;
+    Ok(agent)
+}
+
 /// What a decoder cannot check: the histograms' layout and ranges.
 fn validate(r: &pb::Report) -> Result<(), String> {
     let hist = |h: &Option<pb::Histogram>| h.as_ref().map_or(Ok(()), wire::check);
+    let disk = |d: &pb::DiskStats| [&d.queue, &d.service, &d.total].into_iter().try_for_each(hist);
+    // The host's devices too: the fleet diagnosis reads them.
+    r.devices.iter().try_for_each(disk)?;
     for p in r.processes.iter().chain(&r.other) {
         for s in &p.syscalls {
             hist(&s.latency)?;
         }
-        for d in &p.disk {
-            hist(&d.queue)?;
-            hist(&d.service)?;
-            hist(&d.total)?;
-        }
+        p.disk.iter().try_for_each(disk)?;
         if let Some(o) = &p.offcpu {
             hist(&o.runqueue)?;
             hist(&o.offcpu)?;
@@ -310,14 +318,286 @@ impl pb::collector_server::Collector for Service {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::{sync::Arc, time::Duration};
 
-    use super::{summary, RejectLog};
+    use proptest::{collection::vec, option, prelude::*};
+    use prost::Message as _;
+
+    use super::*;
+    use crate::wire::{
+        fuzzing::{self, damage},
+        pb::query_request::By,
+    };
+
+    /// A fixed clock (2027-01-15), so that a failing case fails again.
+    const NOW: i64 = 1_800_000_000_000_000_000;
+    const HOUR: i64 = 3_600_000_000_000;
+
+    fn limits() -> Limits {
+        Limits {
+            retention: Duration::from_secs(3600),
+            max_memory: 1 << 30,
+            max_agents: 10,
+            rate: 50.0,
+            burst: 2_000.0,
+            max_age: Duration::from_secs(24 * 3600),
+            max_future: Duration::from_secs(300),
+        }
+    }
+
+    /// Every histogram of a report.
+    fn histograms(r: &pb::Report) -> Vec<&pb::Histogram> {
+        fn disk(d: &pb::DiskStats) -> [&Option<pb::Histogram>; 3] {
+            [&d.queue, &d.service, &d.total]
+        }
+        let mut out: Vec<&Option<pb::Histogram>> = Vec::new();
+        for p in r.processes.iter().chain(&r.other) {
+            out.extend(p.syscalls.iter().map(|s| &s.latency));
+            out.extend(p.disk.iter().flat_map(disk));
+            out.extend(p.offcpu.iter().flat_map(|o| [&o.runqueue, &o.offcpu]));
+            out.extend(p.tcp.iter().flat_map(|t| [&t.rtt, &t.connect]));
+        }
+        out.extend(r.devices.iter().flat_map(disk));
+        out.extend(r.tcp_unknown_owner.iter().flat_map(|t| [&t.rtt, &t.connect]));
+        out.into_iter().flatten().collect()
+    }
+
+    /// What the collector does with a report it kept, twice over (two
+    /// agents' worth): every kind of fleet query and the fleet metrics.
+    /// None may panic, what was admitted must be usable (every histogram
+    /// converts), and the syscall query's counts must add up exactly.
+    fn consume(r: &pb::Report) -> Result<(), TestCaseError> {
+        for h in histograms(r) {
+            prop_assert!(wire::from_wire(h).is_ok(), "admitted, yet unusable: {h:?}: {:?}", wire::from_wire(h));
+        }
+        let bytes: Arc<[u8]> = r.encode_to_vec().into();
+        let snapshot = vec![("a".to_string(), vec![bytes.clone()]), ("b".to_string(), vec![bytes])];
+        for by in [By::Syscalls, By::DiskP99, By::Offcpu, By::TcpRtt, By::Diagnose] {
+            let q = pb::QueryRequest { by: by as i32, limit: u32::MAX, ..Default::default() };
+            let answer = crate::collector::query::answer(&snapshot, 2, &q);
+            if by != By::Syscalls {
+                continue;
+            }
+            for row in &answer.rows {
+                let want: u128 = r
+                    .processes
+                    .iter()
+                    .filter(|p| p.comm == row.comm)
+                    .flat_map(|p| &p.syscalls)
+                    .filter_map(|s| s.latency.as_ref())
+                    .flat_map(|h| &h.count)
+                    .map(|c| 2 * u128::from(*c))
+                    .sum();
+                prop_assert_eq!(u128::from(row.count), want.min(u128::from(u64::MAX)), "count of {}", row.comm);
+            }
+        }
+        crate::metrics::Metrics::new(100).add_wire("h", r);
+        Ok(())
+    }
+
+    fn count() -> impl Strategy<Value = u64> {
+        prop_oneof![0..1_000u64, Just(u64::MAX), u64::MAX / 2..=u64::MAX, any::<u64>()]
+    }
+
+    fn histogram() -> impl Strategy<Value = pb::Histogram> {
+        let bucket = prop_oneof![4 => 0..agent_common::hist::BUCKETS as u32, 1 => any::<u32>()];
+        let pairs = prop_oneof![
+            4 => vec((bucket.clone(), count()), 0..6).prop_map(|v| v.into_iter().unzip()),
+            1 => (vec(bucket, 0..6), vec(count(), 0..6)),
+        ];
+        (prop_oneof![4 => Just(wire::LAYOUT), 1 => any::<u32>()], pairs, any::<u64>(), option::of(any::<u64>()))
+            .prop_map(|(layout, (bucket, count), max_ns, sum_ns)| pb::Histogram {
+                layout,
+                bucket,
+                count,
+                max_ns,
+                sum_ns,
+            })
+    }
+
+    fn disk() -> impl Strategy<Value = pb::DiskStats> {
+        (option::of(histogram()), option::of(histogram()), option::of(histogram()), count()).prop_map(
+            |(queue, service, total, count)| pb::DiskStats {
+                device: "sda".into(),
+                op: "write".into(),
+                count,
+                queue,
+                service,
+                total,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn tcp() -> impl Strategy<Value = pb::TcpStats> {
+        (option::of(histogram()), option::of(histogram()), count(), prop_oneof![Just("CLOSED"), Just("ESTABLISHED")])
+            .prop_map(|(rtt, connect, bytes_sent, state)| pb::TcpStats {
+                remote: "10.0.0.1:80".into(),
+                state: state.into(),
+                rtt,
+                connect,
+                bytes_sent,
+                connections: 1,
+                ..Default::default()
+            })
+    }
+
+    fn process() -> impl Strategy<Value = pb::Process> {
+        let syscall = (option::of(histogram()), count(), count()).prop_map(|(latency, count, total_ns)| {
+            pb::SyscallStats { name: "read".into(), latency, count, total_ns, ..Default::default() }
+        });
+        let offcpu = (option::of(histogram()), option::of(histogram()), count(), count()).prop_map(
+            |(runqueue, offcpu, runqueue_ns, sleep_ns)| pb::OffcpuStats {
+                runqueue,
+                offcpu,
+                runqueue_ns,
+                sleep_ns,
+                ..Default::default()
+            },
+        );
+        (
+            any::<u32>(),
+            prop_oneof![Just("a"), Just("b"), Just("")],
+            prop_oneof![Just(1u64), any::<u64>()],
+            vec(syscall, 0..3),
+            vec(disk(), 0..2),
+            option::of(offcpu),
+            vec(tcp(), 0..2),
+        )
+            .prop_map(|(pid, comm, merged, syscalls, disk, offcpu, tcp)| pb::Process {
+                pid,
+                comm: comm.into(),
+                merged,
+                syscalls,
+                disk,
+                offcpu,
+                tcp,
+                ..Default::default()
+            })
+    }
+
+    /// Reports with any field values: identities empty or too long, any
+    /// sequence, intervals ending anywhere in time, histograms with any
+    /// layout, buckets and counts.
+    fn report() -> impl Strategy<Value = pb::Report> {
+        let identity = ("[a-z]{0,3}|x{120,140}", any::<u64>()).prop_map(|(agent_id, epoch)| pb::AgentIdentity {
+            agent_id,
+            epoch,
+            ..Default::default()
+        });
+        let end = prop_oneof![3 => NOW - 30 * HOUR..NOW + HOUR, 1 => any::<i64>()];
+        (
+            option::of(identity),
+            prop_oneof![Just(0u64), 1..10u64, any::<u64>()],
+            end,
+            vec(process(), 0..4),
+            option::of(process()),
+            vec(disk(), 0..2),
+            vec(tcp(), 0..2),
+        )
+            .prop_map(|(agent, sequence, end, processes, other, devices, tcp_unknown_owner)| pb::Report {
+                agent,
+                sequence,
+                interval_start_unix_ns: end.saturating_sub(1_000_000_000),
+                interval_end_unix_ns: end,
+                processes,
+                other,
+                devices,
+                tcp_unknown_owner,
+                ..Default::default()
+            })
+    }
+
+    /// The collector's path for a message: decoded as tonic's codec decodes
+    /// it (prost), then checked, then used.
+    fn receive(bytes: &[u8]) -> Result<(), TestCaseError> {
+        if let Ok(r) = pb::Report::decode(bytes) {
+            if admissible(&r, NOW, &limits()).is_ok() {
+                consume(&r)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_sample_report_is_admitted_and_used() {
+        let r = fuzzing::sample_report(1, 7, NOW);
+        assert_eq!(admissible(&r, NOW, &limits()).map(|a| a.epoch).ok(), Some(7));
+        assert!(histograms(&r).len() > 10, "the sample has histograms to damage");
+        consume(&r).unwrap();
+    }
+
+    /// Found by `fuzz_collector_validate`: the host's devices[] histograms
+    /// went unchecked, so a bucket out of range was admitted (and the fleet
+    /// diagnosis silently read an empty distribution).
+    #[test]
+    fn a_device_histogram_out_of_range_is_refused() {
+        let mut r = fuzzing::sample_report(1, 7, NOW);
+        assert!(r.devices.iter().any(|d| d.total.is_some()), "the sample has devices");
+        r.devices[0].total =
+            Some(pb::Histogram { layout: wire::LAYOUT, bucket: vec![258], count: vec![0], ..Default::default() });
+        let refused = admissible(&r, NOW, &limits()).unwrap_err();
+        assert!(refused.message().contains("bucket 258 out of range"), "{}", refused.message());
+    }
+
+    /// Found by `fuzz_collector_validate`: a count of 2^64 - 1 in one
+    /// bucket, from two agents, wrapped around to 2^64 - 2 in the query;
+    /// counts that overflow within one histogram (which made a process's
+    /// count 0 and dropped it from the answer) are refused.
+    #[test]
+    fn histogram_counts_do_not_wrap_around() {
+        let mut r = fuzzing::sample_report(1, 7, NOW);
+        let h = |count: Vec<u64>| {
+            Some(pb::Histogram { layout: wire::LAYOUT, bucket: vec![0, 1], count, ..Default::default() })
+        };
+        r.processes[0].syscalls[0].latency = h(vec![u64::MAX, 0]);
+        admissible(&r, NOW, &limits()).unwrap();
+        consume(&r).unwrap();
+        r.processes[0].syscalls[0].latency = h(vec![u64::MAX, 1]);
+        let refused = admissible(&r, NOW, &limits()).unwrap_err();
+        assert!(refused.message().contains("add up past 2^64"), "{}", refused.message());
+    }
+
+    proptest! {
+        #![proptest_config(fuzzing::config(2_000))]
+
+        /// Any bytes as a message: refused or admitted, never a panic.
+        #[test]
+        fn fuzz_collector_bytes(bytes in vec(any::<u8>(), 0..2048)) {
+            receive(&bytes)?;
+        }
+
+        /// A real report's encoding, damaged a few times over.
+        #[test]
+        fn fuzz_collector_damaged(damages in vec(damage(), 1..4)) {
+            let mut bytes = fuzzing::sample_report(1, 7, NOW).encode_to_vec();
+            for d in &damages {
+                if !bytes.is_empty() {
+                    d.apply(&mut bytes);
+                }
+            }
+            receive(&bytes)?;
+        }
+
+        /// Reports with hostile field values: whatever is admitted, the
+        /// collector can use.
+        #[test]
+        fn fuzz_collector_validate(r in report()) {
+            match admissible(&r, NOW, &limits()) {
+                Ok(agent) => {
+                    prop_assert!(!agent.agent_id.is_empty() && agent.agent_id.len() <= 128 && r.sequence > 0);
+                    prop_assert!((NOW - 24 * HOUR..=NOW + 300_000_000_000).contains(&r.interval_end_unix_ns));
+                    consume(&r)?;
+                }
+                Err(s) => prop_assert_eq!(s.code(), tonic::Code::InvalidArgument),
+            }
+        }
+    }
 
     #[test]
     fn a_flood_of_rejections_logs_a_bounded_number_of_lines_and_loses_no_count() {
         let mut log = RejectLog::default();
-        let t0 = Instant::now();
+        let t0 = std::time::Instant::now();
         let mut lines = 0;
         let mut summed = 0;
         // 10,000 rejections over 25 s: three windows of 10 s.
