@@ -233,12 +233,16 @@ fn pingpong(ms: u64) -> f64 {
 
 /// Sends a small report every 50 ms for `secs` over one stream and times
 /// each acknowledgement (matched by sequence); sorted milliseconds.
-async fn ack_latency(url: String, secs: u64) -> Vec<f64> {
+async fn ack_latency(url: String, secs: u64, token: Option<String>) -> Vec<f64> {
     use hostprobe::wire::pb::{self, collector_client::CollectorClient};
     let channel = tonic::transport::Endpoint::from_shared(url).expect("url").connect().await.expect("connect");
     let mut client = CollectorClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let mut acks = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream").into_inner();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(t) = token {
+        request.metadata_mut().insert("authorization", format!("Bearer {t}").parse().expect("token"));
+    }
+    let mut acks = client.stream(request).await.expect("stream").into_inner();
     let sent = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let times = sent.clone();
     let collect = tokio::spawn(async move {
@@ -652,7 +656,7 @@ fn main() {
         }
         Some("ack-latency") => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-            let ms = rt.block_on(ack_latency(args[2].clone(), arg(&args, 3)));
+            let ms = rt.block_on(ack_latency(args[2].clone(), arg(&args, 3), args.get(4).cloned()));
             let pct = |p: f64| ms.get(((ms.len() as f64 * p) as usize).min(ms.len().saturating_sub(1))).copied();
             let json = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.2}"));
             println!("{{\"acked\":{},\"p50_ms\":{},\"p99_ms\":{}}}", ms.len(), json(pct(0.5)), json(pct(0.99)));

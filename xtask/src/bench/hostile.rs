@@ -3,7 +3,12 @@
 //! side by side with the same well-behaved agents alone, round by round.
 //! Written to BENCHMARKS.md as its own block.
 
-use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf, process::Command, time::Instant};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    process::{Command, Stdio},
+    time::Instant,
+};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -21,6 +26,12 @@ pub struct Args {
     /// Seconds per run.
     #[arg(long, default_value_t = 30)]
     seconds: u64,
+    /// Processes per well-behaved report. Fewer than the collector bench's 50:
+    /// at 50, 1,000 agents and the load generators beside the collector take
+    /// this 2-core host to the collector's limit, and ack latency would
+    /// measure that backlog rather than the misbehaving agents.
+    #[arg(long, default_value_t = 10)]
+    processes: u32,
     /// Rounds (one clean and one hostile run each, the order rotated).
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -29,8 +40,6 @@ pub struct Args {
     no_write: bool,
 }
 
-const PROCESSES: u32 = 50;
-const DATA_DIR: &str = "/var/tmp/hostprobe-bench-hostile";
 const TOKEN: &str = "well-behaved-agents-token";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -69,8 +78,8 @@ pub fn run(args: Args) -> Result<()> {
     ));
     let fleets = [Fleet::Clean, Fleet::Hostile];
     let runs = rotate("misbehaving fleet", args.rounds, &fleets, |f| match f {
-        Fleet::Clean => measure(good, 0, args.seconds),
-        Fleet::Hostile => measure(args.agents, args.bad_percent, args.seconds),
+        Fleet::Clean => measure(good, 0, args.processes, args.seconds),
+        Fleet::Hostile => measure(good, args.agents - good, args.processes, args.seconds),
     })?;
     let md = write(&args, &fleets, &runs)?;
     println!("{md}");
@@ -85,46 +94,64 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn measure(agents: u32, bad_percent: u32, seconds: u64) -> Result<Run> {
+/// `good` well-behaved agents and `bad` misbehaving ones (two load
+/// generators, so that the misbehaving agents' CPU is not the well-behaved
+/// ones' queue), and one light agent timing its acks.
+fn measure(good: u32, bad: u32, processes: u32, seconds: u64) -> Result<Run> {
     let token = std::env::temp_dir().join("hostprobe-bench-hostile.token");
     std::fs::write(&token, TOKEN)?;
-    let collector = CollectorProcess::start_with(
-        &["--token-file", token.to_str().context("temp dir path")?],
-        Some(PathBuf::from(DATA_DIR)),
-    )?;
+    // In memory, for the same reason as --processes.
+    let collector = CollectorProcess::start_with(&["--token-file", token.to_str().context("temp dir path")?], None)?;
     let pid = collector.child.id();
     let cpu0 = cpu_seconds(pid).unwrap_or(0.0);
     let started = Instant::now();
-    let out = Command::new(root().join("target/release/loadgen"))
-        .args([
-            &collector.url,
-            &agents.to_string(),
-            &PROCESSES.to_string(),
-            &seconds.to_string(),
-            &bad_percent.to_string(),
-            TOKEN,
-        ])
-        .output()
-        .context("running the load generator")?;
+    let secs = seconds.to_string();
+    let loadgen = |agents: u32, percent: &str| {
+        Command::new(root().join("target/release/loadgen"))
+            .args([&collector.url, &agents.to_string(), &processes.to_string(), &secs, percent, TOKEN])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the load generator")
+    };
+    let probe = Command::new(root().join("target/release/workload"))
+        .args(["ack-latency", &collector.url, &secs, TOKEN])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the ack-latency agent")?;
+    let misbehaving = (bad > 0).then(|| loadgen(bad, "100")).transpose()?;
+    let out = loadgen(good, "0")?.wait_with_output()?;
+    let bad_out = misbehaving.map(|c| c.wait_with_output()).transpose()?;
+    let acks = probe.wait_with_output().context("the ack-latency agent")?;
     let cpu_cores = (cpu_seconds(pid).unwrap_or(0.0) - cpu0) / started.elapsed().as_secs_f64();
     let peak_mib = status_mib(pid, "VmHWM").unwrap_or(0.0);
     drop(collector);
-    if !out.status.success() {
-        bail!("load generator failed: {}", String::from_utf8_lossy(&out.stderr));
+    for o in std::iter::once(&out).chain(&bad_out) {
+        if !o.status.success() {
+            bail!("load generator failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("load generator output")?;
+    let acks: serde_json::Value = serde_json::from_slice(&acks.stdout).context("ack-latency output")?;
     let mut refused = BTreeMap::new();
-    for (kind, k) in v["misbehaving"].as_object().into_iter().flatten() {
-        let codes =
-            k["codes"].as_object().into_iter().flatten().map(|(c, n)| (c.clone(), n.as_u64().unwrap_or(0))).collect();
-        refused.insert(kind.clone(), (k["agents"].as_u64().unwrap_or(0), codes));
+    if let Some(b) = &bad_out {
+        let b: serde_json::Value = serde_json::from_slice(&b.stdout).context("load generator output")?;
+        for (kind, k) in b["misbehaving"].as_object().into_iter().flatten() {
+            let codes = k["codes"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(c, n)| (c.clone(), n.as_u64().unwrap_or(0)))
+                .collect();
+            refused.insert(kind.clone(), (k["agents"].as_u64().unwrap_or(0), codes));
+        }
     }
     Ok(Run {
         good_agents: v["good_agents"].as_u64().unwrap_or(0),
         sent: v["sent"].as_u64().unwrap_or(0),
         acked: v["acked"].as_u64().unwrap_or(0),
-        ack_p50_ms: v["ack_p50_ms"].as_f64().unwrap_or(f64::NAN),
-        ack_p99_ms: v["ack_p99_ms"].as_f64().unwrap_or(f64::NAN),
+        ack_p50_ms: acks["p50_ms"].as_f64().unwrap_or(f64::NAN),
+        ack_p99_ms: acks["p99_ms"].as_f64().unwrap_or(f64::NAN),
         cpu_cores,
         peak_mib,
         refused,
@@ -137,19 +164,25 @@ fn write(args: &Args, fleets: &[Fleet], runs: &[Vec<Run>]) -> Result<String> {
     writeln!(
         md,
         "Written by `cargo xtask hostile` on {} ({}). `loadgen` (tests/src/bin/loadgen.rs) streams to a \
-         `hostprobe collector --plaintext --token-file F --data-dir D` (durable acks) on loopback: \
-         {} agents for {} s, each well-behaved one sending a report of {PROCESSES} processes a second \
+         `hostprobe collector --plaintext --token-file F` (in memory) on loopback: {} agents for {} s, \
+         each well-behaved one sending a report of {} processes a second (fewer than the collector \
+         table's 50 and no `--data-dir`: with those, 1,000 agents alone and the load generators \
+         beside them take this 2-core host to the collector's limit, and ack latency measures that \
+         backlog, not the misbehaving agents) \
          with the right token, and {}% of them misbehaving for the whole run, in four kinds taken in \
          turn, each retrying as soon as it is refused: a flood (3,000 reports back to back per stream), \
          64 bytes of garbage (every 100 ms), a 5 MiB message (past the 4 MiB `--max-message`, every \
          second) and a wrong token (every 100 ms). Side by side, in rotated order, {} rounds: the \
          same well-behaved agents alone. Acked: acknowledgements each well-behaved agent received, \
          against the reports it sent; ack latency: from each report's send to its acknowledgement, \
-         over every well-behaved agent. Collector CPU from `/proc/<pid>/stat`, memory its `VmHWM`.\n",
+         of one more well-behaved agent (`workload ack-latency`) that sends a small report every 50 ms \
+         through each run (the load generators run on the same cores: two of them, one for the \
+         well-behaved agents and one for the misbehaving ones). Collector CPU from `/proc/<pid>/stat`, memory its `VmHWM`.\n",
         super::machine(),
         super::date(),
         args.agents,
         args.seconds,
+        args.processes,
         args.bad_percent,
         args.rounds
     )?;
