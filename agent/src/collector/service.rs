@@ -110,17 +110,17 @@ impl Service {
         if let Some(suppressed) = store.reject_log.admit(std::time::Instant::now(), s.code()) {
             log::warn!("rejected {peer}: {:?}: {}", s.code(), s.message());
             if !suppressed.is_empty() {
-                log::warn!("... and {} more rejected streams not logged one by one", summary(&suppressed));
+                let n: u64 = suppressed.values().sum();
+                log::warn!("... and {n} more rejected streams not logged one by one: {}", summary(&suppressed));
             }
         }
     }
 }
 
-/// `12 (ResourceExhausted 10, InvalidArgument 2)`.
+/// `ResourceExhausted 10, InvalidArgument 2`.
 fn summary(by_code: &std::collections::BTreeMap<i32, u64>) -> String {
-    let total: u64 = by_code.values().sum();
     let each: Vec<String> = by_code.iter().map(|(c, n)| format!("{:?} {n}", tonic::Code::from_i32(*c))).collect();
-    format!("{total} ({})", each.join(", "))
+    each.join(", ")
 }
 
 /// Bounds the log a misbehaving fleet can cause: at most [`RejectLog::PER_WINDOW`]
@@ -268,7 +268,14 @@ impl pb::collector_server::Collector for Service {
                 if agent.is_empty() {
                     if let Some(a) = &msg.agent {
                         agent = format!("(agent {})", a.agent_id);
-                        log::info!("{peer}: agent {} ({}) streaming", a.agent_id, a.host_name);
+                        // Once per agent: one that reconnects in a loop
+                        // must not fill the log.
+                        let level = if svc.lock().agents.contains_key(&a.agent_id) {
+                            log::Level::Debug
+                        } else {
+                            log::Level::Info
+                        };
+                        log::log!(level, "{peer}: agent {} ({}) streaming", a.agent_id, a.host_name);
                     }
                 }
                 match svc.accept(msg).await {
