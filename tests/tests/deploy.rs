@@ -19,6 +19,7 @@ const RUN_FLAGS: &[(&str, &str)] = &[
     ("cmdline", "true"),
     ("pod-log-dir", "/host/var/log/containers"),
     ("max-entries", "4096"),
+    ("max-processes", "300"),
     ("probes", "syscall,tcp"),
     ("hostname", "node-7"),
     ("pid", "1,2"),
