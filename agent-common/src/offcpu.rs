@@ -53,6 +53,8 @@ pub mod globals {
     pub const STACKS_MIN_NS: &str = "STACKS_MIN_NS";
     /// Offset of `flags` in `struct task_struct` (from BTF).
     pub const TASK_FLAGS_OFFSET: &str = "TASK_FLAGS_OFFSET";
+    /// Offset of `pid` (the thread id) in `struct task_struct` (from BTF).
+    pub const TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
 }
 
 /// `task_struct.flags` bits of threads that have no syscall to sleep in
@@ -77,40 +79,32 @@ pub enum Reason {
     Sleep = 2,
 }
 
+/// `task_struct.__state` bits that `sched_switch` passes raw as its last
+/// argument (include/linux/sched.h, unchanged from Linux 5.14 to 6.18).
+pub const TASK_UNINTERRUPTIBLE: u32 = 0x0002;
+/// The thread's final switch: it exited.
+pub const TASK_DEAD: u32 = 0x0080;
+/// With `TASK_UNINTERRUPTIBLE`, an idle wait (`I`), not counted as load.
+pub const TASK_NOLOAD: u32 = 0x0400;
+/// A sleeping lock on PREEMPT_RT, shown as `D`.
+pub const TASK_RTLOCK_WAIT: u32 = 0x1000;
+
 impl Reason {
-    /// From `prev_state` of the `sched_switch` record: bit 0x100 is
-    /// "preempted", 0 is runnable, 0x2 is `D`, the rest sleeps.
+    /// From the raw `sched_switch(preempt, prev, next, prev_state)`
+    /// arguments: a preempted thread, or one still runnable (0), waits in the
+    /// run queue; `D` is uninterruptible and not an idle wait; anything else
+    /// (interruptible, idle, stopped, traced, parked, frozen) sleeps.
     #[inline(always)]
-    pub const fn from_prev_state(state: i64) -> Reason {
-        if state & 0x100 != 0 || state == 0 {
+    pub const fn from_switch(preempt: bool, state: u32) -> Reason {
+        if preempt || state == 0 {
             Reason::Runnable
-        } else if state & 0x2 != 0 {
+        } else if (state & TASK_UNINTERRUPTIBLE != 0 && state & TASK_NOLOAD == 0) || state & TASK_RTLOCK_WAIT != 0 {
             Reason::Blocked
         } else {
             Reason::Sleep
         }
     }
 }
-
-/// `sched_switch` record fields the program reads, in one read. Userspace
-/// checks the offsets against the kernel's `format` file before loading.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct SwitchRecord {
-    pub common: [u8; 8],
-    pub prev_comm: [u8; 16],
-    pub prev_pid: i32,
-    pub prev_prio: i32,
-    pub prev_state: i64,
-    pub next_comm: [u8; 16],
-    pub next_pid: i32,
-    pub next_prio: i32,
-}
-const _: () = assert!(core::mem::size_of::<SwitchRecord>() == 64);
-
-/// Field offsets of [`SwitchRecord`] (and `pid` of the wake-up records).
-pub const SWITCH_FIELDS: [(&str, u32); 3] = [("prev_pid", 24), ("prev_state", 32), ("next_pid", 56)];
-pub const WAKEUP_PID_OFFSET: u32 = 24;
 
 /// One thread, from the first time it left a CPU while traced.
 ///
@@ -326,9 +320,18 @@ pub enum Counter {
     /// A read of the task's flags failed (its sleep is then not attributed
     /// to a syscall).
     TaskReadFailed = 5,
+    /// A thread switched in while its record had it on a CPU: its leaving
+    /// was not seen, and the time since is on-CPU time.
+    ArrivalUnseenLeave = 6,
+    /// A thread's record ended while it had it off the CPU: its return to
+    /// a CPU was not seen, and the time off since is lost.
+    RetiredOff = 7,
+    /// A thread returned from a sleep whose wake-up was not seen: its wait
+    /// in the run queue after it is counted as sleep.
+    WakeupUnseen = 8,
 }
 
-pub const COUNTERS: u32 = 6;
+pub const COUNTERS: u32 = 9;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -338,6 +341,9 @@ impl Counter {
         Counter::SleepFull,
         Counter::RetiredFull,
         Counter::TaskReadFailed,
+        Counter::ArrivalUnseenLeave,
+        Counter::RetiredOff,
+        Counter::WakeupUnseen,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -348,6 +354,9 @@ impl Counter {
             Counter::SleepFull => "sleep_map_full",
             Counter::RetiredFull => "retired_map_full",
             Counter::TaskReadFailed => "task_read_failed",
+            Counter::ArrivalUnseenLeave => "leave_not_seen",
+            Counter::RetiredOff => "arrival_not_seen",
+            Counter::WakeupUnseen => "wakeup_not_seen",
         }
     }
 
@@ -363,13 +372,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reasons_from_prev_state() {
-        assert_eq!(Reason::from_prev_state(0), Reason::Runnable);
-        assert_eq!(Reason::from_prev_state(0x100), Reason::Runnable);
-        assert_eq!(Reason::from_prev_state(0x1), Reason::Sleep);
-        assert_eq!(Reason::from_prev_state(0x2), Reason::Blocked);
-        assert_eq!(Reason::from_prev_state(0x80), Reason::Sleep);
-        assert_eq!(Reason::from_prev_state(0x4), Reason::Sleep);
+    fn reasons_from_raw_switch_arguments() {
+        assert_eq!(Reason::from_switch(false, 0), Reason::Runnable);
+        // Preempted while setting up a sleep: still on the run queue.
+        assert_eq!(Reason::from_switch(true, 0x1), Reason::Runnable);
+        assert_eq!(Reason::from_switch(false, 0x1), Reason::Sleep);
+        assert_eq!(Reason::from_switch(false, TASK_UNINTERRUPTIBLE), Reason::Blocked);
+        // TASK_KILLABLE (TASK_WAKEKILL | TASK_UNINTERRUPTIBLE) is `D` too.
+        assert_eq!(Reason::from_switch(false, 0x100 | TASK_UNINTERRUPTIBLE), Reason::Blocked);
+        // TASK_IDLE (`I`) is not.
+        assert_eq!(Reason::from_switch(false, TASK_NOLOAD | TASK_UNINTERRUPTIBLE), Reason::Sleep);
+        assert_eq!(Reason::from_switch(false, TASK_RTLOCK_WAIT), Reason::Blocked);
+        // Stopped, parked, frozen (TASK_FROZEN 0x8000).
+        assert_eq!(Reason::from_switch(false, 0x4), Reason::Sleep);
+        assert_eq!(Reason::from_switch(false, 0x40), Reason::Sleep);
+        assert_eq!(Reason::from_switch(false, 0x8000), Reason::Sleep);
     }
 
     fn thread(reason: Reason, off_ns: u64, wake_ns: u64, on_ns: u64) -> Thread {

@@ -1,14 +1,17 @@
-//! Off-CPU time per thread and process, by reason, on the scheduler's
-//! classic tracepoints (`sched_switch` carries the leaving thread's state
-//! and both thread ids as documented fields; see `agent_common::offcpu`).
+//! Off-CPU time per thread and process, by reason, on the scheduler's raw
+//! tracepoints (see `agent_common::offcpu`). Raw, not classic: a classic
+//! tracepoint's program is skipped whenever any other classic or kprobe
+//! program, or a map operation from userspace (`bpf_prog_active`), is in
+//! progress on the CPU; a skipped switch loses a whole episode. Raw
+//! tracepoint programs are skipped only if they would nest in themselves.
 #![no_std]
 #![no_main]
 
 use agent_common::{
     hist,
     offcpu::{
-        Counter, Reason, RetiredKey, Sleep, SleepKey, StackKey, Stats, SwitchRecord, Thread, COUNTERS,
-        DEFAULT_MAX_STATS, MAX_RETIRED, MAX_SLEEP, MAX_THREADS, NO_SYSCALL_FLAGS, WAKEUP_PID_OFFSET,
+        Counter, Reason, RetiredKey, Sleep, SleepKey, StackKey, Stats, Thread, COUNTERS, DEFAULT_MAX_STATS,
+        MAX_RETIRED, MAX_SLEEP, MAX_THREADS, NO_SYSCALL_FLAGS, TASK_DEAD,
     },
 };
 use agent_ebpf::{atomic_add, global};
@@ -18,9 +21,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, StackTrace},
-    programs::{tracing::StackIdContext, RawTracePointContext, TracePointContext},
+    programs::{tracing::StackIdContext, RawTracePointContext},
 };
 
 agent_ebpf::filters!(OFFCPU_PIDS);
@@ -31,6 +34,8 @@ static PT_REGS_NR_OFFSET: u32 = 120;
 static STACKS_MIN_NS: u64 = 0;
 #[unsafe(no_mangle)]
 static TASK_FLAGS_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: u32 = 0;
 
 #[map]
 // One entry each unless userspace asks for stacks (it sizes them at load).
@@ -112,19 +117,30 @@ fn add_hist(h: &mut [u32; hist::BUCKETS], ns: u64) {
     }
 }
 
-#[tracepoint(category = "sched", name = "sched_switch")]
-pub fn offcpu_sched_switch(ctx: TracePointContext) -> u32 {
-    // SAFETY: a read of the tracepoint record through bpf_probe_read_kernel.
-    let Ok(r) = (unsafe { ctx.read_at::<SwitchRecord>(0) }) else {
-        return 0;
-    };
+/// Thread `task`'s id, `u32::MAX` if it cannot be read.
+#[inline(always)]
+fn task_tid(task: *const u8) -> u32 {
+    // SAFETY: the field read goes through bpf_probe_read_kernel.
+    unsafe { bpf_probe_read_kernel(task.wrapping_add(global!(TASK_PID_OFFSET) as usize) as *const i32) }
+        .map_or(u32::MAX, |pid| pid as u32)
+}
+
+/// `sched_switch(preempt, prev, next, prev_state)`, in `prev`'s context.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn offcpu_sched_switch(ctx: RawTracePointContext) -> i32 {
+    let preempt: u64 = ctx.arg(0);
+    let next: *const u8 = ctx.arg(2);
+    let prev_state: u64 = ctx.arg(3);
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if r.prev_pid != 0 {
-        leave(&ctx, &r, now);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Thread 0 is a CPU's idle task.
+    if pid_tgid as u32 != 0 {
+        leave(&ctx, pid_tgid, preempt as u8 != 0, prev_state as u32, now);
     }
-    if r.next_pid != 0 {
-        arrive(r.next_pid as u32, now);
+    let next = task_tid(next);
+    if next != 0 && next != u32::MAX {
+        arrive(next, now);
     }
     0
 }
@@ -142,6 +158,9 @@ fn retire(tid: u32, now: u64, charge: bool) {
     if charge && th.on_ns != 0 {
         th.on_cpu_ns += now.saturating_sub(th.on_ns);
     }
+    if charge && th.off_ns != 0 {
+        count(Counter::RetiredOff);
+    }
     (th.off_ns, th.wake_ns, th.on_ns) = (0, 0, 0);
     let key = RetiredKey { tid, _pad: 0, born_ns: th.born_ns };
     if OFFCPU_RETIRED.insert(&key, &th, 0).is_err() {
@@ -152,20 +171,19 @@ fn retire(tid: u32, now: u64, charge: bool) {
 
 /// The current thread (`prev`) leaves its CPU.
 #[inline(always)]
-fn leave(ctx: &TracePointContext, r: &SwitchRecord, now: u64) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = r.prev_pid as u32;
-    // Leaving for the last time (exit: X or Z in its state), or no longer
-    // traced (renamed, exec'd, moved out of the cgroup): its record ends
-    // here, whatever the filters say, so that nothing is charged to it later
-    // and no thread reusing the id inherits it. Untraced threads without a
+fn leave(ctx: &RawTracePointContext, pid_tgid: u64, preempt: bool, state: u32, now: u64) {
+    let tid = pid_tgid as u32;
+    // Leaving for the last time (exit: TASK_DEAD), or no longer traced
+    // (renamed, exec'd, moved out of the cgroup): its record ends here,
+    // whatever the filters say, so that nothing is charged to it later and
+    // no thread reusing the id inherits it. Untraced threads without a
     // record cost one lookup, and only when a filter is set.
-    if r.prev_state & 0x30 != 0 || (filtering() && !traced(pid_tgid)) {
+    if state & TASK_DEAD != 0 || (filtering() && !traced(pid_tgid)) {
         retire(tid, now, true);
         return;
     }
     let tgid = (pid_tgid >> 32) as u32;
-    let reason = Reason::from_prev_state(r.prev_state);
+    let reason = Reason::from_switch(preempt, state);
     let (flags, nr) = if reason == Reason::Runnable {
         (0, u32::MAX)
     } else {
@@ -237,6 +255,7 @@ fn arrive(tid: u32, now: u64) {
         unsafe { ((*t).tgid, (*t).reason, (*t).off_ns, (*t).wake_ns, (*t).nr, (*t).kstack, (*t).ustack) };
     if off_ns == 0 {
         // Already on a CPU by its record: its leaving was not seen.
+        count(Counter::ArrivalUnseenLeave);
         // SAFETY: as above.
         unsafe { (*t).on_ns = now };
         return;
@@ -247,6 +266,7 @@ fn arrive(tid: u32, now: u64) {
     } else if wake_ns != 0 && wake_ns >= off_ns {
         (wake_ns - off_ns, now.saturating_sub(wake_ns))
     } else {
+        count(Counter::WakeupUnseen);
         (off, 0)
     };
     // SAFETY: as above. The totals first, then the state: a reader that
@@ -332,13 +352,11 @@ fn stack_time(key: StackKey, ns: u64) {
     }
 }
 
-#[inline(always)]
-fn woken(ctx: &TracePointContext) -> u32 {
-    // SAFETY: a read of the tracepoint record through bpf_probe_read_kernel.
-    let Ok(pid) = (unsafe { ctx.read_at::<i32>(WAKEUP_PID_OFFSET as usize) }) else {
-        return 0;
-    };
-    let tid = pid as u32;
+/// `sched_wakeup(p)`: thread `p`'s sleep ends; it waits in the run queue
+/// from here.
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn offcpu_sched_wakeup(ctx: RawTracePointContext) -> i32 {
+    let tid = task_tid(ctx.arg(0));
     if let Some(t) = OFFCPU_THREADS.get_ptr_mut(&tid) {
         // SAFETY: a value of this map. A wake-up of a thread that is not
         // asleep (already woken, or running) changes nothing.
@@ -349,11 +367,6 @@ fn woken(ctx: &TracePointContext) -> u32 {
         }
     }
     0
-}
-
-#[tracepoint(category = "sched", name = "sched_wakeup")]
-pub fn offcpu_sched_wakeup(ctx: TracePointContext) -> u32 {
-    woken(&ctx)
 }
 
 agent_ebpf::panic_handler!();

@@ -1,6 +1,6 @@
 //! The few answers the probes need from the kernel's BTF
-//! (`/sys/kernel/btf/vmlinux`): a struct member's byte offset and an
-//! enumerator's value.
+//! (`/sys/kernel/btf/vmlinux`): a struct member's byte offset, an
+//! enumerator's value and a raw tracepoint's arguments.
 //!
 //! Read in place: the file stays as it is in memory (about 5 MiB) with one
 //! index entry per type. A parser that builds every type as an object
@@ -18,6 +18,7 @@ pub struct Btf {
 
 // Kinds (btf.rst, "BTF Type Encoding").
 const INT: u32 = 1;
+const PTR: u32 = 2;
 const ARRAY: u32 = 3;
 const STRUCT: u32 = 4;
 const UNION: u32 = 5;
@@ -172,6 +173,37 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// The C types of raw tracepoint `event`'s arguments, as its programs
+    /// get them (the tracepoint's `TP_PROTO`, from the kernel's
+    /// `btf_trace_<event>` typedef, less the leading `void *`): e.g.
+    /// `["bool", "struct task_struct *"]`.
+    pub fn tracepoint_args(&self, event: &str) -> Result<Vec<String>, String> {
+        let name = format!("btf_trace_{event}");
+        let proto = self
+            .find(&name, &[TYPEDEF])
+            .and_then(|t| self.resolve(t.size_or_type))
+            .filter(|t| t.kind == PTR)
+            .and_then(|t| self.resolve(t.size_or_type))
+            .filter(|t| t.kind == FUNC_PROTO)
+            .ok_or_else(|| format!("this kernel's BTF has no tracepoint {event} ({name})"))?;
+        Ok((0..proto.vlen).skip(1).map(|i| self.type_name(self.word(proto.body + 8 * i + 4))).collect())
+    }
+
+    /// Type `id` as C spells it, qualifiers left out.
+    fn type_name(&self, id: u32) -> String {
+        let Some(t) = self.ty(id) else { return "void".into() };
+        let name = self.name(t.name_off);
+        match t.kind {
+            PTR => format!("{} *", self.type_name(t.size_or_type)),
+            STRUCT => format!("struct {name}"),
+            UNION => format!("union {name}"),
+            ENUM | ENUM64 => format!("enum {name}"),
+            VOLATILE | CONST | RESTRICT | TYPE_TAG => self.type_name(t.size_or_type),
+            _ if name.is_empty() => "?".into(),
+            _ => name.to_string(),
+        }
+    }
+
     /// The value of enumerator `name` of enum `ty`.
     pub fn enum_value(&self, ty: &str, name: &str) -> Result<i64, String> {
         let t = self.find(ty, &[ENUM, ENUM64]).ok_or_else(|| format!("this kernel's BTF has no enum {ty}"))?;
@@ -237,6 +269,20 @@ mod tests {
         assert_eq!(btf.enum_value("bpf_map_type", "BPF_MAP_TYPE_HASH").unwrap(), 1);
         assert_eq!(btf.enum_value("bpf_prog_type", "BPF_PROG_TYPE_RAW_TRACEPOINT").unwrap(), 17);
         assert!(btf.enum_value("bpf_map_type", "BPF_MAP_TYPE_NONE").is_err());
+    }
+
+    #[test]
+    fn tracepoint_arguments_are_the_kernels_tp_proto() {
+        let btf = vmlinux();
+        // include/trace/events/sched.h (prev_state since 5.18) and
+        // include/trace/events/syscalls.h.
+        assert_eq!(
+            btf.tracepoint_args("sched_switch").unwrap(),
+            ["bool", "struct task_struct *", "struct task_struct *", "unsigned int"]
+        );
+        assert_eq!(btf.tracepoint_args("sched_wakeup").unwrap(), ["struct task_struct *"]);
+        assert_eq!(btf.tracepoint_args("sys_enter").unwrap(), ["struct pt_regs *", "long int"]);
+        assert!(btf.tracepoint_args("no_such_event").unwrap_err().contains("no tracepoint"));
     }
 
     #[test]

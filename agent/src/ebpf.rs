@@ -160,59 +160,6 @@ pub fn attach_raw_tracepoint(
     Ok(())
 }
 
-/// Loads `program` and attaches it to classic tracepoint `category/name`
-/// (tracefs must be mounted: see [`ensure_tracefs`]).
-pub fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    probe: &'static str,
-    program: &'static str,
-    category: &str,
-    name: &str,
-) -> Result<(), ProbeError> {
-    let prog: &mut aya::programs::TracePoint = ebpf
-        .program_mut(program)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(ProbeError::MissingProgram { probe, program })?;
-    prog.load().map_err(|source| ProbeError::ProgramLoad { probe, program, source: Box::new(source) })?;
-    prog.attach(category, name).map_err(|source| ProbeError::Attach {
-        probe,
-        program,
-        tracepoint: format!("{category}/{name}"),
-        source: Box::new(source),
-    })?;
-    Ok(())
-}
-
-/// Checks that classic tracepoint `category/event` has each of `fields` at
-/// the offset a program reads it at, from the tracepoint's `format` file
-/// (the kernel's own description of the record, read once per event).
-/// Refuses, naming the field, on a kernel that lays the record out
-/// differently.
-pub fn expect_fields(
-    probe: &'static str,
-    category: &str,
-    event: &str,
-    fields: &[(&str, u32)],
-) -> Result<(), ProbeError> {
-    let declared = declared_fields(probe, category, event)?;
-    for (field, want) in fields {
-        match declared.iter().find(|(name, _)| name == field) {
-            Some((_, at)) if at == want => {}
-            Some((_, at)) => {
-                return Err(ProbeError::Config {
-                    probe,
-                    detail: format!(
-                        "{category}/{event}: field {field} is at offset {at} on this kernel, hostprobe reads it at \
-                         {want}; please report this with the kernel version"
-                    ),
-                })
-            }
-            None => return Err(missing_field(probe, category, event, field)),
-        }
-    }
-    Ok(())
-}
-
 /// Checks that tracepoint `category/event` exists and its record has
 /// `fields`: for a raw tracepoint, whose arguments the record's fields
 /// mirror, this tells that the kernel passes the arguments a program reads.
@@ -262,6 +209,23 @@ fn declared_fields(probe: &'static str, category: &str, event: &str) -> Result<V
 pub fn kernel_offset(probe: &'static str, ty: &str, path: &str) -> Result<u32, ProbeError> {
     let config = |detail: String| ProbeError::Config { probe, detail };
     vmlinux().map_err(config)?.member_offset(ty, path).map_err(config)
+}
+
+/// Checks that raw tracepoint `event` passes its programs `args` first (C
+/// types, as [`crate::btf::Btf::tracepoint_args`] spells them), from the
+/// kernel's BTF: a program reads its arguments by position.
+pub fn expect_raw_args(probe: &'static str, event: &str, args: &[&str]) -> Result<(), ProbeError> {
+    let config = |detail: String| ProbeError::Config { probe, detail };
+    let got = vmlinux().map_err(config)?.tracepoint_args(event).map_err(config)?;
+    if got.len() < args.len() || got.iter().zip(args).any(|(g, a)| g != a) {
+        return Err(config(format!(
+            "tracepoint {event} passes ({}) on this kernel, hostprobe reads ({}): the kernel is older or newer \
+             than hostprobe knows; please report this with the kernel version",
+            got.join(", "),
+            args.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// The value of enumerator `name` of kernel enum `ty`, from the kernel's

@@ -47,6 +47,7 @@ struct Known {
     received: u64,
     asked_sleep_ns: u64,
     slept_ns: u64,
+    asleep_ns: u64,
 }
 
 /// Sectors written to `dev` so far, from /proc/diskstats (field 10).
@@ -174,6 +175,7 @@ fn top_cut_conserves_disk_tcp_and_sleep_in_json_prometheus_and_otlp() {
         known.sent += out["sent"].as_u64().unwrap();
         known.received += out["received"].as_u64().unwrap();
         known.slept_ns += out["slept_ns"].as_u64().unwrap();
+        known.asleep_ns += out["asleep_ns"].as_u64().unwrap();
     }
     let (server_got, server_answered) = server.join().unwrap();
     let after = dev.diskstats();
@@ -275,13 +277,46 @@ fn top_cut_conserves_disk_tcp_and_sleep_in_json_prometheus_and_otlp() {
         .filter(|s| s["name"] == "nanosleep")
         .map(|s| s["ns"].as_u64().unwrap())
         .sum();
-    // Asleep from leaving the CPU inside nanosleep to the timer's wake-up:
-    // at least the time asked for (less the few microseconds between the
-    // call's start and the switch, at most 1%), at most what each workload
-    // measured around its call (which adds the wait for a CPU after it).
+    // No switch or wake-up skipped, by the kernel's count of skipped runs
+    // (cumulative; the classic tracepoints' programs were skipped
+    // while the agent read its maps: 2 or 3 wake-ups in each of 3 runs).
+    let skipped: Vec<&Value> = reports
+        .last()
+        .into_iter()
+        .flat_map(|r| r["probes"].as_array().into_iter().flatten())
+        .filter(|p| p["name"] == "offcpu")
+        .flat_map(|p| p["programs"].as_array().into_iter().flatten())
+        .filter(|g| g["missed"].as_u64() != Some(0))
+        .collect();
+    assert!(skipped.is_empty(), "off-CPU programs skipped: {skipped:?}");
+    // Asleep from leaving the CPU inside nanosleep to the timer's wake-up,
+    // against the kernel's own accounting of each call (its wall time less
+    // its on-CPU and run-queue time, read by the workload around it): within
+    // 0.25%, less than any one sleep (20 ms of 2.4 s), and at most what the
+    // workloads measured around their calls. Now and then (a few runs in 25
+    // here, most often just after a build) a thread's return to a CPU or its
+    // wake-up is not seen, for reasons not yet found: the agent says so in
+    // its counters, and only a deviation it declared is allowed (a sleep of
+    // at most 60 ms lost, or a wait for a CPU counted as sleep, each).
+    let declared: u64 = reports
+        .iter()
+        .flat_map(|r| r["probes"].as_array().into_iter().flatten())
+        .filter(|p| p["name"] == "offcpu")
+        .map(|p| {
+            ["arrival_not_seen", "wakeup_not_seen"].iter().map(|c| p["counters"][c].as_u64().unwrap()).sum::<u64>()
+        })
+        .sum();
+    let allowed = known.asleep_ns as f64 * 0.0025 + declared as f64 * 70e6;
+    eprintln!(
+        "nanosleep sleep: agent {nanosleep} ns, the kernel's accounting {} ns; declared unseen returns and wake-ups: \
+         {declared}",
+        known.asleep_ns
+    );
     assert!(
-        nanosleep as f64 >= known.asked_sleep_ns as f64 * 0.99 && nanosleep <= known.slept_ns,
-        "nanosleep sleep {nanosleep} ns: asked {} ns, measured {} ns",
+        (nanosleep as f64 - known.asleep_ns as f64).abs() <= allowed && nanosleep <= known.slept_ns,
+        "nanosleep sleep {nanosleep} ns: asleep by the kernel's accounting {} ns, asked {} ns, measured around \
+         the calls {} ns; {declared} unseen returns to a CPU and wake-ups declared",
+        known.asleep_ns,
         known.asked_sleep_ns,
         known.slept_ns
     );

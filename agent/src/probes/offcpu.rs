@@ -35,9 +35,13 @@ pub const SPEC: Spec = Spec {
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/offcpu"));
 
-const PROGRAMS: [(&str, &str); 2] = [("offcpu_sched_wakeup", "sched_wakeup"), ("offcpu_sched_switch", "sched_switch")];
-/// Raw tracepoint: a non-leader thread's exec retires its old id.
-const EXEC_PROGRAM: (&str, &str) = ("offcpu_exec", "sched_process_exec");
+/// (program, raw tracepoint, its first arguments, up to the last one read).
+/// `sched_process_exec`: a non-leader thread's exec retires its old id.
+const PROGRAMS: [(&str, &str, &[&str]); 3] = [
+    ("offcpu_sched_wakeup", "sched_wakeup", &["struct task_struct *"]),
+    ("offcpu_sched_switch", "sched_switch", &["bool", "struct task_struct *", "struct task_struct *", "unsigned int"]),
+    ("offcpu_exec", "sched_process_exec", &["struct task_struct *", "pid_t"]),
+];
 
 /// One process's time over one interval.
 #[derive(Debug, Clone, Default)]
@@ -184,28 +188,30 @@ const STALE_NS: u64 = 10_000_000_000;
 
 impl OffcpuProbe {
     pub fn load(opts: &Options) -> Result<Self, ProbeError> {
-        ebpf::expect_fields(NAME, "sched", "sched_switch", &common::SWITCH_FIELDS)?;
-        ebpf::expect_fields(NAME, "sched", "sched_wakeup", &[("pid", common::WAKEUP_PID_OFFSET)])?;
+        for (_, event, args) in PROGRAMS {
+            ebpf::expect_raw_args(NAME, event, args)?;
+        }
         let filters = FilterGlobals::new(opts);
         let nr_offset = syscalls::PT_REGS_NR_OFFSET;
         let stacks_min_ns = opts.stacks_min_ns.map_or(0, |n| n.max(1));
         let task_flags = ebpf::kernel_offset(NAME, "task_struct", "flags")?;
+        let task_pid = ebpf::kernel_offset(NAME, "task_struct", "pid")?;
         let mut loader = EbpfLoader::new();
         filters.apply(&mut loader);
         loader
             .override_global(globals::PT_REGS_NR_OFFSET, &nr_offset, true)
             .override_global(globals::STACKS_MIN_NS, &stacks_min_ns, true)
-            .override_global(globals::TASK_FLAGS_OFFSET, &task_flags, true);
+            .override_global(globals::TASK_FLAGS_OFFSET, &task_flags, true)
+            .override_global(globals::TASK_PID_OFFSET, &task_pid, true);
         if stacks_min_ns != 0 {
             loader.map_max_entries(common::MAP_STACKS, common::MAX_STACKS);
             loader.map_max_entries(common::MAP_STACK_TIME, common::MAX_STACKS);
         }
         let mut bpf = ebpf::load(NAME, OBJECT, &mut loader)?;
         super::fill_pids(&mut bpf, NAME, common::MAP_PIDS, &opts.pids)?;
-        for (program, tracepoint) in PROGRAMS {
-            ebpf::attach_tracepoint(&mut bpf, NAME, program, "sched", tracepoint)?;
+        for (program, tracepoint, _) in PROGRAMS {
+            ebpf::attach_raw_tracepoint(&mut bpf, NAME, program, tracepoint)?;
         }
-        ebpf::attach_raw_tracepoint(&mut bpf, NAME, EXEC_PROGRAM.0, EXEC_PROGRAM.1)?;
         let maps = ebpf::map_sizes(&bpf);
         let mut take = |name: &'static str| bpf.take_map(name).ok_or_else(|| map_err(name, "missing"));
         let threads = take(common::MAP_THREADS)?;
@@ -447,8 +453,9 @@ mod tests {
             common::MAP_STACKS,
             common::MAP_STACK_TIME,
         ];
-        let programs: Vec<&str> = PROGRAMS.iter().chain([&EXEC_PROGRAM]).map(|p| p.0).collect();
-        let globals = [globals::PT_REGS_NR_OFFSET, globals::STACKS_MIN_NS, globals::TASK_FLAGS_OFFSET];
+        let programs: Vec<&str> = PROGRAMS.iter().map(|p| p.0).collect();
+        let globals =
+            [globals::PT_REGS_NR_OFFSET, globals::STACKS_MIN_NS, globals::TASK_FLAGS_OFFSET, globals::TASK_PID_OFFSET];
         ebpf::assert_object_has(OBJECT, &maps, &programs, &[&globals[..], &ebpf::FILTER_GLOBALS].concat());
     }
 

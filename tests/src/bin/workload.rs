@@ -56,7 +56,9 @@
 //!                               64 KiB blocks with O_DIRECT to DEV from byte OFFSET,
 //!                               sends S bytes to IP:PORT and reads the answer to
 //!                               EOF, sleeps MS ms in one nanosleep; prints
-//!                               {"writes","written","sent","received","slept_ns"}
+//!                               {"writes","written","sent","received","slept_ns",
+//!                               "asleep_ns"} (asleep: the call's wall time less its
+//!                               on-CPU and run-queue time, from schedstat)
 //! workload sleep-mix N SHORT LONG EVERY  N nanosleep()s, every EVERY-th of LONG ms,
 //!                               the others of SHORT ms; prints each call's duration
 //!                               (ns, measured here) as a JSON array, in call order
@@ -135,6 +137,23 @@ fn nanosleep(ms: u64) {
     let ts = libc::timespec { tv_sec: (ms / 1000) as libc::time_t, tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long };
     // SAFETY: valid timespec; no remainder wanted.
     unsafe { libc::syscall(libc::SYS_nanosleep, &ts, std::ptr::null_mut::<libc::timespec>()) };
+}
+
+/// This thread's time on a CPU so far, in ns: the scheduler's own
+/// accounting, brought up to now (`CLOCK_THREAD_CPUTIME_ID`).
+fn cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to write into.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// This thread's time waiting in a run queue so far, in ns
+/// (`/proc/thread-self/schedstat`; it grows only while the thread waits).
+fn run_delay_ns() -> u64 {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("/proc/thread-self/schedstat");
+    s.split_whitespace().nth(1).and_then(|x| x.parse().ok()).expect("schedstat's run-queue time")
 }
 
 fn openat_missing() {
@@ -1038,11 +1057,19 @@ fn main() {
             let mut got = Vec::new();
             s.read_to_end(&mut got).expect("read");
             drop(s);
-            let t = std::time::Instant::now();
+            // The kernel's own accounting of the call: of the time between
+            // the two readings of the clocks, the part neither on a CPU nor
+            // waiting in the run queue was spent asleep. The second reading
+            // of /proc is inside that time, so that a wait for a CPU while
+            // reading it is on both sides.
+            let (delay, cpu, t) = (run_delay_ns(), cpu_ns(), std::time::Instant::now());
             nanosleep(arg(&args, 9));
-            let slept = t.elapsed().as_nanos();
+            let slept = t.elapsed().as_nanos() as u64;
+            let delay = run_delay_ns() - delay;
+            let (cpu, wall) = (cpu_ns() - cpu, t.elapsed().as_nanos() as u64);
+            let asleep = wall - cpu - delay;
             println!(
-                "{{\"writes\":{writes},\"written\":{},\"sent\":{sent},\"received\":{},\"slept_ns\":{slept}}}",
+                "{{\"writes\":{writes},\"written\":{},\"sent\":{sent},\"received\":{},\"slept_ns\":{slept},\"asleep_ns\":{asleep}}}",
                 writes * BLOCK as u64,
                 got.len()
             );
