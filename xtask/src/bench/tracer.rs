@@ -14,7 +14,8 @@ use crate::root;
 const BPFTRACE_HIST: &str = "tracepoint:raw_syscalls:sys_enter { @start[tid] = nsecs; } \
     tracepoint:raw_syscalls:sys_exit /@start[tid]/ { @[pid, args->id] = hist(nsecs - @start[tid]); delete(@start[tid]); }";
 
-/// Empty programs on the classic tracepoints the off-CPU probe's hot path uses.
+/// Empty programs on the classic tracepoints of the events the off-CPU
+/// probe's hot path hooks (issue 16's floor).
 const BPFTRACE_SWITCH_FLOOR: &str = "tracepoint:sched:sched_switch {} tracepoint:sched:sched_wakeup {}";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
