@@ -1338,6 +1338,25 @@ impl tonic::codec::Decoder for Raw {
     }
 }
 
+/// A report as an agent sends it: agent `agent` (epoch 1), sequence `seq`,
+/// the second that ended now, and `processes`.
+pub fn synthetic_report(
+    agent: &str,
+    seq: u64,
+    processes: Vec<hostprobe::wire::pb::Process>,
+) -> hostprobe::wire::pb::Report {
+    use hostprobe::wire::pb;
+    let now = hostprobe::metrics::now_unix_ns();
+    pb::Report {
+        agent: Some(pb::AgentIdentity { agent_id: agent.into(), epoch: 1, ..Default::default() }),
+        sequence: seq,
+        interval_start_unix_ns: now - 1_000_000_000,
+        interval_end_unix_ns: now,
+        processes,
+        ..Default::default()
+    }
+}
+
 /// Sends `messages` on one Stream call; the status the collector ends it with.
 ///
 /// `token`, if given, goes as the bearer token. A stream the collector

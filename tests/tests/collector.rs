@@ -9,7 +9,7 @@ use std::{
 
 use hostprobe::wire::pb;
 use hostprobe_tests::{
-    free_port, hostile_stream, hostprobe, process_reports, Agent, Collector, Pki, TempDir, Workload,
+    free_port, hostile_stream, hostprobe, process_reports, synthetic_report, Agent, Collector, Pki, TempDir, Workload,
 };
 use prost::Message as _;
 
@@ -198,15 +198,7 @@ fn tls_token_and_client_certificates_are_enforced_with_clear_messages() {
 }
 
 fn valid_report(agent: &str, seq: u64) -> Vec<u8> {
-    let now = hostprobe::metrics::now_unix_ns();
-    pb::Report {
-        agent: Some(pb::AgentIdentity { agent_id: agent.into(), epoch: 1, ..Default::default() }),
-        sequence: seq,
-        interval_start_unix_ns: now - 1_000_000_000,
-        interval_end_unix_ns: now,
-        ..Default::default()
-    }
-    .encode_to_vec()
+    synthetic_report(agent, seq, Vec::new()).encode_to_vec()
 }
 
 #[test]

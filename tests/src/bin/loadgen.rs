@@ -20,7 +20,7 @@ use std::{
 };
 
 use hostprobe::wire::pb::{self, collector_client::CollectorClient};
-use hostprobe_tests::hostile_stream;
+use hostprobe_tests::{hostile_stream, synthetic_report};
 use prost::Message as _;
 use tonic::codec::CompressionEncoding;
 
@@ -106,18 +106,6 @@ impl Bad {
     }
 }
 
-fn report(agent: &str, seq: u64, processes: Vec<pb::Process>) -> pb::Report {
-    let now = hostprobe::metrics::now_unix_ns();
-    pb::Report {
-        agent: Some(pb::AgentIdentity { agent_id: agent.into(), epoch: 1, ..Default::default() }),
-        sequence: seq,
-        interval_start_unix_ns: now - 1_000_000_000,
-        interval_end_unix_ns: now,
-        processes,
-        ..Default::default()
-    }
-}
-
 /// Misbehaves as `kind` until `end`; the status code of every stream tried.
 async fn misbehave(url: String, id: String, kind: Bad, token: Option<String>, end: Instant) -> Vec<tonic::Code> {
     let mut codes = Vec::new();
@@ -125,7 +113,8 @@ async fn misbehave(url: String, id: String, kind: Bad, token: Option<String>, en
     while Instant::now() < end {
         let (messages, token) = match kind {
             Bad::Flood => {
-                let batch = (seq + 1..=seq + 3_000).map(|s| report(&id, s, Vec::new()).encode_to_vec()).collect();
+                let batch =
+                    (seq + 1..=seq + 3_000).map(|s| synthetic_report(&id, s, Vec::new()).encode_to_vec()).collect();
                 seq += 3_000;
                 (batch, token.clone())
             }
@@ -133,7 +122,7 @@ async fn misbehave(url: String, id: String, kind: Bad, token: Option<String>, en
             Bad::Oversized => (vec![vec![0x0a; 5 << 20]], token.clone()),
             Bad::WrongToken => {
                 seq += 1;
-                (vec![report(&id, seq, Vec::new()).encode_to_vec()], Some("not-the-token".into()))
+                (vec![synthetic_report(&id, seq, Vec::new()).encode_to_vec()], Some("not-the-token".into()))
             }
         };
         let status =
@@ -177,7 +166,7 @@ async fn behave(
     let mut sent = 0;
     for seq in 1..=seconds {
         tick.tick().await;
-        if tx.send(report(&format!("synthetic-{a}"), seq, template.clone())).await.is_err() {
+        if tx.send(synthetic_report(&format!("synthetic-{a}"), seq, template.clone())).await.is_err() {
             break;
         }
         sent += 1;
