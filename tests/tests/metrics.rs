@@ -135,8 +135,15 @@ fn tls_and_basic_auth_guard_metrics_and_a_real_prometheus_scrapes_with_them() {
         r#"hostprobe_syscalls_total{job="secure",process_executable_name="workload",hostprobe_syscall="getppid"}"#;
     let got = prometheus.query_until(promql, 3000.0, || agent.run_for(Duration::from_millis(500)));
     assert_eq!(got, Some(3000.0), "PromQL {promql}");
-    assert_eq!(prometheus.query(r#"up{job="secure"}"#), Some(1.0));
-    assert_eq!(prometheus.query(r#"up{job="no-password"}"#), Some(0.0), "a scrape without the password is refused");
+    // Each job's first scrape comes at its own offset in the interval:
+    // wait for it (the CI run of 136f336 asked before the second job's).
+    let mut run = || agent.run_for(Duration::from_millis(200));
+    assert_eq!(prometheus.query_until(r#"up{job="secure"}"#, 1.0, &mut run), Some(1.0));
+    assert_eq!(
+        prometheus.query_until(r#"up{job="no-password"}"#, 0.0, &mut run),
+        Some(0.0),
+        "a scrape without the password is refused"
+    );
     let plain = {
         use std::io::{Read as _, Write as _};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
