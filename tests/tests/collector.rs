@@ -280,13 +280,10 @@ fn query_merges_one_process_seen_by_two_agents_exactly() {
 /// A report of `count` calls of one syscall by a process named `comm`,
 /// ending `age` ago.
 fn aged_report(agent: &str, seq: u64, comm: &str, count: u64, age: Duration) -> pb::Report {
-    let end = hostprobe::metrics::now_unix_ns() - age.as_nanos() as i64;
-    pb::Report {
-        agent: Some(pb::AgentIdentity { agent_id: agent.into(), epoch: 1, ..Default::default() }),
-        sequence: seq,
-        interval_start_unix_ns: end - 1_000_000_000,
-        interval_end_unix_ns: end,
-        processes: vec![pb::Process {
+    let mut report = synthetic_report(
+        agent,
+        seq,
+        vec![pb::Process {
             pid: 4242,
             comm: comm.into(),
             merged: 1,
@@ -306,8 +303,11 @@ fn aged_report(agent: &str, seq: u64, comm: &str, count: u64, age: Duration) -> 
             }],
             ..Default::default()
         }],
-        ..Default::default()
-    }
+    );
+    let age = age.as_nanos() as i64;
+    report.interval_start_unix_ns -= age;
+    report.interval_end_unix_ns -= age;
+    report
 }
 
 /// `hostprobe query --json` with `args`: (reports in the window, count of the first row).

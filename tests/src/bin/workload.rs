@@ -253,7 +253,7 @@ fn pingpong(ms: u64) -> f64 {
 /// Sends a small report every 50 ms for `secs` over one stream and times
 /// each acknowledgement (matched by sequence); sorted milliseconds.
 async fn ack_latency(url: String, secs: u64, token: Option<String>) -> Vec<f64> {
-    use hostprobe::wire::pb::{self, collector_client::CollectorClient};
+    use hostprobe::wire::pb::collector_client::CollectorClient;
     let channel = tonic::transport::Endpoint::from_shared(url).expect("url").connect().await.expect("connect");
     let mut client = CollectorClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -276,14 +276,8 @@ async fn ack_latency(url: String, secs: u64, token: Option<String>) -> Vec<f64> 
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     for seq in 1..=secs * 20 {
         tick.tick().await;
-        let now = hostprobe::metrics::now_unix_ns();
-        let report = pb::Report {
-            agent: Some(pb::AgentIdentity { agent_id: "ack-latency".into(), epoch: 1, ..Default::default() }),
-            sequence: seq,
-            interval_start_unix_ns: now - 50_000_000,
-            interval_end_unix_ns: now,
-            ..Default::default()
-        };
+        let mut report = hostprobe_tests::synthetic_report("ack-latency", seq, Vec::new());
+        report.interval_start_unix_ns = report.interval_end_unix_ns - 50_000_000;
         sent.lock().expect("lock").insert(seq, std::time::Instant::now());
         if tx.send(report).await.is_err() {
             break;
