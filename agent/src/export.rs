@@ -220,7 +220,8 @@ impl Exporter {
             errors: std::sync::atomic::AtomicU64::new(0),
             last_error_unix: std::sync::atomic::AtomicI64::new(0),
         });
-        tokio::spawn(sender(shared.clone(), client));
+        let first = home(agent_id, client.collectors.len());
+        tokio::spawn(sender(shared.clone(), client, first));
         Ok(Self { shared })
     }
 
@@ -295,12 +296,19 @@ impl Exporter {
     }
 }
 
+/// Which of `n` collectors an agent streams to first: one chosen by its
+/// id, so that a fleet given the same list spreads over all of them (and
+/// each agent comes back to the same one after a failover).
+pub fn home(agent_id: &str, n: usize) -> usize {
+    crc32fast::hash(agent_id.as_bytes()) as usize % n.max(1)
+}
+
 /// Connects, streams, and reconnects with capped exponential backoff and
-/// jitter, trying the collectors in turn.
-async fn sender(shared: Arc<Shared>, args: ClientArgs) {
+/// jitter, trying the collectors in turn from the `first`.
+async fn sender(shared: Arc<Shared>, args: ClientArgs, first: usize) {
     let mut failures = 0u32;
     let mut outage_since: Option<std::time::Instant> = None;
-    for url in args.collectors.iter().cycle() {
+    for url in args.collectors.iter().cycle().skip(first) {
         match session(url, &shared, &args, &mut outage_since).await {
             Ok(()) if shared.closing.load(std::sync::atomic::Ordering::Relaxed) => return,
             Ok(()) => failures = 0,

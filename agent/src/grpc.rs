@@ -15,8 +15,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 #[derive(Debug, Clone, clap::Args, Default)]
 #[command(next_help_heading = "Collector connection")]
 pub struct ClientArgs {
-    /// Collector address, https://host:port (repeat or separate with commas
-    /// for failover, tried in turn). http:// only with --plaintext.
+    /// Collector address, https://host:port. Several (repeat, or separate
+    /// with commas): an agent streams to the one its agent id picks and
+    /// fails over to the next in turn, so that a fleet given one list
+    /// spreads over them; `query` asks each and merges their answers
+    /// exactly. http:// only with --plaintext.
     #[arg(long = "collector", value_name = "URL", value_delimiter = ',')]
     pub collectors: Vec<String>,
     /// Allow http:// collector addresses (no TLS: reports and the token

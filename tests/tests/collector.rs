@@ -347,6 +347,114 @@ fn query_window_zero_means_everything_the_collector_keeps() {
     drop(collector);
 }
 
+/// `hostprobe query --json ARGS` over the collectors `urls`.
+fn query_value(urls: &[&str], args: &[&str]) -> serde_json::Value {
+    let mut cmd = hostprobe();
+    cmd.arg("query").arg("--plaintext").arg("--json");
+    for u in urls {
+        cmd.args(["--collector", u]);
+    }
+    let out = cmd.args(args).output().unwrap();
+    assert!(out.status.success(), "query {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["stderr"] = String::from_utf8_lossy(&out.stderr).into();
+    v
+}
+
+#[test]
+fn a_window_the_collector_no_longer_holds_is_said_and_what_is_left_is_exact() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    // Room for a few minutes of one small agent's window.
+    let collector = Collector::start(port, &["--plaintext", "--retention", "1h", "--max-memory", "1K"]);
+    let started = Instant::now();
+    // Just started: an hour asked for is more than it holds, and it says so.
+    let v = query_value(&[&url], &["--window", "1h"]);
+    assert_eq!(v["complete"], false, "{v}");
+    assert!(v["stderr"].as_str().unwrap().contains("it started then"), "{v}");
+    // One report in each of the last 30 minutes, each with its own count
+    // (2^i calls), sent oldest first as an agent catching up would.
+    let ages: Vec<u64> = (0..30).rev().collect();
+    let reports: Vec<pb::Report> = ages
+        .iter()
+        .enumerate()
+        .map(|(i, age)| aged_report("catching-up", i as u64 + 1, "marked", 1 << i, Duration::from_secs(age * 60 + 1)))
+        .collect();
+    let ends: Vec<i64> = reports.iter().map(|r| r.interval_end_unix_ns).collect();
+    assert_eq!(send(&url, reports), (30, None));
+
+    let v = query_value(&[&url], &["--comm", "marked", "--window", "40m"]);
+    assert_eq!(v["complete"], false, "{v}");
+    let stderr = v["stderr"].as_str().unwrap();
+    assert!(stderr.contains("covers less than the window") && stderr.contains("--max-memory"), "{stderr}");
+    let complete_from = v["complete_from_unix_ns"].as_i64().unwrap();
+    let evicted = v["evicted_reports"].as_u64().unwrap();
+    // Dropped: the oldest reports (complete only from the end of the
+    // newest of them); what is left, exactly the rest (the sender's own
+    // counts).
+    assert!(evicted > 0 && evicted < 29, "a 1K cap keeps some, not all: {v}");
+    let dropped = evicted as usize;
+    assert!(complete_from >= ends[dropped - 1], "{v}");
+    let kept: u64 = (dropped..30).map(|i| 1u64 << i).sum();
+    assert_eq!(v["rows"][0]["count"].as_u64().unwrap(), kept, "{v}");
+    assert_eq!(v["reports"].as_u64().unwrap(), 30 - evicted, "{v}");
+    assert!(v["from_unix_ns"].as_i64().unwrap() > ends[dropped - 1], "{v}");
+    // A window inside what it holds (and since it started) is whole.
+    std::thread::sleep(Duration::from_secs(11).saturating_sub(started.elapsed()));
+    let v = query_value(&[&url], &["--comm", "marked", "--window", "10s"]);
+    assert_eq!(v["complete"], true, "{v}");
+    assert!(v["stderr"].as_str().unwrap().is_empty(), "{v}");
+    drop(collector);
+}
+
+#[test]
+fn agents_spread_over_two_collectors_and_one_query_merges_both_exactly() {
+    let (p1, p2) = (free_port(), free_port());
+    let (c1, c2) = (Collector::start(p1, &["--plaintext"]), Collector::start(p2, &["--plaintext"]));
+    let (u1, u2) = (c1.url(), c2.url());
+    let both = format!("{u1},{u2}");
+    // Two agents whose ids pick different collectors from one list.
+    let ids: Vec<String> = (0..100).map(|i| format!("spread-{i}")).collect();
+    let first = ids.iter().find(|id| hostprobe::export::home(id, 2) == 0).unwrap();
+    let second = ids.iter().find(|id| hostprobe::export::home(id, 2) == 1).unwrap();
+    let mut workload = Workload::spawn(&["getppid", "30000"]);
+    let pid = workload.pid().to_string();
+    let mut a1 = Agent::start(&agent_args(&both, first, &["--plaintext", "--pid", &pid]));
+    let mut a2 = Agent::start(&agent_args(&both, second, &["--plaintext", "--pid", &pid]));
+    workload.go();
+    workload.wait();
+    a1.run_for(Duration::from_millis(600));
+    a2.run_for(Duration::from_millis(600));
+    let (r1, r2) = (a1.stop(), a2.stop());
+    let count = |reports: &[serde_json::Value]| -> u64 {
+        process_reports(reports, pid.parse().unwrap())
+            .iter()
+            .map(|p| p["syscall_total"]["count"].as_u64().unwrap())
+            .sum()
+    };
+    let (n1, n2) = (count(&r1), count(&r2));
+    assert!(n1 >= 30_000 && n2 >= 30_000, "each agent saw the workload: {n1}, {n2}");
+
+    // Each collector has its own agent.
+    for (url, id, n) in [(&u1, first, n1), (&u2, second, n2)] {
+        let v = query_value(&[url], &["--comm", "workload"]);
+        assert_eq!(v["rows"][0]["agents"], serde_json::json!([id]), "{v}");
+        assert_eq!(v["rows"][0]["count"].as_u64().unwrap(), n, "{v}");
+    }
+    let v = query_value(&[&u1, &u2], &["--comm", "workload"]);
+    assert_eq!(v["collectors"], 2, "{v}");
+    let mut agents = [first, second];
+    agents.sort();
+    assert_eq!(v["rows"][0]["agents"], serde_json::json!(agents), "{v}");
+    assert_eq!(v["rows"][0]["count"].as_u64().unwrap(), n1 + n2, "merged exactly: {v}");
+    // Percentiles from the merged histogram: between each side's.
+    let p99 = |v: &serde_json::Value| v["rows"][0]["p99_ns"].as_u64().unwrap();
+    let (s1, s2) =
+        (p99(&query_value(&[&u1], &["--comm", "workload"])), p99(&query_value(&[&u2], &["--comm", "workload"])));
+    assert!((s1.min(s2)..=s1.max(s2)).contains(&p99(&v)), "{s1} {s2} {v}");
+    drop((c1, c2));
+}
+
 /// Streams `reports` to the collector at `url`; returns how many were
 /// acknowledged and the status that ended the stream, if any.
 fn send(url: &str, reports: Vec<pb::Report>) -> (usize, Option<String>) {

@@ -47,7 +47,7 @@ pub struct Replay {
 /// A report as the journal holds it: deflated (fast level). Reports are
 /// repetitive (names, histogram layouts): about a fifth of the bytes to
 /// write and sync, for a little CPU on the journal's own thread.
-fn deflate(report: &[u8]) -> Vec<u8> {
+pub(super) fn deflate(report: &[u8]) -> Vec<u8> {
     use std::io::Write as _;
     let mut z = flate2::write::DeflateEncoder::new(Vec::with_capacity(report.len() / 4), flate2::Compression::fast());
     z.write_all(report).expect("writing to memory");
@@ -61,12 +61,12 @@ fn record(report: &[u8]) -> Vec<u8> {
 
 /// No report is larger (the collector takes messages of `--max-message`,
 /// 4M by default).
-const REPORT_MAX: usize = 256 << 20;
+pub(super) const REPORT_MAX: usize = 256 << 20;
 
 /// The report in a record, if it inflates to at most `max` bytes: a
 /// damaged or hostile record (deflate expands up to a thousandfold) costs
 /// no more memory than a real one.
-fn inflate(payload: &[u8], max: usize) -> Option<Vec<u8>> {
+pub(super) fn inflate(payload: &[u8], max: usize) -> Option<Vec<u8>> {
     use std::io::Read as _;
     let mut out = Vec::with_capacity((payload.len() * 4).min(max));
     flate2::read::DeflateDecoder::new(payload).take(max as u64 + 1).read_to_end(&mut out).ok()?;

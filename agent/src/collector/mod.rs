@@ -6,8 +6,10 @@
 //! acknowledged, and the journal is replayed at start.
 //!
 //! Parts: [`service`] (the gRPC service: checks, journals, keeps, acks),
-//! [`store`] (the windows, deduplication, limits), [`journal`] (segments,
-//! group commit, checksums), [`query`] (the engine and `hostprobe query`).
+//! [`store`] (the windows, deduplication, limits), [`rollup`] (reports
+//! merged exactly, per minute then per ten minutes), [`journal`]
+//! (segments, group commit, checksums), [`query`] (the engine and
+//! `hostprobe query`, which merges several collectors' answers).
 //!
 //! Defences, each refused with a clear gRPC status and logged, without
 //! disturbing other agents: bearer tokens (one for agents, which send, one
@@ -19,6 +21,7 @@
 
 pub mod journal;
 pub mod query;
+mod rollup;
 mod service;
 mod store;
 
@@ -73,11 +76,13 @@ pub struct CollectorArgs {
     /// and duplicates are still dropped.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// How long reports are kept for queries.
-    #[arg(long, default_value = "5m", value_parser = crate::units::parse_duration, value_name = "DURATION")]
+    /// How long reports are kept for queries (merged per minute for the
+    /// last 10 minutes, per 10 minutes before), and in the journal.
+    #[arg(long, default_value = "1h", value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub retention: Duration,
-    /// Memory for kept reports (encoded) over all agents; past it the
-    /// oldest go first.
+    /// Memory for kept reports over all agents (the current minute's
+    /// merged reports, encoded; older minutes deflated); past it the oldest
+    /// go first, and answers say from when the collector holds everything.
     #[arg(long, default_value = "1G", value_parser = crate::units::parse_size, value_name = "SIZE")]
     pub max_memory: u64,
     /// Agents accepted at once; past it new agents are refused.
@@ -155,14 +160,15 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         max_future: args.max_future,
     };
     raise_fd_limit();
-    let mut store = Store::default();
+    let mut store = Store::new(crate::metrics::now_unix_ns());
     let journal = match &args.data_dir {
         Some(dir) => {
             // Each report decoded once, into the windows as it is read.
             let (journal, n) = journal::Journal::open(dir, limits.retention, |bytes| {
                 let r = pb::Report::decode(bytes.as_slice()).ok()?;
                 let a = r.agent.as_ref()?;
-                store.keep(&a.agent_id, a.epoch, r.sequence, r.interval_end_unix_ns, bytes.into(), &limits);
+                store.keep(&a.agent_id, a.epoch, r.sequence, &r, &limits);
+                store.holding_since_ns = store.holding_since_ns.min(r.interval_start_unix_ns);
                 Some(r.interval_end_unix_ns)
             })?;
             if n > 0 {
@@ -207,13 +213,23 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
             .max_decoding_message_size(args.max_message as usize)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip);
-        // Agents gone for longer than the retention are forgotten.
-        let evicting = svc.clone();
+        // Every 10 s: minutes whose agents went quiet are closed, old
+        // minutes merged into ten, buckets past the retention dropped, one
+        // agent at a time (ingest goes on between); agents gone for
+        // longer than the retention are forgotten.
+        let maintaining = svc.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                let retention = evicting.limits.retention;
-                evicting.lock().evict_idle(retention);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let s = maintaining.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let ids: Vec<String> = s.lock().agents.keys().cloned().collect();
+                    for id in ids {
+                        s.lock().maintain(&id, crate::metrics::now_unix_ns(), &s.limits);
+                    }
+                    s.lock().evict_idle(s.limits.retention);
+                })
+                .await;
             }
         });
         if let (Some(addr), Some(m)) = (args.prometheus_listen, &metrics) {

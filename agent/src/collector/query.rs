@@ -3,7 +3,6 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use prost::Message as _;
 use tonic::Request;
 
@@ -14,6 +13,35 @@ use crate::{
         pb::{self, query_request::By},
     },
 };
+
+/// One agent's reports over a span, as the store holds them: a bucket of
+/// merged reports (deflated), or the open minute (encoded).
+pub struct Part {
+    pub bytes: Arc<[u8]>,
+    pub deflated: bool,
+    /// Reports merged in it.
+    pub reports: u64,
+    pub from_ns: i64,
+    pub to_ns: i64,
+}
+
+impl Part {
+    pub fn report(&self) -> Option<pb::Report> {
+        if self.deflated {
+            let raw = super::journal::inflate(&self.bytes, super::journal::REPORT_MAX)?;
+            pb::Report::decode(&raw[..]).ok()
+        } else {
+            pb::Report::decode(&self.bytes[..]).ok()
+        }
+    }
+
+    /// One report, encoded.
+    #[cfg(test)]
+    pub fn whole(bytes: Arc<[u8]>) -> Part {
+        let r = pb::Report::decode(&bytes[..]).expect("a report");
+        Part { bytes, deflated: false, reports: 1, from_ns: r.interval_start_unix_ns, to_ns: r.interval_end_unix_ns }
+    }
+}
 
 /// Per process name, figures merged over every agent's reports in the window.
 #[derive(Default)]
@@ -28,74 +56,24 @@ struct Row {
     sum_unknown: bool,
 }
 
-/// The oldest interval end a query covers.
-pub fn since(q: &pb::QueryRequest) -> i64 {
-    let now = crate::metrics::now_unix_ns();
-    if q.window_seconds == 0 {
-        i64::MIN
-    } else {
-        now - i64::from(q.window_seconds) * 1_000_000_000
+impl Row {
+    /// Adds histogram `h` of `agents`; `total`: the sum of its values, if
+    /// known (else what is known of it).
+    fn add(&mut self, exe: &str, agents: impl IntoIterator<Item = String>, h: &pb::Histogram, total: (u64, bool)) {
+        let Ok(parsed) = wire::from_wire(h) else { return };
+        if self.exe.is_empty() {
+            self.exe = exe.to_string();
+        }
+        self.agents.extend(agents);
+        self.hist.merge(&parsed);
+        self.max_ns = self.max_ns.max(h.max_ns);
+        self.total_ns = self.total_ns.saturating_add(total.0);
+        self.sum_unknown |= !total.1;
     }
 }
 
-/// Answers `q` from `snapshot` (per agent, its reports in the window);
-/// `agents`: how many the collector knows.
-pub fn answer(snapshot: &[(String, Vec<Arc<[u8]>>)], agents: usize, q: &pb::QueryRequest) -> pb::QueryResponse {
-    let by = By::try_from(q.by).unwrap_or(By::Syscalls);
-    if by == By::Diagnose {
-        let mut windows = std::collections::BTreeMap::new();
-        let mut reports = 0;
-        for (id, window) in snapshot {
-            for bytes in window {
-                let Ok(r) = pb::Report::decode(&bytes[..]) else { continue };
-                reports += 1;
-                windows.entry(id.clone()).or_insert_with(crate::fleet::AgentWindow::default).add(&r);
-            }
-        }
-        let limit = if q.limit == 0 { 10 } else { q.limit as usize };
-        let diagnoses = crate::fleet::diagnose_fleet(&windows, &q.comm, limit);
-        return pb::QueryResponse { agents: agents as u32, reports, diagnoses, ..Default::default() };
-    }
-    let mut rows: HashMap<String, Row> = HashMap::new();
-    let mut reports = 0;
-    for (id, window) in snapshot {
-        for bytes in window {
-            let Ok(r) = pb::Report::decode(&bytes[..]) else { continue };
-            reports += 1;
-            for p in r.processes.iter().filter(|p| q.comm.is_empty() || p.comm == q.comm) {
-                // `total`: the exact sum of the histogram's values, if known.
-                let mut add = |h: &Option<pb::Histogram>, total: Option<u64>| {
-                    let Some(h) = h else { return };
-                    let Ok(parsed) = wire::from_wire(h) else { return };
-                    let row = rows.entry(p.comm.clone()).or_default();
-                    if row.exe.is_empty() {
-                        row.exe = p.exe.clone();
-                    }
-                    row.agents.insert(id.clone());
-                    row.hist.merge(&parsed);
-                    row.max_ns = row.max_ns.max(h.max_ns);
-                    row.total_ns += total.unwrap_or(0);
-                    row.sum_unknown |= total.is_none();
-                };
-                match by {
-                    By::Syscalls | By::Unspecified | By::Diagnose => {
-                        p.syscalls.iter().for_each(|s| add(&s.latency, Some(s.total_ns)))
-                    }
-                    By::DiskP99 => p.disk.iter().for_each(|d| add(&d.total, d.total.as_ref().and_then(|h| h.sum_ns))),
-                    By::Offcpu => {
-                        if let Some(o) = &p.offcpu {
-                            add(&o.offcpu, Some(o.runqueue_ns + o.blocked_io_ns + o.sleep_ns));
-                        }
-                    }
-                    By::TcpRtt => p
-                        .tcp
-                        .iter()
-                        .filter(|t| q.endpoint.is_empty() || t.remote == q.endpoint)
-                        .for_each(|t| add(&t.rtt, t.rtt.as_ref().and_then(|h| h.sum_ns))),
-                }
-            }
-        }
-    }
+/// The rows, ranked as `by` asks, at most `limit` (0: 10).
+fn ranked(rows: HashMap<String, Row>, by: By, limit: u32) -> Vec<pb::QueryRow> {
     let mut out: Vec<pb::QueryRow> = rows
         .into_iter()
         .filter(|(_, r)| r.hist.count() > 0)
@@ -114,24 +92,129 @@ pub fn answer(snapshot: &[(String, Vec<Arc<[u8]>>)], agents: usize, q: &pb::Quer
         By::DiskP99 | By::TcpRtt => out.sort_by(|a, b| b.p99_ns.cmp(&a.p99_ns).then(a.comm.cmp(&b.comm))),
         _ => out.sort_by(|a, b| b.total_ns.cmp(&a.total_ns).then(a.comm.cmp(&b.comm))),
     }
-    out.truncate(if q.limit == 0 { 10 } else { q.limit as usize });
-    pb::QueryResponse { rows: out, agents: agents as u32, reports, diagnoses: Vec::new() }
+    out.truncate(if limit == 0 { 10 } else { limit as usize });
+    out
+}
+
+/// The oldest interval end a query covers.
+pub fn since(q: &pb::QueryRequest) -> i64 {
+    let now = crate::metrics::now_unix_ns();
+    if q.window_seconds == 0 {
+        i64::MIN
+    } else {
+        now - i64::from(q.window_seconds) * 1_000_000_000
+    }
+}
+
+/// Answers `q` from `snapshot` (per agent, its parts in the window);
+/// `agents`: how many the collector knows. The span merged is set here;
+/// what the collector holds (`complete_from_unix_ns`, `evicted_reports`),
+/// by the caller.
+pub fn answer(snapshot: &[(String, Vec<Part>)], agents: usize, q: &pb::QueryRequest) -> pb::QueryResponse {
+    let by = By::try_from(q.by).unwrap_or(By::Syscalls);
+    let mut resp = pb::QueryResponse { agents: agents as u32, ..Default::default() };
+    let parts = snapshot.iter().flat_map(|(id, parts)| parts.iter().map(move |p| (id, p)));
+    let (mut from, mut to) = (i64::MAX, i64::MIN);
+    let mut decoded = Vec::new();
+    for (id, part) in parts {
+        let Some(r) = part.report() else { continue };
+        resp.reports += part.reports;
+        from = from.min(part.from_ns);
+        to = to.max(part.to_ns);
+        decoded.push((id, r));
+    }
+    if resp.reports > 0 {
+        (resp.from_unix_ns, resp.to_unix_ns) = (from, to);
+    }
+    if by == By::Diagnose {
+        let mut windows = std::collections::BTreeMap::new();
+        for (id, r) in &decoded {
+            windows.entry((*id).clone()).or_insert_with(crate::fleet::AgentWindow::default).add(r);
+        }
+        let limit = if q.limit == 0 { 10 } else { q.limit as usize };
+        resp.diagnoses = crate::fleet::diagnose_fleet(&windows, &q.comm, limit);
+        return resp;
+    }
+    let mut rows: HashMap<String, Row> = HashMap::new();
+    for (id, r) in &decoded {
+        for p in r.processes.iter().filter(|p| q.comm.is_empty() || p.comm == q.comm) {
+            // `total`: the exact sum of the histogram's values, if known.
+            let mut add = |h: &Option<pb::Histogram>, total: Option<u64>| {
+                if let Some(h) = h {
+                    let total = (total.unwrap_or(0), total.is_some());
+                    rows.entry(p.comm.clone()).or_default().add(&p.exe, [(*id).clone()], h, total);
+                }
+            };
+            match by {
+                By::Syscalls | By::Unspecified | By::Diagnose => {
+                    p.syscalls.iter().for_each(|s| add(&s.latency, Some(s.total_ns)))
+                }
+                By::DiskP99 => p.disk.iter().for_each(|d| add(&d.total, d.total.as_ref().and_then(|h| h.sum_ns))),
+                By::Offcpu => {
+                    if let Some(o) = &p.offcpu {
+                        add(&o.offcpu, Some(o.runqueue_ns + o.blocked_io_ns + o.sleep_ns));
+                    }
+                }
+                By::TcpRtt => p
+                    .tcp
+                    .iter()
+                    .filter(|t| q.endpoint.is_empty() || t.remote == q.endpoint)
+                    .for_each(|t| add(&t.rtt, t.rtt.as_ref().and_then(|h| h.sum_ns))),
+            }
+        }
+    }
+    resp.rows = ranked(rows, by, q.limit);
+    resp
+}
+
+/// The answers of several collectors (each for its agents) as one: rows
+/// merged by process name (histograms bucket by bucket, so percentiles
+/// are the fleet's), diagnoses worst first, counts added; complete from
+/// the latest of their `complete_from`. For an exact merge, each answer
+/// must hold every row (`limit` past the number of names).
+pub fn merge_answers(answers: Vec<pb::QueryResponse>, by: By, limit: u32) -> pb::QueryResponse {
+    let mut out = pb::QueryResponse::default();
+    let mut rows: HashMap<String, Row> = HashMap::new();
+    let (mut from, mut to) = (i64::MAX, i64::MIN);
+    for a in answers {
+        out.agents += a.agents;
+        out.reports += a.reports;
+        out.evicted_reports += a.evicted_reports;
+        out.complete_from_unix_ns = out.complete_from_unix_ns.max(a.complete_from_unix_ns);
+        if a.reports > 0 {
+            from = from.min(a.from_unix_ns);
+            to = to.max(a.to_unix_ns);
+        }
+        for r in &a.rows {
+            if let Some(h) = &r.histogram {
+                let total = (r.total_ns, h.sum_ns.is_some());
+                rows.entry(r.comm.clone()).or_default().add(&r.exe, r.agents.iter().cloned(), h, total);
+            }
+        }
+        out.diagnoses.extend(a.diagnoses);
+    }
+    if out.reports > 0 {
+        (out.from_unix_ns, out.to_unix_ns) = (from, to);
+    }
+    out.rows = ranked(rows, by, limit);
+    let idle = crate::verdict::Kind::Idle.name();
+    out.diagnoses.sort_by_key(|d| (d.kind == idle, std::cmp::Reverse(d.lost_ns), d.pid));
+    out.diagnoses.truncate(if limit == 0 { 10 } else { limit as usize });
+    out
 }
 
 /// One agent's reports (by id, or by host name) whose interval ends in
-/// `[from, to)`, oldest first, from `snapshot` (per agent, its reports
-/// ending at or after `from`).
-pub fn reports(
-    snapshot: &[(String, Vec<Arc<[u8]>>)],
-    q: &pb::ReportsRequest,
-) -> Result<Vec<pb::Report>, tonic::Status> {
+/// `[from, to)`, oldest first, from `snapshot` (per agent, its parts
+/// ending at or after `from`): merged per minute, or per ten minutes for
+/// the older ones.
+pub fn reports(snapshot: &[(String, Vec<Part>)], q: &pb::ReportsRequest) -> Result<Vec<pb::Report>, tonic::Status> {
     let mut found: std::collections::BTreeMap<&str, Vec<pb::Report>> = Default::default();
     for (id, window) in snapshot {
         if !q.agent_id.is_empty() && *id != q.agent_id {
             continue;
         }
-        for bytes in window {
-            let Ok(r) = pb::Report::decode(&bytes[..]) else { continue };
+        for part in window {
+            let Some(r) = part.report() else { continue };
             let host = r.agent.as_ref().map_or("", |a| a.host_name.as_str());
             if q.agent_id.is_empty() && host != q.host_name {
                 continue;
@@ -195,65 +278,124 @@ pub enum QueryBy {
     TcpRtt,
 }
 
+/// One collector's answer to `req`.
+async fn ask(url: &str, args: &QueryArgs, req: pb::QueryRequest) -> anyhow::Result<pb::QueryResponse> {
+    let channel = crate::grpc::channel(url, &args.client).await?;
+    let mut client = pb::collector_client::CollectorClient::new(channel);
+    let mut req = Request::new(req);
+    if let Some(t) = crate::grpc::token(&args.client)? {
+        req.metadata_mut().insert("authorization", t);
+    }
+    let resp = client.query(req).await.map_err(|s| anyhow::anyhow!("{url}: {}", crate::grpc::status_message(&s)))?;
+    Ok(resp.into_inner())
+}
+
+fn utc(ns: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// What the answer covers, against the window asked for (which began at
+/// `asked_from`, or `None`: everything kept); a warning when the
+/// collectors do not hold all of it.
+fn coverage(resp: &pb::QueryResponse, asked_from: Option<i64>) -> (String, Option<String>) {
+    let span = if resp.reports == 0 {
+        "nothing in the window".to_string()
+    } else {
+        format!("{} to {}", utc(resp.from_unix_ns), utc(resp.to_unix_ns))
+    };
+    let short = match asked_from {
+        Some(asked) if resp.complete_from_unix_ns > asked => Some(format!(
+            "the window asked for begins at {}, but the collector holds every report only since {}{}: \
+             this answer covers less than the window",
+            utc(asked),
+            utc(resp.complete_from_unix_ns),
+            if resp.evicted_reports > 0 {
+                format!(
+                    " ({} reports dropped for --max-memory; raise it, or ask for a shorter window)",
+                    resp.evicted_reports
+                )
+            } else {
+                " (it started then)".to_string()
+            }
+        )),
+        _ => None,
+    };
+    (span, short)
+}
+
 pub fn query_cmd(args: &QueryArgs) -> anyhow::Result<()> {
-    let url = args.client.collectors.first().context("--collector URL is required")?.clone();
+    anyhow::ensure!(!args.client.collectors.is_empty(), "--collector URL is required");
+    let by = match args.by {
+        _ if args.diagnose => By::Diagnose,
+        QueryBy::Syscalls => By::Syscalls,
+        QueryBy::Disk => By::DiskP99,
+        QueryBy::Offcpu => By::Offcpu,
+        QueryBy::TcpRtt => By::TcpRtt,
+    };
+    let several = args.client.collectors.len() > 1;
+    let req = pb::QueryRequest {
+        by: by as i32,
+        // Merged exactly only from every row of each.
+        limit: if several { u32::MAX } else { args.limit },
+        endpoint: args.endpoint.clone().unwrap_or_default(),
+        comm: args.comm.clone().unwrap_or_default(),
+        window_seconds: if args.window.is_zero() { 0 } else { args.window.as_secs().max(1) as u32 },
+    };
+    let asked_from = (!args.window.is_zero()).then(|| crate::metrics::now_unix_ns() - args.window.as_nanos() as i64);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        let channel = crate::grpc::channel(&url, &args.client).await?;
-        let mut client = pb::collector_client::CollectorClient::new(channel);
-        let mut req = Request::new(pb::QueryRequest {
-            by: match args.by {
-                _ if args.diagnose => By::Diagnose,
-                QueryBy::Syscalls => By::Syscalls,
-                QueryBy::Disk => By::DiskP99,
-                QueryBy::Offcpu => By::Offcpu,
-                QueryBy::TcpRtt => By::TcpRtt,
-            } as i32,
-            limit: args.limit,
-            endpoint: args.endpoint.clone().unwrap_or_default(),
-            comm: args.comm.clone().unwrap_or_default(),
-            window_seconds: if args.window.is_zero() { 0 } else { args.window.as_secs().max(1) as u32 },
-        });
-        if let Some(t) = crate::grpc::token(&args.client)? {
-            req.metadata_mut().insert("authorization", t);
+    let answers = rt.block_on(async {
+        let mut answers = Vec::new();
+        for url in &args.client.collectors {
+            answers.push(ask(url, args, req.clone()).await?);
         }
-        let resp =
-            client.query(req).await.map_err(|s| anyhow::anyhow!("{}", crate::grpc::status_message(&s)))?.into_inner();
-        if args.diagnose {
-            // An older collector reads DIAGNOSE as unspecified (proto rule
-            // 5) and ranks by syscalls instead.
-            anyhow::ensure!(
-                !resp.diagnoses.is_empty() || resp.rows.is_empty(),
-                "this collector does not know --diagnose: upgrade it"
-            );
-            print!("{}", crate::fleet::render(&resp, args.json));
-            return Ok(());
-        }
-        if args.json {
-            let rows: Vec<serde_json::Value> = resp
-                .rows
-                .iter()
-                .map(|r| {
-                    serde_json::json!({"comm": r.comm, "exe": r.exe, "agents": r.agents, "count": r.count,
-                        "total_ns": r.total_ns, "p50_ns": r.p50_ns, "p99_ns": r.p99_ns})
-                })
-                .collect();
-            println!("{}", serde_json::json!({"agents": resp.agents, "reports": resp.reports, "rows": rows}));
-            return Ok(());
-        }
-        println!("{} agents, {} reports in the window", resp.agents, resp.reports);
-        println!("{:<16} {:>6} {:>12} {:>10} {:>10} {:>10}", "COMM", "AGENTS", "COUNT", "TOTAL", "p50", "p99");
-        for r in &resp.rows {
-            println!(
-                "{:<16} {:>6} {:>12} {:>10} {:>10} {:>10}",
-                r.comm,
-                r.agents.len(),
-                r.count,
-                crate::units::duration(r.total_ns),
-                crate::units::duration(r.p50_ns),
-                crate::units::duration(r.p99_ns)
-            );
-        }
-        Ok(())
-    })
+        anyhow::Ok(answers)
+    })?;
+    let resp = if several { merge_answers(answers, by, args.limit) } else { answers.into_iter().next().expect("one") };
+    let (span, short) = coverage(&resp, asked_from);
+    if let Some(s) = &short {
+        eprintln!("hostprobe query: {s}");
+    }
+    if args.diagnose {
+        // An older collector reads DIAGNOSE as unspecified (proto rule
+        // 5) and ranks by syscalls instead.
+        anyhow::ensure!(
+            !resp.diagnoses.is_empty() || resp.rows.is_empty(),
+            "this collector does not know --diagnose: upgrade it"
+        );
+        print!("{}", crate::fleet::render(&resp, args.json));
+        return Ok(());
+    }
+    if args.json {
+        let rows: Vec<serde_json::Value> = resp
+            .rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({"comm": r.comm, "exe": r.exe, "agents": r.agents, "count": r.count,
+                    "total_ns": r.total_ns, "p50_ns": r.p50_ns, "p99_ns": r.p99_ns})
+            })
+            .collect();
+        let json = serde_json::json!({
+            "collectors": args.client.collectors.len(), "agents": resp.agents, "reports": resp.reports,
+            "from_unix_ns": resp.from_unix_ns, "to_unix_ns": resp.to_unix_ns,
+            "asked_from_unix_ns": asked_from, "complete_from_unix_ns": resp.complete_from_unix_ns,
+            "evicted_reports": resp.evicted_reports, "complete": short.is_none(), "rows": rows});
+        println!("{json}");
+        return Ok(());
+    }
+    let collectors = if several { format!(" from {} collectors", args.client.collectors.len()) } else { String::new() };
+    println!("{} agents, {} reports{collectors} in the window: {span}", resp.agents, resp.reports);
+    println!("{:<16} {:>6} {:>12} {:>10} {:>10} {:>10}", "COMM", "AGENTS", "COUNT", "TOTAL", "p50", "p99");
+    for r in &resp.rows {
+        println!(
+            "{:<16} {:>6} {:>12} {:>10} {:>10} {:>10}",
+            r.comm,
+            r.agents.len(),
+            r.count,
+            crate::units::duration(r.total_ns),
+            crate::units::duration(r.p50_ns),
+            crate::units::duration(r.p99_ns)
+        );
+    }
+    Ok(())
 }

@@ -87,16 +87,16 @@ impl Service {
                 )))
             }
         }
-        let bytes: Arc<[u8]> = r.encode_to_vec().into();
         if let Some(j) = &self.journal {
-            j.append(bytes.clone(), end).await.map_err(|e| {
+            let bytes: Arc<[u8]> = r.encode_to_vec().into();
+            j.append(bytes, end).await.map_err(|e| {
                 Status::unavailable(format!(
                     "cannot journal report {seq} ({e}); is --data-dir full? Nothing was acknowledged: \
                      the agent keeps its reports and sends them again"
                 ))
             })?;
         }
-        self.lock().keep(&id, epoch, seq, end, bytes, &self.limits);
+        self.lock().keep(&id, epoch, seq, &r, &self.limits);
         if let Some(m) = &self.metrics {
             let host = r.agent.as_ref().map_or("", |a| a.host_name.as_str());
             m.lock().unwrap_or_else(|p| p.into_inner()).add_wire(host, &r);
@@ -310,15 +310,16 @@ impl pb::collector_server::Collector for Service {
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
         self.auth.check(&request, &self.auth.query, "queries", "--query-token-file")?;
         let q = request.into_inner();
-        let (snapshot, agents) = {
+        let (snapshot, agents, complete_from, evicted) = {
             let store = self.lock();
-            (store.snapshot(super::query::since(&q)), store.agents.len())
+            (store.snapshot(super::query::since(&q)), store.agents.len(), store.complete_from(), store.evicted_reports)
         };
         // Decoding and merging take a while: off the async workers, and
         // without the store, so that ingest goes on meanwhile.
-        let resp = tokio::task::spawn_blocking(move || super::query::answer(&snapshot, agents, &q))
+        let mut resp = tokio::task::spawn_blocking(move || super::query::answer(&snapshot, agents, &q))
             .await
             .map_err(|e| Status::internal(format!("query failed: {e}")))?;
+        (resp.complete_from_unix_ns, resp.evicted_reports) = (complete_from, evicted);
         Ok(Response::new(resp))
     }
 }
@@ -377,11 +378,18 @@ mod tests {
         for h in histograms(r) {
             prop_assert!(wire::from_wire(h).is_ok(), "admitted, yet unusable: {h:?}: {:?}", wire::from_wire(h));
         }
-        let bytes: Arc<[u8]> = r.encode_to_vec().into();
-        let snapshot = vec![("a".to_string(), vec![bytes.clone()]), ("b".to_string(), vec![bytes])];
+        // Agent a sent it once; agent b twice, merged as the store merges.
+        let mut twice = r.clone();
+        crate::collector::rollup::merge(&mut twice, r);
+        let part = |r: &pb::Report, reports| crate::collector::query::Part {
+            reports,
+            ..crate::collector::query::Part::whole(Arc::from(r.encode_to_vec()))
+        };
+        let snapshot = vec![("a".to_string(), vec![part(r, 1)]), ("b".to_string(), vec![part(&twice, 2)])];
         for by in [By::Syscalls, By::DiskP99, By::Offcpu, By::TcpRtt, By::Diagnose] {
             let q = pb::QueryRequest { by: by as i32, limit: u32::MAX, ..Default::default() };
             let answer = crate::collector::query::answer(&snapshot, 2, &q);
+            prop_assert_eq!(answer.reports, 3);
             if by != By::Syscalls {
                 continue;
             }
@@ -393,7 +401,7 @@ mod tests {
                     .flat_map(|p| &p.syscalls)
                     .filter_map(|s| s.latency.as_ref())
                     .flat_map(|h| &h.count)
-                    .map(|c| 2 * u128::from(*c))
+                    .map(|c| 3 * u128::from(*c))
                     .sum();
                 prop_assert_eq!(u128::from(row.count), want.min(u128::from(u64::MAX)), "count of {}", row.comm);
             }

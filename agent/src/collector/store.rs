@@ -1,12 +1,28 @@
 //! What the collector keeps: per agent, the sequences it acknowledged and a
-//! window of recent reports (encoded), bounded in time and in total memory;
-//! agents idle past the retention are forgotten.
+//! window of its reports merged exactly ([`super::rollup`]): the current
+//! minute merged as its reports arrive, then one report per minute for the
+//! last [`FINE`], then one per [`COARSE`], up to `--retention`; closed ones
+//! encoded and deflated. Over all agents, the window is bounded by
+//! `--max-memory`: past it the oldest go first, counted, and every answer
+//! says from when the collector holds everything it received.
 
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use prost::Message as _;
+
+use super::{query::Part, rollup};
+use crate::wire::pb;
+
+/// The span of a bucket that reports are merged into as they arrive.
+pub const MINUTE: i64 = 60_000_000_000;
+/// How long buckets stay a minute long.
+pub const FINE: i64 = 10 * MINUTE;
+/// The span of older buckets.
+pub const COARSE: i64 = 10 * MINUTE;
 
 pub struct Limits {
     pub retention: Duration,
@@ -22,8 +38,10 @@ pub struct Limits {
 pub struct AgentState {
     /// Highest sequence stored, per epoch (a few recent epochs).
     acked: VecDeque<(u64, u64)>,
-    /// Reports kept, oldest first, as received (encoded).
-    pub window: VecDeque<Stored>,
+    /// Closed buckets, oldest first.
+    window: VecDeque<Bucket>,
+    /// The current minute's reports, merged as they arrive.
+    open: Option<Open>,
     tokens: f64,
     refilled: Instant,
     last_seen: Instant,
@@ -32,7 +50,14 @@ pub struct AgentState {
 impl AgentState {
     fn new(burst: f64) -> Self {
         let now = Instant::now();
-        Self { acked: VecDeque::new(), window: VecDeque::new(), tokens: burst, refilled: now, last_seen: now }
+        Self {
+            acked: VecDeque::new(),
+            window: VecDeque::new(),
+            open: None,
+            tokens: burst,
+            refilled: now,
+            last_seen: now,
+        }
     }
 
     pub fn acked(&self, epoch: u64) -> u64 {
@@ -50,11 +75,61 @@ impl AgentState {
             }
         }
     }
+
+    fn is_empty(&self) -> bool {
+        self.window.is_empty() && self.open.is_none()
+    }
 }
 
-pub struct Stored {
-    pub end_ns: i64,
-    pub bytes: Arc<[u8]>,
+/// Reports of one agent merged into one, for a span of time.
+pub struct Bucket {
+    /// The span: `[start_ns, start_ns + span_ns)` holds the reports'
+    /// interval ends.
+    start_ns: i64,
+    span_ns: i64,
+    /// The earliest interval start and the latest end merged.
+    pub from_ns: i64,
+    pub to_ns: i64,
+    /// Reports merged.
+    pub reports: u64,
+    /// The merged report, encoded, deflated.
+    pub deflated: Arc<[u8]>,
+}
+
+impl Bucket {
+    fn seal(start_ns: i64, span_ns: i64, r: &pb::Report, reports: u64) -> Self {
+        Bucket {
+            start_ns,
+            span_ns,
+            from_ns: r.interval_start_unix_ns,
+            to_ns: r.interval_end_unix_ns,
+            reports,
+            deflated: super::journal::deflate(&r.encode_to_vec()).into(),
+        }
+    }
+
+    fn report(&self) -> Option<pb::Report> {
+        pb::Report::decode(&super::journal::inflate(&self.deflated, super::journal::REPORT_MAX)?[..]).ok()
+    }
+
+    fn part(&self) -> Part {
+        Part {
+            bytes: self.deflated.clone(),
+            deflated: true,
+            reports: self.reports,
+            from_ns: self.from_ns,
+            to_ns: self.to_ns,
+        }
+    }
+}
+
+/// The bucket being filled.
+struct Open {
+    start_ns: i64,
+    report: pb::Report,
+    reports: u64,
+    /// Its encoded length, as of the last merge.
+    size: usize,
 }
 
 /// Why a report is not taken.
@@ -67,21 +142,36 @@ pub enum Refused {
     Rate,
 }
 
+fn align(ns: i64, span: i64) -> i64 {
+    ns.div_euclid(span) * span
+}
+
 #[derive(Default)]
 pub struct Store {
     pub agents: HashMap<String, AgentState>,
-    /// (agent, size) of every kept report in arrival order: each agent's
-    /// entries are in the order of its window, so evicting from the front
-    /// here is evicting from the front there.
-    order: VecDeque<(String, usize)>,
-    bytes: usize,
+    /// Bytes the windows take (closed buckets as kept, open ones encoded).
+    pub bytes: usize,
     pub rejected: u64,
     /// Keeps the log of rejections bounded.
     pub reject_log: super::service::RejectLog,
     pub evicted_agents: u64,
+    /// Since when this collector holds every report it received: its start,
+    /// or the oldest report its journal replayed.
+    pub holding_since_ns: i64,
+    /// The latest end of a bucket dropped for `--max-memory`, and the
+    /// reports dropped so.
+    pub evicted_to_ns: i64,
+    pub evicted_reports: u64,
+    /// Reports older than the retention when they arrived (acknowledged,
+    /// not kept).
+    pub too_old: u64,
 }
 
 impl Store {
+    pub fn new(holding_since_ns: i64) -> Self {
+        Store { holding_since_ns, evicted_to_ns: i64::MIN, ..Default::default() }
+    }
+
     /// Whether report `seq` of (`id`, `epoch`) may be journaled and kept:
     /// the agent's cap, its rate, and duplicates.
     pub fn admit(&mut self, id: &str, epoch: u64, seq: u64, limits: &Limits) -> Result<(), Refused> {
@@ -107,28 +197,129 @@ impl Store {
         Ok(())
     }
 
-    /// Records report `seq` as stored and keeps it in the agent's window
-    /// (unless it already is: two streams of one agent may race).
-    pub fn keep(&mut self, id: &str, epoch: u64, seq: u64, end_ns: i64, bytes: Arc<[u8]>, limits: &Limits) {
+    /// Records report `r` (`seq` of (`id`, `epoch`)) as stored and merges
+    /// it into its agent's window (unless it already is: two streams of one
+    /// agent may race). A report whose minute is closed (an agent catching
+    /// up) is merged into the bucket that holds its minute.
+    pub fn keep(&mut self, id: &str, epoch: u64, seq: u64, r: &pb::Report, limits: &Limits) {
         let state = self.agents.entry(id.to_string()).or_insert_with(|| AgentState::new(limits.burst));
         if seq <= state.acked(epoch) {
             return;
         }
         state.set_acked(epoch, seq);
-        self.bytes += bytes.len();
-        self.order.push_back((id.to_string(), bytes.len()));
-        state.window.push_back(Stored { end_ns, bytes });
-        let oldest = crate::metrics::now_unix_ns() - limits.retention.as_nanos() as i64;
-        while let Some((id, len)) = self.order.front() {
-            let Some(agent) = self.agents.get_mut(id) else { break };
-            let old = agent.window.front().is_some_and(|s| s.end_ns < oldest);
-            if self.bytes <= limits.max_memory && !old {
-                break;
-            }
-            agent.window.pop_front();
-            self.bytes -= len;
-            self.order.pop_front();
+        let now = crate::metrics::now_unix_ns();
+        if r.interval_end_unix_ns < now - limits.retention.as_nanos() as i64 {
+            self.too_old += 1;
+            return;
         }
+        let minute = align(r.interval_end_unix_ns, MINUTE);
+        match &mut state.open {
+            Some(o) if o.start_ns == minute => {
+                rollup::merge(&mut o.report, r);
+                o.reports += 1;
+                let size = o.report.encoded_len();
+                self.bytes = self.bytes + size - o.size;
+                o.size = size;
+            }
+            Some(o) if o.start_ns > minute => {
+                // Late: into the closed bucket of its minute, or a new one.
+                let at = state.window.partition_point(|b| b.start_ns + b.span_ns <= r.interval_end_unix_ns);
+                let old = state.window.get(at).filter(|b| b.start_ns <= r.interval_end_unix_ns);
+                let (start, span, merged, reports, before) = match old.and_then(|b| Some((b, b.report()?))) {
+                    Some((b, mut m)) => {
+                        rollup::merge(&mut m, r);
+                        (b.start_ns, b.span_ns, m, b.reports + 1, b.deflated.len())
+                    }
+                    None => (minute, MINUTE, r.clone(), 1, 0),
+                };
+                let bucket = Bucket::seal(start, span, &merged, reports);
+                self.bytes = self.bytes + bucket.deflated.len() - before;
+                if before > 0 {
+                    state.window[at] = bucket;
+                } else {
+                    state.window.insert(at, bucket);
+                }
+            }
+            _ => {
+                let size = r.encoded_len();
+                self.bytes += size;
+                let open = Open { start_ns: minute, report: r.clone(), reports: 1, size };
+                if let Some(o) = state.open.replace(open) {
+                    let bucket = Bucket::seal(o.start_ns, MINUTE, &o.report, o.reports);
+                    self.bytes = self.bytes + bucket.deflated.len() - o.size;
+                    state.window.push_back(bucket);
+                }
+            }
+        }
+        self.shrink(limits);
+    }
+
+    /// Drops the oldest closed buckets, over all agents, while the windows
+    /// take more than `--max-memory`; counted, and said in answers.
+    fn shrink(&mut self, limits: &Limits) {
+        while self.bytes > limits.max_memory {
+            let oldest =
+                self.agents.values_mut().filter_map(|a| Some((a.window.front()?.to_ns, a))).min_by_key(|(to, _)| *to);
+            let Some((_, agent)) = oldest else { return };
+            let b = agent.window.pop_front().expect("a front");
+            self.bytes -= b.deflated.len();
+            self.evicted_to_ns = self.evicted_to_ns.max(b.to_ns);
+            self.evicted_reports += b.reports;
+        }
+    }
+
+    /// For agent `id`, at `now`: closes an open minute that has passed
+    /// (its agent went quiet), merges minute buckets older than [`FINE`]
+    /// into [`COARSE`] ones, and drops buckets past the retention.
+    pub fn maintain(&mut self, id: &str, now: i64, limits: &Limits) {
+        let Some(state) = self.agents.get_mut(id) else { return };
+        let mut bytes = self.bytes;
+        if state.open.as_ref().is_some_and(|o| o.start_ns + MINUTE <= now) {
+            let o = state.open.take().expect("open");
+            let bucket = Bucket::seal(o.start_ns, MINUTE, &o.report, o.reports);
+            bytes = bytes + bucket.deflated.len() - o.size;
+            state.window.push_back(bucket);
+        }
+        let oldest = now - limits.retention.as_nanos() as i64;
+        while state.window.front().is_some_and(|b| b.to_ns < oldest) {
+            bytes -= state.window.pop_front().expect("a front").deflated.len();
+        }
+        // Minute buckets whose whole coarse span is older than FINE.
+        let mut out: VecDeque<Bucket> = VecDeque::with_capacity(state.window.len());
+        let mut pending: Option<(Bucket, pb::Report)> = None;
+        let mut added = 0;
+        let mut flush = |pending: &mut Option<(Bucket, pb::Report)>, out: &mut VecDeque<Bucket>| {
+            if let Some((p, m)) = pending.take() {
+                let b = Bucket::seal(p.start_ns, COARSE, &m, p.reports);
+                added += b.deflated.len();
+                out.push_back(b);
+            }
+        };
+        for b in state.window.drain(..) {
+            let coarse = align(b.start_ns, COARSE);
+            if b.span_ns != MINUTE || coarse + COARSE > now - FINE {
+                flush(&mut pending, &mut out);
+                out.push_back(b);
+                continue;
+            }
+            bytes -= b.deflated.len();
+            let Some(r) = b.report() else { continue };
+            match &mut pending {
+                Some((p, m)) if p.start_ns == coarse => {
+                    rollup::merge(m, &r);
+                    p.reports += b.reports;
+                }
+                _ => {
+                    flush(&mut pending, &mut out);
+                    pending = Some((Bucket { start_ns: coarse, span_ns: COARSE, ..b }, r));
+                }
+            }
+        }
+        flush(&mut pending, &mut out);
+        bytes += added;
+        state.window = out;
+        self.bytes = bytes;
+        self.shrink(limits);
     }
 
     /// Forgets agents that sent nothing for `idle` and have nothing kept.
@@ -137,19 +328,34 @@ impl Store {
     /// whose acknowledgement was lost on the way, resent after `idle`).
     pub fn evict_idle(&mut self, idle: Duration) {
         let before = self.agents.len();
-        self.agents.retain(|_, a| !a.window.is_empty() || a.last_seen.elapsed() < idle);
+        self.agents.retain(|_, a| !a.is_empty() || a.last_seen.elapsed() < idle);
         self.evicted_agents += (before - self.agents.len()) as u64;
     }
 
-    /// The kept reports of every agent ending at or after `since`: shared,
-    /// not copied, so that a query decodes them without holding the store.
-    pub fn snapshot(&self, since: i64) -> Vec<(String, Vec<Arc<[u8]>>)> {
+    /// Every agent's buckets ending at or after `since`, the open one
+    /// encoded now: shared, not copied, so that a query inflates and
+    /// decodes them without holding the store.
+    pub fn snapshot(&self, since: i64) -> Vec<(String, Vec<Part>)> {
         self.agents
             .iter()
             .map(|(id, a)| {
-                (id.clone(), a.window.iter().filter(|r| r.end_ns >= since).map(|r| r.bytes.clone()).collect())
+                let mut parts: Vec<Part> = a.window.iter().filter(|b| b.to_ns >= since).map(Bucket::part).collect();
+                parts.extend(a.open.as_ref().filter(|o| o.report.interval_end_unix_ns >= since).map(|o| Part {
+                    bytes: o.report.encode_to_vec().into(),
+                    deflated: false,
+                    reports: o.reports,
+                    from_ns: o.report.interval_start_unix_ns,
+                    to_ns: o.report.interval_end_unix_ns,
+                }));
+                (id.clone(), parts)
             })
             .collect()
+    }
+
+    /// Since when this collector holds everything it received (neither
+    /// started later nor dropped anything for memory since).
+    pub fn complete_from(&self) -> i64 {
+        self.holding_since_ns.max(self.evicted_to_ns)
     }
 }
 
@@ -169,23 +375,112 @@ mod tests {
         }
     }
 
+    /// Report `seq` of agent `id`, one second long, ending at `end_ns`.
+    fn report(id: &str, seq: u64, end_ns: i64) -> pb::Report {
+        let mut r = crate::wire::fuzzing::sample_report(seq, 1, end_ns);
+        r.interval_start_unix_ns = end_ns - 1_000_000_000;
+        r.agent.as_mut().expect("an identity").agent_id = id.into();
+        r
+    }
+
+    fn keep(s: &mut Store, id: &str, seq: u64, end_ns: i64, l: &Limits) {
+        assert!(s.admit(id, 1, seq, l).is_ok());
+        s.keep(id, 1, seq, &report(id, seq, end_ns), l);
+    }
+
+    /// Syscall calls in `parts`, as a query counts them.
+    fn calls(parts: &[Part]) -> u64 {
+        parts
+            .iter()
+            .flat_map(|p| p.report().expect("decodes").processes)
+            .flat_map(|p| p.syscalls)
+            .map(|s| s.count)
+            .sum()
+    }
+
+    fn hour() -> Limits {
+        Limits { retention: Duration::from_secs(3600), max_memory: 1 << 30, ..limits(10) }
+    }
+
+    #[test]
+    fn reports_merge_per_minute_then_per_ten_and_count_the_same() {
+        let l = hour();
+        let now = crate::metrics::now_unix_ns();
+        let start = align(now, COARSE) - 4 * COARSE;
+        let mut s = Store::new(start);
+        // 30 minutes, a report every 20 s.
+        let ends: Vec<i64> = (1..=90).map(|i| start + i * 20_000_000_000).filter(|e| *e <= now).collect();
+        for (i, end) in ends.iter().enumerate() {
+            keep(&mut s, "a", i as u64 + 1, *end, &l);
+        }
+        let one = calls(&[Part::whole(report("a", 1, 0).encode_to_vec().into())]);
+        let whole = calls(&s.snapshot(i64::MIN)[0].1);
+        assert_eq!(whole, one * ends.len() as u64);
+        let kept = |s: &Store| {
+            let a = &s.agents["a"];
+            a.window.iter().map(|b| b.deflated.len()).sum::<usize>() + a.open.as_ref().map_or(0, |o| o.size)
+        };
+        assert_eq!(s.bytes, kept(&s), "memory accounted");
+        s.maintain("a", now, &l);
+        let parts = &s.snapshot(i64::MIN)[0].1;
+        assert_eq!(parts.iter().map(|p| p.reports).sum::<u64>(), ends.len() as u64);
+        assert_eq!(calls(parts), whole, "merged exactly");
+        let a = &s.agents["a"];
+        // Everything older than FINE in ten-minute buckets, the rest per minute.
+        for b in &a.window {
+            let old = align(b.start_ns, COARSE) + COARSE <= now - FINE;
+            assert_eq!(b.span_ns, if old { COARSE } else { MINUTE }, "bucket at {}", b.start_ns);
+        }
+        assert!(a.window.iter().any(|b| b.span_ns == COARSE) && a.window.iter().any(|b| b.span_ns == MINUTE));
+        assert_eq!(s.bytes, kept(&s), "memory accounted");
+        // A late report joins its (ten-minute) bucket.
+        keep(&mut s, "a", 1_000, start + 30_000_000_000, &l);
+        let parts = &s.snapshot(i64::MIN)[0].1;
+        assert_eq!(calls(parts), whole + one);
+        assert_eq!(parts.len(), s.agents["a"].window.len() + usize::from(s.agents["a"].open.is_some()));
+    }
+
+    #[test]
+    fn past_the_memory_cap_the_oldest_go_and_answers_say_so() {
+        let now = crate::metrics::now_unix_ns();
+        let start = align(now, MINUTE) - 20 * MINUTE;
+        let mut s = Store::new(start);
+        let l = hour();
+        for m in 0..20 {
+            keep(&mut s, "a", m as u64 + 1, start + m * MINUTE + 1, &l);
+            keep(&mut s, "b", m as u64 + 1, start + m * MINUTE + 2, &l);
+        }
+        assert_eq!(s.complete_from(), start);
+        let per_agent = s.bytes / 2;
+        let l = Limits { max_memory: per_agent, ..l };
+        keep(&mut s, "a", 100, now, &l);
+        assert!(s.bytes <= per_agent, "{} > {per_agent}", s.bytes);
+        assert!(s.evicted_reports >= 20, "{}", s.evicted_reports);
+        let from = s.complete_from();
+        assert!(from > start + 9 * MINUTE, "complete only from the newest bucket dropped");
+        // What is left is what came after.
+        let left: u64 = s.snapshot(i64::MIN).iter().flat_map(|(_, p)| p).map(|p| p.reports).sum();
+        assert_eq!(left + s.evicted_reports, 41);
+        assert!(s.snapshot(i64::MIN).iter().flat_map(|(_, p)| p).all(|p| p.from_ns >= from - 2 * MINUTE));
+    }
+
     #[test]
     fn idle_agents_make_room_for_new_ones() {
         let l = limits(2);
-        let mut s = Store::default();
         let now = crate::metrics::now_unix_ns();
+        let mut s = Store::new(now);
         for id in ["a", "b"] {
-            assert!(s.admit(id, 1, 1, &l).is_ok());
-            s.keep(id, 1, 1, now - 10_000_000_000, Arc::from(&b"x"[..]), &l);
+            keep(&mut s, id, 1, now - 10_000_000_000, &l);
         }
-        // Their reports are older than the retention: gone at once.
-        assert!(s.agents.values().all(|a| a.window.is_empty()));
+        // Their reports are older than the retention: not kept.
+        assert!(s.agents.values().all(AgentState::is_empty));
+        assert_eq!(s.too_old, 2);
         assert!(matches!(s.admit("c", 1, 1, &l), Err(Refused::Full)), "a and b were seen just now");
         std::thread::sleep(Duration::from_millis(60));
         assert!(s.admit("c", 1, 1, &l).is_ok(), "a and b idle past the retention");
         assert_eq!(s.evicted_agents, 2);
         // A duplicate is refused as such.
-        s.keep("c", 1, 1, now, Arc::from(&b"y"[..]), &l);
+        s.keep("c", 1, 1, &report("c", 1, now), &l);
         assert!(matches!(s.admit("c", 1, 1, &l), Err(Refused::Duplicate)));
     }
 }
