@@ -42,6 +42,7 @@ pub mod output;
 pub mod probes;
 pub mod procinfo;
 pub mod prom;
+pub mod remote_write;
 pub mod report;
 pub mod run;
 pub mod stacks;

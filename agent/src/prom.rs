@@ -163,6 +163,12 @@ fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     Ok(drop_unknown_sums(body))
 }
 
+/// What `GET /metrics` would serve for `metrics` now (also what
+/// [`crate::remote_write`] pushes, parsed back).
+pub fn exposition(metrics: Arc<Mutex<Metrics>>) -> Result<String, std::fmt::Error> {
+    render(&registry(metrics))
+}
+
 /// Serves `/metrics` on `addr` until the runtime stops.
 /// What `/readyz` answers: ready once the probes are attached and while
 /// every exporter set delivers.

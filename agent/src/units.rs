@@ -12,6 +12,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration that may be zero ("0s": none).
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 0s, 30s, 2m)"))
+}
+
 /// A query window: any duration, and `0s` for everything the collector keeps.
 pub fn parse_window(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 5m, or 0s for everything kept)"))

@@ -690,6 +690,9 @@ fn url_encode(s: &str) -> String {
         .collect()
 }
 
+/// A series' labels, as Prometheus answers them.
+pub type Labels = std::collections::BTreeMap<String, String>;
+
 /// A Prometheus server (Debian's) scraping `127.0.0.1:target` every second;
 /// killed on drop.
 pub struct Prometheus {
@@ -705,19 +708,37 @@ impl Prometheus {
 
     /// Like [`Prometheus::start`], evaluating these rule files every second.
     pub fn with_rules(target: u16, rules: &[&std::path::Path]) -> Prometheus {
-        Self::launch(
-            &format!("  - job_name: hostprobe\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"),
-            rules,
-        )
+        Self::launch(&Self::job(target), rules, false)
     }
 
     /// One scraping every second with these `scrape_configs` entries (YAML,
     /// indented as list items under `scrape_configs:`).
     pub fn scraping(scrape_configs: &str) -> Prometheus {
-        Self::launch(scrape_configs, &[])
+        Self::launch(scrape_configs, &[], false)
     }
 
-    fn launch(scrape_configs: &str, rules: &[&std::path::Path]) -> Prometheus {
+    /// A remote-write receiver (`--web.enable-remote-write-receiver`,
+    /// writes to `/api/v1/write`) that scrapes nothing.
+    pub fn receiver() -> Prometheus {
+        Self::launch("", &[], true)
+    }
+
+    /// A remote-write receiver that also scrapes `127.0.0.1:target` every
+    /// second (job `hostprobe`).
+    pub fn receiver_scraping(target: u16) -> Prometheus {
+        Self::launch(&Self::job(target), &[], true)
+    }
+
+    fn job(target: u16) -> String {
+        format!("  - job_name: hostprobe\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n")
+    }
+
+    /// Its remote-write URL (with [`Prometheus::receiver`]).
+    pub fn write_url(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v1/write", self.port)
+    }
+
+    fn launch(scrape_configs: &str, rules: &[&std::path::Path], receiver: bool) -> Prometheus {
         let dir = std::env::temp_dir().join(format!("hostprobe-prometheus-{}-{}", std::process::id(), unique()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -728,7 +749,8 @@ impl Prometheus {
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n{rule_files}\
-                 scrape_configs:\n{scrape_configs}"
+                 scrape_configs:{}",
+                if scrape_configs.is_empty() { " []\n".to_string() } else { format!("\n{scrape_configs}") }
             ),
         )
         .unwrap();
@@ -738,6 +760,7 @@ impl Prometheus {
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
+            .args(receiver.then_some("--web.enable-remote-write-receiver"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -777,6 +800,36 @@ impl Prometheus {
         let (_, body) = http_get(self.port, &format!("/api/v1/query?query={}", url_encode(promql)));
         let v: Value = serde_json::from_str(&body).ok()?;
         v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Every series of an instant PromQL query: its labels (`__name__`
+    /// among them) and value as Prometheus writes it; `Err` with what
+    /// Prometheus said when it refuses the query.
+    pub fn vector(&self, promql: &str) -> Result<Vec<(Labels, String)>, String> {
+        let (_, body) = http_get(self.port, &format!("/api/v1/query?query={}", url_encode(promql)));
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if v["status"] != "success" {
+            return Err(body);
+        }
+        let series = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        Ok(series
+            .iter()
+            .map(|s| {
+                let labels = s["metric"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+                    .unwrap_or_default();
+                (labels, s["value"][1].as_str().unwrap_or_default().to_string())
+            })
+            .collect())
+    }
+
+    /// Requests its HTTP server answered on `handler` (e.g. `/api/v1/write`)
+    /// with status `code`, by its own count (`prometheus_http_requests_total`).
+    pub fn http_requests(&self, handler: &str, code: u16) -> u64 {
+        let (_, body) = http_get(self.port, "/metrics");
+        let series = format!("prometheus_http_requests_total{{code=\"{code}\",handler=\"{handler}\"}} ");
+        body.lines().find_map(|l| l.strip_prefix(&series)?.parse().ok()).unwrap_or(0)
     }
 
     /// Queries `promql` until it returns `want` or 30 s pass, calling

@@ -55,6 +55,9 @@ enum Task {
     /// The collector under 1,000 agents of which 10% misbehave (floods, malformed and oversized
     /// messages, a wrong token), beside the well-behaved ones alone; writes its block of BENCHMARKS.md.
     Hostile(bench::hostile::Args),
+    /// The collector's window under 1,000 synthetic agents for 10 minutes: a query over the
+    /// window must merge every report exactly; memory through the run; writes its block of BENCHMARKS.md.
+    Fleet(bench::fleet::Args),
     /// Run the agent and the collector for a long while under process and connection churn,
     /// the collector restarted meanwhile; writes the memory and map-entry slopes to BENCHMARKS.md.
     Soak(soak::Args),
@@ -114,6 +117,10 @@ fn main() -> Result<()> {
         Task::Hostile(args) => {
             build()?;
             bench::hostile::run(args)
+        }
+        Task::Fleet(args) => {
+            build()?;
+            bench::fleet::run(args)
         }
         Task::Fuzz(args) => fuzz::run(args),
     }

@@ -197,7 +197,9 @@ fn from_collector(args: &RecordArgs) -> std::process::ExitCode {
         };
         eprintln!(
             "hostprobe: the collector cannot answer for {who} from {} to {} ({}): {held}. Ask for a window it \
-             still holds (later, or shorter), or keep more there (--retention, --max-memory)",
+             still holds (later, or shorter; past its --full-resolution it holds whole minutes, and whole ten \
+             minutes past ten minutes: windows on those boundaries), or keep more there (--retention, \
+             --max-memory, --full-resolution)",
             when(from),
             when(to),
             crate::units::duration(asked as u64)

@@ -80,6 +80,11 @@ pub struct CollectorArgs {
     /// last 10 minutes, per 10 minutes before), and in the journal.
     #[arg(long, default_value = "1h", value_parser = crate::units::parse_duration, value_name = "DURATION")]
     pub retention: Duration,
+    /// How long each report is also kept as received, memory allowing: a
+    /// query whose window these cover whole is answered at the agents' own
+    /// intervals rather than whole minutes ("0s": never).
+    #[arg(long, default_value = "2m", value_parser = crate::units::parse_duration_or_zero, value_name = "DURATION")]
+    pub full_resolution: Duration,
     /// Memory for kept reports over all agents (the current minute's
     /// merged reports, encoded; older minutes deflated); past it the oldest
     /// go first, and answers say from when the collector holds everything.
@@ -122,6 +127,9 @@ pub struct CollectorArgs {
     pub otlp: crate::otlp::OtlpArgs,
     #[arg(long, default_value = "10s", value_parser = crate::units::parse_duration, value_name = "DURATION", help_heading = "OpenTelemetry (OTLP/gRPC) export")]
     pub otlp_interval: Duration,
+    /// Push the fleet's metrics to a Prometheus remote-write endpoint.
+    #[command(flatten)]
+    pub remote_write: crate::remote_write::RemoteWriteArgs,
 }
 
 pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
@@ -158,7 +166,10 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         burst: args.burst,
         max_age: args.max_age,
         max_future: args.max_future,
+        full_resolution: args.full_resolution,
     };
+    // Checked before the journal's replay: a bad URL fails at once.
+    let remote_write = args.remote_write.config()?;
     raise_fd_limit();
     let mut store = Store::new(crate::metrics::now_unix_ns());
     let journal = match &args.data_dir {
@@ -167,7 +178,7 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
             let (journal, n) = journal::Journal::open(dir, limits.retention, |bytes| {
                 let r = pb::Report::decode(bytes.as_slice()).ok()?;
                 let a = r.agent.as_ref()?;
-                store.keep(&a.agent_id, a.epoch, r.sequence, &r, &limits);
+                store.keep(&a.agent_id, a.epoch, r.sequence, &r, &bytes, &limits);
                 store.holding_since_ns = store.holding_since_ns.min(r.interval_start_unix_ns);
                 Some(r.interval_end_unix_ns)
             })?;
@@ -179,11 +190,12 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
         None => None,
     };
     let web = args.web_config_file.as_deref().map(crate::web::Web::load).transpose()?;
-    let metrics = (args.prometheus_listen.is_some() || args.otlp.endpoint().is_some()).then(|| {
-        let mut m = crate::metrics::Metrics::new(args.metrics_max_processes as usize);
-        m.host = crate::procinfo::hostname();
-        Arc::new(Mutex::new(m))
-    });
+    let metrics =
+        (args.prometheus_listen.is_some() || args.otlp.endpoint().is_some() || remote_write.is_some()).then(|| {
+            let mut m = crate::metrics::Metrics::new(args.metrics_max_processes as usize);
+            m.host = crate::procinfo::hostname();
+            Arc::new(Mutex::new(m))
+        });
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let svc = Service {
         stopping,
@@ -227,7 +239,9 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
                     for id in ids {
                         s.lock().maintain(&id, crate::metrics::now_unix_ns(), &s.limits);
                     }
-                    s.lock().evict_idle(s.limits.retention);
+                    let mut store = s.lock();
+                    store.evict_idle(s.limits.retention);
+                    log::debug!("{}", store.summary());
                 })
                 .await;
             }
@@ -258,6 +272,10 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
                 }
             });
         }
+        let remote_write = match (remote_write, &metrics) {
+            (Some(config), Some(m)) => Some(crate::remote_write::RemoteWrite::start(config, m.clone())),
+            _ => None,
+        };
         log::info!(
             "collector listening on {} ({})",
             args.listen,
@@ -287,6 +305,9 @@ pub fn run(args: &CollectorArgs) -> anyhow::Result<()> {
             store.evicted_agents,
             store.rejected
         );
+        if let Some(rw) = &remote_write {
+            rw.log_totals();
+        }
         anyhow::Ok(())
     })
 }

@@ -59,12 +59,16 @@ struct Row {
 impl Row {
     /// Adds histogram `h` of `agents`; `total`: the sum of its values, if
     /// known (else what is known of it).
-    fn add(&mut self, exe: &str, agents: impl IntoIterator<Item = String>, h: &pb::Histogram, total: (u64, bool)) {
+    fn add<'a>(&mut self, exe: &str, agents: impl IntoIterator<Item = &'a str>, h: &pb::Histogram, total: (u64, bool)) {
         let Ok(parsed) = wire::from_wire(h) else { return };
         if self.exe.is_empty() {
             self.exe = exe.to_string();
         }
-        self.agents.extend(agents);
+        for a in agents {
+            if !self.agents.contains(a) {
+                self.agents.insert(a.to_string());
+            }
+        }
         self.hist.merge(&parsed);
         self.max_ns = self.max_ns.max(h.max_ns);
         self.total_ns = self.total_ns.saturating_add(total.0);
@@ -113,58 +117,63 @@ pub fn since(q: &pb::QueryRequest) -> i64 {
 pub fn answer(snapshot: &[(String, Vec<Part>)], agents: usize, q: &pb::QueryRequest) -> pb::QueryResponse {
     let by = By::try_from(q.by).unwrap_or(By::Syscalls);
     let mut resp = pb::QueryResponse { agents: agents as u32, ..Default::default() };
-    let parts = snapshot.iter().flat_map(|(id, parts)| parts.iter().map(move |p| (id, p)));
     let (mut from, mut to) = (i64::MAX, i64::MIN);
-    let mut decoded = Vec::new();
-    for (id, part) in parts {
-        let Some(r) = part.report() else { continue };
-        resp.reports += part.reports;
-        from = from.min(part.from_ns);
-        to = to.max(part.to_ns);
-        decoded.push((id, r));
+    let mut windows = std::collections::BTreeMap::new();
+    let mut rows: HashMap<String, Row> = HashMap::new();
+    // One part decoded at a time, folded in, dropped: a window of a large
+    // fleet decoded at once would take many times its kept size.
+    for (id, parts) in snapshot {
+        for part in parts {
+            let Some(r) = part.report() else { continue };
+            resp.reports += part.reports;
+            from = from.min(part.from_ns);
+            to = to.max(part.to_ns);
+            if by == By::Diagnose {
+                windows.entry(id.clone()).or_insert_with(crate::fleet::AgentWindow::default).add(&r);
+            } else {
+                add_rows(&mut rows, id, &r, by, q);
+            }
+        }
     }
     if resp.reports > 0 {
         (resp.from_unix_ns, resp.to_unix_ns) = (from, to);
     }
     if by == By::Diagnose {
-        let mut windows = std::collections::BTreeMap::new();
-        for (id, r) in &decoded {
-            windows.entry((*id).clone()).or_insert_with(crate::fleet::AgentWindow::default).add(r);
-        }
         let limit = if q.limit == 0 { 10 } else { q.limit as usize };
         resp.diagnoses = crate::fleet::diagnose_fleet(&windows, &q.comm, limit);
-        return resp;
+    } else {
+        resp.rows = ranked(rows, by, q.limit);
     }
-    let mut rows: HashMap<String, Row> = HashMap::new();
-    for (id, r) in &decoded {
-        for p in r.processes.iter().filter(|p| q.comm.is_empty() || p.comm == q.comm) {
-            // `total`: the exact sum of the histogram's values, if known.
-            let mut add = |h: &Option<pb::Histogram>, total: Option<u64>| {
-                if let Some(h) = h {
-                    let total = (total.unwrap_or(0), total.is_some());
-                    rows.entry(p.comm.clone()).or_default().add(&p.exe, [(*id).clone()], h, total);
-                }
-            };
-            match by {
-                By::Syscalls | By::Unspecified | By::Diagnose => {
-                    p.syscalls.iter().for_each(|s| add(&s.latency, Some(s.total_ns)))
-                }
-                By::DiskP99 => p.disk.iter().for_each(|d| add(&d.total, d.total.as_ref().and_then(|h| h.sum_ns))),
-                By::Offcpu => {
-                    if let Some(o) = &p.offcpu {
-                        add(&o.offcpu, Some(o.runqueue_ns + o.blocked_io_ns + o.sleep_ns));
-                    }
-                }
-                By::TcpRtt => p
-                    .tcp
-                    .iter()
-                    .filter(|t| q.endpoint.is_empty() || t.remote == q.endpoint)
-                    .for_each(|t| add(&t.rtt, t.rtt.as_ref().and_then(|h| h.sum_ns))),
+    resp
+}
+
+/// Adds what `q` asks for in report `r` of agent `id` to `rows`.
+fn add_rows(rows: &mut HashMap<String, Row>, id: &str, r: &pb::Report, by: By, q: &pb::QueryRequest) {
+    for p in r.processes.iter().filter(|p| q.comm.is_empty() || p.comm == q.comm) {
+        // `total`: the exact sum of the histogram's values, if known.
+        let mut add = |h: &Option<pb::Histogram>, total: Option<u64>| {
+            if let Some(h) = h {
+                let total = (total.unwrap_or(0), total.is_some());
+                rows.entry(p.comm.clone()).or_default().add(&p.exe, [id], h, total);
             }
+        };
+        match by {
+            By::Syscalls | By::Unspecified | By::Diagnose => {
+                p.syscalls.iter().for_each(|s| add(&s.latency, Some(s.total_ns)))
+            }
+            By::DiskP99 => p.disk.iter().for_each(|d| add(&d.total, d.total.as_ref().and_then(|h| h.sum_ns))),
+            By::Offcpu => {
+                if let Some(o) = &p.offcpu {
+                    add(&o.offcpu, Some(o.runqueue_ns + o.blocked_io_ns + o.sleep_ns));
+                }
+            }
+            By::TcpRtt => p
+                .tcp
+                .iter()
+                .filter(|t| q.endpoint.is_empty() || t.remote == q.endpoint)
+                .for_each(|t| add(&t.rtt, t.rtt.as_ref().and_then(|h| h.sum_ns))),
         }
     }
-    resp.rows = ranked(rows, by, q.limit);
-    resp
 }
 
 /// The answers of several collectors (each for its agents) as one: rows
@@ -188,7 +197,7 @@ pub fn merge_answers(answers: Vec<pb::QueryResponse>, by: By, limit: u32) -> pb:
         for r in &a.rows {
             if let Some(h) = &r.histogram {
                 let total = (r.total_ns, h.sum_ns.is_some());
-                rows.entry(r.comm.clone()).or_default().add(&r.exe, r.agents.iter().cloned(), h, total);
+                rows.entry(r.comm.clone()).or_default().add(&r.exe, r.agents.iter().map(String::as_str), h, total);
             }
         }
         out.diagnoses.extend(a.diagnoses);
@@ -205,8 +214,9 @@ pub fn merge_answers(answers: Vec<pb::QueryResponse>, by: By, limit: u32) -> pb:
 
 /// One agent's reports (by id, or by host name) whose interval ends in
 /// `[from, to)`, oldest first, from `snapshot` (per agent, its parts
-/// ending at or after `from`): merged per minute, or per ten minutes for
-/// the older ones.
+/// ending at or after `from`): as received, or past `--full-resolution`
+/// merged per minute (per ten minutes past ten minutes), those that begin
+/// in the window.
 pub fn reports(snapshot: &[(String, Vec<Part>)], q: &pb::ReportsRequest) -> Result<Vec<pb::Report>, tonic::Status> {
     let mut found: std::collections::BTreeMap<&str, Vec<pb::Report>> = Default::default();
     for (id, window) in snapshot {
@@ -214,6 +224,12 @@ pub fn reports(snapshot: &[(String, Vec<Part>)], q: &pb::ReportsRequest) -> Resu
             continue;
         }
         for part in window {
+            // Merged reports only if they begin in the window (give or take
+            // one of their intervals): none brings figures from before it.
+            let interval = (part.to_ns - part.from_ns) / part.reports.max(1) as i64;
+            if part.reports > 1 && part.from_ns < q.from_unix_ns - interval {
+                continue;
+            }
             let Some(r) = part.report() else { continue };
             let host = r.agent.as_ref().map_or("", |a| a.host_name.as_str());
             if q.agent_id.is_empty() && host != q.host_name {

@@ -21,20 +21,25 @@ fn histogram(a: &mut Option<pb::Histogram>, b: &Option<pb::Histogram>) {
         *a = Some(b.clone());
         return;
     };
-    let mut pairs: Vec<(u32, u64)> = h.bucket.iter().copied().zip(h.count.iter().copied()).collect();
-    pairs.extend(b.bucket.iter().copied().zip(b.count.iter().copied()));
-    pairs.sort_unstable_by_key(|(bucket, _)| *bucket);
-    h.bucket.clear();
-    h.count.clear();
-    for (bucket, count) in pairs {
-        match h.bucket.last() {
-            Some(last) if *last == bucket => {
-                let c = h.count.last_mut().expect("as many counts as buckets");
-                *c = c.saturating_add(count);
-            }
-            _ => {
-                h.bucket.push(bucket);
-                h.count.push(count);
+    if h.bucket == b.bucket {
+        // The common case: an agent's histogram keeps its buckets.
+        h.count.iter_mut().zip(&b.count).for_each(|(x, y)| *x = x.saturating_add(*y));
+    } else {
+        let mut pairs: Vec<(u32, u64)> = h.bucket.iter().copied().zip(h.count.iter().copied()).collect();
+        pairs.extend(b.bucket.iter().copied().zip(b.count.iter().copied()));
+        pairs.sort_by_key(|(bucket, _)| *bucket);
+        h.bucket.clear();
+        h.count.clear();
+        for (bucket, count) in pairs {
+            match h.bucket.last() {
+                Some(last) if *last == bucket => {
+                    let c = h.count.last_mut().expect("as many counts as buckets");
+                    *c = c.saturating_add(count);
+                }
+                _ => {
+                    h.bucket.push(bucket);
+                    h.count.push(count);
+                }
             }
         }
     }
@@ -53,12 +58,16 @@ fn newest(a: &mut String, b: &str) {
     }
 }
 
-/// Merges `from` into `into`, item by item, matched by `key`.
-fn items<T: Clone, K: PartialEq>(into: &mut Vec<T>, from: &[T], key: impl Fn(&T) -> K, merge: impl Fn(&mut T, &T)) {
-    for b in from {
-        let k = key(b);
-        match into.iter_mut().find(|a| key(a) == k) {
-            Some(a) => merge(a, b),
+/// Merges `from` into `into`, item by item, matched by `same` (first at
+/// the same place: an agent lists its items in the same order).
+fn items<T: Clone>(into: &mut Vec<T>, from: &[T], same: impl Fn(&T, &T) -> bool, merge: impl Fn(&mut T, &T)) {
+    for (i, b) in from.iter().enumerate() {
+        let at = match into.get(i) {
+            Some(a) if same(a, b) => Some(i),
+            _ => into.iter().position(|a| same(a, b)),
+        };
+        match at {
+            Some(at) => merge(&mut into[at], b),
             None => into.push(b.clone()),
         }
     }
@@ -90,12 +99,12 @@ fn tcp(a: &mut pb::TcpStats, b: &pb::TcpStats) {
     add(&mut a.connections, b.connections);
 }
 
-fn tcp_key(t: &pb::TcpStats) -> (String, String, String) {
-    (t.remote.clone(), t.local.clone(), t.direction.clone())
+fn same_tcp(a: &pb::TcpStats, b: &pb::TcpStats) -> bool {
+    a.remote == b.remote && a.local == b.local && a.direction == b.direction
 }
 
-fn disk_key(d: &pb::DiskStats) -> (String, String) {
-    (d.device.clone(), d.op.clone())
+fn same_disk(a: &pb::DiskStats, b: &pb::DiskStats) -> bool {
+    a.device == b.device && a.op == b.op
 }
 
 fn process(a: &mut pb::Process, b: &pb::Process) {
@@ -111,7 +120,7 @@ fn process(a: &mut pb::Process, b: &pb::Process) {
     items(
         &mut a.syscalls,
         &b.syscalls,
-        |s| s.nr,
+        |a, b| a.nr == b.nr,
         |a, b| {
             newest(&mut a.name, &b.name);
             add(&mut a.count, b.count);
@@ -121,7 +130,7 @@ fn process(a: &mut pb::Process, b: &pb::Process) {
             histogram(&mut a.latency, &b.latency);
         },
     );
-    items(&mut a.disk, &b.disk, disk_key, disk);
+    items(&mut a.disk, &b.disk, same_disk, disk);
     if let Some(bo) = &b.offcpu {
         let ao = a.offcpu.get_or_insert_with(Default::default);
         add(&mut ao.on_cpu_ns, bo.on_cpu_ns);
@@ -133,14 +142,14 @@ fn process(a: &mut pb::Process, b: &pb::Process) {
         items(
             &mut ao.sleep_by_syscall,
             &bo.sleep_by_syscall,
-            |s| s.name.clone(),
+            |a, b| a.name == b.name,
             |a, b| {
                 add(&mut a.ns, b.ns);
                 add(&mut a.count, b.count);
             },
         );
     }
-    items(&mut a.tcp, &b.tcp, tcp_key, tcp);
+    items(&mut a.tcp, &b.tcp, same_tcp, tcp);
 }
 
 /// Adds report `b` into `a`, both of one agent: `a` then covers both
@@ -152,11 +161,17 @@ pub fn merge(a: &mut pb::Report, b: &pb::Report) {
     a.sequence = a.sequence.max(b.sequence);
     a.interval_start_unix_ns = a.interval_start_unix_ns.min(b.interval_start_unix_ns);
     a.interval_end_unix_ns = a.interval_end_unix_ns.max(b.interval_end_unix_ns);
-    // Processes by (pid, name): a linear search per process would be
-    // quadratic in a host's processes.
-    let mut at: std::collections::HashMap<(u32, String), usize> =
-        a.processes.iter().enumerate().map(|(i, p)| ((p.pid, p.comm.clone()), i)).collect();
-    for p in &b.processes {
+    // Processes by (pid, name): at the same place if there, else through
+    // an index (a linear search per process would be quadratic in a
+    // host's processes).
+    let mut index: Option<std::collections::HashMap<(u32, String), usize>> = None;
+    for (i, p) in b.processes.iter().enumerate() {
+        if a.processes.get(i).is_some_and(|q| q.pid == p.pid && q.comm == p.comm) {
+            process(&mut a.processes[i], p);
+            continue;
+        }
+        let at = index
+            .get_or_insert_with(|| a.processes.iter().enumerate().map(|(i, p)| ((p.pid, p.comm.clone()), i)).collect());
         match at.get(&(p.pid, p.comm.clone())) {
             Some(i) => process(&mut a.processes[*i], p),
             None => {
@@ -171,11 +186,11 @@ pub fn merge(a: &mut pb::Report, b: &pb::Report) {
             None => a.other = Some(o.clone()),
         }
     }
-    items(&mut a.devices, &b.devices, disk_key, disk);
+    items(&mut a.devices, &b.devices, same_disk, disk);
     items(
         &mut a.probes,
         &b.probes,
-        |p| p.name.clone(),
+        |a, b| a.name == b.name,
         |a, b| {
             a.active = b.active;
             a.error.clone_from(&b.error);
@@ -183,7 +198,7 @@ pub fn merge(a: &mut pb::Report, b: &pb::Report) {
         },
     );
     add(&mut a.dropped_reports, b.dropped_reports);
-    items(&mut a.tcp_unknown_owner, &b.tcp_unknown_owner, tcp_key, tcp);
+    items(&mut a.tcp_unknown_owner, &b.tcp_unknown_owner, same_tcp, tcp);
 }
 
 #[cfg(test)]

@@ -87,16 +87,16 @@ impl Service {
                 )))
             }
         }
+        let bytes: Arc<[u8]> = r.encode_to_vec().into();
         if let Some(j) = &self.journal {
-            let bytes: Arc<[u8]> = r.encode_to_vec().into();
-            j.append(bytes, end).await.map_err(|e| {
+            j.append(bytes.clone(), end).await.map_err(|e| {
                 Status::unavailable(format!(
                     "cannot journal report {seq} ({e}); is --data-dir full? Nothing was acknowledged: \
                      the agent keeps its reports and sends them again"
                 ))
             })?;
         }
-        self.lock().keep(&id, epoch, seq, &r, &self.limits);
+        self.lock().keep(&id, epoch, seq, &r, &bytes, &self.limits);
         if let Some(m) = &self.metrics {
             let host = r.agent.as_ref().map_or("", |a| a.host_name.as_str());
             m.lock().unwrap_or_else(|p| p.into_inner()).add_wire(host, &r);
@@ -350,6 +350,7 @@ mod tests {
             burst: 2_000.0,
             max_age: Duration::from_secs(24 * 3600),
             max_future: Duration::from_secs(300),
+            full_resolution: Duration::from_secs(120),
         }
     }
 

@@ -1,10 +1,16 @@
 //! What the collector keeps: per agent, the sequences it acknowledged and a
-//! window of its reports merged exactly ([`super::rollup`]): the current
-//! minute merged as its reports arrive, then one report per minute for the
-//! last [`FINE`], then one per [`COARSE`], up to `--retention`; closed ones
-//! encoded and deflated. Over all agents, the window is bounded by
-//! `--max-memory`: past it the oldest go first, counted, and every answer
-//! says from when the collector holds everything it received.
+//! window of its reports, twice over:
+//! - merged exactly ([`super::rollup`]): the current minute merged as its
+//!   reports arrive, then one report per minute for the last [`FINE`], then
+//!   one per [`COARSE`], up to `--retention`; closed ones deflated;
+//! - as received (deflated), for the last `--full-resolution`, as memory
+//!   allows: a query whose window they cover whole is answered from them,
+//!   at the agents' own intervals.
+//!
+//! Over all agents, the window is bounded by `--max-memory`: past it the
+//! reports as received go first (oldest first; the minutes still hold
+//! them), then the oldest buckets, counted, and every answer says from when
+//! the collector holds everything it received.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -32,6 +38,7 @@ pub struct Limits {
     pub burst: f64,
     pub max_age: Duration,
     pub max_future: Duration,
+    pub full_resolution: Duration,
 }
 
 /// One agent as the collector knows it.
@@ -42,6 +49,10 @@ pub struct AgentState {
     window: VecDeque<Bucket>,
     /// The current minute's reports, merged as they arrive.
     open: Option<Open>,
+    /// Reports as received, in arrival order, and the latest interval end
+    /// of one dropped from them (or never put there).
+    raw: VecDeque<Raw>,
+    raw_dropped_to: i64,
     tokens: f64,
     refilled: Instant,
     last_seen: Instant,
@@ -54,6 +65,8 @@ impl AgentState {
             acked: VecDeque::new(),
             window: VecDeque::new(),
             open: None,
+            raw: VecDeque::new(),
+            raw_dropped_to: i64::MIN,
             tokens: burst,
             refilled: now,
             last_seen: now,
@@ -77,8 +90,15 @@ impl AgentState {
     }
 
     fn is_empty(&self) -> bool {
-        self.window.is_empty() && self.open.is_none()
+        self.window.is_empty() && self.open.is_none() && self.raw.is_empty()
     }
+}
+
+/// One report as received, deflated.
+struct Raw {
+    from_ns: i64,
+    to_ns: i64,
+    deflated: Arc<[u8]>,
 }
 
 /// Reports of one agent merged into one, for a span of time.
@@ -149,8 +169,12 @@ fn align(ns: i64, span: i64) -> i64 {
 #[derive(Default)]
 pub struct Store {
     pub agents: HashMap<String, AgentState>,
-    /// Bytes the windows take (closed buckets as kept, open ones encoded).
+    /// Bytes the windows take (closed buckets and reports as received, as
+    /// kept; open minutes, encoded).
     pub bytes: usize,
+    /// (agent, size) of every report kept as received, in arrival order:
+    /// each agent's entries are in the order of its `raw`.
+    raw_order: VecDeque<(String, usize)>,
     pub rejected: u64,
     /// Keeps the log of rejections bounded.
     pub reject_log: super::service::RejectLog,
@@ -197,11 +221,12 @@ impl Store {
         Ok(())
     }
 
-    /// Records report `r` (`seq` of (`id`, `epoch`)) as stored and merges
-    /// it into its agent's window (unless it already is: two streams of one
-    /// agent may race). A report whose minute is closed (an agent catching
-    /// up) is merged into the bucket that holds its minute.
-    pub fn keep(&mut self, id: &str, epoch: u64, seq: u64, r: &pb::Report, limits: &Limits) {
+    /// Records report `r` (`seq` of (`id`, `epoch`); `encoded`, its bytes)
+    /// as stored, merges it into its agent's window (unless it already is:
+    /// two streams of one agent may race), and keeps it as received if it
+    /// is recent. A report whose minute is closed (an agent catching up) is
+    /// merged into the bucket that holds its minute.
+    pub fn keep(&mut self, id: &str, epoch: u64, seq: u64, r: &pb::Report, encoded: &[u8], limits: &Limits) {
         let state = self.agents.entry(id.to_string()).or_insert_with(|| AgentState::new(limits.burst));
         if seq <= state.acked(epoch) {
             return;
@@ -212,7 +237,21 @@ impl Store {
             self.too_old += 1;
             return;
         }
+        if r.interval_end_unix_ns >= now - limits.full_resolution.as_nanos() as i64 {
+            let deflated: Arc<[u8]> = super::journal::deflate(encoded).into();
+            self.bytes += deflated.len();
+            self.raw_order.push_back((id.to_string(), deflated.len()));
+            state.raw.push_back(Raw { from_ns: r.interval_start_unix_ns, to_ns: r.interval_end_unix_ns, deflated });
+        } else {
+            state.raw_dropped_to = state.raw_dropped_to.max(r.interval_end_unix_ns);
+        }
         let minute = align(r.interval_end_unix_ns, MINUTE);
+        // Late: its minute is closed (an agent catching up, or a report
+        // that arrived after its minute was closed for quiet).
+        let late = match &state.open {
+            Some(o) => minute < o.start_ns,
+            None => state.window.back().is_some_and(|b| minute < b.start_ns + b.span_ns),
+        };
         match &mut state.open {
             Some(o) if o.start_ns == minute => {
                 rollup::merge(&mut o.report, r);
@@ -221,8 +260,8 @@ impl Store {
                 self.bytes = self.bytes + size - o.size;
                 o.size = size;
             }
-            Some(o) if o.start_ns > minute => {
-                // Late: into the closed bucket of its minute, or a new one.
+            _ if late => {
+                // Into the closed bucket of its minute, or a new one.
                 let at = state.window.partition_point(|b| b.start_ns + b.span_ns <= r.interval_end_unix_ns);
                 let old = state.window.get(at).filter(|b| b.start_ns <= r.interval_end_unix_ns);
                 let (start, span, merged, reports, before) = match old.and_then(|b| Some((b, b.report()?))) {
@@ -251,12 +290,33 @@ impl Store {
                 }
             }
         }
-        self.shrink(limits);
+        self.shrink(now, limits);
     }
 
-    /// Drops the oldest closed buckets, over all agents, while the windows
-    /// take more than `--max-memory`; counted, and said in answers.
-    fn shrink(&mut self, limits: &Limits) {
+    /// Drops reports as received past `--full-resolution`, then, while the
+    /// windows take more than `--max-memory`, reports as received (oldest
+    /// first), then the oldest closed buckets over all agents: these are
+    /// counted, and said in answers.
+    pub fn shrink(&mut self, now: i64, limits: &Limits) {
+        let oldest = now - limits.full_resolution.as_nanos() as i64;
+        while let Some((id, len)) = self.raw_order.front() {
+            let len = *len;
+            let Some(agent) = self.agents.get_mut(id) else {
+                self.raw_order.pop_front();
+                continue;
+            };
+            let Some(front) = agent.raw.front() else {
+                self.raw_order.pop_front();
+                continue;
+            };
+            if self.bytes <= limits.max_memory && front.to_ns >= oldest {
+                break;
+            }
+            agent.raw_dropped_to = agent.raw_dropped_to.max(front.to_ns);
+            agent.raw.pop_front();
+            self.raw_order.pop_front();
+            self.bytes -= len;
+        }
         while self.bytes > limits.max_memory {
             let oldest =
                 self.agents.values_mut().filter_map(|a| Some((a.window.front()?.to_ns, a))).min_by_key(|(to, _)| *to);
@@ -319,7 +379,7 @@ impl Store {
         bytes += added;
         state.window = out;
         self.bytes = bytes;
-        self.shrink(limits);
+        self.shrink(now, limits);
     }
 
     /// Forgets agents that sent nothing for `idle` and have nothing kept.
@@ -332,13 +392,24 @@ impl Store {
         self.evicted_agents += (before - self.agents.len()) as u64;
     }
 
-    /// Every agent's buckets ending at or after `since`, the open one
-    /// encoded now: shared, not copied, so that a query inflates and
-    /// decodes them without holding the store.
+    /// Every agent's reports ending at or after `since`: as received if
+    /// those kept cover it whole, else its buckets (the open one encoded
+    /// now). Shared, not copied, so that a query inflates and decodes them
+    /// without holding the store.
     pub fn snapshot(&self, since: i64) -> Vec<(String, Vec<Part>)> {
         self.agents
             .iter()
             .map(|(id, a)| {
+                if since > a.raw_dropped_to {
+                    let parts = a.raw.iter().filter(|r| r.to_ns >= since).map(|r| Part {
+                        bytes: r.deflated.clone(),
+                        deflated: true,
+                        reports: 1,
+                        from_ns: r.from_ns,
+                        to_ns: r.to_ns,
+                    });
+                    return (id.clone(), parts.collect());
+                }
                 let mut parts: Vec<Part> = a.window.iter().filter(|b| b.to_ns >= since).map(Bucket::part).collect();
                 parts.extend(a.open.as_ref().filter(|o| o.report.interval_end_unix_ns >= since).map(|o| Part {
                     bytes: o.report.encode_to_vec().into(),
@@ -350,6 +421,31 @@ impl Store {
                 (id.clone(), parts)
             })
             .collect()
+    }
+
+    /// The window's size: agents, reports kept, closed buckets, open
+    /// minutes, and bytes, for the log.
+    pub fn summary(&self) -> String {
+        let buckets: usize = self.agents.values().map(|a| a.window.len()).sum();
+        let open = self.agents.values().filter(|a| a.open.is_some()).count();
+        let reports: u64 = self
+            .agents
+            .values()
+            .map(|a| a.window.iter().map(|b| b.reports).sum::<u64>() + a.open.as_ref().map_or(0, |o| o.reports))
+            .sum();
+        let closed: usize = self.agents.values().flat_map(|a| &a.window).map(|b| b.deflated.len()).sum();
+        let raw: usize = self.raw_order.iter().map(|(_, len)| len).sum();
+        format!(
+            "window: {} agents, {reports} reports kept in {buckets} closed buckets ({closed} bytes deflated) and {open} \
+             open minutes ({} bytes encoded), and {} as received ({raw} bytes deflated), {} bytes in all; {} \
+             reports dropped for --max-memory, {} too old",
+            self.agents.len(),
+            self.bytes - closed - raw,
+            self.raw_order.len(),
+            self.bytes,
+            self.evicted_reports,
+            self.too_old
+        )
     }
 
     /// Since when this collector holds everything it received (neither
@@ -372,6 +468,7 @@ mod tests {
             burst: 1000.0,
             max_age: Duration::from_secs(3600),
             max_future: Duration::from_secs(60),
+            full_resolution: Duration::ZERO,
         }
     }
 
@@ -385,7 +482,8 @@ mod tests {
 
     fn keep(s: &mut Store, id: &str, seq: u64, end_ns: i64, l: &Limits) {
         assert!(s.admit(id, 1, seq, l).is_ok());
-        s.keep(id, 1, seq, &report(id, seq, end_ns), l);
+        let r = report(id, seq, end_ns);
+        s.keep(id, 1, seq, &r, &r.encode_to_vec(), l);
     }
 
     /// Syscall calls in `parts`, as a query counts them.
@@ -418,7 +516,9 @@ mod tests {
         assert_eq!(whole, one * ends.len() as u64);
         let kept = |s: &Store| {
             let a = &s.agents["a"];
-            a.window.iter().map(|b| b.deflated.len()).sum::<usize>() + a.open.as_ref().map_or(0, |o| o.size)
+            a.window.iter().map(|b| b.deflated.len()).sum::<usize>()
+                + a.open.as_ref().map_or(0, |o| o.size)
+                + a.raw.iter().map(|r| r.deflated.len()).sum::<usize>()
         };
         assert_eq!(s.bytes, kept(&s), "memory accounted");
         s.maintain("a", now, &l);
@@ -465,6 +565,41 @@ mod tests {
     }
 
     #[test]
+    fn recent_windows_are_answered_from_the_reports_as_received() {
+        let l = Limits { full_resolution: Duration::from_secs(120), ..hour() };
+        let now = crate::metrics::now_unix_ns();
+        let mut s = Store::new(now - 10 * MINUTE);
+        // A report a second for the last 4 minutes.
+        let ends: Vec<i64> = (0..240).rev().map(|i| now - i * 1_000_000_000).collect();
+        for (i, end) in ends.iter().enumerate() {
+            keep(&mut s, "a", i as u64 + 1, *end, &l);
+        }
+        let one = calls(&[Part::whole(report("a", 1, 0).encode_to_vec().into())]);
+        // The last 30 s: exactly the reports that end in it, one part each.
+        let since = now - 30_500_000_000;
+        let parts = &s.snapshot(since)[0].1;
+        let want = ends.iter().filter(|e| **e >= since).count();
+        assert_eq!((parts.len(), calls(parts)), (want, one * want as u64));
+        assert!(parts.iter().all(|p| p.reports == 1 && p.to_ns >= since));
+        // Past --full-resolution: the minutes, whole.
+        let since = now - 150_000_000_000;
+        let parts = &s.snapshot(since)[0].1;
+        assert!(parts.iter().all(|p| p.reports > 1 || p.from_ns == p.to_ns - 1_000_000_000), "buckets");
+        let reports: u64 = parts.iter().map(|p| p.reports).sum();
+        assert!(reports >= ends.iter().filter(|e| **e >= since).count() as u64);
+        assert_eq!(calls(parts), one * reports);
+        // Memory for the minutes, not for the reports as received: those go
+        // first, and the windows they no longer cover whole come from the minutes.
+        let minutes = s.bytes - s.raw_order.iter().map(|(_, l)| l).sum::<usize>();
+        s.shrink(now, &Limits { max_memory: minutes + 500, ..l });
+        assert_eq!(s.evicted_reports, 0, "no minute dropped");
+        let since = now - 30_500_000_000;
+        let parts = &s.snapshot(since)[0].1;
+        assert!(parts.iter().any(|p| p.reports > 1), "from the minutes");
+        assert_eq!(calls(parts), one * parts.iter().map(|p| p.reports).sum::<u64>());
+    }
+
+    #[test]
     fn idle_agents_make_room_for_new_ones() {
         let l = limits(2);
         let now = crate::metrics::now_unix_ns();
@@ -480,7 +615,8 @@ mod tests {
         assert!(s.admit("c", 1, 1, &l).is_ok(), "a and b idle past the retention");
         assert_eq!(s.evicted_agents, 2);
         // A duplicate is refused as such.
-        s.keep("c", 1, 1, &report("c", 1, now), &l);
+        let r = report("c", 1, now);
+        s.keep("c", 1, 1, &r, &r.encode_to_vec(), &l);
         assert!(matches!(s.admit("c", 1, 1, &l), Err(Refused::Duplicate)));
     }
 }

@@ -84,6 +84,20 @@ fn process(pid: u32) -> pb::Process {
     }
 }
 
+/// The process name whose count the fleet window bench checks.
+const MARKED: &str = "svc-0";
+
+/// Syscalls (histogram counts) of the processes named `comm` in one report.
+fn calls_per_report(processes: &[pb::Process], comm: &str) -> u64 {
+    processes
+        .iter()
+        .filter(|p| p.comm == comm)
+        .flat_map(|p| &p.syscalls)
+        .filter_map(|s| s.latency.as_ref())
+        .flat_map(|h| &h.count)
+        .sum()
+}
+
 /// What a misbehaving agent does, again and again, for the whole run.
 #[derive(Clone, Copy, Debug)]
 enum Bad {
@@ -229,6 +243,9 @@ async fn main() {
             "sent": sent,
             "acked": acked,
             "report_bytes": size,
+            // A marked process name and its syscall count per report, for
+            // checking a fleet query's count over a window exactly.
+            "marked": {"comm": MARKED, "calls_per_report": calls_per_report(&template, MARKED)},
             "elapsed_s": elapsed,
             "misbehaving": misbehaving,
         })

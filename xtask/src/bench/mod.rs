@@ -10,6 +10,7 @@
 mod agent;
 pub(crate) mod collector;
 mod disk;
+pub mod fleet;
 pub mod hostile;
 mod switch;
 mod syscall;
