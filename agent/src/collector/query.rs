@@ -14,11 +14,22 @@ use crate::{
     },
 };
 
+/// How a part's encoded report is kept.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Packing {
+    /// As encoded: the open minute, encoded for a query.
+    Plain,
+    /// Deflated: closed buckets (small, kept long).
+    Deflate,
+    /// Snappy: reports as received (one per report: it has to be cheap).
+    Snappy,
+}
+
 /// One agent's reports over a span, as the store holds them: a bucket of
-/// merged reports (deflated), or the open minute (encoded).
+/// merged reports, the open minute, or one report as received.
 pub struct Part {
     pub bytes: Arc<[u8]>,
-    pub deflated: bool,
+    pub packing: Packing,
     /// Reports merged in it.
     pub reports: u64,
     pub from_ns: i64,
@@ -27,11 +38,15 @@ pub struct Part {
 
 impl Part {
     pub fn report(&self) -> Option<pb::Report> {
-        if self.deflated {
-            let raw = super::journal::inflate(&self.bytes, super::journal::REPORT_MAX)?;
-            pb::Report::decode(&raw[..]).ok()
-        } else {
-            pb::Report::decode(&self.bytes[..]).ok()
+        match self.packing {
+            Packing::Plain => pb::Report::decode(&self.bytes[..]).ok(),
+            Packing::Deflate => {
+                let raw = super::journal::inflate(&self.bytes, super::journal::REPORT_MAX)?;
+                pb::Report::decode(&raw[..]).ok()
+            }
+            Packing::Snappy => {
+                pb::Report::decode(&snap::raw::Decoder::new().decompress_vec(&self.bytes).ok()?[..]).ok()
+            }
         }
     }
 
@@ -39,7 +54,13 @@ impl Part {
     #[cfg(test)]
     pub fn whole(bytes: Arc<[u8]>) -> Part {
         let r = pb::Report::decode(&bytes[..]).expect("a report");
-        Part { bytes, deflated: false, reports: 1, from_ns: r.interval_start_unix_ns, to_ns: r.interval_end_unix_ns }
+        Part {
+            bytes,
+            packing: Packing::Plain,
+            reports: 1,
+            from_ns: r.interval_start_unix_ns,
+            to_ns: r.interval_end_unix_ns,
+        }
     }
 }
 
@@ -190,6 +211,7 @@ pub fn merge_answers(answers: Vec<pb::QueryResponse>, by: By, limit: u32) -> pb:
         out.reports += a.reports;
         out.evicted_reports += a.evicted_reports;
         out.complete_from_unix_ns = out.complete_from_unix_ns.max(a.complete_from_unix_ns);
+        out.holding_since_unix_ns = out.holding_since_unix_ns.max(a.holding_since_unix_ns);
         if a.reports > 0 {
             from = from.min(a.from_unix_ns);
             to = to.max(a.to_unix_ns);
@@ -326,9 +348,9 @@ fn coverage(resp: &pb::QueryResponse, asked_from: Option<i64>) -> (String, Optio
              this answer covers less than the window",
             utc(asked),
             utc(resp.complete_from_unix_ns),
-            if resp.evicted_reports > 0 {
+            if resp.complete_from_unix_ns > resp.holding_since_unix_ns {
                 format!(
-                    " ({} reports dropped for --max-memory; raise it, or ask for a shorter window)",
+                    " (it dropped older reports for --max-memory, {} so far; raise it, or ask for a shorter window)",
                     resp.evicted_reports
                 )
             } else {

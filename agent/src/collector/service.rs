@@ -310,16 +310,24 @@ impl pb::collector_server::Collector for Service {
     async fn query(&self, request: Request<pb::QueryRequest>) -> Result<Response<pb::QueryResponse>, Status> {
         self.auth.check(&request, &self.auth.query, "queries", "--query-token-file")?;
         let q = request.into_inner();
-        let (snapshot, agents, complete_from, evicted) = {
+        let (snapshot, agents, complete_from, evicted, holding) = {
             let store = self.lock();
-            (store.snapshot(super::query::since(&q)), store.agents.len(), store.complete_from(), store.evicted_reports)
+            let since = super::query::since(&q);
+            (
+                store.snapshot(since),
+                store.agents.len(),
+                store.complete_from(),
+                store.evicted_reports,
+                store.holding_since_ns,
+            )
         };
         // Decoding and merging take a while: off the async workers, and
         // without the store, so that ingest goes on meanwhile.
         let mut resp = tokio::task::spawn_blocking(move || super::query::answer(&snapshot, agents, &q))
             .await
             .map_err(|e| Status::internal(format!("query failed: {e}")))?;
-        (resp.complete_from_unix_ns, resp.evicted_reports) = (complete_from, evicted);
+        (resp.complete_from_unix_ns, resp.evicted_reports, resp.holding_since_unix_ns) =
+            (complete_from, evicted, holding);
         Ok(Response::new(resp))
     }
 }
