@@ -76,8 +76,8 @@ fn read(p: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("reading {}", p.display()))
 }
 
-/// A transport error's causes on one line, with a hint where one helps.
-pub fn transport_error(url: &str, e: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its causes on one line.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -85,6 +85,12 @@ pub fn transport_error(url: &str, e: &(dyn std::error::Error + 'static)) -> Stri
         s.push_str(&c.to_string());
         cur = c.source();
     }
+    s
+}
+
+/// A transport error's causes on one line, with a hint where one helps.
+pub fn transport_error(url: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = chain(e);
     let lower = s.to_lowercase();
     if lower.contains("certificate") || lower.contains("unknownissuer") || lower.contains("unknown ca") {
         s.push_str(" (TLS: is --ca-file the CA that signed the collector's certificate, and does the collector accept our --client-cert?)");

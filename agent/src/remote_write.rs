@@ -528,13 +528,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An error and its causes on one line, with a hint where one helps.
 fn cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
+    let mut s = crate::grpc::chain(e);
     let lower = s.to_lowercase();
     if lower.contains("certificate") || lower.contains("unknownissuer") {
         s.push_str(" (TLS: give --remote-write-ca-file with the CA that signed the endpoint's certificate)");

@@ -1391,6 +1391,66 @@ impl tonic::codec::Decoder for Raw {
     }
 }
 
+/// A report of agent and host `agent` in which a process named `comm`
+/// made `count` getppid calls (each in the latency bucket of 1 us),
+/// ending `age` ago.
+pub fn counted_report(agent: &str, seq: u64, comm: &str, count: u64, age: Duration) -> hostprobe::wire::pb::Report {
+    use hostprobe::wire::pb;
+    let mut report = synthetic_report(
+        agent,
+        seq,
+        vec![pb::Process {
+            pid: 4242,
+            comm: comm.into(),
+            merged: 1,
+            syscalls: vec![pb::SyscallStats {
+                name: "getppid".into(),
+                nr: 110,
+                count,
+                total_ns: count * 1_000,
+                latency: Some(pb::Histogram {
+                    layout: 1,
+                    bucket: vec![57],
+                    count: vec![count],
+                    max_ns: 1_000,
+                    sum_ns: Some(count * 1_000),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    );
+    if let Some(a) = report.agent.as_mut() {
+        a.host_name = agent.into();
+    }
+    let age = age.as_nanos() as i64;
+    report.interval_start_unix_ns -= age;
+    report.interval_end_unix_ns -= age;
+    report
+}
+
+/// Streams `reports` to the collector at `url` (plaintext, no token) on
+/// one stream: how many were acknowledged, and the status that ended the
+/// stream early, if one did.
+pub fn send_reports(url: &str, reports: Vec<hostprobe::wire::pb::Report>) -> (usize, Option<String>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().connect().await.unwrap();
+        let mut client = hostprobe::wire::pb::collector_client::CollectorClient::new(channel);
+        let n = reports.len();
+        let mut acks = client.stream(tokio_stream::iter(reports)).await.unwrap().into_inner();
+        let mut acked = 0;
+        while acked < n {
+            match acks.message().await {
+                Ok(Some(_)) => acked += 1,
+                Ok(None) => break,
+                Err(s) => return (acked, Some(format!("{s:?}"))),
+            }
+        }
+        (acked, None)
+    })
+}
+
 /// A report as an agent sends it: agent `agent` (epoch 1), sequence `seq`,
 /// the second that ended now, and `processes`.
 pub fn synthetic_report(

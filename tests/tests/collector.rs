@@ -9,7 +9,8 @@ use std::{
 
 use hostprobe::wire::pb;
 use hostprobe_tests::{
-    free_port, hostile_stream, hostprobe, process_reports, synthetic_report, Agent, Collector, Pki, TempDir, Workload,
+    counted_report, free_port, hostile_stream, hostprobe, process_reports, send_reports, synthetic_report, Agent,
+    Collector, Pki, TempDir, Workload,
 };
 use prost::Message as _;
 
@@ -277,39 +278,6 @@ fn query_merges_one_process_seen_by_two_agents_exactly() {
     drop(collector);
 }
 
-/// A report of `count` calls of one syscall by a process named `comm`,
-/// ending `age` ago.
-fn aged_report(agent: &str, seq: u64, comm: &str, count: u64, age: Duration) -> pb::Report {
-    let mut report = synthetic_report(
-        agent,
-        seq,
-        vec![pb::Process {
-            pid: 4242,
-            comm: comm.into(),
-            merged: 1,
-            syscalls: vec![pb::SyscallStats {
-                name: "getppid".into(),
-                nr: 110,
-                count,
-                total_ns: count * 1_000,
-                latency: Some(pb::Histogram {
-                    layout: 1,
-                    bucket: vec![57],
-                    count: vec![count],
-                    max_ns: 1_000,
-                    sum_ns: Some(count * 1_000),
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    );
-    let age = age.as_nanos() as i64;
-    report.interval_start_unix_ns -= age;
-    report.interval_end_unix_ns -= age;
-    report
-}
-
 /// `hostprobe query --json` with `args`: (reports in the window, count of the first row).
 fn query_json(url: &str, args: &[&str]) -> (u64, u64) {
     let out = hostprobe().args(["query", "--collector", url, "--plaintext", "--json"]).args(args).output().unwrap();
@@ -326,8 +294,8 @@ fn query_window_zero_means_everything_the_collector_keeps() {
     // One report from 3 minutes ago (outside a 1 m window, inside the
     // retention) and one from now.
     let reports = vec![
-        aged_report("window-agent", 1, "oldtimer", 7, Duration::from_secs(180)),
-        aged_report("window-agent", 2, "oldtimer", 5, Duration::ZERO),
+        counted_report("window-agent", 1, "oldtimer", 7, Duration::from_secs(180)),
+        counted_report("window-agent", 2, "oldtimer", 5, Duration::ZERO),
     ];
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let acked = rt.block_on(async {
@@ -380,10 +348,12 @@ fn a_window_the_collector_no_longer_holds_is_said_and_what_is_left_is_exact() {
     let reports: Vec<pb::Report> = ages
         .iter()
         .enumerate()
-        .map(|(i, age)| aged_report("catching-up", i as u64 + 1, "marked", 1 << i, Duration::from_secs(age * 60 + 1)))
+        .map(|(i, age)| {
+            counted_report("catching-up", i as u64 + 1, "marked", 1 << i, Duration::from_secs(age * 60 + 1))
+        })
         .collect();
     let ends: Vec<i64> = reports.iter().map(|r| r.interval_end_unix_ns).collect();
-    assert_eq!(send(&url, reports), (30, None));
+    assert_eq!(send_reports(&url, reports), (30, None));
 
     let v = query_value(&[&url], &["--comm", "marked", "--window", "40m"]);
     assert_eq!(v["complete"], false, "{v}");
@@ -479,26 +449,6 @@ fn agents_spread_over_two_collectors_and_one_query_merges_both_exactly() {
     drop((c1, c2));
 }
 
-/// Streams `reports` to the collector at `url`; returns how many were
-/// acknowledged and the status that ended the stream, if any.
-fn send(url: &str, reports: Vec<pb::Report>) -> (usize, Option<String>) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let mut client = pb::collector_client::CollectorClient::connect(url.to_string()).await.unwrap();
-        let n = reports.len();
-        let mut acks = client.stream(tokio_stream::iter(reports)).await.unwrap().into_inner();
-        let mut acked = 0;
-        while acked < n {
-            match acks.message().await {
-                Ok(Some(_)) => acked += 1,
-                Ok(None) => break,
-                Err(s) => return (acked, Some(format!("{s:?}"))),
-            }
-        }
-        (acked, None)
-    })
-}
-
 #[test]
 fn a_damaged_journal_record_is_skipped_and_counted_and_the_rest_survive_a_restart() {
     // Ten reports whose getppid counts are 1..=10, journaled and acked; the
@@ -510,8 +460,8 @@ fn a_damaged_journal_record_is_skipped_and_counted_and_the_rest_survive_a_restar
     let url = format!("http://127.0.0.1:{port}");
     let args = ["--plaintext", "--data-dir", data.path(), "--retention", "10m"];
     let collector = Collector::start(port, &args);
-    let reports = (1..=10).map(|s| aged_report("damaged", s, "journaled", s, Duration::ZERO)).collect();
-    assert_eq!(send(&url, reports), (10, None));
+    let reports = (1..=10).map(|s| counted_report("damaged", s, "journaled", s, Duration::ZERO)).collect();
+    assert_eq!(send_reports(&url, reports), (10, None));
     collector.kill();
     let segment = std::fs::read_dir(&data.0)
         .unwrap()
@@ -531,8 +481,8 @@ fn a_damaged_journal_record_is_skipped_and_counted_and_the_rest_survive_a_restar
     assert_eq!(query_json(&url, &["--comm", "journaled", "--window", "0s"]), (9, 50));
     assert!(collector.log().contains("1 damaged stretches"), "{}", collector.log());
     // Still acknowledged as stored: sending them again stores nothing.
-    let again = (1..=10).map(|s| aged_report("damaged", s, "journaled", s, Duration::ZERO)).collect();
-    assert_eq!(send(&url, again), (10, None));
+    let again = (1..=10).map(|s| counted_report("damaged", s, "journaled", s, Duration::ZERO)).collect();
+    assert_eq!(send_reports(&url, again), (10, None));
     assert_eq!(query_json(&url, &["--comm", "journaled", "--window", "0s"]), (9, 50));
 }
 

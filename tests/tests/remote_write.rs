@@ -10,59 +10,12 @@ use std::{
 };
 
 use hostprobe::wire::pb;
-use hostprobe_tests::{free_port, synthetic_report, Collector, Prometheus};
+use hostprobe_tests::{counted_report, free_port, send_reports, Collector, Prometheus};
 
 /// A report of `host` (agent `host`) whose process `marked` made `calls`
 /// getppid calls, each in the latency bucket of 1 us.
 fn report(host: &str, seq: u64, calls: u64) -> pb::Report {
-    let mut r = synthetic_report(
-        host,
-        seq,
-        vec![pb::Process {
-            pid: 4242,
-            comm: "marked".into(),
-            merged: 1,
-            syscalls: vec![pb::SyscallStats {
-                name: "getppid".into(),
-                nr: 110,
-                count: calls,
-                total_ns: calls * 1_000,
-                latency: Some(pb::Histogram {
-                    layout: 1,
-                    bucket: vec![57],
-                    count: vec![calls],
-                    max_ns: 1_000,
-                    sum_ns: Some(calls * 1_000),
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    );
-    if let Some(a) = r.agent.as_mut() {
-        a.host_name = host.into();
-    }
-    r
-}
-
-/// Sends `reports` on one stream: (how many were acknowledged, the error
-/// that ended the stream early).
-fn send(url: &str, reports: Vec<pb::Report>) -> (usize, Option<String>) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let mut client = pb::collector_client::CollectorClient::connect(url.to_string()).await.unwrap();
-        let n = reports.len();
-        let mut acks = client.stream(tokio_stream::iter(reports)).await.unwrap().into_inner();
-        let mut acked = 0;
-        while acked < n {
-            match acks.message().await {
-                Ok(Some(_)) => acked += 1,
-                Ok(None) => break,
-                Err(s) => return (acked, Some(format!("{s:?}"))),
-            }
-        }
-        (acked, None)
-    })
+    counted_report(host, seq, "marked", calls, Duration::ZERO)
 }
 
 /// `promql`'s answer as (value of `label`) -> value, polled until it is
@@ -102,14 +55,14 @@ fn each_hosts_exact_syscall_count_arrives_by_remote_write() {
         "sum by (host_name) (hostprobe_syscall_duration_seconds_bucket{process_executable_name=\"marked\",le=\"+Inf\"})";
 
     // First half: two reports per host; the pushes must carry their sums.
-    assert_eq!(send(&url, vec![report("host-a", 1, 3), report("host-a", 2, 5)]), (2, None));
-    assert_eq!(send(&url, vec![report("host-b", 1, 100), report("host-b", 2, 200)]), (2, None));
+    assert_eq!(send_reports(&url, vec![report("host-a", 1, 3), report("host-a", 2, 5)]), (2, None));
+    assert_eq!(send_reports(&url, vec![report("host-b", 1, 100), report("host-b", 2, 200)]), (2, None));
     let want = expect(&[("host-a", 8), ("host-b", 300)]);
     assert_eq!(by_label_until(&prometheus, calls, "host_name", &want), want, "{}", collector.log());
 
     // The rest: the counters go on from there, per host.
-    assert_eq!(send(&url, vec![report("host-a", 3, 7), report("host-a", 4, 11)]), (2, None));
-    assert_eq!(send(&url, vec![report("host-b", 3, 300)]), (1, None));
+    assert_eq!(send_reports(&url, vec![report("host-a", 3, 7), report("host-a", 4, 11)]), (2, None));
+    assert_eq!(send_reports(&url, vec![report("host-b", 3, 300)]), (1, None));
     let want = expect(&[("host-a", 3 + 5 + 7 + 11), ("host-b", 100 + 200 + 300)]);
     assert_eq!(by_label_until(&prometheus, calls, "host_name", &want), want, "{}", collector.log());
     // The classic histogram arrives as its _count and _bucket series.
@@ -154,8 +107,8 @@ fn remote_written_series_are_the_scraped_series() {
             "1s",
         ],
     );
-    assert_eq!(send(&url, (1..=3).map(|s| report("host-a", s, 10 * s)).collect()), (3, None));
-    assert_eq!(send(&url, (1..=2).map(|s| report("host-b", s, 7 * s)).collect()), (2, None));
+    assert_eq!(send_reports(&url, (1..=3).map(|s| report("host-a", s, 10 * s)).collect()), (3, None));
+    assert_eq!(send_reports(&url, (1..=2).map(|s| report("host-b", s, 7 * s)).collect()), (2, None));
     let scraped = r#"{__name__=~"hostprobe_.+",job="hostprobe"}"#;
     let pushed = r#"{__name__=~"hostprobe_.+",job=""}"#;
     let end = Instant::now() + Duration::from_secs(30);
@@ -183,7 +136,7 @@ fn remote_written_series_are_the_scraped_series() {
 fn ingest_goes_on(url: &str, agent: &str) {
     for round in 0..4u64 {
         let reports = (1..=25).map(|s| report(agent, round * 25 + s, s)).collect();
-        assert_eq!(send(url, reports), (25, None), "round {round}");
+        assert_eq!(send_reports(url, reports), (25, None), "round {round}");
     }
 }
 
