@@ -132,7 +132,8 @@ pub struct Thread {
     /// Stack ids as it left (with `--stacks`; negative when not taken).
     pub kstack: i32,
     pub ustack: i32,
-    /// The task's [`NO_SYSCALL_FLAGS`] bits.
+    /// The task's [`NO_SYSCALL_FLAGS`] bits, read as the record is made
+    /// (they are set as a thread is made and never change).
     pub flags: u32,
     /// When it was first seen: with the thread id, tells it from a later
     /// thread that reuses the id.

@@ -6,8 +6,9 @@ use crate::hist;
 /// Per (process, syscall, latency range) statistics, cumulative since the
 /// entry was created: see [`Key`].
 pub const MAP_STATS: &str = "SYSCALL_STATS";
-/// Start times of syscalls whose thread was switched out before returning,
-/// keyed by thread id (LRU: it cannot fill with dead threads).
+/// Start times of syscalls whose thread was switched out before returning:
+/// task storage, one [`Inflight`] per thread, freed with the thread (so it
+/// cannot fill with dead threads). Not readable from userspace.
 pub const MAP_INFLIGHT: &str = "SYSCALL_INFLIGHT";
 /// The syscall in progress on each CPU (the fast path).
 pub const MAP_SLOT: &str = "SYSCALL_SLOT";
@@ -29,8 +30,6 @@ pub const DEFAULT_MAX_STATS: u32 = 65_536;
 pub const STATS_PER_PROCESS: u32 = 32;
 /// The most entries of [`MAP_STATS`] sizing from the host gives (112 MiB).
 pub const MAX_STATS_CAP: u32 = 524_288;
-/// Default size of [`MAP_INFLIGHT`]: threads blocked in a syscall at once.
-pub const DEFAULT_MAX_INFLIGHT: u32 = 65_536;
 /// Size of [`MAP_EXITED`]: exits between two reads. When it is full,
 /// userspace's periodic sweep of `/proc` still reclaims the entries.
 pub const MAX_EXITED: u32 = 4_096;
@@ -129,7 +128,7 @@ pub struct Slot {
 }
 const _: () = assert!(core::mem::size_of::<Slot>() == 16);
 
-/// Value of [`MAP_INFLIGHT`].
+/// Value of [`MAP_INFLIGHT`]; `start_ns` 0 when taken.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Inflight {
@@ -148,9 +147,9 @@ pub enum Counter {
     MissedStart = 0,
     /// A new (process, syscall) pair could not be recorded: stats map full.
     StatsFull = 1,
-    /// A switched-out thread's start time could not be kept: inflight map
-    /// full or failing (LRU eviction is not counted by the kernel; see the
-    /// map fill reported by userspace).
+    /// A switched-out thread's start time could not be kept: the kernel
+    /// could not allocate the thread's storage (out of memory). The name
+    /// predates task storage, when this was a full map.
     InflightFull = 2,
     /// Returns of new threads and processes from clone/fork: they never
     /// entered the call, so they are counted here and not timed.

@@ -122,3 +122,71 @@ macro_rules! counters {
         }
     };
 }
+
+/// A task-local storage map (`BPF_MAP_TYPE_TASK_STORAGE`): one value per
+/// thread, kept in its `task_struct` and freed with it, so it never fills
+/// with dead threads and survives a thread id changing (exec by a thread
+/// other than the leader). A lookup reads a per-task cache: no hash, no
+/// lock. aya-ebpf 0.2 has no wrapper for it; the kernel needs BTF for the
+/// key and value, so it is a BTF map: declare it with
+/// `#[aya_ebpf::macros::btf_map]`. Userspace cannot list it (aya 0.14 calls
+/// it unsupported: load with `allow_unsupported_maps`).
+#[repr(C)]
+pub struct TaskStorage<T> {
+    // The layout libbpf and aya read map definitions from: each field's
+    // type carries the value (an array length), the pointers stay null.
+    r#type: *const [i32; 29],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    // BPF_F_NO_PREALLOC: required for local storage.
+    map_flags: *const [i32; 1],
+}
+
+// SAFETY: a placeholder definition that is never dereferenced; the kernel
+// serialises access to the values it stands for.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, flags: u64) -> Option<*mut T> {
+        // SAFETY: helper calls; the task is the current one (a trusted BTF
+        // pointer), the map pointer is this definition, which the loader
+        // relocates to the map.
+        let p = unsafe {
+            let task = aya_ebpf::helpers::generated::bpf_get_current_task_btf();
+            aya_ebpf::helpers::generated::bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                task,
+                core::ptr::null_mut(),
+                flags,
+            )
+        };
+        (!p.is_null()).then_some(p.cast())
+    }
+
+    /// The current thread's value, if it has one.
+    #[inline(always)]
+    pub fn current(&self) -> Option<*mut T> {
+        self.get(0)
+    }
+
+    /// The current thread's value, created zeroed if it has none; `None`
+    /// when the kernel cannot allocate it.
+    #[inline(always)]
+    pub fn current_or_create(&self) -> Option<*mut T> {
+        // BPF_LOCAL_STORAGE_GET_F_CREATE
+        self.get(1)
+    }
+}

@@ -184,14 +184,8 @@ fn leave(ctx: &RawTracePointContext, pid_tgid: u64, preempt: bool, state: u32, n
     }
     let tgid = (pid_tgid >> 32) as u32;
     let reason = Reason::from_switch(preempt, state);
-    let (flags, nr) = if reason == Reason::Runnable {
-        (0, u32::MAX)
-    } else {
-        match no_syscall_flags() {
-            0 => (0, current_syscall()),
-            f => (f, u32::MAX),
-        }
-    };
+    // The syscall it sleeps in, for threads that make syscalls.
+    let nr = |flags: u32| if reason == Reason::Runnable || flags != 0 { u32::MAX } else { current_syscall() };
     // Stacks cost two walks per switch: only when asked for.
     let (kstack, ustack) = if global!(STACKS_MIN_NS) != 0 {
         (
@@ -213,10 +207,10 @@ fn leave(ctx: &RawTracePointContext, pid_tgid: u64, preempt: bool, state: u32, n
                 (*t).off_ns = now;
                 (*t).wake_ns = 0;
                 (*t).on_ns = 0;
-                (*t).nr = nr;
+                // The flags are the thread's for life (set as it is made).
+                (*t).nr = nr((*t).flags);
                 (*t).kstack = kstack;
                 (*t).ustack = ustack;
-                (*t).flags |= flags;
                 return;
             }
         }
@@ -225,11 +219,12 @@ fn leave(ctx: &RawTracePointContext, pid_tgid: u64, preempt: bool, state: u32, n
         // its last known switch.
         retire(tid, now, false);
     }
+    let flags = no_syscall_flags();
     let th = Thread {
         tgid,
         reason: reason as u32,
         off_ns: now,
-        nr,
+        nr: nr(flags),
         kstack,
         ustack,
         flags,

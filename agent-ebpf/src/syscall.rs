@@ -3,28 +3,29 @@
 //!
 //! Start times: `sys_enter` writes `{tid, nr, start}` into a per-CPU slot.
 //! Most syscalls return on the CPU they entered on without a context switch,
-//! so `sys_exit` finds its own tid in the slot: no hash lookup on the hot
+//! so `sys_exit` finds its own tid in the slot: no map lookup on the hot
 //! path. When a thread is switched out inside a syscall, `sched_switch` moves
-//! the slot into an LRU hash keyed by tid, where `sys_exit` finds it later on
-//! whatever CPU. `sched_process_exit` drops the entry of a thread that dies
-//! inside a syscall (exit, exit_group, a fatal signal). `sched_process_exec`
-//! moves the start of an `execve` made by a thread other than the leader,
-//! which returns under the leader's id. Neither is on the hot path.
+//! the slot into the thread's own task storage, where `sys_exit` finds it
+//! later on whatever CPU (a per-task cache read, not a hash: this is the
+//! probe's cost at every context switch). The storage is freed with the
+//! thread, so a thread that dies inside a syscall (exit, exit_group, a fatal
+//! signal) leaves nothing behind, and it follows a thread whose id changes
+//! (an `execve` by a thread other than the leader returns under the
+//! leader's id). `sched_process_exit` and `sched_process_exec` only fix up
+//! the per-CPU slot, which is keyed by thread id. Neither is on the hot path.
 #![no_std]
 #![no_main]
 
 use agent_common::{
     hist,
-    syscall::{
-        group_of, Counter, Inflight, Key, Slot, Stats, COUNTERS, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_STATS, MAX_EXITED,
-    },
+    syscall::{group_of, Counter, Inflight, Key, Slot, Stats, COUNTERS, DEFAULT_MAX_STATS, MAX_EXITED},
 };
-use agent_ebpf::{atomic_add, global};
+use agent_ebpf::{atomic_add, global, TaskStorage};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{map, raw_tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    macros::{btf_map, map, raw_tracepoint},
+    maps::{HashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 
@@ -37,8 +38,8 @@ static FORK_NRS: [u32; 4] = [u32::MAX; 4];
 
 #[map]
 static SYSCALL_STATS: HashMap<Key, Stats> = HashMap::with_max_entries(DEFAULT_MAX_STATS, 0);
-#[map]
-static SYSCALL_INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(DEFAULT_MAX_INFLIGHT, 0);
+#[btf_map]
+static SYSCALL_INFLIGHT: TaskStorage<Inflight> = TaskStorage::new();
 #[map]
 static SYSCALL_SLOT: PerCpuArray<Slot> = PerCpuArray::with_max_entries(1, 0);
 #[map]
@@ -75,10 +76,7 @@ pub fn syscall_sys_exit(ctx: RawTracePointContext) -> i32 {
         // SAFETY: as above.
         unsafe { (*slot).tid = 0 };
         (s.nr, s.start_ns)
-    } else if let Some(inflight) = SYSCALL_INFLIGHT.get_ptr(tid) {
-        // SAFETY: a value of this map; only this thread uses its own tid key.
-        let v = unsafe { *inflight };
-        let _ = SYSCALL_INFLIGHT.remove(tid);
+    } else if let Some(v) = inflight() {
         (v.nr, v.start_ns)
     } else {
         unmatched(&ctx, pid_tgid, ret);
@@ -88,6 +86,23 @@ pub fn syscall_sys_exit(ctx: RawTracePointContext) -> i32 {
     let ns = unsafe { bpf_ktime_get_ns() }.saturating_sub(start_ns);
     record((pid_tgid >> 32) as u32, nr, ns, ret);
     0
+}
+
+/// The start the current thread's `sched_switch` kept, taken (`start_ns`
+/// 0 marks it taken: cheaper than deleting the storage).
+#[inline(always)]
+fn inflight() -> Option<Inflight> {
+    let p = SYSCALL_INFLIGHT.current()?;
+    // SAFETY: the current thread's own storage; only its switches and
+    // returns (one CPU at a time) use it.
+    unsafe {
+        let v = *p;
+        if v.start_ns == 0 {
+            return None;
+        }
+        (*p).start_ns = 0;
+        Some(v)
+    }
 }
 
 /// A `sys_exit` without a start: a clone/fork child's first return, a
@@ -180,9 +195,11 @@ pub fn syscall_sched_switch(_ctx: RawTracePointContext) -> i32 {
     }
     // SAFETY: as above.
     unsafe { (*slot).tid = 0 };
-    let v = Inflight { nr: s.nr, _pad: 0, start_ns: s.start_ns };
-    if SYSCALL_INFLIGHT.insert(s.tid, v, 0).is_err() {
-        count(Counter::InflightFull);
+    // The slot's task is the current one (`prev`), whose storage this is.
+    match SYSCALL_INFLIGHT.current_or_create() {
+        // SAFETY: the current thread's own storage.
+        Some(p) => unsafe { *p = Inflight { nr: s.nr, _pad: 0, start_ns: s.start_ns } },
+        None => count(Counter::InflightFull),
     }
     0
 }
@@ -201,7 +218,6 @@ pub fn syscall_sched_process_exit(_ctx: RawTracePointContext) -> i32 {
             }
         }
     }
-    let _ = SYSCALL_INFLIGHT.remove(tid);
     // The leader's exit tells userspace the process may be gone; it checks
     // /proc before reclaiming (other threads may still run).
     let tgid = (pid_tgid >> 32) as u32;
@@ -214,10 +230,10 @@ pub fn syscall_sched_process_exit(_ctx: RawTracePointContext) -> i32 {
 /// `sched_process_exec(p, old_pid, bprm)`, in the exec'ing thread once the
 /// exec cannot fail. A thread other than the leader that execs takes the
 /// leader's id (`de_thread`), so its `execve` returns under an id other than
-/// the one its start was recorded under: the start is moved to the new id.
-/// Left behind, it would be timed against the first return of whatever
-/// thread gets the old id next (a bogus latency), and this `execve` would
-/// count as a missed start.
+/// the one its start was recorded under. A start in the thread's storage
+/// follows it; one in the per-CPU slot (no switch since the call entered)
+/// is moved to the new id. Left behind, this `execve` would count as a
+/// missed start.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn syscall_sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let old: u64 = ctx.arg(1);
@@ -226,24 +242,13 @@ pub fn syscall_sched_process_exec(ctx: RawTracePointContext) -> i32 {
     if old == tid || old == 0 {
         return 0;
     }
-    // No switch since the call entered: the start is still in this CPU's slot.
     if let Some(slot) = SYSCALL_SLOT.get_ptr_mut(0) {
         // SAFETY: per-CPU value; programs do not nest on one CPU.
         unsafe {
             if (*slot).tid == old {
                 (*slot).tid = tid;
-                return 0;
             }
         }
-    }
-    let Some(inflight) = SYSCALL_INFLIGHT.get_ptr(old) else {
-        return 0;
-    };
-    // SAFETY: a value of this map; the thread that owned the old id is this one.
-    let v = unsafe { *inflight };
-    let _ = SYSCALL_INFLIGHT.remove(old);
-    if SYSCALL_INFLIGHT.insert(tid, v, 0).is_err() {
-        count(Counter::InflightFull);
     }
     0
 }

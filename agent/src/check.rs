@@ -2,8 +2,6 @@
 
 use std::{path::Path, process::ExitCode};
 
-use aya::EbpfLoader;
-
 use crate::{
     cli::CheckArgs,
     ebpf::{self, TracefsState, TRACEFS},
@@ -132,8 +130,16 @@ pub fn run(args: &CheckArgs) -> ExitCode {
 }
 
 fn check_tracepoint(name: &str) -> Result<(), String> {
-    let mut bpf = ebpf::load("check", CHECK_OBJECT, &mut EbpfLoader::new()).map_err(|e| e.to_string())?;
-    ebpf::attach_raw_tracepoint(&mut bpf, "check", "check_noop", name).map_err(|e| e.to_string())
+    attach_noop(name).map(drop)
+}
+
+/// A program that does nothing, attached to raw tracepoint `name` until the
+/// returned object is dropped: what any program on that hook costs at least
+/// (the benchmarks' floor).
+pub fn attach_noop(name: &str) -> Result<aya::Ebpf, String> {
+    let mut bpf = ebpf::load("check", CHECK_OBJECT, &mut ebpf::loader()).map_err(|e| e.to_string())?;
+    ebpf::attach_raw_tracepoint(&mut bpf, "check", "check_noop", name).map_err(|e| e.to_string())?;
+    Ok(bpf)
 }
 
 /// `CapEff` of this process, from `/proc/self/status`.

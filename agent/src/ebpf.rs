@@ -133,6 +133,16 @@ pub enum TracefsState {
     MountedNow,
 }
 
+/// A loader for one probe's object. aya's loader parses the kernel's BTF
+/// as it is made (about 20 MiB while it lives), so ours (about 8 MiB) is
+/// dropped first: both at once were the agent's peak memory. A probe reads
+/// its offsets from BTF before it makes its loader; the next probe parses
+/// ours again (a few milliseconds).
+pub fn loader<'a>() -> EbpfLoader<'a> {
+    forget_kernel_types();
+    EbpfLoader::new()
+}
+
 /// Loads one probe's eBPF object.
 pub fn load(probe: &'static str, object: &[u8], loader: &mut EbpfLoader) -> Result<Ebpf, ProbeError> {
     loader.load(object).map_err(|source| ProbeError::Load { probe, source: Box::new(source) })
@@ -236,7 +246,7 @@ pub fn kernel_enum_value(probe: &'static str, ty: &str, name: &str) -> Result<i6
 }
 
 /// The kernel's BTF, read at the first use and kept until
-/// [`forget_kernel_types`].
+/// [`forget_kernel_types`] or the next [`loader`].
 fn vmlinux() -> Result<std::sync::Arc<crate::btf::Btf>, String> {
     let mut cached = VMLINUX.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(btf) = &*cached {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap as StdHashMap, HashSet};
 use agent_common::disk::{self as common, Counter, Key, Op, Stats};
 use aya::{
     maps::{HashMap, MapData},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 
 use super::{FilterGlobals, Interval, Options, Probe, ProbeError, ProbeStatus, Spec};
@@ -187,7 +187,7 @@ impl DiskProbe {
         let offsets = offsets()?;
 
         let filters = FilterGlobals::new(opts);
-        let mut loader = EbpfLoader::new();
+        let mut loader = ebpf::loader();
         filters.apply(&mut loader);
         loader.override_global(common::GLOBAL_OFFSETS, &offsets, true);
         let mut bpf = ebpf::load(NAME, OBJECT, &mut loader)?;

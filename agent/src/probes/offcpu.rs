@@ -19,7 +19,7 @@ use agent_common::offcpu::{
 };
 use aya::{
     maps::{HashMap, MapData},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 
 use super::{FilterGlobals, Interval, Options, Probe, ProbeError, ProbeStatus, Spec};
@@ -196,7 +196,7 @@ impl OffcpuProbe {
         let stacks_min_ns = opts.stacks_min_ns.map_or(0, |n| n.max(1));
         let task_flags = ebpf::kernel_offset(NAME, "task_struct", "flags")?;
         let task_pid = ebpf::kernel_offset(NAME, "task_struct", "pid")?;
-        let mut loader = EbpfLoader::new();
+        let mut loader = ebpf::loader();
         filters.apply(&mut loader);
         loader
             .override_global(globals::PT_REGS_NR_OFFSET, &nr_offset, true)

@@ -12,7 +12,7 @@ use std::{
 use agent_common::tcp::{self as common, ClosedKey, Conn, Counter};
 use aya::{
     maps::{HashMap, MapData},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 
 use super::{FilterGlobals, Interval, Options, Probe, ProbeError, ProbeStatus, Spec};
@@ -153,7 +153,7 @@ impl TcpProbe {
         let offsets = offsets()?;
 
         let filters = FilterGlobals::new(opts);
-        let mut loader = EbpfLoader::new();
+        let mut loader = ebpf::loader();
         filters.apply(&mut loader);
         loader.override_global(common::GLOBAL_OFFSETS, &offsets, true);
         let mut bpf = ebpf::load(NAME, OBJECT, &mut loader)?;

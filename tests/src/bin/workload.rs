@@ -603,6 +603,19 @@ fn main() {
             println!("{:.0}", tcp_rr(arg(&args, 2)));
             return;
         }
+        Some("floor") => {
+            // Programs that do nothing on the raw tracepoints named, held
+            // until this process is killed: the floor the benchmarks
+            // measure a probe on those hooks against.
+            let held: Vec<_> = args[2..]
+                .iter()
+                .map(|tp| hostprobe::check::attach_noop(tp).unwrap_or_else(|e| panic!("{tp}: {e}")))
+                .collect();
+            println!("attached {}", held.len());
+            loop {
+                std::thread::park();
+            }
+        }
         Some("pingpong") => {
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line).expect("stdin");

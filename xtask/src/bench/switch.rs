@@ -78,9 +78,9 @@ impl SwitchBench {
             md,
             "Two processes bounce a byte over a pair of pipes for {SECONDS} s, both pinned to CPU 1, so \
              every round trip is two context switches, two wake-ups and four syscalls (a read and a \
-             write on each side). The floor is issue 16's: empty bpftrace programs on the classic \
-             tracepoints of the two events the off-CPU probe hooks (the probe itself runs on their raw \
-             tracepoints, which a map read from userspace does not make it skip). `--probes syscall` shows the \
+             write on each side). The floor is the least any program on the off-CPU probe's hooks \
+             costs: programs that do nothing, on the same raw tracepoints of the same two events \
+             (`sched_switch`, `sched_wakeup`). `--probes syscall` shows the \
              syscall probe's cost on a workload that blocks (its `sched_switch` program runs at every \
              switch, besides `sys_enter`/`sys_exit`). {} rounds, order rotated.\n",
             self.rounds

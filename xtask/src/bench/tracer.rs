@@ -14,9 +14,12 @@ use crate::root;
 const BPFTRACE_HIST: &str = "tracepoint:raw_syscalls:sys_enter { @start[tid] = nsecs; } \
     tracepoint:raw_syscalls:sys_exit /@start[tid]/ { @[pid, args->id] = hist(nsecs - @start[tid]); delete(@start[tid]); }";
 
-/// Empty programs on the classic tracepoints of the events the off-CPU
-/// probe's hot path hooks (issue 16's floor).
-const BPFTRACE_SWITCH_FLOOR: &str = "tracepoint:sched:sched_switch {} tracepoint:sched:sched_wakeup {}";
+/// The raw tracepoints the off-CPU probe's hot path hooks: the floor holds
+/// programs that do nothing on them (`workload floor`).
+const SWITCH_FLOOR: &[&str] = &["sched_switch", "sched_wakeup"];
+/// The raw tracepoints the TCP probe's programs run on for every send,
+/// receive and segment in of an established connection.
+const TCP_FLOOR: &[&str] = &["sock_send_length", "sock_recv_length", "tcp_probe"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Tracer {
@@ -31,6 +34,7 @@ pub enum Tracer {
     BpftraceHist,
     /// bpftrace, empty programs on `sched:sched_switch` and `sched:sched_wakeup`.
     SwitchFloor,
+    TcpFloor,
     Biolatency,
     Runqlat,
     /// `offcputime -p P`: stacks of the process being measured.
@@ -58,7 +62,10 @@ impl Tracer {
             }
             Tracer::SyscountL => "libbpf-tools `syscount -L` (latency totals per syscall, no histograms)",
             Tracer::BpftraceHist => "bpftrace `@[pid, args->id] = hist(nsecs - @start[tid])`",
-            Tracer::SwitchFloor => "floor: empty bpftrace programs on `sched:sched_switch` + `sched:sched_wakeup`",
+            Tracer::SwitchFloor => "floor: programs that do nothing on raw tracepoints `sched_switch` + `sched_wakeup`",
+            Tracer::TcpFloor => {
+                "floor: programs that do nothing on raw tracepoints `sock_send_length` + `sock_recv_length` + `tcp_probe`"
+            }
             Tracer::Biolatency => "libbpf-tools `biolatency` (one histogram of issue-to-completion time)",
             Tracer::Runqlat => "libbpf-tools `runqlat` (one run-queue latency histogram)",
             Tracer::Offcputime(_) => "libbpf-tools `offcputime -p P` (kernel + user stacks of the same process)",
@@ -67,9 +74,14 @@ impl Tracer {
 
     pub fn available(self) -> bool {
         match self {
-            Tracer::Nothing | Tracer::Hostprobe | Tracer::HostprobeProbe(_) | Tracer::HostprobeStacks(_) => true,
+            Tracer::Nothing
+            | Tracer::Hostprobe
+            | Tracer::HostprobeProbe(_)
+            | Tracer::HostprobeStacks(_)
+            | Tracer::SwitchFloor
+            | Tracer::TcpFloor => true,
             Tracer::SyscountL => Path::new("/usr/sbin/syscount").exists(),
-            Tracer::BpftraceHist | Tracer::SwitchFloor => Path::new("/usr/bin/bpftrace").exists(),
+            Tracer::BpftraceHist => Path::new("/usr/bin/bpftrace").exists(),
             Tracer::Biolatency => Path::new("/usr/sbin/biolatency").exists(),
             Tracer::Runqlat => Path::new("/usr/sbin/runqlat").exists(),
             Tracer::Offcputime(_) => Path::new("/usr/sbin/offcputime").exists(),
@@ -108,11 +120,8 @@ impl Tracer {
                 c.args(["-e", BPFTRACE_HIST]);
                 c
             }
-            Tracer::SwitchFloor => {
-                let mut c = Command::new("/usr/bin/bpftrace");
-                c.args(["-e", BPFTRACE_SWITCH_FLOOR]);
-                c
-            }
+            Tracer::SwitchFloor => floor(SWITCH_FLOOR),
+            Tracer::TcpFloor => floor(TCP_FLOOR),
             Tracer::Biolatency => Command::new("/usr/sbin/biolatency"),
             Tracer::Runqlat => Command::new("/usr/sbin/runqlat"),
             Tracer::Offcputime(pid) => {
@@ -139,6 +148,14 @@ impl Tracer {
             t => t,
         }
     }
+}
+
+/// Programs that do nothing on raw tracepoints `tracepoints`, held by
+/// `workload floor`: what any program on those hooks costs at least.
+fn floor(tracepoints: &[&str]) -> Command {
+    let mut c = Command::new(root().join("target/release/workload"));
+    c.arg("floor").args(tracepoints);
+    c
 }
 
 /// Stops a tracer with SIGINT (so that it detaches cleanly) and reaps it.
