@@ -22,9 +22,10 @@ use crate::hist;
 pub const MAP_STATS: &str = "DISK_STATS";
 /// Requests in flight, keyed by `struct request` address.
 pub const MAP_INFLIGHT: &str = "DISK_INFLIGHT";
-/// The bio each thread is submitting (LRU: bounded by construction), so a
-/// request created after a wait for a request slot, or from a piece of a
-/// split bio, is timed from its bio's submission.
+/// The bio each thread is submitting, in the thread's task storage (freed
+/// with it; not readable from userspace), so a request created after a
+/// wait for a request slot, or from a piece of a split bio, is timed from
+/// its bio's submission.
 pub const MAP_SUBMITS: &str = "DISK_SUBMITS";
 /// Per-CPU event counters, indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "DISK_COUNTERS";
@@ -37,7 +38,6 @@ pub const GLOBAL_OFFSETS: &str = "OFFSETS";
 
 pub const DEFAULT_MAX_STATS: u32 = 1_024;
 pub const MAX_INFLIGHT: u32 = 16_384;
-pub const MAX_SUBMITS: u32 = 4_096;
 
 /// What the programs read of kernel structs, located through this kernel's
 /// BTF at start-up (userspace refuses to load, naming the field, if one is

@@ -17,17 +17,17 @@
 
 use agent_common::{
     disk::{
-        Counter, Key, Offsets, Op, Req, Stats, Submit, COUNTERS, DEFAULT_MAX_STATS, MAX_INFLIGHT, MAX_SUBMITS,
-        REQ_OP_FLUSH, REQ_OP_MASK,
+        Counter, Key, Offsets, Op, Req, Stats, Submit, COUNTERS, DEFAULT_MAX_STATS, MAX_INFLIGHT, REQ_OP_FLUSH,
+        REQ_OP_MASK,
     },
     hist,
 };
-use agent_ebpf::{atomic_add, global};
+use agent_ebpf::{atomic_add, global, TaskStorage};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
-    macros::{map, raw_tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    macros::{btf_map, map, raw_tracepoint},
+    maps::{HashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 
@@ -54,8 +54,8 @@ static OFFSETS: Offsets = Offsets {
 static DISK_STATS: HashMap<Key, Stats> = HashMap::with_max_entries(DEFAULT_MAX_STATS, 0);
 #[map]
 static DISK_INFLIGHT: HashMap<u64, Req> = HashMap::with_max_entries(MAX_INFLIGHT, 0);
-#[map]
-static DISK_SUBMITS: LruHashMap<u32, Submit> = LruHashMap::with_max_entries(MAX_SUBMITS, 0);
+#[btf_map]
+static DISK_SUBMITS: TaskStorage<Submit> = TaskStorage::new();
 #[map]
 static DISK_ZERO: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
 
@@ -97,16 +97,9 @@ pub fn disk_bio_queue(ctx: RawTracePointContext) -> i32 {
     if !traced(pid_tgid) {
         return 0;
     }
-    let submit = Submit { bio: ctx.arg(0), split: 0, queued_ns: now() };
-    let tid = pid_tgid as u32;
-    // In place for a thread seen before: an LRU map's update takes a node
-    // from its free list and a lock, several times the cost of a lookup.
-    match DISK_SUBMITS.get_ptr_mut(&tid) {
-        // SAFETY: a value of this map, keyed by the current thread.
-        Some(s) => unsafe { *s = submit },
-        None => {
-            let _ = DISK_SUBMITS.insert(&tid, &submit, 0);
-        }
+    if let Some(s) = DISK_SUBMITS.current_or_create() {
+        // SAFETY: the current thread's own storage.
+        unsafe { *s = Submit { bio: ctx.arg(0), split: 0, queued_ns: now() } };
     }
     0
 }
@@ -116,9 +109,8 @@ pub fn disk_bio_queue(ctx: RawTracePointContext) -> i32 {
 /// `block_bio_queue`, under its old address.
 #[raw_tracepoint(tracepoint = "block_split")]
 pub fn disk_split(ctx: RawTracePointContext) -> i32 {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if let Some(s) = DISK_SUBMITS.get_ptr_mut(&tid) {
-        // SAFETY: a value of this map, keyed by the current thread.
+    if let Some(s) = DISK_SUBMITS.current() {
+        // SAFETY: the current thread's own storage.
         unsafe { (*s).split = ctx.arg(0) };
     }
     0
@@ -136,8 +128,8 @@ pub fn disk_io_start(ctx: RawTracePointContext) -> i32 {
     // Timed from the bio's submission when this request holds the bio (or
     // the piece of it) the thread submitted last.
     let bio: u64 = read(rq, o.rq_bio);
-    let queued_ns = match DISK_SUBMITS.get_ptr(&(pid_tgid as u32)) {
-        // SAFETY: a value of this map.
+    let queued_ns = match DISK_SUBMITS.current() {
+        // SAFETY: the current thread's own storage.
         Some(s) if bio != 0 && unsafe { (*s).bio == bio || (*s).split == bio } => unsafe { (*s).queued_ns },
         _ => {
             count(Counter::BioNotSeen);

@@ -138,9 +138,13 @@ pub enum TracefsState {
 /// dropped first: both at once were the agent's peak memory. A probe reads
 /// its offsets from BTF before it makes its loader; the next probe parses
 /// ours again (a few milliseconds).
+/// Task storage maps (`agent_ebpf::TaskStorage`), which aya 0.14 calls
+/// unsupported, are allowed: the kernel side alone uses them.
 pub fn loader<'a>() -> EbpfLoader<'a> {
     forget_kernel_types();
-    EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader.allow_unsupported_maps();
+    loader
 }
 
 /// Loads one probe's eBPF object.

@@ -114,9 +114,6 @@ impl SyscallProbe {
         let fork_nrs = syscalls::fork_like();
         let mut loader = ebpf::loader();
         filters.apply(&mut loader);
-        // The in-flight starts are task storage, which aya 0.14 cannot list
-        // (nor does this side need to).
-        loader.allow_unsupported_maps();
         loader.override_global(globals::PT_REGS_NR_OFFSET, &nr_offset, true).override_global(
             globals::FORK_NRS,
             &fork_nrs,

@@ -23,7 +23,7 @@ pub fn bench(rounds: usize) -> Result<DiskBench> {
         bail!("fio is missing: `cargo xtask setup --bench` installs it");
     }
     let dev = BenchLoop::new()?;
-    let tracers: Vec<Tracer> = [Tracer::Nothing, Tracer::HostprobeProbe("disk"), Tracer::Biolatency]
+    let tracers: Vec<Tracer> = [Tracer::Nothing, Tracer::DiskFloor, Tracer::HostprobeProbe("disk"), Tracer::Biolatency]
         .into_iter()
         .filter(|t| t.available())
         .collect();
@@ -199,9 +199,17 @@ impl DiskBench {
         };
         if let (Some(o), Some(t)) = (cpu_added(Tracer::HostprobeProbe("disk")), cpu_added(Tracer::Biolatency)) {
             let (mo, mt) = (super::median(&o), super::median(&t));
+            let floor = cpu_added(Tracer::DiskFloor)
+                .map(|f| {
+                    format!(
+                        "; the floor, programs that do nothing on the disk probe's hooks: {:.0} ns",
+                        super::median(&f)
+                    )
+                })
+                .unwrap_or_default();
             writeln!(
                 md,
-                "- CPU added per I/O (median of per-round differences): hostprobe {mo:.0} ns, biolatency {mt:.0} ns."
+                "- CPU added per I/O (median of per-round differences): hostprobe {mo:.0} ns, biolatency {mt:.0} ns{floor}."
             )?;
             const GOAL: &str = "the disk probe's whole cost (busy CPU added per I/O) at most 1.2x biolatency's";
             if mo > 0.0 && mt > 0.0 {

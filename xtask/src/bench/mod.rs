@@ -114,7 +114,7 @@ pub fn run(args: Args) -> Result<()> {
         "Written by `cargo xtask bench` on {} ({date}); every table and sentence below comes from that run. \
          The host is shared and noisy: configurations alternate round by round (the order rotated each \
          round), and each comparison is the median of per-round ratios to the baseline measured in the \
-         same round, raw samples beside it. The long runs at the end (soak, fuzzing, a misbehaving fleet) \
+         same round, raw samples beside it. The long runs at the end (soak, fuzzing, a misbehaving fleet, the collector's window) \
          are written by their own commands, each block naming its run.\n",
         machine()
     )?;

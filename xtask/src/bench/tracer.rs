@@ -20,6 +20,8 @@ const SWITCH_FLOOR: &[&str] = &["sched_switch", "sched_wakeup"];
 /// The raw tracepoints the TCP probe's programs run on for every send,
 /// receive and segment in of an established connection.
 const TCP_FLOOR: &[&str] = &["sock_send_length", "sock_recv_length", "tcp_probe"];
+/// The raw tracepoints every I/O passes that the disk probe's programs run on.
+const DISK_FLOOR: &[&str] = &["block_bio_queue", "block_io_start", "block_rq_issue", "block_rq_complete"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Tracer {
@@ -35,6 +37,7 @@ pub enum Tracer {
     /// bpftrace, empty programs on `sched:sched_switch` and `sched:sched_wakeup`.
     SwitchFloor,
     TcpFloor,
+    DiskFloor,
     Biolatency,
     Runqlat,
     /// `offcputime -p P`: stacks of the process being measured.
@@ -63,6 +66,10 @@ impl Tracer {
             Tracer::SyscountL => "libbpf-tools `syscount -L` (latency totals per syscall, no histograms)",
             Tracer::BpftraceHist => "bpftrace `@[pid, args->id] = hist(nsecs - @start[tid])`",
             Tracer::SwitchFloor => "floor: programs that do nothing on raw tracepoints `sched_switch` + `sched_wakeup`",
+            Tracer::DiskFloor => {
+                "floor: programs that do nothing on raw tracepoints `block_bio_queue` + `block_io_start` + \
+                 `block_rq_issue` + `block_rq_complete`"
+            }
             Tracer::TcpFloor => {
                 "floor: programs that do nothing on raw tracepoints `sock_send_length` + `sock_recv_length` + `tcp_probe`"
             }
@@ -79,7 +86,8 @@ impl Tracer {
             | Tracer::HostprobeProbe(_)
             | Tracer::HostprobeStacks(_)
             | Tracer::SwitchFloor
-            | Tracer::TcpFloor => true,
+            | Tracer::TcpFloor
+            | Tracer::DiskFloor => true,
             Tracer::SyscountL => Path::new("/usr/sbin/syscount").exists(),
             Tracer::BpftraceHist => Path::new("/usr/bin/bpftrace").exists(),
             Tracer::Biolatency => Path::new("/usr/sbin/biolatency").exists(),
@@ -122,6 +130,7 @@ impl Tracer {
             }
             Tracer::SwitchFloor => floor(SWITCH_FLOOR),
             Tracer::TcpFloor => floor(TCP_FLOOR),
+            Tracer::DiskFloor => floor(DISK_FLOOR),
             Tracer::Biolatency => Command::new("/usr/sbin/biolatency"),
             Tracer::Runqlat => Command::new("/usr/sbin/runqlat"),
             Tracer::Offcputime(pid) => {
