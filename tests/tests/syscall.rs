@@ -240,7 +240,7 @@ fn cgroup_filter_keeps_only_tasks_in_the_cgroup() {
 
 /// The README's bound on the syscall probe's kernel memory for a host of
 /// 3,000 processes started with the defaults ("Kernel memory").
-const SYSCALL_MIB_FOR_3000_PROCESSES: u64 = 32;
+const SYSCALL_MIB_FOR_3000_PROCESSES: u64 = 26;
 
 #[test]
 fn a_host_of_3000_processes_of_15_syscalls_fits_by_default() {

@@ -168,12 +168,25 @@ fn floor(tracepoints: &[&str]) -> Command {
 }
 
 /// Stops a tracer with SIGINT (so that it detaches cleanly) and reaps it.
+/// A SIGINT that lands while bpftrace is still attaching can be lost (it
+/// then waits for events forever): it is sent again every 5 s, and after
+/// 30 s the tracer is killed.
 pub fn stop(child: Option<Child>) {
-    if let Some(mut c) = child {
-        // SAFETY: signalling our own child.
-        unsafe { libc_kill(c.id() as i32, 2) };
-        let _ = c.wait();
+    let Some(mut c) = child else {
+        return;
+    };
+    for tick in 0..300 {
+        if tick % 50 == 0 {
+            // SAFETY: signalling our own child.
+            unsafe { libc_kill(c.id() as i32, 2) };
+        }
+        if !matches!(c.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 extern "C" {
