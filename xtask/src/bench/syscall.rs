@@ -23,11 +23,16 @@ pub struct SyscallBench {
 }
 
 pub fn bench(rounds: usize, calls: u64) -> Result<SyscallBench> {
-    let tracers: Vec<Tracer> =
-        [Tracer::Nothing, Tracer::HostprobeProbe("syscall"), Tracer::SyscountL, Tracer::BpftraceHist]
-            .into_iter()
-            .filter(|t| t.available())
-            .collect();
+    let tracers: Vec<Tracer> = [
+        Tracer::Nothing,
+        Tracer::SyscallFloor,
+        Tracer::HostprobeProbe("syscall"),
+        Tracer::SyscountL,
+        Tracer::BpftraceHist,
+    ]
+    .into_iter()
+    .filter(|t| t.available())
+    .collect();
     let samples = rotate("syscall overhead (getppid loop)", rounds, &tracers, |t| attached(t, || time_getppid(calls)))?;
     step("syscall: kernel CPU per program run (kernel.bpf_stats_enabled)");
     let kernel = kernel_cost(calls)?;
@@ -151,7 +156,18 @@ impl SyscallBench {
                 let ratio = per_round(&added, &theirs, |a, b| a / b);
                 writeln!(md, "- hostprobe adds {ratio:.2}x what {label} adds (median of per-round ratios).")?;
                 if peer == Tracer::SyscountL {
-                    let measured = format!("{ratio:.2}x");
+                    // What any program on the same two hooks adds: the part
+                    // of both that no probe can shed.
+                    let floor = self.samples_of(Tracer::SyscallFloor).map(|f| {
+                        let f: Vec<f64> = f.iter().zip(base).map(|(x, b)| x - b).collect();
+                        format!(
+                            " (the floor adds {:.1} ns, hostprobe {:.1} ns, `syscount -L` {:.1} ns: medians of per-round differences)",
+                            median(&f),
+                            median(&added),
+                            median(&theirs)
+                        )
+                    });
+                    let measured = format!("{ratio:.2}x{}", floor.unwrap_or_default());
                     goal(
                         md,
                         "the syscall probe adds at most 0.65x what `syscount -L` adds per getppid",

@@ -17,6 +17,8 @@ const BPFTRACE_HIST: &str = "tracepoint:raw_syscalls:sys_enter { @start[tid] = n
 /// The raw tracepoints the off-CPU probe's hot path hooks: the floor holds
 /// programs that do nothing on them (`workload floor`).
 const SWITCH_FLOOR: &[&str] = &["sched_switch", "sched_wakeup"];
+/// The raw tracepoints every syscall passes.
+const SYSCALL_FLOOR: &[&str] = &["sys_enter", "sys_exit"];
 /// The raw tracepoints the TCP probe's programs run on for every send,
 /// receive and segment in of an established connection.
 const TCP_FLOOR: &[&str] = &["sock_send_length", "sock_recv_length", "tcp_probe"];
@@ -38,6 +40,7 @@ pub enum Tracer {
     SwitchFloor,
     TcpFloor,
     DiskFloor,
+    SyscallFloor,
     Biolatency,
     Runqlat,
     /// `offcputime -p P`: stacks of the process being measured.
@@ -66,6 +69,7 @@ impl Tracer {
             Tracer::SyscountL => "libbpf-tools `syscount -L` (latency totals per syscall, no histograms)",
             Tracer::BpftraceHist => "bpftrace `@[pid, args->id] = hist(nsecs - @start[tid])`",
             Tracer::SwitchFloor => "floor: programs that do nothing on raw tracepoints `sched_switch` + `sched_wakeup`",
+            Tracer::SyscallFloor => "floor: programs that do nothing on raw tracepoints `sys_enter` + `sys_exit`",
             Tracer::DiskFloor => {
                 "floor: programs that do nothing on raw tracepoints `block_bio_queue` + `block_io_start` + \
                  `block_rq_issue` + `block_rq_complete`"
@@ -87,7 +91,8 @@ impl Tracer {
             | Tracer::HostprobeStacks(_)
             | Tracer::SwitchFloor
             | Tracer::TcpFloor
-            | Tracer::DiskFloor => true,
+            | Tracer::DiskFloor
+            | Tracer::SyscallFloor => true,
             Tracer::SyscountL => Path::new("/usr/sbin/syscount").exists(),
             Tracer::BpftraceHist => Path::new("/usr/bin/bpftrace").exists(),
             Tracer::Biolatency => Path::new("/usr/sbin/biolatency").exists(),
@@ -131,6 +136,7 @@ impl Tracer {
             Tracer::SwitchFloor => floor(SWITCH_FLOOR),
             Tracer::TcpFloor => floor(TCP_FLOOR),
             Tracer::DiskFloor => floor(DISK_FLOOR),
+            Tracer::SyscallFloor => floor(SYSCALL_FLOOR),
             Tracer::Biolatency => Command::new("/usr/sbin/biolatency"),
             Tracer::Runqlat => Command::new("/usr/sbin/runqlat"),
             Tracer::Offcputime(pid) => {
