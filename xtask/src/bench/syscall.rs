@@ -143,23 +143,22 @@ impl SyscallBench {
             let added = per_round(s, base, |x, b| x - b);
             writeln!(md, "| {} | {:.1} | {added:+.1} | {} |", t.name(), median(s), raw.join(", "))?;
         }
-        if let Some(ours) = self.samples_of(Tracer::HostprobeProbe("syscall")) {
+        // Per round, what `t` adds to a call over that round's baseline.
+        let added_by =
+            |t| -> Option<Vec<f64>> { Some(self.samples_of(t)?.iter().zip(base).map(|(x, b)| x - b).collect()) };
+        if let Some(added) = added_by(Tracer::HostprobeProbe("syscall")) {
             writeln!(md)?;
-            // Per round: what hostprobe adds over what the peer adds, both
-            // against that round's baseline.
-            let added: Vec<f64> = ours.iter().zip(base).map(|(x, b)| x - b).collect();
+            // Per round: what hostprobe adds over what the peer adds.
             for (peer, label) in
                 [(Tracer::SyscountL, "`syscount -L`"), (Tracer::BpftraceHist, "the bpftrace one-liner")]
             {
-                let Some(theirs) = self.samples_of(peer) else { continue };
-                let theirs: Vec<f64> = theirs.iter().zip(base).map(|(x, b)| x - b).collect();
+                let Some(theirs) = added_by(peer) else { continue };
                 let ratio = per_round(&added, &theirs, |a, b| a / b);
                 writeln!(md, "- hostprobe adds {ratio:.2}x what {label} adds (median of per-round ratios).")?;
                 if peer == Tracer::SyscountL {
                     // What any program on the same two hooks adds: the part
                     // of both that no probe can shed.
-                    let floor = self.samples_of(Tracer::SyscallFloor).map(|f| {
-                        let f: Vec<f64> = f.iter().zip(base).map(|(x, b)| x - b).collect();
+                    let floor = added_by(Tracer::SyscallFloor).map(|f| {
                         format!(
                             " (the floor adds {:.1} ns, hostprobe {:.1} ns, `syscount -L` {:.1} ns: medians of per-round differences)",
                             median(&f),
